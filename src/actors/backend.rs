@@ -1,0 +1,282 @@
+//! `BackendActor`: one per target. Owns the target's health checks, circuit breaker and
+//! latency average; publishes them into the target's shared state (read by handlers without
+//! messages) and pushes routing-relevant changes to the routers of the target's models.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::actors::breaker::{Breaker, BreakerState};
+use crate::actors::router::{FederatedRouterActor, TargetChanged};
+use crate::clock::Clock;
+use crate::target::{BreakerView, Health, Target, Verdict};
+
+/// Weight of the newest sample in the latency average.
+const EWMA_ALPHA: f64 = 0.2;
+/// Largest health-check body read (and thrown away, so the connection can be reused).
+const HEALTH_BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    /// Health-check path; `None` disables active checks.
+    pub health_path: Option<String>,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+    pub connect_timeout: Duration,
+}
+
+pub struct BackendActor {
+    target: Arc<Target>,
+    settings: BackendSettings,
+    clock: Arc<dyn Clock>,
+    routers: Vec<Addr<FederatedRouterActor>>,
+    breaker: Breaker,
+    health: Health,
+    failed_checks: u32,
+    checking: bool,
+    ewma_us: f64,
+    client: Option<awc::Client>,
+    reopen_timer: Option<SpawnHandle>,
+}
+
+impl BackendActor {
+    /// A fresh actor; `restarted` is true when it replaces one that crashed, in which case
+    /// the breaker starts half-open and the health is re-learned.
+    pub fn new(
+        target: Arc<Target>,
+        settings: BackendSettings,
+        clock: Arc<dyn Clock>,
+        routers: Vec<Addr<FederatedRouterActor>>,
+        restarted: bool,
+    ) -> Self {
+        let breaker = if restarted {
+            Breaker::restarted(settings.failure_threshold, settings.open_for)
+        } else {
+            Breaker::new(settings.failure_threshold, settings.open_for)
+        };
+        let ewma_us = target.ewma_ttfb_us() as f64;
+        // Without active checks, a target is presumed healthy until requests say otherwise.
+        let health = if settings.health_path.is_none() {
+            Health::Healthy
+        } else {
+            Health::Unknown
+        };
+        BackendActor {
+            target,
+            settings,
+            clock,
+            routers,
+            breaker,
+            health,
+            failed_checks: 0,
+            checking: false,
+            ewma_us,
+            client: None,
+            reopen_timer: None,
+        }
+    }
+
+    pub(crate) fn set_routers(&mut self, routers: Vec<Addr<FederatedRouterActor>>) {
+        self.routers = routers;
+    }
+
+    fn breaker_view(&self) -> BreakerView {
+        match self.breaker.state() {
+            BreakerState::Closed => BreakerView::Closed,
+            BreakerState::Open { .. } => BreakerView::Open,
+            BreakerState::HalfOpen => BreakerView::HalfOpen,
+        }
+    }
+
+    /// Writes the state handlers read, and tells the routers when the routing tier changed.
+    fn publish(&mut self, ctx: &mut Context<Self>) {
+        let before = self.target.tier();
+        self.target
+            .publish(self.health, self.breaker_view(), self.ewma_us as u64);
+        if self.target.tier() != before {
+            for router in &self.routers {
+                router.do_send(TargetChanged);
+            }
+        }
+        self.arm_reopen_timer(ctx);
+    }
+
+    /// While the breaker is open, wake up when the open period ends to let a probe through.
+    fn arm_reopen_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.reopen_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(deadline) = self.breaker.next_deadline() {
+            let wait = deadline.saturating_duration_since(self.clock.now());
+            self.reopen_timer = Some(ctx.run_later(wait, |act, ctx| {
+                act.reopen_timer = None;
+                act.tick(ctx);
+            }));
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.breaker.poll(self.clock.now()) {
+            self.publish(ctx);
+        }
+    }
+
+    fn check_health(&mut self, ctx: &mut Context<Self>) {
+        let Some(path) = self.settings.health_path.clone() else {
+            return;
+        };
+        if self.checking {
+            return;
+        }
+        let Some(client) = self.client.as_ref() else {
+            return;
+        };
+        self.checking = true;
+        let url = format!("{}{}", self.target.spec.base_url, path);
+        let mut req = client.get(url).timeout(self.settings.health_timeout);
+        if let Some(key) = &self.target.api_key {
+            req = req.bearer_auth(key);
+        }
+        let check = async move {
+            match req.send().await {
+                Ok(mut res) => {
+                    let status = res.status();
+                    let _ = res.body().limit(HEALTH_BODY_LIMIT).await;
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("health check answered HTTP {}", status.as_u16()))
+                    }
+                }
+                Err(e) => Err(format!("health check failed: {e}")),
+            }
+        };
+        ctx.spawn(check.into_actor(self).map(|result, act, ctx| {
+            act.checking = false;
+            act.on_health(result, ctx);
+        }));
+    }
+
+    fn on_health(&mut self, result: Result<(), String>, ctx: &mut Context<Self>) {
+        match result {
+            Ok(()) => {
+                self.failed_checks = 0;
+                self.health = Health::Healthy;
+            }
+            Err(error) => {
+                self.failed_checks = self.failed_checks.saturating_add(1);
+                if self.failed_checks >= self.settings.unhealthy_threshold {
+                    self.health = Health::Unhealthy;
+                }
+                self.target.set_last_error(Some(error));
+            }
+        }
+        self.publish(ctx);
+    }
+}
+
+impl Actor for BackendActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.target.set_actor(ctx.address());
+        self.client = Some(
+            awc::Client::builder()
+                .connector(awc::Connector::new().timeout(self.settings.connect_timeout))
+                .disable_redirects()
+                .finish(),
+        );
+        self.publish(ctx);
+        if self.settings.health_path.is_some() {
+            self.check_health(ctx);
+            ctx.run_interval(self.settings.health_interval, |act, ctx| {
+                act.check_health(ctx)
+            });
+        }
+    }
+}
+
+/// The verdict of one request (sent by a dropped [`crate::target::Lease`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Report {
+    pub verdict: Verdict,
+    pub probe: bool,
+}
+
+impl Handler<Report> for BackendActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        let now: Instant = self.clock.now();
+        match msg.verdict {
+            Verdict::Success { ttfb } => {
+                let sample = ttfb.as_micros() as f64;
+                self.ewma_us = if self.ewma_us == 0.0 {
+                    sample
+                } else {
+                    EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * self.ewma_us
+                };
+                self.breaker.on_success(now);
+            }
+            Verdict::Failure { error } => {
+                self.target.set_last_error(Some(error));
+                self.breaker.on_failure(now);
+            }
+            Verdict::Neutral => {
+                if msg.probe {
+                    self.target.free_probe();
+                }
+            }
+        }
+        self.publish(ctx);
+    }
+}
+
+/// Re-evaluate time-based state now (the breaker's open period). Sent by timers, and by
+/// tests after moving a manual clock.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+impl Handler<Tick> for BackendActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+    }
+}
+
+/// Run a health check now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckNow;
+
+impl Handler<CheckNow> for BackendActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CheckNow, ctx: &mut Context<Self>) {
+        self.check_health(ctx);
+    }
+}
+
+/// Make this actor panic: a fault injected by tests (debug builds only) to prove that the
+/// supervisor rebuilds it.
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+#[cfg(debug_assertions)]
+impl Handler<Crash> for BackendActor {
+    type Result = ();
+
+    #[allow(clippy::panic)]
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("injected fault in BackendActor {}", self.target.slug());
+    }
+}

@@ -1,0 +1,341 @@
+//! `Gateway`: the root supervisor. Builds one `BackendActor` per target and one
+//! `FederatedRouterActor` per model from the catalog, publishes the [`Directory`] handlers
+//! read, and rebuilds any child whose mailbox closed (a panic ends an actor without a
+//! supervised stop, so it watches `Addr::connected`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+
+use crate::actors::backend::{BackendActor, BackendSettings, CheckNow, Tick};
+use crate::actors::router::{FederatedRouterActor, Ranked};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::fixtures::{Catalog, ModelSpec};
+use crate::target::Target;
+
+/// How often the supervisor looks for dead children.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A model as handlers see it.
+pub struct ModelEntry {
+    pub spec: ModelSpec,
+    pub targets: Vec<Arc<Target>>,
+    /// The ranking its router publishes.
+    pub ranked: Arc<ArcSwap<Ranked>>,
+}
+
+/// Everything handlers need to route, published by the supervisor; swapped whole on reload.
+#[derive(Default)]
+pub struct Directory {
+    pub models: HashMap<String, Arc<ModelEntry>>,
+    /// Model names in catalog order (for listings).
+    pub model_order: Vec<String>,
+    /// Every target in catalog order.
+    pub targets: Vec<Arc<Target>>,
+}
+
+impl Directory {
+    pub fn model(&self, name: &str) -> Option<&Arc<ModelEntry>> {
+        self.models.get(name)
+    }
+}
+
+struct BackendSlot {
+    target: Arc<Target>,
+    settings: BackendSettings,
+    routers: Vec<String>,
+    addr: Addr<BackendActor>,
+}
+
+struct RouterSlot {
+    entry: Arc<ModelEntry>,
+    addr: Addr<FederatedRouterActor>,
+}
+
+pub struct Gateway {
+    settings: Arc<Settings>,
+    clock: Arc<dyn Clock>,
+    directory: Arc<ArcSwap<Directory>>,
+    log: slog::Logger,
+    backends: Vec<BackendSlot>,
+    routers: HashMap<String, RouterSlot>,
+    catalog: Catalog,
+    /// Built but not yet started (started with the supervisor).
+    pending: Vec<PendingModel>,
+}
+
+struct PendingModel {
+    entry: Arc<ModelEntry>,
+}
+
+impl Gateway {
+    /// Builds the targets and models and publishes the directory at once (requests can be
+    /// routed before the actors start); the actors start with the supervisor.
+    pub fn new(
+        settings: Arc<Settings>,
+        catalog: Catalog,
+        clock: Arc<dyn Clock>,
+        directory: Arc<ArcSwap<Directory>>,
+        log: slog::Logger,
+    ) -> Self {
+        let mut gateway = Gateway {
+            settings,
+            clock,
+            directory,
+            log,
+            backends: Vec::new(),
+            routers: HashMap::new(),
+            catalog,
+            pending: Vec::new(),
+        };
+        gateway.build();
+        gateway
+    }
+
+    fn backend_settings(&self, health_path: Option<&str>) -> BackendSettings {
+        let s = &self.settings;
+        let path = health_path.unwrap_or(&s.health.path);
+        BackendSettings {
+            health_path: (!path.is_empty()).then(|| path.to_string()),
+            health_interval: Duration::from_secs(s.health.interval_secs),
+            health_timeout: Duration::from_millis(s.health.timeout_ms),
+            unhealthy_threshold: s.health.unhealthy_threshold,
+            failure_threshold: s.breaker.failure_threshold,
+            open_for: Duration::from_secs(s.breaker.open_secs),
+            connect_timeout: s.upstream.connect_timeout(),
+        }
+    }
+
+    /// Builds targets and model entries from the catalog and publishes the directory.
+    fn build(&mut self) {
+        let timeout = self.settings.upstream.response_timeout();
+        let targets: Vec<Arc<Target>> = self
+            .catalog
+            .targets
+            .iter()
+            .map(|spec| {
+                let api_key = spec
+                    .api_key_env
+                    .as_ref()
+                    .and_then(|var| std::env::var(var).ok())
+                    .filter(|k| !k.is_empty());
+                if let (Some(var), None) = (&spec.api_key_env, &api_key) {
+                    slog::warn!(self.log, "upstream API key variable is not set";
+                        "target" => &spec.slug, "variable" => var);
+                }
+                Arc::new(Target::new(spec.clone(), api_key, timeout))
+            })
+            .collect();
+        let by_slug: HashMap<&str, &Arc<Target>> =
+            targets.iter().map(|t| (t.slug(), t)).collect();
+        let mut directory = Directory {
+            targets: targets.clone(),
+            ..Directory::default()
+        };
+        for spec in &self.catalog.models {
+            let model_targets: Vec<Arc<Target>> = spec
+                .targets
+                .iter()
+                .filter_map(|slug| by_slug.get(slug.as_str()).map(|t| Arc::clone(t)))
+                .collect();
+            let entry = Arc::new(ModelEntry {
+                spec: spec.clone(),
+                ranked: Arc::new(ArcSwap::from_pointee(Ranked::rank(&model_targets))),
+                targets: model_targets,
+            });
+            directory.model_order.push(spec.name.clone());
+            directory.models.insert(spec.name.clone(), Arc::clone(&entry));
+            self.pending.push(PendingModel { entry });
+        }
+        self.directory.store(Arc::new(directory));
+    }
+
+    /// Starts one router per model and one backend actor per target.
+    fn start_children(&mut self) {
+        let mut model_routers: HashMap<String, Vec<String>> = HashMap::new();
+        for PendingModel { entry } in std::mem::take(&mut self.pending) {
+            for t in &entry.targets {
+                model_routers
+                    .entry(t.slug().to_string())
+                    .or_default()
+                    .push(entry.spec.name.clone());
+            }
+            let addr = start_router(&entry);
+            self.routers
+                .insert(entry.spec.name.clone(), RouterSlot { entry, addr });
+        }
+        let targets = self.directory.load().targets.clone();
+        for target in targets {
+            let settings = self.backend_settings(target.spec.health_path.as_deref());
+            let routers = model_routers.remove(target.slug()).unwrap_or_default();
+            let addr = BackendActor::new(
+                Arc::clone(&target),
+                settings.clone(),
+                Arc::clone(&self.clock),
+                self.router_addrs(&routers),
+                false,
+            )
+            .start();
+            self.backends.push(BackendSlot {
+                target,
+                settings,
+                routers,
+                addr,
+            });
+        }
+    }
+
+    fn router_addrs(&self, models: &[String]) -> Vec<Addr<FederatedRouterActor>> {
+        models
+            .iter()
+            .filter_map(|m| self.routers.get(m).map(|r| r.addr.clone()))
+            .collect()
+    }
+
+    /// Rebuilds children whose actor died. A rebuilt router re-ranks from the targets' live
+    /// state; a rebuilt backend starts half-open with unknown health and checks at once.
+    fn watch(&mut self) {
+        let mut routers_rebuilt = false;
+        for (name, slot) in self.routers.iter_mut() {
+            if !slot.addr.connected() {
+                slog::error!(self.log, "router actor died; rebuilding it"; "model" => name);
+                slot.addr = start_router(&slot.entry);
+                routers_rebuilt = true;
+            }
+        }
+        let mut rebuilt = Vec::new();
+        for (i, slot) in self.backends.iter().enumerate() {
+            if routers_rebuilt || !slot.addr.connected() {
+                rebuilt.push((i, !slot.addr.connected()));
+            }
+        }
+        for (i, crashed) in rebuilt {
+            let routers = self.router_addrs(&self.backends[i].routers);
+            let slot = &mut self.backends[i];
+            if crashed {
+                slog::error!(self.log, "backend actor died; rebuilding it"; "target" => slot.target.slug());
+                slot.target
+                    .restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                slot.addr = BackendActor::new(
+                    Arc::clone(&slot.target),
+                    slot.settings.clone(),
+                    Arc::clone(&self.clock),
+                    routers,
+                    true,
+                )
+                .start();
+            } else {
+                // Alive, but it pushes to routers that were replaced: give it the new ones.
+                slot.addr.do_send(SetRouters(routers));
+            }
+        }
+    }
+}
+
+fn start_router(entry: &Arc<ModelEntry>) -> Addr<FederatedRouterActor> {
+    FederatedRouterActor::new(
+        entry.spec.name.clone(),
+        entry.targets.clone(),
+        Arc::clone(&entry.ranked),
+    )
+    .start()
+}
+
+impl Actor for Gateway {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.start_children();
+        ctx.run_interval(WATCH_INTERVAL, |act, _| act.watch());
+    }
+}
+
+/// Replace the routers a backend pushes its changes to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRouters(pub Vec<Addr<FederatedRouterActor>>);
+
+impl Handler<SetRouters> for BackendActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRouters, _: &mut Context<Self>) {
+        self.set_routers(msg.0);
+    }
+}
+
+/// Re-evaluate every backend's time-based state now (after a test moved its clock).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TickAll;
+
+impl Handler<TickAll> for Gateway {
+    type Result = ();
+
+    fn handle(&mut self, _: TickAll, _: &mut Context<Self>) {
+        for slot in &self.backends {
+            slot.addr.do_send(Tick);
+        }
+    }
+}
+
+/// Run every health check now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckAll;
+
+impl Handler<CheckAll> for Gateway {
+    type Result = ();
+
+    fn handle(&mut self, _: CheckAll, _: &mut Context<Self>) {
+        for slot in &self.backends {
+            slot.addr.do_send(CheckNow);
+        }
+    }
+}
+
+/// Inject a panic into one target's BackendActor (debug builds; tests only).
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct CrashBackend(pub String);
+
+#[cfg(debug_assertions)]
+impl Handler<CrashBackend> for Gateway {
+    type Result = bool;
+
+    fn handle(&mut self, msg: CrashBackend, _: &mut Context<Self>) -> bool {
+        match self.backends.iter().find(|s| s.target.slug() == msg.0) {
+            Some(slot) => {
+                slot.addr.do_send(crate::actors::backend::Crash);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Inject a panic into one model's router (debug builds; tests only).
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct CrashRouter(pub String);
+
+#[cfg(debug_assertions)]
+impl Handler<CrashRouter> for Gateway {
+    type Result = bool;
+
+    fn handle(&mut self, msg: CrashRouter, _: &mut Context<Self>) -> bool {
+        match self.routers.get(&msg.0) {
+            Some(slot) => {
+                slot.addr.do_send(crate::actors::router::Crash);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The actor tree. Actors own and change state; handlers read what they publish.
+//!
+//! ```text
+//! Gateway (root supervisor: builds the tree from the catalog, rebuilds dead children)
+//! ├── BackendActor          one per target: health checks, circuit breaker, latency
+//! └── FederatedRouterActor  one per model: ranks the model's targets, answers Pick
+//! ```
+
+pub mod backend;
+pub mod breaker;
+pub mod gateway;
+pub mod router;

@@ -1,0 +1,258 @@
+//! `FederatedRouterActor`: one per model. Owns the model's ranking of its targets (by
+//! routing tier, then file order) and publishes it as a snapshot; handlers pick from the
+//! snapshot with [`pick`], breaking ties within a tier by live in-flight count and latency.
+//! The actor answers `Pick` synchronously for callers that are not request handlers.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+
+use crate::target::{Lease, Target};
+
+/// Tier of a target that cannot take requests now (breaker open).
+pub const UNROUTABLE: u8 = u8::MAX;
+
+/// A model's targets in routing order, as last published by its router.
+#[derive(Debug, Default)]
+pub struct Ranked {
+    pub entries: Vec<(u8, Arc<Target>)>,
+}
+
+impl Ranked {
+    pub fn rank(targets: &[Arc<Target>]) -> Ranked {
+        let mut entries: Vec<(u8, Arc<Target>)> = targets
+            .iter()
+            .map(|t| (t.tier().unwrap_or(UNROUTABLE), Arc::clone(t)))
+            .collect();
+        // Stable: within a tier, the fixtures' order is kept.
+        entries.sort_by_key(|(tier, _)| *tier);
+        Ranked { entries }
+    }
+}
+
+/// Restricts a pick to the targets of one cluster and framework (the pinned routes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub cluster: String,
+    pub framework: String,
+}
+
+impl Pin {
+    pub fn matches(&self, target: &Target) -> bool {
+        target.spec.cluster == self.cluster && target.spec.framework == self.framework
+    }
+}
+
+/// Picks a target and takes a lease on it: the best tier that has a target able to take
+/// the request, and within it the least in-flight, then the lowest latency. Targets in
+/// `exclude` (already tried by this request) are skipped.
+pub fn pick(ranked: &Ranked, pin: Option<&Pin>, exclude: &[Arc<Target>]) -> Option<Lease> {
+    let entries = &ranked.entries;
+    let eligible = |t: &Arc<Target>| {
+        pin.is_none_or(|p| p.matches(t)) && !exclude.iter().any(|x| Arc::ptr_eq(x, t))
+    };
+    let mut rejected: Vec<usize> = Vec::new();
+    let mut start = 0;
+    while start < entries.len() {
+        let tier = entries[start].0;
+        if tier == UNROUTABLE {
+            break;
+        }
+        let end = entries[start..]
+            .iter()
+            .position(|(t, _)| *t != tier)
+            .map_or(entries.len(), |n| start + n);
+        loop {
+            let best = (start..end)
+                .filter(|i| !rejected.contains(i) && eligible(&entries[*i].1))
+                .min_by_key(|i| {
+                    let t = &entries[*i].1;
+                    (t.in_flight(), t.ewma_ttfb_us())
+                });
+            let Some(i) = best else { break };
+            match entries[i].1.try_lease() {
+                Some(lease) => return Some(lease),
+                // Its breaker opened since the snapshot, or another request has the probe.
+                None => rejected.push(i),
+            }
+        }
+        start = end;
+    }
+    None
+}
+
+pub struct FederatedRouterActor {
+    model: String,
+    targets: Vec<Arc<Target>>,
+    published: Arc<ArcSwap<Ranked>>,
+}
+
+impl FederatedRouterActor {
+    pub fn new(model: String, targets: Vec<Arc<Target>>, published: Arc<ArcSwap<Ranked>>) -> Self {
+        FederatedRouterActor {
+            model,
+            targets,
+            published,
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn republish(&self) {
+        self.published.store(Arc::new(Ranked::rank(&self.targets)));
+    }
+}
+
+impl Actor for FederatedRouterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        self.republish();
+    }
+}
+
+/// A target of this model changed tier: re-rank.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TargetChanged;
+
+impl Handler<TargetChanged> for FederatedRouterActor {
+    type Result = ();
+
+    fn handle(&mut self, _: TargetChanged, _: &mut Context<Self>) {
+        self.republish();
+    }
+}
+
+/// Pick a target for one request (for callers without the snapshot at hand).
+#[derive(Message)]
+#[rtype(result = "Option<Lease>")]
+pub struct Pick {
+    pub pin: Option<Pin>,
+    pub exclude: Vec<Arc<Target>>,
+}
+
+impl Handler<Pick> for FederatedRouterActor {
+    type Result = MessageResult<Pick>;
+
+    fn handle(&mut self, msg: Pick, _: &mut Context<Self>) -> Self::Result {
+        let ranked = self.published.load();
+        MessageResult(pick(&ranked, msg.pin.as_ref(), &msg.exclude))
+    }
+}
+
+/// Make this actor panic (debug builds only; tests inject it).
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+#[cfg(debug_assertions)]
+impl Handler<Crash> for FederatedRouterActor {
+    type Result = ();
+
+    #[allow(clippy::panic)]
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("injected fault in FederatedRouterActor {}", self.model);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TargetSpec;
+    use crate::target::{BreakerView, Health};
+    use std::time::Duration;
+
+    fn target(slug: &str, cluster: &str) -> Arc<Target> {
+        let spec = TargetSpec {
+            slug: slug.into(),
+            cluster: cluster.into(),
+            framework: "vllm".into(),
+            model: "m".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            api_key_env: None,
+            health_path: None,
+            request_timeout: None,
+            allowed_globus_groups: vec![],
+            allowed_domains: vec![],
+            extra: Default::default(),
+        };
+        Arc::new(Target::new(spec, None, Duration::from_secs(1)))
+    }
+
+    #[test]
+    fn healthy_before_unknown_before_probe_before_unhealthy() {
+        let (a, b, c, d, e) = (
+            target("a", "x"),
+            target("b", "x"),
+            target("c", "x"),
+            target("d", "x"),
+            target("e", "x"),
+        );
+        a.publish(Health::Unhealthy, BreakerView::Closed, 0);
+        b.publish(Health::Healthy, BreakerView::HalfOpen, 0);
+        c.publish(Health::Unknown, BreakerView::Closed, 0);
+        d.publish(Health::Healthy, BreakerView::Open, 0);
+        e.publish(Health::Healthy, BreakerView::Closed, 0);
+        let ranked = Ranked::rank(&[a.clone(), b.clone(), c.clone(), d.clone(), e.clone()]);
+        let order: Vec<&str> = ranked.entries.iter().map(|(_, t)| t.slug()).collect();
+        assert_eq!(order, vec!["e", "c", "b", "a", "d"]);
+
+        let mut tried = Vec::new();
+        let mut picked = Vec::new();
+        while let Some(lease) = pick(&ranked, None, &tried) {
+            picked.push(lease.target().slug().to_string());
+            tried.push(Arc::clone(lease.target()));
+        }
+        assert_eq!(picked, vec!["e", "c", "b", "a"], "open breaker never picked");
+    }
+
+    #[test]
+    fn least_in_flight_wins_within_a_tier() {
+        let (a, b) = (target("a", "x"), target("b", "x"));
+        a.publish(Health::Healthy, BreakerView::Closed, 100);
+        b.publish(Health::Healthy, BreakerView::Closed, 900);
+        let ranked = Ranked::rank(&[a.clone(), b.clone()]);
+        let first = pick(&ranked, None, &[]).unwrap();
+        assert_eq!(first.target().slug(), "a", "lower latency wins a tie on in-flight");
+        let second = pick(&ranked, None, &[]).unwrap();
+        assert_eq!(second.target().slug(), "b", "a has one in flight now");
+        let third = pick(&ranked, None, &[]).unwrap();
+        assert_eq!(third.target().slug(), "a");
+    }
+
+    #[test]
+    fn pin_restricts_to_cluster_and_framework() {
+        let (a, b) = (target("a", "sophia"), target("b", "polaris"));
+        a.publish(Health::Healthy, BreakerView::Closed, 0);
+        b.publish(Health::Unhealthy, BreakerView::Closed, 0);
+        let ranked = Ranked::rank(&[a, b]);
+        let pin = Pin {
+            cluster: "polaris".into(),
+            framework: "vllm".into(),
+        };
+        assert_eq!(pick(&ranked, Some(&pin), &[]).unwrap().target().slug(), "b");
+        let nowhere = Pin {
+            cluster: "polaris".into(),
+            framework: "sglang".into(),
+        };
+        assert!(pick(&ranked, Some(&nowhere), &[]).is_none());
+    }
+
+    #[test]
+    fn half_open_target_admits_one_probe_then_falls_through() {
+        let (a, b) = (target("a", "x"), target("b", "x"));
+        a.publish(Health::Healthy, BreakerView::HalfOpen, 0);
+        b.publish(Health::Unhealthy, BreakerView::Closed, 0);
+        let ranked = Ranked::rank(&[a, b]);
+        let probe = pick(&ranked, None, &[]).unwrap();
+        assert_eq!(probe.target().slug(), "a");
+        assert!(probe.is_probe());
+        let next = pick(&ranked, None, &[]).unwrap();
+        assert_eq!(next.target().slug(), "b");
+    }
+}

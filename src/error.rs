@@ -1,0 +1,253 @@
+//! Every error a client can see, as one enum. Each variant has its status and a stable
+//! machine `code`; the body is always OpenAI's `{"error":{"message","type","param","code"}}`.
+//! 5xx bodies never carry internals: the cause goes to the log only.
+
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Stable machine codes (the `code` field).
+pub mod code {
+    pub const INVALID_JSON: &str = "invalid_json";
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    pub const MODEL_NOT_FOUND: &str = "model_not_found";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    pub const LOOP_DETECTED: &str = "loop_detected";
+    pub const RATE_LIMITED: &str = "rate_limit_exceeded";
+    pub const UPSTREAM_ERROR: &str = "upstream_error";
+    pub const NO_AVAILABLE_TARGET: &str = "no_available_target";
+    pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+    pub const STREAM_INTERRUPTED: &str = "stream_interrupted";
+    pub const STREAM_IDLE_TIMEOUT: &str = "stream_idle_timeout";
+    pub const INTERNAL: &str = "internal_error";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Method {0} is not allowed on this route.")]
+    MethodNotAllowed(String),
+    #[error("Request body is larger than the limit of {0} bytes.")]
+    PayloadTooLarge(usize),
+    #[error("Request has passed through too many gateways; a target points back at this gateway.")]
+    LoopDetected,
+    /// Every target answered 429.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Every attempt failed with a connection error or 5xx.
+    #[error("All targets for model `{0}` failed; try again later.")]
+    AllTargetsFailed(String),
+    /// No target is healthy with a closed breaker.
+    #[error("No target for model `{0}` is available right now; try again later.")]
+    NoAvailableTarget(String),
+    #[error("The model `{0}` did not answer in time.")]
+    UpstreamTimeout(String),
+    /// The cause is logged where it happens; the client sees only this.
+    #[error("internal error")]
+    Internal,
+}
+
+/// The inner object of an OpenAI error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorObject<'a> {
+    pub message: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub param: Option<&'a str>,
+    pub code: &'a str,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: ErrorObject<'a>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => code::INVALID_JSON,
+            ApiError::InvalidRequest { .. } => code::INVALID_REQUEST,
+            ApiError::ModelNotFound(_) => code::MODEL_NOT_FOUND,
+            ApiError::NotFound(_) => code::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => code::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => code::PAYLOAD_TOO_LARGE,
+            ApiError::LoopDetected => code::LOOP_DETECTED,
+            ApiError::RateLimited { .. } => code::RATE_LIMITED,
+            ApiError::AllTargetsFailed(_) => code::UPSTREAM_ERROR,
+            ApiError::NoAvailableTarget(_) => code::NO_AVAILABLE_TARGET,
+            ApiError::UpstreamTimeout(_) => code::UPSTREAM_TIMEOUT,
+            ApiError::Internal => code::INTERNAL,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self.status_code().as_u16() {
+            404 if matches!(self, ApiError::ModelNotFound(_)) => "invalid_request_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidRequest { param, .. } => *param,
+            ApiError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The JSON body for this error.
+    pub fn body(&self) -> String {
+        let message = self.to_string();
+        envelope(&message, self.kind(), self.param(), self.code())
+    }
+}
+
+/// Serialises an OpenAI error envelope.
+pub fn envelope(message: &str, kind: &str, param: Option<&str>, code: &str) -> String {
+    serde_json::to_string(&Envelope {
+        error: ErrorObject {
+            message,
+            kind,
+            param,
+            code,
+        },
+    })
+    .unwrap_or_else(|_| String::from(r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#))
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::LoopDetected => StatusCode::LOOP_DETECTED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::AllTargetsFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::NoAvailableTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        res.content_type("application/json");
+        match self {
+            ApiError::RateLimited {
+                retry_after: Some(after),
+                ..
+            } => {
+                let secs = after.as_secs().max(1);
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    res.insert_header((RETRY_AFTER, v));
+                }
+            }
+            ApiError::NoAvailableTarget(_) => {
+                res.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            _ => {}
+        }
+        res.body(self.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(e: &ApiError) -> serde_json::Value {
+        let bytes = e.error_response().into_body().try_into_bytes().unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn model_not_found_is_404_with_openai_envelope() {
+        let e = ApiError::ModelNotFound("gpt-x".into());
+        assert_eq!(e.status_code(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            body_of(&e),
+            serde_json::json!({"error":{
+                "message":"The model `gpt-x` does not exist or you do not have access to it.",
+                "type":"invalid_request_error","param":"model","code":"model_not_found"}})
+        );
+    }
+
+    #[test]
+    fn server_errors_say_nothing_internal() {
+        let e = ApiError::Internal;
+        assert_eq!(
+            body_of(&e),
+            serde_json::json!({"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}})
+        );
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after() {
+        let e = ApiError::RateLimited {
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(2500)),
+        };
+        let res = e.error_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers().get(RETRY_AFTER).unwrap(), "2");
+        assert_eq!(body_of(&e)["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn each_variant_has_its_status() {
+        let cases: Vec<(ApiError, u16)> = vec![
+            (ApiError::InvalidJson("x".into()), 400),
+            (ApiError::invalid("x"), 400),
+            (ApiError::NotFound("x".into()), 404),
+            (ApiError::MethodNotAllowed("GET".into()), 405),
+            (ApiError::PayloadTooLarge(1), 413),
+            (ApiError::LoopDetected, 508),
+            (ApiError::AllTargetsFailed("m".into()), 502),
+            (ApiError::NoAvailableTarget("m".into()), 503),
+            (ApiError::UpstreamTimeout("m".into()), 504),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status_code().as_u16(), status, "{e:?}");
+            assert_eq!(body_of(&e)["error"]["code"], e.code());
+        }
+    }
+}

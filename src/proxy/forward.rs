@@ -1,0 +1,416 @@
+//! Sends one inference request to a model's targets: pick, send, and fail over on failures
+//! that happened before anything reached the client (connection errors, 5xx, 429, an
+//! upstream that dies before its first byte). Once a 2xx answer's first chunk is in hand,
+//! the response is committed and the [`Relay`] streams the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use awc::error::SendRequestError;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::actors::gateway::ModelEntry;
+use crate::actors::router::{pick, Pin};
+use crate::error::{code, envelope, ApiError};
+use crate::proxy::record::{Ending, RequestRecord};
+use crate::proxy::relay::{Finish, Framing, Relay};
+use crate::target::{Lease, Target, Verdict};
+
+/// Header counting how many gateways a request has passed through (loop protection).
+pub const HOPS_HEADER: &str = "x-inference-gateway-hops";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Largest upstream error body read (to pass a 4xx through or log a 5xx).
+const ERROR_BODY_LIMIT: usize = 1024 * 1024;
+/// Client headers passed upstream as they are (beside content-type and accept).
+const PASSED_HEADERS: [&str; 4] = ["anthropic-version", "anthropic-beta", "openai-beta", "accept"];
+
+/// Per-worker upstream HTTP client (awc clients are not Send: one per worker thread).
+pub struct Upstream {
+    client: awc::Client,
+    settings: crate::config::Upstream,
+}
+
+impl Upstream {
+    pub fn new(settings: &crate::config::Upstream) -> Self {
+        let connector = awc::Connector::new()
+            .timeout(settings.connect_timeout())
+            .limit(settings.pool_limit_per_worker)
+            .conn_keep_alive(Duration::from_secs(settings.pool_idle_secs));
+        let client = awc::Client::builder()
+            .connector(connector)
+            .disable_redirects()
+            .timeout(settings.response_timeout())
+            .finish();
+        Upstream {
+            client,
+            settings: settings.clone(),
+        }
+    }
+}
+
+/// Everything about the incoming request that forwarding needs.
+pub struct Call {
+    pub model: Arc<ModelEntry>,
+    pub upstream_path: &'static str,
+    pub body: Bytes,
+    /// The model name the client asked for (rewritten when a target serves another name).
+    pub requested_model: String,
+    pub pin: Option<Pin>,
+    pub stream: bool,
+    pub request_id: String,
+    pub hops: u32,
+    pub client_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Picks from the client's headers those passed upstream.
+pub fn passed_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    PASSED_HEADERS
+        .iter()
+        .filter_map(|name| {
+            headers
+                .get(*name)
+                .map(|v| (HeaderName::from_static(name), v.clone()))
+        })
+        .collect()
+}
+
+/// Why one attempt did not produce a response to commit.
+enum AttemptError {
+    /// Before the request could have reached the target's application (connect failed).
+    Connect(String),
+    /// The connection broke around sending; it may have been a stale pooled connection.
+    Broken(String),
+    /// No response head in time.
+    Timeout,
+    /// The target answered 5xx (message for the log).
+    Status5xx(u16, String),
+    /// The target answered 429.
+    RateLimited(Option<Duration>, Bytes),
+}
+
+pub async fn forward(
+    upstream: &Upstream,
+    call: Call,
+    mut record: RequestRecord,
+    log: &slog::Logger,
+) -> Result<HttpResponse, (ApiError, RequestRecord)> {
+    let settings = &upstream.settings;
+    let mut tried: Vec<Arc<Target>> = Vec::new();
+    let mut last: Option<AttemptError> = None;
+    let mut stale_retry_used = false;
+    let model_name = call.requested_model.clone();
+
+    while record.attempts < settings.max_attempts {
+        let lease = {
+            let ranked = call.model.ranked.load();
+            pick(&ranked, call.pin.as_ref(), &tried)
+        };
+        let Some(mut lease) = lease else { break };
+        if record.attempts > 0 {
+            let backoff = settings.retry_backoff() * 2u32.pow(record.attempts - 1);
+            actix_rt::time::sleep(backoff.min(Duration::from_secs(2))).await;
+        }
+        record.attempts += 1;
+        let target = Arc::clone(lease.target());
+        record.target = Some(target.spec.slug.clone());
+        record.cluster = Some(target.spec.cluster.clone());
+        record.framework = Some(target.spec.framework.clone());
+
+        let body = match rewrite_model(&call.body, &call.requested_model, &target.spec.model) {
+            Ok(body) => body,
+            Err(e) => {
+                slog::error!(log, "could not rewrite model field"; "error" => e.to_string(), "request_id" => &call.request_id);
+                return Err((ApiError::Internal, record));
+            }
+        };
+        let mut result = send(upstream, &target, &call, body.clone(), &lease).await;
+        if let Err(AttemptError::Broken(_)) = &result {
+            if !stale_retry_used {
+                // A pooled connection the target had already closed (llama-server closes
+                // after every stream): nothing was processed, so resend on a fresh one.
+                stale_retry_used = true;
+                result = send(upstream, &target, &call, body, &lease).await;
+            }
+        }
+        match result {
+            Ok(Committed::Response(res, first)) => {
+                record.ttft = Some(lease.started().elapsed());
+                return Ok(respond(res, first, lease, record, &call, settings, log));
+            }
+            Ok(Committed::ClientError(status, headers, body)) => {
+                lease.set_verdict(Verdict::Success {
+                    ttfb: lease.started().elapsed(),
+                });
+                record.status = status.as_u16();
+                record.ending = Ending::Complete;
+                drop(lease);
+                let response = pass_client_error(status, &headers, body, &call.request_id);
+                record.finish(log);
+                return Ok(response);
+            }
+            Err(e) => {
+                let (verdict, detail) = match &e {
+                    AttemptError::Connect(m) | AttemptError::Broken(m) => {
+                        (Verdict::Failure { error: m.clone() }, m.clone())
+                    }
+                    AttemptError::Timeout => (
+                        Verdict::Failure {
+                            error: "no response head in time".into(),
+                        },
+                        "timeout".into(),
+                    ),
+                    AttemptError::Status5xx(s, m) => (
+                        Verdict::Failure {
+                            error: format!("HTTP {s}: {m}"),
+                        },
+                        format!("HTTP {s}"),
+                    ),
+                    AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
+                };
+                slog::warn!(log, "attempt failed";
+                    "request_id" => &call.request_id, "target" => target.slug(),
+                    "attempt" => record.attempts, "error" => detail);
+                lease.set_verdict(verdict);
+                drop(lease);
+                tried.push(target);
+                let timeout = matches!(e, AttemptError::Timeout);
+                last = Some(e);
+                if timeout {
+                    // The target may still be working on it; another try would double the
+                    // wait (and the work). Give up.
+                    break;
+                }
+            }
+        }
+    }
+
+    let error = match last {
+        None => ApiError::NoAvailableTarget(model_name),
+        Some(AttemptError::Timeout) => ApiError::UpstreamTimeout(model_name),
+        Some(AttemptError::RateLimited(retry_after, body)) => ApiError::RateLimited {
+            message: upstream_message(&body).unwrap_or_else(|| {
+                format!("Every target for model `{model_name}` is rate limited; try again later.")
+            }),
+            retry_after,
+        },
+        Some(_) => ApiError::AllTargetsFailed(model_name),
+    };
+    Err((error, record))
+}
+
+enum Committed {
+    /// A 2xx answer and its first body chunk (None if the body was empty).
+    Response(awc::ClientResponse, Option<Bytes>),
+    /// A 4xx (but 429) answer, read whole: the client's fault, passed through.
+    ClientError(StatusCode, HeaderMap, Bytes),
+}
+
+async fn send(
+    upstream: &Upstream,
+    target: &Target,
+    call: &Call,
+    body: Bytes,
+    lease: &Lease,
+) -> Result<Committed, AttemptError> {
+    let url = format!("{}{}", target.spec.base_url, call.upstream_path);
+    let mut req = upstream
+        .client
+        .post(url)
+        .timeout(target.response_timeout)
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((REQUEST_ID_HEADER, call.request_id.as_str()))
+        .insert_header((HOPS_HEADER, (call.hops + 1).to_string()));
+    for (name, value) in &call.client_headers {
+        req = req.insert_header((name.clone(), value.clone()));
+    }
+    if let Some(key) = &target.api_key {
+        req = req.bearer_auth(key);
+    }
+    let mut res = match req.send_body(body).await {
+        Ok(res) => res,
+        Err(e) => return Err(classify(e)),
+    };
+    let status = res.status();
+    if status.is_success() {
+        // Wait for the first chunk before committing: a target that dies now can still be
+        // replaced by another without the client noticing.
+        let remaining = target
+            .response_timeout
+            .saturating_sub(lease.started().elapsed());
+        return match actix_rt::time::timeout(remaining, res.next()).await {
+            Ok(Some(Ok(first))) => Ok(Committed::Response(res, Some(first))),
+            Ok(None) => Ok(Committed::Response(res, None)),
+            Ok(Some(Err(e))) => Err(AttemptError::Broken(format!(
+                "body failed before the first byte: {e}"
+            ))),
+            Err(_) => Err(AttemptError::Timeout),
+        };
+    }
+    let body = res
+        .body()
+        .limit(ERROR_BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        return Err(AttemptError::RateLimited(retry_after, body));
+    }
+    if status.is_server_error() {
+        let message = upstream_message(&body)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        return Err(AttemptError::Status5xx(status.as_u16(), message));
+    }
+    Ok(Committed::ClientError(status, res.headers().clone(), body))
+}
+
+fn classify(e: SendRequestError) -> AttemptError {
+    match e {
+        SendRequestError::Connect(e) => AttemptError::Connect(format!("connect: {e}")),
+        SendRequestError::Timeout => AttemptError::Timeout,
+        SendRequestError::Send(e) => AttemptError::Broken(format!("send: {e}")),
+        SendRequestError::Response(e) => AttemptError::Broken(format!("response: {e}")),
+        other => AttemptError::Connect(other.to_string()),
+    }
+}
+
+/// Builds the streaming response for a committed 2xx answer.
+fn respond(
+    res: awc::ClientResponse,
+    first: Option<Bytes>,
+    lease: Lease,
+    mut record: RequestRecord,
+    call: &Call,
+    settings: &crate::config::Upstream,
+    log: &slog::Logger,
+) -> HttpResponse {
+    let status = res.status();
+    record.status = status.as_u16();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let framing = Framing::for_content_type(&content_type);
+    let sse = matches!(framing, Framing::Sse(_));
+    let mut builder = HttpResponse::build(status);
+    builder.insert_header((header::CONTENT_TYPE, content_type));
+    builder.insert_header((REQUEST_ID_HEADER, call.request_id.clone()));
+    if let Some(encoding) = res.headers().get(header::CONTENT_ENCODING) {
+        builder.insert_header((header::CONTENT_ENCODING, encoding.clone()));
+    }
+    if sse {
+        builder.insert_header((header::CACHE_CONTROL, "no-cache"));
+        // Tell a reverse proxy in front of us (nginx) not to buffer the stream.
+        builder.insert_header(("x-accel-buffering", "no"));
+    }
+    let finish = Finish {
+        lease,
+        record,
+        log: log.clone(),
+    };
+    let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish);
+    builder.streaming(relay)
+}
+
+/// Passes a backend 4xx through with its status. A body that is already an OpenAI error
+/// envelope goes as it is; anything else is wrapped in one.
+fn pass_client_error(status: StatusCode, headers: &HeaderMap, body: Bytes, request_id: &str) -> HttpResponse {
+    let mut builder = HttpResponse::build(status);
+    builder.insert_header((REQUEST_ID_HEADER, request_id.to_string()));
+    builder.content_type("application/json");
+    if let Some(after) = headers.get(header::RETRY_AFTER) {
+        builder.insert_header((header::RETRY_AFTER, after.clone()));
+    }
+    let is_envelope = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(|e| e.is_object()));
+    if is_envelope {
+        return builder.body(body);
+    }
+    let text = String::from_utf8_lossy(&body);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.chars().take(2000).collect(),
+    };
+    let kind = if status == StatusCode::NOT_FOUND {
+        "not_found_error"
+    } else {
+        "invalid_request_error"
+    };
+    builder.body(envelope(&message, kind, None, code::UPSTREAM_ERROR))
+}
+
+/// The `error.message` (or `detail`, `message`) of an upstream error body.
+fn upstream_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let m = v
+        .pointer("/error/message")
+        .or_else(|| v.get("message"))
+        .or_else(|| v.get("detail"))
+        .or_else(|| v.get("error"))?;
+    m.as_str().map(|s| s.chars().take(2000).collect())
+}
+
+/// Sends the body as it is, unless the target serves the model under another name; then
+/// only the `model` field changes (field order is kept).
+fn rewrite_model(body: &Bytes, requested: &str, served: &str) -> Result<Bytes, serde_json::Error> {
+    if requested == served {
+        return Ok(body.clone());
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(body)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("model".into(), serde_json::Value::String(served.to_string()));
+    }
+    Ok(Bytes::from(serde_json::to_vec(&value)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_keeps_other_fields_and_order() {
+        let body = Bytes::from_static(br#"{"messages":[],"model":"alias","x_unknown":{"a":1}}"#);
+        assert_eq!(rewrite_model(&body, "alias", "alias").unwrap(), body);
+        let out = rewrite_model(&body, "alias", "real/model").unwrap();
+        assert_eq!(&out[..], br#"{"messages":[],"model":"real/model","x_unknown":{"a":1}}"#);
+    }
+
+    #[test]
+    fn upstream_messages_from_common_shapes() {
+        assert_eq!(upstream_message(br#"{"error":{"code":400,"message":"bad","type":"x"}}"#).as_deref(), Some("bad"));
+        assert_eq!(upstream_message(br#"{"detail":"Not Found"}"#).as_deref(), Some("Not Found"));
+        assert_eq!(upstream_message(b"oops"), None);
+    }
+
+    #[test]
+    fn client_errors_keep_envelopes_and_wrap_the_rest() {
+        use actix_web::body::MessageBody;
+        let res = pass_client_error(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            Bytes::from_static(br#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#),
+            "rid",
+        );
+        assert_eq!(res.status(), 400);
+        let body = res.into_body().try_into_bytes().unwrap();
+        assert_eq!(&body[..], br#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#);
+
+        let res = pass_client_error(StatusCode::NOT_FOUND, &HeaderMap::new(), Bytes::from_static(b"404 page not found"), "rid");
+        let body = res.into_body().try_into_bytes().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["message"], "404 page not found");
+        assert_eq!(v["error"]["type"], "not_found_error");
+    }
+}

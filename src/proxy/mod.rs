@@ -1,0 +1,8 @@
+//! Moving requests and responses: choosing a target, failing over, and relaying bytes.
+//! No actor sees a response chunk; handlers move bytes.
+
+pub mod forward;
+pub mod record;
+pub mod relay;
+pub mod sse;
+pub mod usage;

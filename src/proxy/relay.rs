@@ -1,0 +1,272 @@
+//! The one stream between the upstream body and the client: no channel, so backpressure
+//! reaches the upstream by itself. It forwards bytes unchanged (SSE regrouped at event
+//! boundaries), reads usage, ends a stream that goes quiet, turns an upstream failure after
+//! the first byte into a final in-band SSE error event, and on drop (client gone) drops the
+//! upstream connection, releases the lease and writes the request record.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::error::PayloadError;
+use bytes::Bytes;
+use futures_util::Stream;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{code, envelope};
+use crate::proxy::record::{Ending, RequestRecord};
+use crate::proxy::sse::SseSplitter;
+use crate::proxy::usage::UsageMeter;
+use crate::target::{Lease, Verdict};
+
+/// Largest non-streaming body kept aside to read usage from (bodies pass through whole
+/// either way; a larger one just goes unmetered).
+const METER_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// How the body is framed, which decides how it is metered and how failures are reported.
+pub enum Framing {
+    /// `text/event-stream`: whole events only; failures become an SSE error event.
+    Sse(SseSplitter),
+    /// A JSON body: kept aside (bounded) and read for usage at the end.
+    Json { parts: Vec<Bytes>, len: usize },
+    /// Anything else: passed through, not metered.
+    Opaque,
+}
+
+impl Framing {
+    pub fn for_content_type(content_type: &str) -> Framing {
+        if content_type.starts_with("text/event-stream") {
+            Framing::Sse(SseSplitter::default())
+        } else if content_type.contains("json") {
+            Framing::Json {
+                parts: Vec::new(),
+                len: 0,
+            }
+        } else {
+            Framing::Opaque
+        }
+    }
+}
+
+/// What the relay needs to finish a request: the lease to release and the record to write.
+pub struct Finish {
+    pub lease: Lease,
+    pub record: RequestRecord,
+    pub log: slog::Logger,
+}
+
+pin_project! {
+    pub struct Relay<S> {
+        #[pin]
+        upstream: S,
+        #[pin]
+        idle: Sleep,
+        idle_timeout: Duration,
+        first: Option<Bytes>,
+        framing: Framing,
+        meter: UsageMeter,
+        finish: Option<Finish>,
+        done: bool,
+    }
+
+    impl<S> PinnedDrop for Relay<S> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(finish) = this.finish.take() {
+                // Dropped before the end: the client went away. The upstream body (and its
+                // connection) is dropped with us, so the backend stops generating.
+                complete(finish, this.meter, Ending::ClientGone, Verdict::Neutral);
+            }
+        }
+    }
+}
+
+impl<S> Relay<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>>,
+{
+    /// `first` is the first body chunk, already read (the gateway waits for it before
+    /// answering, so an upstream that dies before sending anything can still fail over).
+    pub fn new(
+        upstream: S,
+        first: Option<Bytes>,
+        framing: Framing,
+        idle_timeout: Duration,
+        finish: Finish,
+    ) -> Self {
+        Relay {
+            upstream,
+            idle: tokio::time::sleep(idle_timeout),
+            idle_timeout,
+            first,
+            framing,
+            meter: UsageMeter::default(),
+            finish: Some(finish),
+            done: false,
+        }
+    }
+}
+
+/// Releases the lease with its verdict and writes the record.
+fn complete(mut finish: Finish, meter: &UsageMeter, ending: Ending, verdict: Verdict) {
+    finish.record.ending = ending;
+    finish.record.usage = meter.usage();
+    finish.record.events = meter.events();
+    if !matches!(ending, Ending::Complete | Ending::ClientGone) {
+        finish.record.error_code = Some(match ending {
+            Ending::IdleTimeout => code::STREAM_IDLE_TIMEOUT,
+            _ => code::STREAM_INTERRUPTED,
+        });
+    }
+    finish.lease.set_verdict(verdict);
+    let Finish { lease, record, log } = finish;
+    drop(lease);
+    record.finish(&log);
+}
+
+/// The final event of a stream the upstream broke: an OpenAI error object, which the SDKs
+/// raise as an exception.
+fn sse_error_event(message: &str, code: &str) -> Bytes {
+    let body = envelope(message, "server_error", None, code);
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+impl<S> Relay<S> {
+    /// Meters one chunk and decides what of it to send now.
+    fn accept(framing: &mut Framing, meter: &mut UsageMeter, chunk: Bytes) -> Option<Bytes> {
+        match framing {
+            Framing::Sse(splitter) => {
+                let events = splitter.push(chunk)?;
+                meter.observe_events(&events);
+                Some(events)
+            }
+            Framing::Json { parts, len } => {
+                if *len + chunk.len() <= METER_BODY_LIMIT {
+                    *len += chunk.len();
+                    parts.push(chunk.clone());
+                } else {
+                    parts.clear();
+                    *len = usize::MAX / 2;
+                }
+                Some(chunk)
+            }
+            Framing::Opaque => Some(chunk),
+        }
+    }
+}
+
+impl<S> Stream for Relay<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>>,
+{
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            if let Some(out) = Self::accept(this.framing, this.meter, first) {
+                return Poll::Ready(Some(Ok(out)));
+            }
+        }
+        loop {
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.idle
+                        .as_mut()
+                        .reset(Instant::now() + *this.idle_timeout);
+                    if let Some(out) = Self::accept(this.framing, this.meter, chunk) {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                    // Only part of an event: wait for the rest.
+                }
+                Poll::Ready(None) => {
+                    *this.done = true;
+                    let tail = match this.framing {
+                        Framing::Sse(splitter) => splitter.finish(),
+                        Framing::Json { parts, len } => {
+                            if *len <= METER_BODY_LIMIT {
+                                let body: Vec<u8> = parts.concat();
+                                this.meter.observe_json(&body);
+                            }
+                            None
+                        }
+                        Framing::Opaque => None,
+                    };
+                    if let Some(finish) = this.finish.take() {
+                        let ttfb = finish.record.ttft.unwrap_or_default();
+                        complete(finish, this.meter, Ending::Complete, Verdict::Success { ttfb });
+                    }
+                    return Poll::Ready(tail.map(Ok));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    *this.done = true;
+                    let message = format!("upstream stream failed: {e}");
+                    return Poll::Ready(Self::fail(
+                        this.framing,
+                        this.meter,
+                        this.finish,
+                        Ending::UpstreamBroke,
+                        message,
+                    ));
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        *this.done = true;
+                        let message = format!(
+                            "upstream sent nothing for {} s",
+                            this.idle_timeout.as_secs()
+                        );
+                        return Poll::Ready(Self::fail(
+                            this.framing,
+                            this.meter,
+                            this.finish,
+                            Ending::IdleTimeout,
+                            message,
+                        ));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<S> Relay<S> {
+    /// Ends the response after an upstream failure: an SSE stream gets a final error event
+    /// (partial events were held back, so it is well-formed); any other body is cut off,
+    /// which the client sees as an incomplete response.
+    fn fail(
+        framing: &mut Framing,
+        meter: &UsageMeter,
+        finish: &mut Option<Finish>,
+        ending: Ending,
+        cause: String,
+    ) -> Option<Result<Bytes, actix_web::Error>> {
+        let (client_message, code) = match ending {
+            Ending::IdleTimeout => (
+                "The model stopped sending output before finishing.",
+                code::STREAM_IDLE_TIMEOUT,
+            ),
+            _ => (
+                "The model's response was interrupted; the output is incomplete.",
+                code::STREAM_INTERRUPTED,
+            ),
+        };
+        if let Some(f) = finish.take() {
+            slog::warn!(f.log, "upstream failed mid-response";
+                "request_id" => &f.record.request_id,
+                "target" => f.record.target.as_deref().unwrap_or(""),
+                "error" => &cause);
+            complete(f, meter, ending, Verdict::Failure { error: cause });
+        }
+        match framing {
+            Framing::Sse(_) => Some(Ok(sse_error_event(client_message, code))),
+            _ => Some(Err(actix_web::error::ErrorBadGateway(client_message))),
+        }
+    }
+}

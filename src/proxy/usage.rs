@@ -1,0 +1,163 @@
+//! Reads token usage out of response bodies without changing them: OpenAI chat and
+//! completions (`usage.prompt_tokens`...), the Responses API (`response.usage` in the
+//! `response.completed` event, `input_tokens`/`output_tokens`) and Anthropic Messages
+//! (`message.usage` in `message_start`, `usage` in `message_delta`).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default, alias = "input_tokens")]
+    pub prompt_tokens: u64,
+    #[serde(default, alias = "output_tokens")]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    /// Merges a later report: counts only grow within one response, so keep the largest.
+    fn merge(&mut self, other: Usage) {
+        self.prompt_tokens = self.prompt_tokens.max(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.max(other.completion_tokens);
+        self.total_tokens = self.total_tokens.max(other.total_tokens);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total_tokens
+            .max(self.prompt_tokens + self.completion_tokens)
+    }
+}
+
+/// The places usage is found in a JSON body or event.
+#[derive(Deserialize)]
+struct Carrier<'a> {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Inner {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// Accumulates usage and counts events over one response.
+#[derive(Debug, Default, Clone)]
+pub struct UsageMeter {
+    usage: Option<Usage>,
+    events: u64,
+}
+
+impl UsageMeter {
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Data events seen in a stream (excluding `[DONE]`).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Reads usage from one JSON document (a whole body, or one SSE event's data).
+    pub fn observe_json(&mut self, json: &[u8]) {
+        if !contains(json, b"\"usage\"") {
+            return;
+        }
+        let Ok(carrier) = serde_json::from_slice::<Carrier>(json) else {
+            return;
+        };
+        let nested = [carrier.response, carrier.message]
+            .into_iter()
+            .flatten()
+            .filter_map(|raw| serde_json::from_str::<Inner>(raw.get()).ok())
+            .filter_map(|inner| inner.usage);
+        for usage in carrier.usage.into_iter().chain(nested) {
+            match &mut self.usage {
+                Some(u) => u.merge(usage),
+                None => self.usage = Some(usage),
+            }
+        }
+    }
+
+    /// Reads complete SSE events (as forwarded by the splitter).
+    pub fn observe_events(&mut self, events: &[u8]) {
+        for line in events.split(|b| *b == b'\n') {
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = trim_ascii(data);
+            if data.is_empty() || data == b"[DONE]" {
+                continue;
+            }
+            self.events += 1;
+            self.observe_json(data);
+        }
+    }
+}
+
+fn trim_ascii(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_body_usage() {
+        let mut m = UsageMeter::default();
+        m.observe_json(br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#);
+        assert_eq!(m.usage(), Some(Usage { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 }));
+    }
+
+    #[test]
+    fn stream_final_usage_chunk_and_event_count() {
+        let mut m = UsageMeter::default();
+        m.observe_events(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\ndata: [DONE]\n\n");
+        assert_eq!(m.events(), 2);
+        assert_eq!(m.usage().unwrap().total(), 3);
+    }
+
+    #[test]
+    fn null_usage_is_ignored() {
+        let mut m = UsageMeter::default();
+        m.observe_events(b"data: {\"choices\":[],\"usage\":null}\n\n");
+        assert_eq!(m.usage(), None);
+    }
+
+    #[test]
+    fn responses_api_and_anthropic_shapes() {
+        let mut m = UsageMeter::default();
+        m.observe_events(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":6,\"total_tokens\":10}}}\n\n");
+        assert_eq!(m.usage().unwrap().total(), 10);
+
+        let mut m = UsageMeter::default();
+        m.observe_events(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n");
+        let u = m.usage().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total()), (7, 9, 16));
+    }
+}

@@ -1,0 +1,102 @@
+//! What clients can use: `GET /v1/models` (an OpenAI model list with live status and
+//! targets) and `GET /list-endpoints` (FIRST's catalogue shape).
+
+use std::collections::BTreeMap;
+use std::time::UNIX_EPOCH;
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::actors::gateway::ModelEntry;
+use crate::state::AppState;
+use crate::target::{BreakerView, Health};
+
+/// Live status of a model from its targets: `running` when one is healthy and takes
+/// requests, `unknown` while none has been checked yet, else `offline`.
+pub fn model_status(entry: &ModelEntry) -> &'static str {
+    let usable = |t: &&std::sync::Arc<crate::target::Target>| t.breaker() != BreakerView::Open;
+    if entry.targets.iter().filter(usable).any(|t| t.health() == Health::Healthy) {
+        "running"
+    } else if entry.targets.iter().filter(usable).any(|t| t.health() == Health::Unknown) {
+        "unknown"
+    } else {
+        "offline"
+    }
+}
+
+pub async fn models(state: web::Data<AppState>) -> HttpResponse {
+    let directory = state.directory.load();
+    let created = state
+        .started_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let data: Vec<Value> = directory
+        .model_order
+        .iter()
+        .filter_map(|name| directory.model(name))
+        .map(|entry| {
+            let targets: Vec<Value> = entry
+                .targets
+                .iter()
+                .map(|t| {
+                    json!({
+                        "id": t.slug(),
+                        "cluster": t.spec.cluster,
+                        "framework": t.spec.framework,
+                        "health": t.health().name(),
+                        "breaker": t.breaker().name(),
+                    })
+                })
+                .collect();
+            json!({
+                "id": entry.spec.name,
+                "object": "model",
+                "created": created,
+                "owned_by": "inference-gateway",
+                "status": model_status(entry),
+                "targets": targets,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+}
+
+pub async fn list_endpoints(state: web::Data<AppState>) -> HttpResponse {
+    let directory = state.directory.load();
+    let endpoints: Vec<&str> = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].to_vec();
+    let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
+    for target in &directory.targets {
+        let models = clusters
+            .entry(target.spec.cluster.as_str())
+            .or_default()
+            .entry(target.spec.framework.as_str())
+            .or_default();
+        if !models.contains(&target.spec.model.as_str()) {
+            models.push(target.spec.model.as_str());
+        }
+    }
+    let clusters: serde_json::Map<String, Value> = clusters
+        .into_iter()
+        .map(|(cluster, frameworks)| {
+            let frameworks: serde_json::Map<String, Value> = frameworks
+                .into_iter()
+                .map(|(fw, models)| {
+                    let paths: Vec<String> = endpoints
+                        .iter()
+                        .map(|p| format!("{}/{cluster}/{fw}{p}", FIRST_PREFIX))
+                        .collect();
+                    (fw.to_string(), json!({"models": models, "endpoints": paths}))
+                })
+                .collect();
+            (
+                cluster.to_string(),
+                json!({"base_url": format!("{}/{cluster}", FIRST_PREFIX), "frameworks": frameworks}),
+            )
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"clusters": clusters}))
+}
+
+/// FIRST's clients address clusters under this prefix.
+const FIRST_PREFIX: &str = "/resource_server";

@@ -1,0 +1,50 @@
+//! `GET /health` (liveness: the process answers) and `GET /health/detailed` (every target's
+//! health, breaker, in-flight count, latency and last error).
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::routes::catalog::model_status;
+use crate::state::AppState;
+
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn detailed(state: web::Data<AppState>) -> HttpResponse {
+    let directory = state.directory.load();
+    let targets: Vec<Value> = directory
+        .targets
+        .iter()
+        .map(|t| {
+            let ewma = t.ewma_ttfb_us();
+            json!({
+                "id": t.slug(),
+                "cluster": t.spec.cluster,
+                "framework": t.spec.framework,
+                "model": t.spec.model,
+                "healthy": t.tier().is_some_and(|tier| tier == 0),
+                "health": t.health().name(),
+                "breaker": t.breaker().name(),
+                "in_flight": t.in_flight(),
+                "ewma_ttfb_ms": (ewma > 0).then(|| ewma as f64 / 1000.0),
+                "requests": t.requests_total(),
+                "failures": t.failures_total(),
+                "actor_restarts": t.restarts(),
+                "last_error": t.last_error(),
+            })
+        })
+        .collect();
+    let models: Vec<Value> = directory
+        .model_order
+        .iter()
+        .filter_map(|name| directory.model(name))
+        .map(|m| json!({"id": m.spec.name, "status": model_status(m)}))
+        .collect();
+    let all_up = directory.models.values().all(|m| model_status(m) == "running");
+    HttpResponse::Ok().json(json!({
+        "status": if all_up { "ok" } else { "degraded" },
+        "targets": targets,
+        "models": models,
+    }))
+}

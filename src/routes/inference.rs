@@ -1,0 +1,247 @@
+//! The inference routes: read and check the body, find the model, forward. Federated
+//! (`/v1/...`, routed by the body's `model`) and pinned (`/{cluster}/{framework}/v1/...`).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::header::{HeaderValue, CONTENT_LENGTH};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::actors::router::Pin;
+use crate::error::ApiError;
+use crate::proxy::forward::{self, passed_headers, Call, Upstream, HOPS_HEADER, REQUEST_ID_HEADER};
+use crate::proxy::record::{Ending, RequestRecord};
+use crate::state::AppState;
+
+/// One inference route: the path clients call and the path sent upstream.
+#[derive(Debug, Clone)]
+pub struct InferenceRoute {
+    /// Name in logs and metrics.
+    pub name: &'static str,
+    pub path: String,
+    pub upstream_path: &'static str,
+    /// Models this route serves; `None` = all.
+    pub models: Option<HashSet<String>>,
+}
+
+pub const CHAT: &str = "/v1/chat/completions";
+
+/// The built-in routes; config adds chat-shaped aliases.
+pub fn builtin() -> Vec<InferenceRoute> {
+    [
+        ("chat", CHAT),
+        ("completions", "/v1/completions"),
+        ("embeddings", "/v1/embeddings"),
+        ("rerank", "/v1/rerank"),
+        ("responses", "/v1/responses"),
+        ("messages", "/v1/messages"),
+    ]
+    .into_iter()
+    .map(|(name, path)| InferenceRoute {
+        name,
+        path: path.to_string(),
+        upstream_path: path,
+        models: None,
+    })
+    .collect()
+}
+
+/// The fields the gateway reads; everything else in the body passes through untouched.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// Request id from `x-request-id` when it is sane, else a new one.
+pub fn request_id(req: &HttpRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// The error response, with the request id.
+pub fn error_response(error: &ApiError, request_id: &str) -> HttpResponse {
+    let mut res = error.error_response();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        res.headers_mut()
+            .insert(actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER), v);
+    }
+    res
+}
+
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_none() {
+        return Err(ApiError::InvalidJson("The request body is empty; send a JSON object.".into()));
+    }
+    if first != Some(&b'{') {
+        return Err(ApiError::InvalidJson("The request body must be a JSON object.".into()));
+    }
+    let head: Head = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::invalid(format!("Invalid request body: {e}"))
+        } else {
+            ApiError::InvalidJson(format!("The request body is not valid JSON: {e}"))
+        }
+    })?;
+    let model = match head.model {
+        Some(m) if !m.trim().is_empty() => m.into_owned(),
+        Some(_) => return Err(ApiError::invalid_param("model", "`model` must not be empty.")),
+        None => return Err(ApiError::invalid_param("model", "`model` is required.")),
+    };
+    Ok((model, head.stream.unwrap_or(false)))
+}
+
+/// Handles one inference request on `route`; `pinned` routes carry cluster and framework
+/// in the path.
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    upstream: web::Data<Upstream>,
+    route: Arc<InferenceRoute>,
+    pinned: bool,
+) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = request_id(&req);
+    let mut record = RequestRecord::new(request_id.clone(), route.name, started);
+    record.client_ip = req.peer_addr().map(|a| a.ip().to_string());
+
+    let call = match prepare(&req, payload, &state, &route, pinned, &request_id, &mut record).await {
+        Ok(call) => call,
+        Err(error) => return reject(error, record, &state.log),
+    };
+    match forward::forward(&upstream, call, record, &state.log).await {
+        Ok(response) => response,
+        Err((error, record)) => reject(error, record, &state.log),
+    }
+}
+
+fn reject(error: ApiError, mut record: RequestRecord, log: &slog::Logger) -> HttpResponse {
+    let response = error_response(&error, &record.request_id);
+    record.status = response.status().as_u16();
+    record.error_code = Some(error.code());
+    record.ending = Ending::Rejected;
+    record.finish(log);
+    response
+}
+
+async fn prepare(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    route: &InferenceRoute,
+    pinned: bool,
+    request_id: &str,
+    record: &mut RequestRecord,
+) -> Result<Call, ApiError> {
+    let hops = req
+        .headers()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    if hops >= state.settings.server.max_hops {
+        return Err(ApiError::LoopDetected);
+    }
+    let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
+    let (model, stream) = parse_head(&body)?;
+    record.model = model.clone();
+    record.stream = stream;
+
+    if route.models.as_ref().is_some_and(|allowed| !allowed.contains(&model)) {
+        return Err(ApiError::ModelNotFound(model));
+    }
+    let entry = state
+        .directory
+        .load()
+        .model(&model)
+        .cloned()
+        .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
+    let pin = if pinned {
+        let info = req.match_info();
+        let pin = Pin {
+            cluster: info.get("cluster").unwrap_or_default().to_string(),
+            framework: info.get("framework").unwrap_or_default().to_string(),
+        };
+        if !entry.targets.iter().any(|t| pin.matches(t)) {
+            return Err(ApiError::ModelNotFound(model));
+        }
+        Some(pin)
+    } else {
+        None
+    };
+    Ok(Call {
+        model: entry,
+        upstream_path: route.upstream_path,
+        body,
+        requested_model: model,
+        pin,
+        stream,
+        request_id: request_id.to_string(),
+        hops,
+        client_headers: passed_headers(req.headers()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_reads_model_and_stream_and_ignores_the_rest() {
+        let (m, s) = parse_head(br#"{"model":"x","stream":true,"whatever":[1,2]}"#).unwrap();
+        assert_eq!((m.as_str(), s), ("x", true));
+        let (_, s) = parse_head(br#" {"model":"x"}"#).unwrap();
+        assert!(!s);
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_clear_codes() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"", "invalid_json"),
+            (b"[1]", "invalid_json"),
+            (b"{\"model\":", "invalid_json"),
+            (b"{}", "invalid_request"),
+            (b"{\"model\":\"\"}", "invalid_request"),
+            (b"{\"model\":3}", "invalid_request"),
+            (b"{\"model\":\"x\",\"stream\":\"yes\"}", "invalid_request"),
+        ];
+        for (body, code) in cases {
+            let err = parse_head(body).unwrap_err();
+            assert_eq!(err.code(), code, "{}", String::from_utf8_lossy(body));
+            assert_eq!(err.status_code(), 400);
+        }
+    }
+}

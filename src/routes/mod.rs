@@ -1,0 +1,102 @@
+//! The HTTP surface. Every route is served at the root and again under `/resource_server`
+//! (FIRST's prefix), so existing clients keep working. Unknown paths get a 404 and wrong
+//! methods a 405, both in the OpenAI error envelope.
+
+pub mod catalog;
+pub mod health;
+pub mod inference;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use inference::InferenceRoute;
+
+/// Client paths of the built-in inference routes (config may not reuse them).
+pub const BUILTIN_PATHS: [&str; 6] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/rerank",
+    "/v1/responses",
+    "/v1/messages",
+];
+
+/// Built-in routes plus the chat-shaped aliases from config.
+pub fn inference_routes(settings: &Settings) -> Vec<Arc<InferenceRoute>> {
+    let mut routes: Vec<Arc<InferenceRoute>> = inference::builtin().into_iter().map(Arc::new).collect();
+    for alias in &settings.routes.chat_aliases {
+        let name: &'static str = alias
+            .path
+            .trim_start_matches("/v1/")
+            .to_string()
+            .leak();
+        routes.push(Arc::new(InferenceRoute {
+            name,
+            path: alias.path.clone(),
+            upstream_path: inference::CHAT,
+            models: (!alias.models.is_empty())
+                .then(|| alias.models.iter().cloned().collect::<HashSet<_>>()),
+        }));
+    }
+    routes
+}
+
+/// Registers every route (used twice: at the root and under `/resource_server`).
+pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
+    for route in routes {
+        for pinned in [false, true] {
+            let path = if pinned {
+                format!("/{{cluster}}/{{framework}}{}", route.path)
+            } else {
+                route.path.clone()
+            };
+            let route = Arc::clone(route);
+            cfg.service(
+                web::resource(path)
+                    .route(web::post().to(move |req, payload, state, upstream| {
+                        inference::handle(req, payload, state, upstream, Arc::clone(&route), pinned)
+                    }))
+                    .default_service(web::to(method_not_allowed)),
+            );
+        }
+    }
+    cfg.service(
+        web::resource("/v1/models")
+            .route(web::get().to(catalog::models))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/list-endpoints")
+            .route(web::get().to(catalog::list_endpoints))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/health")
+            .route(web::get().to(health::live))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/health/detailed")
+            .route(web::get().to(health::detailed))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let path: String = req.path().chars().take(200).collect();
+    inference::error_response(
+        &ApiError::NotFound(format!("No route {path}; see /v1/models and /openapi.json.")),
+        &inference::request_id(&req),
+    )
+}
+
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    inference::error_response(
+        &ApiError::MethodNotAllowed(req.method().to_string()),
+        &inference::request_id(&req),
+    )
+}

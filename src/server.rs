@@ -1,0 +1,97 @@
+//! Assembles the gateway: the actor tree, the shared state and the HTTP server.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::{Actor, Addr};
+use actix_web::dev::Server;
+use actix_web::middleware::{NormalizePath, TrailingSlash};
+use actix_web::{web, App, HttpServer};
+use arc_swap::ArcSwap;
+
+use crate::actors::gateway::{Directory, Gateway};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::fixtures::Catalog;
+use crate::proxy::forward::Upstream;
+use crate::routes;
+use crate::state::AppState;
+
+/// A started gateway. The server future must be polled (awaited or spawned) to serve.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub server: Server,
+    pub gateway: Addr<Gateway>,
+    pub directory: Arc<ArcSwap<Directory>>,
+}
+
+/// Starts the actor tree and binds the HTTP server (on `listener` when given, else on
+/// `server.bind`). Must run inside an actix system.
+pub fn start(
+    settings: Settings,
+    catalog: Catalog,
+    clock: Arc<dyn Clock>,
+    log: slog::Logger,
+    listener: Option<TcpListener>,
+) -> io::Result<Running> {
+    let settings = Arc::new(settings);
+    let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
+    let gateway = Gateway::new(
+        Arc::clone(&settings),
+        catalog,
+        clock,
+        Arc::clone(&directory),
+        log.clone(),
+    )
+    .start();
+    let state = web::Data::new(AppState {
+        settings: Arc::clone(&settings),
+        directory: Arc::clone(&directory),
+        gateway: gateway.clone(),
+        log,
+        started_at: SystemTime::now(),
+    });
+    let routes = routes::inference_routes(&settings);
+    let upstream_settings = settings.upstream.clone();
+    let mut server = HttpServer::new(move || {
+        let root_routes = routes.clone();
+        let first_routes = routes.clone();
+        App::new()
+            .app_data(state.clone())
+            // One upstream client (and connection pool) per worker thread.
+            .app_data(web::Data::new(Upstream::new(&upstream_settings)))
+            .wrap(NormalizePath::new(TrailingSlash::Trim))
+            .service(
+                web::scope("/resource_server")
+                    .configure(move |c| routes::configure(c, &first_routes))
+                    .default_service(web::to(routes::not_found)),
+            )
+            .configure(move |c| routes::configure(c, &root_routes))
+            .default_service(web::to(routes::not_found))
+    })
+    .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
+    .h1_allow_half_closed(false)
+    .shutdown_timeout(settings.server.shutdown_grace_secs)
+    .disable_signals();
+    if settings.server.workers > 0 {
+        server = server.workers(settings.server.workers);
+    }
+    server = match listener {
+        Some(listener) => server.listen(listener)?,
+        None => {
+            let addr = settings
+                .bind_addr()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            server.bind(addr)?
+        }
+    };
+    let addrs = server.addrs();
+    Ok(Running {
+        addrs,
+        server: server.run(),
+        gateway,
+        directory,
+    })
+}

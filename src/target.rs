@@ -1,0 +1,347 @@
+//! One target's live state, shared between its `BackendActor` (the only writer of health,
+//! breaker and latency) and the request handlers (which read it and count in-flight
+//! requests). Handlers never send a message to learn a target's state; they read atomics.
+//! A [`Lease`] is the RAII handle of one request on one target: it counts the request in
+//! flight and, when dropped, reports the outcome to the target's actor.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use arc_swap::ArcSwapOption;
+
+use crate::actors::backend::{BackendActor, Report};
+use crate::fixtures::TargetSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    Unknown = 0,
+    Healthy = 1,
+    Unhealthy = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BreakerView {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
+}
+
+impl Health {
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl BreakerView {
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerView::Closed => "closed",
+            BreakerView::Open => "open",
+            BreakerView::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Routing preference from health and breaker: lower is better, `None` is not routable.
+/// Healthy targets first, then not yet checked ones, then a half-open probe, and last the
+/// ones whose health check fails but whose breaker still lets requests through (the check
+/// may be wrong; requests decide).
+pub fn tier(health: Health, breaker: BreakerView) -> Option<u8> {
+    match (breaker, health) {
+        (BreakerView::Open, _) => None,
+        (BreakerView::Closed, Health::Healthy) => Some(0),
+        (BreakerView::Closed, Health::Unknown) => Some(1),
+        (BreakerView::HalfOpen, _) => Some(2),
+        (BreakerView::Closed, Health::Unhealthy) => Some(3),
+    }
+}
+
+pub struct Target {
+    pub spec: Arc<TargetSpec>,
+    /// Upstream bearer key, read from the environment variable the fixture names. Secret:
+    /// never logged, never shown.
+    pub api_key: Option<String>,
+    pub response_timeout: Duration,
+    state: AtomicU8,
+    probe_free: AtomicBool,
+    in_flight: AtomicU32,
+    ewma_ttfb_us: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) restarts: AtomicU32,
+    last_error: Mutex<Option<String>>,
+    addr: ArcSwapOption<Addr<BackendActor>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("slug", &self.spec.slug)
+            .field("health", &self.health())
+            .field("breaker", &self.breaker())
+            .finish()
+    }
+}
+
+impl Target {
+    pub fn new(spec: TargetSpec, api_key: Option<String>, default_timeout: Duration) -> Self {
+        let response_timeout = spec.request_timeout.unwrap_or(default_timeout);
+        Target {
+            spec: Arc::new(spec),
+            api_key,
+            response_timeout,
+            state: AtomicU8::new(0),
+            probe_free: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            ewma_ttfb_us: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            restarts: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+            addr: ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn slug(&self) -> &str {
+        &self.spec.slug
+    }
+
+    pub fn health(&self) -> Health {
+        match self.state.load(Ordering::Acquire) & 0b11 {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub fn breaker(&self) -> BreakerView {
+        match (self.state.load(Ordering::Acquire) >> 2) & 0b11 {
+            1 => BreakerView::Open,
+            2 => BreakerView::HalfOpen,
+            _ => BreakerView::Closed,
+        }
+    }
+
+    pub fn tier(&self) -> Option<u8> {
+        tier(self.health(), self.breaker())
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Exponentially weighted time to first byte, in microseconds (0 = no sample yet).
+    pub fn ewma_ttfb_us(&self) -> u64 {
+        self.ewma_ttfb_us.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub fn requests_total(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn failures_total(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Called by the BackendActor only.
+    pub(crate) fn publish(&self, health: Health, breaker: BreakerView, ewma_us: u64) {
+        let was_half_open = self.breaker() == BreakerView::HalfOpen;
+        self.ewma_ttfb_us.store(ewma_us, Ordering::Relaxed);
+        self.state
+            .store(health as u8 | ((breaker as u8) << 2), Ordering::Release);
+        if breaker == BreakerView::HalfOpen && !was_half_open {
+            self.probe_free.store(true, Ordering::Release);
+        }
+    }
+
+    /// Called by the BackendActor only: a probe ended without a verdict (cancelled), so
+    /// the next request may probe.
+    pub(crate) fn free_probe(&self) {
+        if self.breaker() == BreakerView::HalfOpen {
+            self.probe_free.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn set_last_error(&self, error: Option<String>) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = error;
+        }
+    }
+
+    pub(crate) fn set_actor(&self, addr: Addr<BackendActor>) {
+        self.addr.store(Some(Arc::new(addr)));
+    }
+
+    pub fn actor(&self) -> Option<Arc<Addr<BackendActor>>> {
+        self.addr.load_full()
+    }
+
+    /// Takes a lease if the target can take a request now. A half-open target admits
+    /// exactly one probe at a time.
+    pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
+        let probe = match self.breaker() {
+            BreakerView::Open => return None,
+            BreakerView::Closed => false,
+            BreakerView::HalfOpen => {
+                if self
+                    .probe_free
+                    .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    return None;
+                }
+                true
+            }
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            target: Arc::clone(self),
+            started: Instant::now(),
+            probe,
+            verdict: None,
+        })
+    }
+}
+
+/// What one request found out about its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The target answered (2xx or a client error that is the client's fault).
+    Success { ttfb: Duration },
+    /// Connection error, 5xx, timeout, or a stream cut off: counts against the breaker.
+    Failure { error: String },
+    /// Neither: the client went away, or the target said 429 (busy, not broken).
+    Neutral,
+}
+
+/// One request in flight on one target. Dropping it gives the slot back and reports the
+/// verdict to the target's actor, also when the client disconnected or a task panicked.
+pub struct Lease {
+    target: Arc<Target>,
+    started: Instant,
+    probe: bool,
+    verdict: Option<Verdict>,
+}
+
+impl Lease {
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    pub fn set_verdict(&mut self, verdict: Verdict) {
+        self.verdict = Some(verdict);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let verdict = self.verdict.take().unwrap_or(Verdict::Neutral);
+        if matches!(verdict, Verdict::Failure { .. }) {
+            self.target.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.target.actor() {
+            Some(addr) => addr.do_send(Report {
+                verdict,
+                probe: self.probe,
+            }),
+            None => {
+                if self.probe {
+                    self.target.free_probe();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Arc<Target> {
+        let spec = TargetSpec {
+            slug: "t".into(),
+            cluster: "c".into(),
+            framework: "f".into(),
+            model: "m".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            api_key_env: None,
+            health_path: None,
+            request_timeout: None,
+            allowed_globus_groups: vec![],
+            allowed_domains: vec![],
+            extra: Default::default(),
+        };
+        Arc::new(Target::new(spec, None, Duration::from_secs(1)))
+    }
+
+    #[test]
+    fn tiers_rank_healthy_first_and_exclude_open() {
+        assert_eq!(tier(Health::Healthy, BreakerView::Closed), Some(0));
+        assert_eq!(tier(Health::Unknown, BreakerView::Closed), Some(1));
+        assert_eq!(tier(Health::Healthy, BreakerView::HalfOpen), Some(2));
+        assert_eq!(tier(Health::Unhealthy, BreakerView::Closed), Some(3));
+        assert_eq!(tier(Health::Healthy, BreakerView::Open), None);
+    }
+
+    #[test]
+    fn lease_counts_in_flight_until_dropped() {
+        let t = target();
+        let a = t.try_lease().unwrap();
+        let b = t.try_lease().unwrap();
+        assert_eq!(t.in_flight(), 2);
+        drop(a);
+        assert_eq!(t.in_flight(), 1);
+        drop(b);
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.requests_total(), 2);
+    }
+
+    #[test]
+    fn open_breaker_gives_no_lease_and_half_open_gives_one_probe() {
+        let t = target();
+        t.publish(Health::Healthy, BreakerView::Open, 0);
+        assert!(t.try_lease().is_none());
+        t.publish(Health::Healthy, BreakerView::HalfOpen, 0);
+        let probe = t.try_lease().unwrap();
+        assert!(probe.is_probe());
+        assert!(t.try_lease().is_none(), "only one probe at a time");
+        // No actor: a probe dropped without verdict frees the slot for the next one.
+        drop(probe);
+        assert!(t.try_lease().is_some());
+    }
+
+    #[test]
+    fn failures_are_counted() {
+        let t = target();
+        let mut l = t.try_lease().unwrap();
+        l.set_verdict(Verdict::Failure { error: "x".into() });
+        drop(l);
+        assert_eq!(t.failures_total(), 1);
+    }
+}
