@@ -154,8 +154,7 @@ impl Settings {
         env: Vec<(String, String)>,
     ) -> Result<Settings, ConfigError> {
         use config::{Config, Environment, File, FileFormat};
-        let mut builder =
-            Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(dir) = system_dir {
             for path in system_files(dir)? {
                 builder = builder.add_source(File::from(path).format(FileFormat::Toml));
@@ -206,8 +205,14 @@ impl Settings {
             ));
         }
         positive("server.max_body_bytes", self.server.max_body_bytes as u64)?;
-        positive("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms)?;
-        positive("upstream.response_timeout_secs", self.upstream.response_timeout_secs)?;
+        positive(
+            "upstream.connect_timeout_ms",
+            self.upstream.connect_timeout_ms,
+        )?;
+        positive(
+            "upstream.response_timeout_secs",
+            self.upstream.response_timeout_secs,
+        )?;
         positive(
             "upstream.stream_idle_timeout_secs",
             self.upstream.stream_idle_timeout_secs,
@@ -218,15 +223,31 @@ impl Settings {
         }
         positive("health.interval_secs", self.health.interval_secs)?;
         positive("health.timeout_ms", self.health.timeout_ms)?;
-        positive("health.unhealthy_threshold", self.health.unhealthy_threshold as u64)?;
+        positive(
+            "health.unhealthy_threshold",
+            self.health.unhealthy_threshold as u64,
+        )?;
         if !self.health.path.is_empty() && !self.health.path.starts_with('/') {
-            return Err(ConfigError::new("health.path", "must start with '/' or be empty"));
+            return Err(ConfigError::new(
+                "health.path",
+                "must start with '/' or be empty",
+            ));
         }
-        positive("breaker.failure_threshold", self.breaker.failure_threshold as u64)?;
+        positive(
+            "breaker.failure_threshold",
+            self.breaker.failure_threshold as u64,
+        )?;
         positive("breaker.open_secs", self.breaker.open_secs)?;
         positive("server.max_hops", self.server.max_hops as u64)?;
-        crate::logging::parse_level(&self.logging.level)
-            .ok_or_else(|| ConfigError::new("logging.level", format!("unknown level {:?}; use one of trace, debug, info, warning, error, critical", self.logging.level)))?;
+        crate::logging::parse_level(&self.logging.level).ok_or_else(|| {
+            ConfigError::new(
+                "logging.level",
+                format!(
+                    "unknown level {:?}; use one of trace, debug, info, warning, error, critical",
+                    self.logging.level
+                ),
+            )
+        })?;
         for (i, alias) in self.routes.chat_aliases.iter().enumerate() {
             let key = format!("routes.chat_aliases[{i}].path");
             if !alias.path.starts_with("/v1/") || alias.path.contains(['{', '}', ' ']) {
@@ -336,20 +357,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("site.toml");
         std::fs::write(&path, "[server]\nbind = \"127.0.0.1:7000\"\nworkers = 3\n").unwrap();
-        let s = Settings::load_from(
-            Some(&path),
-            None,
-            env(&[("GATEWAY__SERVER__WORKERS", "5")]),
-        )
-        .unwrap();
+        let s = Settings::load_from(Some(&path), None, env(&[("GATEWAY__SERVER__WORKERS", "5")]))
+            .unwrap();
         assert_eq!(s.server.bind, "127.0.0.1:7000");
         assert_eq!(s.server.workers, 5);
     }
 
     #[test]
     fn open_gateway_on_public_address_is_refused_naming_the_key() {
-        let err = Settings::load_from(None, None, env(&[("GATEWAY__SERVER__BIND", "0.0.0.0:8000")]))
-            .unwrap_err();
+        let err = Settings::load_from(
+            None,
+            None,
+            env(&[("GATEWAY__SERVER__BIND", "0.0.0.0:8000")]),
+        )
+        .unwrap_err();
         assert_eq!(err.key, "auth.mode");
     }
 
@@ -357,7 +378,11 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("GATEWAY__SERVER__BIND", "localhost", "server.bind"),
-            ("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "0", "upstream.max_attempts"),
+            (
+                "GATEWAY__UPSTREAM__MAX_ATTEMPTS",
+                "0",
+                "upstream.max_attempts",
+            ),
             ("GATEWAY__HEALTH__PATH", "health", "health.path"),
             ("GATEWAY__LOGGING__LEVEL", "loud", "logging.level"),
         ];

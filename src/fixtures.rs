@@ -104,10 +104,7 @@ impl Catalog {
             let e = Entry::new(ENDPOINTS_FILE, i, entry)?;
             let target = e.target(None)?;
             if slugs.contains_key(&target.slug) {
-                return Err(e.error(
-                    "endpoint_slug",
-                    format!("duplicate slug {:?}", target.slug),
-                ));
+                return Err(e.error("endpoint_slug", format!("duplicate slug {:?}", target.slug)));
             }
             add_to_model(&mut catalog, &mut models, &target.model, None, &target.slug);
             slugs.insert(target.slug.clone(), catalog.targets.len());
@@ -320,7 +317,12 @@ impl<'a> Entry<'a> {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_f64() {
                 Some(secs) if secs > 0.0 => Some(Duration::from_secs_f64(secs)),
-                _ => return Err(self.error("api_request_timeout", "must be a positive number of seconds")),
+                _ => {
+                    return Err(self.error(
+                        "api_request_timeout",
+                        "must be a positive number of seconds",
+                    ))
+                }
             },
         };
         let health_path = self.optional_str("health_path")?;
@@ -467,17 +469,24 @@ mod tests {
 
     #[test]
     fn newer_form_reads_config_api_url_key_env_and_timeout() {
-        let eps = vec![json!({"model":"resource_server_async.endpoint","pk":3,"fields":{
+        let eps = vec![
+            json!({"model":"resource_server_async.endpoint","pk":3,"fields":{
             "endpoint_slug":"openai-gpt4o","cluster":"openai","framework":"api","model":"gpt-4o",
             "endpoint_adapter":"resource_server_async.endpoints.direct_api.DirectAPIEndpoint",
             "config":{"api_url":"https://api.openai.com/v1/chat/completions",
-                      "api_key_env_name":"OPENAI_API_KEY","api_request_timeout":120}}})];
+                      "api_key_env_name":"OPENAI_API_KEY","api_request_timeout":120}}}),
+        ];
         let c = Catalog::from_values(&eps, &[], &[]).unwrap();
         let t = &c.targets[0];
         assert_eq!(t.base_url, "https://api.openai.com");
         assert_eq!(t.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
         assert_eq!(t.request_timeout, Some(Duration::from_secs(120)));
-        assert_eq!(t.extra.get("endpoint_adapter"), Some(&json!("resource_server_async.endpoints.direct_api.DirectAPIEndpoint")));
+        assert_eq!(
+            t.extra.get("endpoint_adapter"),
+            Some(&json!(
+                "resource_server_async.endpoints.direct_api.DirectAPIEndpoint"
+            ))
+        );
     }
 
     #[test]
@@ -495,35 +504,57 @@ mod tests {
 
     #[test]
     fn federated_entry_references_and_inline_targets() {
-        let eps = vec![json!({"pk":1,"fields":{"endpoint_slug":"sophia-8b","cluster":"sophia","framework":"vllm","model":"llama-8b","base_url":"http://127.0.0.1:1"}})];
-        let fed = vec![json!({"model":"resource_server.federatedendpoint","pk":1,"fields":{
+        let eps = vec![
+            json!({"pk":1,"fields":{"endpoint_slug":"sophia-8b","cluster":"sophia","framework":"vllm","model":"llama-8b","base_url":"http://127.0.0.1:1"}}),
+        ];
+        let fed = vec![
+            json!({"model":"resource_server.federatedendpoint","pk":1,"fields":{
             "name":"Llama 8B (Federated)","slug":"federated-llama-8b","target_model_name":"llama-8b-fed",
             "description":"d","targets":[
                 {"cluster":"sophia","framework":"vllm","model":"llama-8b","endpoint_slug":"sophia-8b"},
-                {"cluster":"local","framework":"vllm","model":"llama-8b","endpoint_slug":"local-8b","api_port":8009}]}})];
+                {"cluster":"local","framework":"vllm","model":"llama-8b","endpoint_slug":"local-8b","api_port":8009}]}}),
+        ];
         let c = Catalog::from_values(&eps, &fed, &[]).unwrap();
         let m = c.models.iter().find(|m| m.name == "llama-8b-fed").unwrap();
         assert_eq!(m.targets, vec!["sophia-8b", "local-8b"]);
         assert_eq!(m.description.as_deref(), Some("d"));
-        assert_eq!(c.target("local-8b").unwrap().base_url, "http://127.0.0.1:8009");
+        assert_eq!(
+            c.target("local-8b").unwrap().base_url,
+            "http://127.0.0.1:8009"
+        );
     }
 
     #[test]
     fn errors_name_file_entry_and_field() {
-        let eps = vec![json!({"pk":7,"fields":{"endpoint_slug":"x","cluster":"c","framework":"f","model":"m"}})];
+        let eps = vec![
+            json!({"pk":7,"fields":{"endpoint_slug":"x","cluster":"c","framework":"f","model":"m"}}),
+        ];
         let err = Catalog::from_values(&eps, &[], &[]).unwrap_err();
         assert_eq!(err.file, "endpoints.json");
         assert_eq!(err.entry, "entry 0 (pk 7)");
         assert_eq!(err.field, "base_url");
 
-        let eps = vec![json!({"pk":1,"fields":{"cluster":"c","framework":"f","model":"m","base_url":"ftp://x"}})];
-        assert_eq!(Catalog::from_values(&eps, &[], &[]).unwrap_err().field, "base_url");
+        let eps = vec![
+            json!({"pk":1,"fields":{"cluster":"c","framework":"f","model":"m","base_url":"ftp://x"}}),
+        ];
+        assert_eq!(
+            Catalog::from_values(&eps, &[], &[]).unwrap_err().field,
+            "base_url"
+        );
 
-        let eps = vec![json!({"pk":1,"fields":{"cluster":"c","framework":"f","model":"m","api_port":"http"}})];
-        assert_eq!(Catalog::from_values(&eps, &[], &[]).unwrap_err().field, "api_port");
+        let eps = vec![
+            json!({"pk":1,"fields":{"cluster":"c","framework":"f","model":"m","api_port":"http"}}),
+        ];
+        assert_eq!(
+            Catalog::from_values(&eps, &[], &[]).unwrap_err().field,
+            "api_port"
+        );
 
         let eps = vec![json!({"pk":1})];
-        assert_eq!(Catalog::from_values(&eps, &[], &[]).unwrap_err().field, "fields");
+        assert_eq!(
+            Catalog::from_values(&eps, &[], &[]).unwrap_err().field,
+            "fields"
+        );
     }
 
     #[test]
@@ -538,7 +569,10 @@ mod tests {
     #[test]
     fn base_url_normalisation() {
         assert_eq!(normalize_base_url("http://h:1/v1").unwrap(), "http://h:1");
-        assert_eq!(normalize_base_url("http://h:1/vllm/v1/chat/completions/").unwrap(), "http://h:1/vllm");
+        assert_eq!(
+            normalize_base_url("http://h:1/vllm/v1/chat/completions/").unwrap(),
+            "http://h:1/vllm"
+        );
         assert_eq!(normalize_base_url("https://h/").unwrap(), "https://h");
         assert!(normalize_base_url("h:1").is_err());
         assert!(normalize_base_url("http:///v1").is_err());
@@ -546,7 +580,10 @@ mod tests {
 
     #[test]
     fn slugs_like_first() {
-        assert_eq!(slugify("sophia-vllm-meta-llama/Meta-Llama-3.1-8B"), "sophia-vllm-meta-llama-meta-llama-3-1-8b");
+        assert_eq!(
+            slugify("sophia-vllm-meta-llama/Meta-Llama-3.1-8B"),
+            "sophia-vllm-meta-llama-meta-llama-3-1-8b"
+        );
     }
 
     #[test]

@@ -12,7 +12,11 @@ use inference_gateway::fixtures::{self, Catalog};
 use inference_gateway::{logging, server};
 
 #[derive(Parser)]
-#[command(name = "inference-gateway", version, about = "OpenAI-compatible gateway for many inference servers")]
+#[command(
+    name = "inference-gateway",
+    version,
+    about = "OpenAI-compatible gateway for many inference servers"
+)]
 struct Cli {
     /// Configuration file layered over the defaults (and under GATEWAY__* variables).
     #[arg(long, global = true, value_name = "FILE")]
@@ -41,7 +45,10 @@ fn main() -> ExitCode {
     let catalog = match Catalog::load(&settings.fixtures.dir) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fixtures error (fixtures.dir = {}): {e}", settings.fixtures.dir.display());
+            eprintln!(
+                "fixtures error (fixtures.dir = {}): {e}",
+                settings.fixtures.dir.display()
+            );
             return ExitCode::from(2);
         }
     };
@@ -57,16 +64,29 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
     let bind = settings.server.bind.as_str();
     for t in &catalog.targets {
         let host_port = t.base_url.split("://").nth(1).unwrap_or("");
-        if host_port.starts_with(bind) || (bind.starts_with("127.0.0.1:") && host_port.starts_with(&bind.replacen("127.0.0.1", "localhost", 1))) {
-            problems.push(format!("target {:?}: base_url {} is this gateway's own address", t.slug, t.base_url));
+        if host_port.starts_with(bind)
+            || (bind.starts_with("127.0.0.1:")
+                && host_port.starts_with(&bind.replacen("127.0.0.1", "localhost", 1)))
+        {
+            problems.push(format!(
+                "target {:?}: base_url {} is this gateway's own address",
+                t.slug, t.base_url
+            ));
         }
         if let Some(var) = &t.api_key_env {
             if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
-                problems.push(format!("target {:?}: api_key_env_name {var} is not set in the environment", t.slug));
+                problems.push(format!(
+                    "target {:?}: api_key_env_name {var} is not set in the environment",
+                    t.slug
+                ));
             }
         }
     }
-    let _ = writeln!(out, "config: ok (server.bind = {bind}, auth.mode = {:?})", settings.auth.mode);
+    let _ = writeln!(
+        out,
+        "config: ok (server.bind = {bind}, auth.mode = {:?})",
+        settings.auth.mode
+    );
     let _ = writeln!(
         out,
         "fixtures: ok ({} targets, {} models, {} clusters) from {}",
@@ -80,7 +100,12 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
             .join(", ")
     );
     for m in &catalog.models {
-        let _ = writeln!(out, "  model {:?}: targets {}", m.name, m.targets.join(", "));
+        let _ = writeln!(
+            out,
+            "  model {:?}: targets {}",
+            m.name,
+            m.targets.join(", ")
+        );
     }
     if problems.is_empty() {
         ExitCode::SUCCESS

@@ -130,8 +130,7 @@ impl Gateway {
                 Arc::new(Target::new(spec.clone(), api_key, timeout))
             })
             .collect();
-        let by_slug: HashMap<&str, &Arc<Target>> =
-            targets.iter().map(|t| (t.slug(), t)).collect();
+        let by_slug: HashMap<&str, &Arc<Target>> = targets.iter().map(|t| (t.slug(), t)).collect();
         let mut directory = Directory {
             targets: targets.clone(),
             ..Directory::default()
@@ -148,7 +147,9 @@ impl Gateway {
                 targets: model_targets,
             });
             directory.model_order.push(spec.name.clone());
-            directory.models.insert(spec.name.clone(), Arc::clone(&entry));
+            directory
+                .models
+                .insert(spec.name.clone(), Arc::clone(&entry));
             self.pending.push(PendingModel { entry });
         }
         self.directory.store(Arc::new(directory));

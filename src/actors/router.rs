@@ -208,7 +208,11 @@ mod tests {
             picked.push(lease.target().slug().to_string());
             tried.push(Arc::clone(lease.target()));
         }
-        assert_eq!(picked, vec!["e", "c", "b", "a"], "open breaker never picked");
+        assert_eq!(
+            picked,
+            vec!["e", "c", "b", "a"],
+            "open breaker never picked"
+        );
     }
 
     #[test]
@@ -218,7 +222,11 @@ mod tests {
         b.publish(Health::Healthy, BreakerView::Closed, 900);
         let ranked = Ranked::rank(&[a.clone(), b.clone()]);
         let first = pick(&ranked, None, &[]).unwrap();
-        assert_eq!(first.target().slug(), "a", "lower latency wins a tie on in-flight");
+        assert_eq!(
+            first.target().slug(),
+            "a",
+            "lower latency wins a tie on in-flight"
+        );
         let second = pick(&ranked, None, &[]).unwrap();
         assert_eq!(second.target().slug(), "b", "a has one in flight now");
         let third = pick(&ranked, None, &[]).unwrap();

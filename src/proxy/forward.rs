@@ -26,7 +26,12 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Largest upstream error body read (to pass a 4xx through or log a 5xx).
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
 /// Client headers passed upstream as they are (beside content-type and accept).
-const PASSED_HEADERS: [&str; 4] = ["anthropic-version", "anthropic-beta", "openai-beta", "accept"];
+const PASSED_HEADERS: [&str; 4] = [
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "accept",
+];
 
 /// Per-worker upstream HTTP client (awc clients are not Send: one per worker thread).
 pub struct Upstream {
@@ -84,6 +89,8 @@ enum AttemptError {
     Connect(String),
     /// The connection broke around sending; it may have been a stale pooled connection.
     Broken(String),
+    /// The target answered 2xx, then died before the first body byte.
+    Died(String),
     /// No response head in time.
     Timeout,
     /// The target answered 5xx (message for the log).
@@ -154,7 +161,7 @@ pub async fn forward(
             }
             Err(e) => {
                 let (verdict, detail) = match &e {
-                    AttemptError::Connect(m) | AttemptError::Broken(m) => {
+                    AttemptError::Connect(m) | AttemptError::Broken(m) | AttemptError::Died(m) => {
                         (Verdict::Failure { error: m.clone() }, m.clone())
                     }
                     AttemptError::Timeout => (
@@ -243,18 +250,25 @@ async fn send(
             .saturating_sub(lease.started().elapsed());
         return match actix_rt::time::timeout(remaining, res.next()).await {
             Ok(Some(Ok(first))) => Ok(Committed::Response(res, Some(first))),
+            // A 2xx inference answer is never empty: the connection died before the body.
+            Ok(None)
+                if res
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .is_none_or(|v| v != "0") =>
+            {
+                Err(AttemptError::Died(
+                    "body ended before the first byte".into(),
+                ))
+            }
             Ok(None) => Ok(Committed::Response(res, None)),
-            Ok(Some(Err(e))) => Err(AttemptError::Broken(format!(
+            Ok(Some(Err(e))) => Err(AttemptError::Died(format!(
                 "body failed before the first byte: {e}"
             ))),
             Err(_) => Err(AttemptError::Timeout),
         };
     }
-    let body = res
-        .body()
-        .limit(ERROR_BODY_LIMIT)
-        .await
-        .unwrap_or_default();
+    let body = res.body().limit(ERROR_BODY_LIMIT).await.unwrap_or_default();
     if status == StatusCode::TOO_MANY_REQUESTS {
         let retry_after = res
             .headers()
@@ -301,7 +315,12 @@ fn respond(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let framing = Framing::for_content_type(&content_type);
+    let content_length = res
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let framing = Framing::new(&content_type, content_length);
     let sse = matches!(framing, Framing::Sse(_));
     let mut builder = HttpResponse::build(status);
     builder.insert_header((header::CONTENT_TYPE, content_type));
@@ -325,7 +344,12 @@ fn respond(
 
 /// Passes a backend 4xx through with its status. A body that is already an OpenAI error
 /// envelope goes as it is; anything else is wrapped in one.
-fn pass_client_error(status: StatusCode, headers: &HeaderMap, body: Bytes, request_id: &str) -> HttpResponse {
+fn pass_client_error(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Bytes,
+    request_id: &str,
+) -> HttpResponse {
     let mut builder = HttpResponse::build(status);
     builder.insert_header((REQUEST_ID_HEADER, request_id.to_string()));
     builder.content_type("application/json");
@@ -370,7 +394,10 @@ fn rewrite_model(body: &Bytes, requested: &str, served: &str) -> Result<Bytes, s
     }
     let mut value: serde_json::Value = serde_json::from_slice(body)?;
     if let Some(obj) = value.as_object_mut() {
-        obj.insert("model".into(), serde_json::Value::String(served.to_string()));
+        obj.insert(
+            "model".into(),
+            serde_json::Value::String(served.to_string()),
+        );
     }
     Ok(Bytes::from(serde_json::to_vec(&value)?))
 }
@@ -384,13 +411,22 @@ mod tests {
         let body = Bytes::from_static(br#"{"messages":[],"model":"alias","x_unknown":{"a":1}}"#);
         assert_eq!(rewrite_model(&body, "alias", "alias").unwrap(), body);
         let out = rewrite_model(&body, "alias", "real/model").unwrap();
-        assert_eq!(&out[..], br#"{"messages":[],"model":"real/model","x_unknown":{"a":1}}"#);
+        assert_eq!(
+            &out[..],
+            br#"{"messages":[],"model":"real/model","x_unknown":{"a":1}}"#
+        );
     }
 
     #[test]
     fn upstream_messages_from_common_shapes() {
-        assert_eq!(upstream_message(br#"{"error":{"code":400,"message":"bad","type":"x"}}"#).as_deref(), Some("bad"));
-        assert_eq!(upstream_message(br#"{"detail":"Not Found"}"#).as_deref(), Some("Not Found"));
+        assert_eq!(
+            upstream_message(br#"{"error":{"code":400,"message":"bad","type":"x"}}"#).as_deref(),
+            Some("bad")
+        );
+        assert_eq!(
+            upstream_message(br#"{"detail":"Not Found"}"#).as_deref(),
+            Some("Not Found")
+        );
         assert_eq!(upstream_message(b"oops"), None);
     }
 
@@ -400,14 +436,24 @@ mod tests {
         let res = pass_client_error(
             StatusCode::BAD_REQUEST,
             &HeaderMap::new(),
-            Bytes::from_static(br#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#),
+            Bytes::from_static(
+                br#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#,
+            ),
             "rid",
         );
         assert_eq!(res.status(), 400);
         let body = res.into_body().try_into_bytes().unwrap();
-        assert_eq!(&body[..], br#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#);
+        assert_eq!(
+            &body[..],
+            br#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#
+        );
 
-        let res = pass_client_error(StatusCode::NOT_FOUND, &HeaderMap::new(), Bytes::from_static(b"404 page not found"), "rid");
+        let res = pass_client_error(
+            StatusCode::NOT_FOUND,
+            &HeaderMap::new(),
+            Bytes::from_static(b"404 page not found"),
+            "rid",
+        );
         let body = res.into_body().try_into_bytes().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["message"], "404 page not found");

@@ -29,20 +29,28 @@ const METER_BODY_LIMIT: usize = 8 * 1024 * 1024;
 pub enum Framing {
     /// `text/event-stream`: whole events only; failures become an SSE error event.
     Sse(SseSplitter),
-    /// A JSON body: kept aside (bounded) and read for usage at the end.
-    Json { parts: Vec<Bytes>, len: usize },
+    /// A JSON body: kept aside (bounded) and read for usage at the end. `expected` is the
+    /// upstream's Content-Length, checked at the end.
+    Json {
+        parts: Vec<Bytes>,
+        len: usize,
+        received: u64,
+        expected: Option<u64>,
+    },
     /// Anything else: passed through, not metered.
     Opaque,
 }
 
 impl Framing {
-    pub fn for_content_type(content_type: &str) -> Framing {
+    pub fn new(content_type: &str, content_length: Option<u64>) -> Framing {
         if content_type.starts_with("text/event-stream") {
             Framing::Sse(SseSplitter::default())
         } else if content_type.contains("json") {
             Framing::Json {
                 parts: Vec::new(),
                 len: 0,
+                received: 0,
+                expected: content_length,
             }
         } else {
             Framing::Opaque
@@ -142,7 +150,13 @@ impl<S> Relay<S> {
                 meter.observe_events(&events);
                 Some(events)
             }
-            Framing::Json { parts, len } => {
+            Framing::Json {
+                parts,
+                len,
+                received,
+                ..
+            } => {
+                *received += chunk.len() as u64;
                 if *len + chunk.len() <= METER_BODY_LIMIT {
                     *len += chunk.len();
                     parts.push(chunk.clone());
@@ -186,20 +200,59 @@ where
                 }
                 Poll::Ready(None) => {
                     *this.done = true;
-                    let tail = match this.framing {
-                        Framing::Sse(splitter) => splitter.finish(),
-                        Framing::Json { parts, len } => {
-                            if *len <= METER_BODY_LIMIT {
-                                let body: Vec<u8> = parts.concat();
-                                this.meter.observe_json(&body);
+                    // awc ends the body quietly when the connection drops between chunks,
+                    // so check that the body really is whole before calling it complete.
+                    let (tail, broken) = match this.framing {
+                        Framing::Sse(splitter) => {
+                            if !splitter.is_clean() {
+                                (None, Some("stream ended in the middle of an event"))
+                            } else if !this.meter.saw_terminal() {
+                                (None, Some("stream ended without its final event"))
+                            } else {
+                                (splitter.finish(), None)
                             }
-                            None
                         }
-                        Framing::Opaque => None,
+                        Framing::Json {
+                            parts,
+                            len,
+                            received,
+                            expected,
+                        } => {
+                            let body: Vec<u8> = if *len <= METER_BODY_LIMIT {
+                                parts.concat()
+                            } else {
+                                Vec::new()
+                            };
+                            if expected.is_some_and(|n| n != *received) {
+                                (None, Some("body shorter than its Content-Length"))
+                            } else if *len <= METER_BODY_LIMIT
+                                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+                            {
+                                (None, Some("body is cut-off JSON"))
+                            } else {
+                                this.meter.observe_json(&body);
+                                (None, None)
+                            }
+                        }
+                        Framing::Opaque => (None, None),
                     };
+                    if let Some(cause) = broken {
+                        return Poll::Ready(Self::fail(
+                            this.framing,
+                            this.meter,
+                            this.finish,
+                            Ending::UpstreamBroke,
+                            format!("upstream {cause}"),
+                        ));
+                    }
                     if let Some(finish) = this.finish.take() {
                         let ttfb = finish.record.ttft.unwrap_or_default();
-                        complete(finish, this.meter, Ending::Complete, Verdict::Success { ttfb });
+                        complete(
+                            finish,
+                            this.meter,
+                            Ending::Complete,
+                            Verdict::Success { ttfb },
+                        );
                     }
                     return Poll::Ready(tail.map(Ok));
                 }
@@ -268,5 +321,141 @@ impl<S> Relay<S> {
             Framing::Sse(_) => Some(Ok(sse_error_event(client_message, code))),
             _ => Some(Err(actix_web::error::ErrorBadGateway(client_message))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::TargetSpec;
+    use crate::target::Target;
+    use futures_util::{stream, StreamExt};
+    use std::sync::Arc;
+    use std::time::Instant as StdInstant;
+
+    fn lease() -> (Arc<Target>, Lease) {
+        let spec = TargetSpec {
+            slug: "t".into(),
+            cluster: "c".into(),
+            framework: "f".into(),
+            model: "m".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            api_key_env: None,
+            health_path: None,
+            request_timeout: None,
+            allowed_globus_groups: vec![],
+            allowed_domains: vec![],
+            extra: Default::default(),
+        };
+        let target = Arc::new(Target::new(spec, None, Duration::from_secs(1)));
+        let lease = target.try_lease().unwrap();
+        (target, lease)
+    }
+
+    fn finish(lease: Lease) -> Finish {
+        Finish {
+            lease,
+            record: RequestRecord::new("rid".into(), "chat", StdInstant::now()),
+            log: crate::logging::discard(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_ends_with_an_idle_timeout_event() {
+        let (target, lease) = lease();
+        let upstream = stream::iter(vec![Ok::<_, PayloadError>(Bytes::from_static(
+            b"data: {\"a\":1}\n\n",
+        ))])
+        .chain(stream::pending());
+        let relay = Relay::new(
+            upstream,
+            None,
+            Framing::new("text/event-stream", None),
+            Duration::from_secs(120),
+            finish(lease),
+        );
+        let started = Instant::now();
+        let items: Vec<_> = relay.collect().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(120),
+            "ends exactly at the idle timeout"
+        );
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items[0].as_ref().unwrap(),
+            &Bytes::from_static(b"data: {\"a\":1}\n\n")
+        );
+        let last = String::from_utf8(items[1].as_ref().unwrap().to_vec()).unwrap();
+        assert!(last.starts_with("data: {\"error\""), "{last}");
+        assert!(last.contains("stream_idle_timeout"));
+        assert_eq!(target.in_flight(), 0, "lease released");
+        assert_eq!(
+            target.failures_total(),
+            1,
+            "idle timeout counts as a target failure"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn chunks_keep_a_slow_stream_alive() {
+        let (target, lease) = lease();
+        let upstream = stream::iter(0..5)
+            .then(|i| async move {
+                tokio::time::sleep(Duration::from_secs(100)).await;
+                Ok::<_, PayloadError>(Bytes::from(format!("data: {{\"i\":{i}}}\n\n")))
+            })
+            .chain(stream::once(async {
+                Ok(Bytes::from_static(b"data: [DONE]\n\n"))
+            }));
+        let relay = Relay::new(
+            upstream,
+            None,
+            Framing::new("text/event-stream", None),
+            Duration::from_secs(120),
+            finish(lease),
+        );
+        let items: Vec<_> = relay.collect().await;
+        assert_eq!(items.len(), 6);
+        assert!(items.iter().all(|i| i.is_ok()));
+        assert_eq!(target.failures_total(), 0);
+    }
+
+    #[tokio::test]
+    async fn json_body_shorter_than_content_length_is_cut_off() {
+        let (target, lease) = lease();
+        let upstream = stream::iter(vec![Ok::<_, PayloadError>(Bytes::from_static(
+            b"{\"id\":1",
+        ))]);
+        let relay = Relay::new(
+            upstream,
+            None,
+            Framing::new("application/json", Some(100)),
+            Duration::from_secs(5),
+            finish(lease),
+        );
+        let items: Vec<_> = relay.collect().await;
+        assert!(items[0].is_ok());
+        assert!(
+            items[1].is_err(),
+            "the client must see an incomplete response"
+        );
+        assert_eq!(target.failures_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_relay_releases_the_lease_without_blame() {
+        let (target, lease) = lease();
+        let relay = Relay::new(
+            stream::pending::<Result<Bytes, PayloadError>>(),
+            None,
+            Framing::new("text/event-stream", None),
+            Duration::from_secs(5),
+            finish(lease),
+        );
+        assert_eq!(target.in_flight(), 1);
+        drop(relay);
+        assert_eq!(target.in_flight(), 0);
+        assert_eq!(target.failures_total(), 0);
     }
 }

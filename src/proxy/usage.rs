@@ -47,16 +47,33 @@ struct Inner {
     usage: Option<Usage>,
 }
 
-/// Accumulates usage and counts events over one response.
+/// Event types that end a stream properly: Anthropic Messages, the Responses API, and an
+/// upstream's own in-band error. OpenAI chat and completions end with `data: [DONE]`.
+const TERMINAL_EVENTS: [&[u8]; 5] = [
+    b"message_stop",
+    b"response.completed",
+    b"response.failed",
+    b"response.incomplete",
+    b"error",
+];
+
+/// Accumulates usage and counts events over one response, and notes whether the stream
+/// reached its proper end (a stream cut at an event boundary looks complete otherwise).
 #[derive(Debug, Default, Clone)]
 pub struct UsageMeter {
     usage: Option<Usage>,
     events: u64,
+    terminal: bool,
 }
 
 impl UsageMeter {
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// True once the stream sent its final event (`[DONE]`, `message_stop`, ...).
+    pub fn saw_terminal(&self) -> bool {
+        self.terminal
     }
 
     /// Data events seen in a stream (excluding `[DONE]`).
@@ -88,12 +105,25 @@ impl UsageMeter {
     /// Reads complete SSE events (as forwarded by the splitter).
     pub fn observe_events(&mut self, events: &[u8]) {
         for line in events.split(|b| *b == b'\n') {
+            if let Some(name) = line.strip_prefix(b"event:") {
+                if TERMINAL_EVENTS.contains(&trim_ascii(name)) {
+                    self.terminal = true;
+                }
+                continue;
+            }
             let Some(data) = line.strip_prefix(b"data:") else {
                 continue;
             };
             let data = trim_ascii(data);
-            if data.is_empty() || data == b"[DONE]" {
+            if data == b"[DONE]" {
+                self.terminal = true;
                 continue;
+            }
+            if data.is_empty() {
+                continue;
+            }
+            if data.starts_with(b"{\"error\"") {
+                self.terminal = true;
             }
             self.events += 1;
             self.observe_json(data);
@@ -131,7 +161,14 @@ mod tests {
     fn openai_body_usage() {
         let mut m = UsageMeter::default();
         m.observe_json(br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#);
-        assert_eq!(m.usage(), Some(Usage { prompt_tokens: 3, completion_tokens: 5, total_tokens: 8 }));
+        assert_eq!(
+            m.usage(),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 5,
+                total_tokens: 8
+            })
+        );
     }
 
     #[test]
@@ -140,6 +177,24 @@ mod tests {
         m.observe_events(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\ndata: [DONE]\n\n");
         assert_eq!(m.events(), 2);
         assert_eq!(m.usage().unwrap().total(), 3);
+    }
+
+    #[test]
+    fn terminal_events_are_noticed() {
+        let mut m = UsageMeter::default();
+        m.observe_events(b"data: {\"choices\":[]}\n\n");
+        assert!(!m.saw_terminal());
+        m.observe_events(b"data: [DONE]\n\n");
+        assert!(m.saw_terminal());
+        for stream in [
+            &b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"[..],
+            b"event: response.completed\ndata: {}\n\n",
+            b"data: {\"error\":{\"message\":\"x\"}}\n\n",
+        ] {
+            let mut m = UsageMeter::default();
+            m.observe_events(stream);
+            assert!(m.saw_terminal(), "{}", String::from_utf8_lossy(stream));
+        }
     }
 
     #[test]
@@ -158,6 +213,9 @@ mod tests {
         let mut m = UsageMeter::default();
         m.observe_events(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\n\n");
         let u = m.usage().unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total()), (7, 9, 16));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.total()),
+            (7, 9, 16)
+        );
     }
 }

@@ -15,9 +15,19 @@ use crate::target::{BreakerView, Health};
 /// requests, `unknown` while none has been checked yet, else `offline`.
 pub fn model_status(entry: &ModelEntry) -> &'static str {
     let usable = |t: &&std::sync::Arc<crate::target::Target>| t.breaker() != BreakerView::Open;
-    if entry.targets.iter().filter(usable).any(|t| t.health() == Health::Healthy) {
+    if entry
+        .targets
+        .iter()
+        .filter(usable)
+        .any(|t| t.health() == Health::Healthy)
+    {
         "running"
-    } else if entry.targets.iter().filter(usable).any(|t| t.health() == Health::Unknown) {
+    } else if entry
+        .targets
+        .iter()
+        .filter(usable)
+        .any(|t| t.health() == Health::Unknown)
+    {
         "unknown"
     } else {
         "offline"
@@ -64,7 +74,8 @@ pub async fn models(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn list_endpoints(state: web::Data<AppState>) -> HttpResponse {
     let directory = state.directory.load();
-    let endpoints: Vec<&str> = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].to_vec();
+    let endpoints: Vec<&str> =
+        ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].to_vec();
     let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
     for target in &directory.targets {
         let models = clusters

@@ -41,7 +41,10 @@ pub async fn detailed(state: web::Data<AppState>) -> HttpResponse {
         .filter_map(|name| directory.model(name))
         .map(|m| json!({"id": m.spec.name, "status": model_status(m)}))
         .collect();
-    let all_up = directory.models.values().all(|m| model_status(m) == "running");
+    let all_up = directory
+        .models
+        .values()
+        .all(|m| model_status(m) == "running");
     HttpResponse::Ok().json(json!({
         "status": if all_up { "ok" } else { "degraded" },
         "targets": targets,

@@ -74,13 +74,19 @@ pub fn request_id(req: &HttpRequest) -> String {
 pub fn error_response(error: &ApiError, request_id: &str) -> HttpResponse {
     let mut res = error.error_response();
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        res.headers_mut()
-            .insert(actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER), v);
+        res.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
+            v,
+        );
     }
     res
 }
 
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -91,7 +97,8 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::invalid(format!("Could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
@@ -103,10 +110,14 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
 fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_none() {
-        return Err(ApiError::InvalidJson("The request body is empty; send a JSON object.".into()));
+        return Err(ApiError::InvalidJson(
+            "The request body is empty; send a JSON object.".into(),
+        ));
     }
     if first != Some(&b'{') {
-        return Err(ApiError::InvalidJson("The request body must be a JSON object.".into()));
+        return Err(ApiError::InvalidJson(
+            "The request body must be a JSON object.".into(),
+        ));
     }
     let head: Head = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
@@ -117,7 +128,12 @@ fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
     })?;
     let model = match head.model {
         Some(m) if !m.trim().is_empty() => m.into_owned(),
-        Some(_) => return Err(ApiError::invalid_param("model", "`model` must not be empty.")),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "model",
+                "`model` must not be empty.",
+            ))
+        }
         None => return Err(ApiError::invalid_param("model", "`model` is required.")),
     };
     Ok((model, head.stream.unwrap_or(false)))
@@ -138,7 +154,17 @@ pub async fn handle(
     let mut record = RequestRecord::new(request_id.clone(), route.name, started);
     record.client_ip = req.peer_addr().map(|a| a.ip().to_string());
 
-    let call = match prepare(&req, payload, &state, &route, pinned, &request_id, &mut record).await {
+    let call = match prepare(
+        &req,
+        payload,
+        &state,
+        &route,
+        pinned,
+        &request_id,
+        &mut record,
+    )
+    .await
+    {
         Ok(call) => call,
         Err(error) => return reject(error, record, &state.log),
     };
@@ -180,7 +206,11 @@ async fn prepare(
     record.model = model.clone();
     record.stream = stream;
 
-    if route.models.as_ref().is_some_and(|allowed| !allowed.contains(&model)) {
+    if route
+        .models
+        .as_ref()
+        .is_some_and(|allowed| !allowed.contains(&model))
+    {
         return Err(ApiError::ModelNotFound(model));
     }
     let entry = state

@@ -27,13 +27,10 @@ pub const BUILTIN_PATHS: [&str; 6] = [
 
 /// Built-in routes plus the chat-shaped aliases from config.
 pub fn inference_routes(settings: &Settings) -> Vec<Arc<InferenceRoute>> {
-    let mut routes: Vec<Arc<InferenceRoute>> = inference::builtin().into_iter().map(Arc::new).collect();
+    let mut routes: Vec<Arc<InferenceRoute>> =
+        inference::builtin().into_iter().map(Arc::new).collect();
     for alias in &settings.routes.chat_aliases {
-        let name: &'static str = alias
-            .path
-            .trim_start_matches("/v1/")
-            .to_string()
-            .leak();
+        let name: &'static str = alias.path.trim_start_matches("/v1/").to_string().leak();
         routes.push(Arc::new(InferenceRoute {
             name,
             path: alias.path.clone(),
@@ -89,7 +86,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let path: String = req.path().chars().take(200).collect();
     inference::error_response(
-        &ApiError::NotFound(format!("No route {path}; see /v1/models and /openapi.json.")),
+        &ApiError::NotFound(format!(
+            "No route {path}; see /v1/models and /openapi.json."
+        )),
         &inference::request_id(&req),
     )
 }

@@ -1,0 +1,238 @@
+//! Shared harness: a real gateway on 127.0.0.1:0 in front of in-process mock upstreams,
+//! driven by a real HTTP client. Time-based actor state uses a manual clock.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::dev::ServerHandle;
+use inference_gateway::actors::gateway::{Gateway, TickAll};
+use inference_gateway::clock::ManualClock;
+use inference_gateway::config::Settings;
+use inference_gateway::fixtures::Catalog;
+use inference_gateway::{logging, server};
+use serde_json::{json, Value};
+
+pub use mock_upstream::{Behavior, MockUpstream};
+
+/// One target in a test fixture.
+pub struct T<'a> {
+    pub slug: &'a str,
+    pub cluster: &'a str,
+    pub framework: &'a str,
+    pub model: &'a str,
+    pub base_url: String,
+}
+
+pub fn target<'a>(slug: &'a str, model: &'a str, base_url: String) -> T<'a> {
+    T {
+        slug,
+        cluster: "local",
+        framework: "vllm",
+        model,
+        base_url,
+    }
+}
+
+pub struct TestGateway {
+    pub url: String,
+    pub gateway: Addr<Gateway>,
+    pub clock: Arc<ManualClock>,
+    handle: ServerHandle,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub fn client(&self) -> awc::Client {
+        awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish()
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// POSTs JSON and returns status, headers and body.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> (u16, awc::http::header::HeaderMap, Value) {
+        let mut res = self
+            .client()
+            .post(self.at(path))
+            .send_json(body)
+            .await
+            .expect("request failed");
+        let bytes = res.body().limit(64 << 20).await.expect("body");
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (res.status().as_u16(), res.headers().clone(), value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let mut res = self
+            .client()
+            .get(self.at(path))
+            .send()
+            .await
+            .expect("request failed");
+        let bytes = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// The `/health/detailed` entry of one target.
+    pub async fn target_state(&self, slug: &str) -> Value {
+        let (_, v) = self.get("/health/detailed").await;
+        v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == slug)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits (bounded) until a target's detailed state satisfies `pred`.
+    pub async fn wait_target(&self, slug: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = self.target_state(slug).await;
+            if pred(&state) {
+                return state;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "target {slug} never reached the expected state; last: {state}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Moves the gateway's clock and makes every backend re-evaluate time-based state.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.gateway.do_send(TickAll);
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+pub fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+}
+
+/// Starts a gateway over `targets` with extra `GATEWAY__...` settings. Health checks are
+/// off unless a setting turns them on, so tests decide health explicitly.
+pub async fn start(targets: &[T<'_>], settings: &[(&str, &str)]) -> TestGateway {
+    start_with(targets, &[], settings).await
+}
+
+/// Like [`start`], with federated entries (`federated_endpoints.json` values).
+pub async fn start_with(
+    targets: &[T<'_>],
+    federated: &[Value],
+    settings: &[(&str, &str)],
+) -> TestGateway {
+    start_full(targets, federated, None, settings).await
+}
+
+/// Like [`start`], with a config file (TOML) layered under the settings.
+pub async fn start_config(targets: &[T<'_>], toml: &str, settings: &[(&str, &str)]) -> TestGateway {
+    start_full(targets, &[], Some(toml), settings).await
+}
+
+async fn start_full(
+    targets: &[T<'_>],
+    federated: &[Value],
+    toml: Option<&str>,
+    settings: &[(&str, &str)],
+) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = toml.map(|text| {
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let endpoints: Vec<Value> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"model": "resource_server.endpoint", "pk": i + 1, "fields": {
+                "endpoint_slug": t.slug, "cluster": t.cluster, "framework": t.framework,
+                "model": t.model, "base_url": t.base_url}})
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("endpoints.json"),
+        serde_json::to_vec(&endpoints).unwrap(),
+    )
+    .unwrap();
+    if !federated.is_empty() {
+        std::fs::write(
+            dir.path().join("federated_endpoints.json"),
+            serde_json::to_vec(federated).unwrap(),
+        )
+        .unwrap();
+    }
+    let fixtures_dir = dir.path().display().to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("GATEWAY__FIXTURES__DIR".into(), fixtures_dir),
+        ("GATEWAY__SERVER__WORKERS".into(), "2".into()),
+        ("GATEWAY__HEALTH__PATH".into(), "".into()),
+        ("GATEWAY__UPSTREAM__RETRY_BACKOFF_MS".into(), "1".into()),
+    ];
+    for (k, v) in settings {
+        env.push((k.to_string(), v.to_string()));
+    }
+    let settings = Settings::load_from(config_file.as_deref(), None, env).expect("settings");
+    let catalog = Catalog::load(dir.path()).expect("catalog");
+    let clock = Arc::new(ManualClock::default());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let running = server::start(
+        settings,
+        catalog,
+        clock.clone(),
+        logging::discard(),
+        Some(listener),
+    )
+    .unwrap();
+    let url = format!("http://{}", running.addrs[0]);
+    let handle = running.server.handle();
+    actix_rt::spawn(running.server);
+    TestGateway {
+        url,
+        gateway: running.gateway,
+        clock,
+        handle,
+        _dir: dir,
+    }
+}
+
+/// A loopback URL nothing listens on (connection refused).
+pub fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// Reads a whole SSE body and returns its `data:` payloads.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .map(|d| d.trim().to_string())
+        })
+        .collect()
+}

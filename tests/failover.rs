@@ -1,0 +1,375 @@
+//! Failover, the circuit breaker (with a manual clock), health-aware routing and
+//! supervision (injected panics).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use inference_gateway::actors::gateway::{CheckAll, CrashBackend, CrashRouter};
+use serde_json::json;
+
+#[actix_rt::test]
+async fn five_hundreds_fail_over_to_the_next_target() {
+    let bad = MockUpstream::start(Behavior {
+        status: 500,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let good = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("bad", "m", bad.url()),
+            target("good", "m", good.url()),
+        ],
+        &[],
+    )
+    .await;
+    for _ in 0..10 {
+        let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(good.request_count(), 10);
+    assert!(bad.request_count() >= 1);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn connection_refused_fails_over() {
+    let good = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("dead", "m", dead_url()),
+            target("good", "m", good.url()),
+        ],
+        &[],
+    )
+    .await;
+    for _ in 0..5 {
+        let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 200);
+    }
+    let dead = gw.target_state("dead").await;
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("connect"),
+        "{dead}"
+    );
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn early_stream_death_fails_over_before_the_client_sees_a_byte() {
+    let bad = MockUpstream::start(Behavior {
+        drop_after_chunks: Some(0),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let good = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("bad", "m", bad.url()),
+            target("good", "m", good.url()),
+        ],
+        &[],
+    )
+    .await;
+    let mut body = chat("m");
+    body["stream"] = json!(true);
+    let mut res = gw
+        .client()
+        .post(gw.at("/v1/chat/completions"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let data = sse_data(&res.body().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(bad.request_count(), 1);
+    assert_eq!(good.request_count(), 1);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn all_targets_failing_is_502_and_attempts_are_bounded() {
+    let a = MockUpstream::start(Behavior {
+        status: 503,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let b = MockUpstream::start(Behavior {
+        status: 502,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let c = MockUpstream::start(Behavior {
+        status: 500,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[
+            target("a", "m", a.url()),
+            target("b", "m", b.url()),
+            target("c", "m", c.url()),
+        ],
+        &[("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "2")],
+    )
+    .await;
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["code"], "upstream_error");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(
+        !body.to_string().contains("127.0.0.1"),
+        "no internals in the body: {body}"
+    );
+    assert_eq!(a.request_count() + b.request_count() + c.request_count(), 2);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn every_target_rate_limited_is_429_with_retry_after() {
+    let a = MockUpstream::start(Behavior {
+        status: 429,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let b = MockUpstream::start(Behavior {
+        status: 429,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(&[target("a", "m", a.url()), target("b", "m", b.url())], &[]).await;
+    let (status, headers, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(
+        a.request_count() + b.request_count(),
+        2,
+        "429 fails over to the other target"
+    );
+    let _ = headers;
+    // 429s are not breaker failures.
+    assert_eq!(gw.target_state("a").await["failures"], 0);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn backend_4xx_passes_through_and_is_never_retried() {
+    let a = MockUpstream::start(Behavior {
+        status: 400,
+        error_body: Some(r#"{"error":{"code":400,"message":"max_tokens too large","type":"invalid_request_error"}}"#.into()),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let b = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(&[target("a", "m", a.url()), target("b", "m", b.url())], &[]).await;
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"error":{"code":400,"message":"max_tokens too large","type":"invalid_request_error"}})
+    );
+    assert_eq!((a.request_count(), b.request_count()), (1, 0));
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn slow_target_is_504() {
+    let slow = MockUpstream::start(Behavior {
+        latency: Duration::from_secs(5),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let other = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("slow", "m", slow.url()),
+            target("other", "m2", other.url()),
+        ],
+        &[("GATEWAY__UPSTREAM__RESPONSE_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 504);
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn breaker_opens_then_half_open_probe_closes_it() {
+    let mock = MockUpstream::start(Behavior {
+        status: 500,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BREAKER__FAILURE_THRESHOLD", "3"),
+            ("GATEWAY__BREAKER__OPEN_SECS", "30"),
+            ("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 502);
+    }
+    gw.wait_target("a", |t| t["breaker"] == "open").await;
+
+    // Open: requests don't reach the target.
+    let (status, headers, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "no_available_target");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(mock.request_count(), 3);
+
+    // Not yet: 29 s later it is still open.
+    gw.advance(Duration::from_secs(29));
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 503);
+
+    // Half-open after 30 s; the probe fails: open again.
+    gw.advance(Duration::from_secs(1));
+    gw.wait_target("a", |t| t["breaker"] == "half_open").await;
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 502);
+    gw.wait_target("a", |t| t["breaker"] == "open").await;
+    assert_eq!(mock.request_count(), 4);
+
+    // Next period: the probe succeeds and closes it.
+    mock.set_behavior(Behavior::default());
+    gw.advance(Duration::from_secs(30));
+    gw.wait_target("a", |t| t["breaker"] == "half_open").await;
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+    gw.wait_target("a", |t| t["breaker"] == "closed").await;
+    for _ in 0..3 {
+        let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 200);
+    }
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn unhealthy_targets_are_avoided_while_a_healthy_one_exists() {
+    let sick = MockUpstream::start(Behavior {
+        health_status: 503,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let well = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("sick", "m", sick.url()),
+            target("well", "m", well.url()),
+        ],
+        &[
+            ("GATEWAY__HEALTH__PATH", "/health"),
+            ("GATEWAY__HEALTH__UNHEALTHY_THRESHOLD", "1"),
+            ("GATEWAY__HEALTH__INTERVAL_SECS", "3600"),
+        ],
+    )
+    .await;
+    gw.wait_target("sick", |t| t["health"] == "unhealthy").await;
+    gw.wait_target("well", |t| t["health"] == "healthy").await;
+    for _ in 0..10 {
+        let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(sick.request_count(), 0);
+    assert_eq!(well.request_count(), 10);
+    let (_, models) = gw.get("/v1/models").await;
+    assert_eq!(models["data"][0]["status"], "running");
+
+    // The sick one recovers: the next check says so.
+    sick.set_behavior(Behavior::default());
+    gw.gateway.do_send(CheckAll);
+    gw.wait_target("sick", |t| t["health"] == "healthy").await;
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_crashed_backend_actor_is_rebuilt_and_requests_keep_working() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+
+    assert!(gw.gateway.send(CrashBackend("a".into())).await.unwrap());
+    // The very next request works (handlers don't depend on the actor being alive).
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+    // The supervisor notices and rebuilds it; the rebuilt actor starts half-open and
+    // lets one probe decide.
+    gw.wait_target("a", |t| t["actor_restarts"] == 1).await;
+    for _ in 0..3 {
+        let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 200);
+    }
+    gw.wait_target("a", |t| t["breaker"] == "closed").await;
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_crashed_router_is_rebuilt_and_requests_keep_working() {
+    let bad = MockUpstream::start(Behavior {
+        status: 500,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let good = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("bad", "m", bad.url()),
+            target("good", "m", good.url()),
+        ],
+        &[("GATEWAY__BREAKER__FAILURE_THRESHOLD", "1")],
+    )
+    .await;
+    assert!(gw.gateway.send(CrashRouter("m".into())).await.unwrap());
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+    // The rebuilt router still hears from backends: bad's breaker opening re-ranks it.
+    gw.wait_target("bad", |t| t["breaker"] == "open").await;
+    let before = bad.request_count();
+    for _ in 0..5 {
+        let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(bad.request_count(), before, "open target is skipped");
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn federated_model_name_is_rewritten_for_each_target() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let federated = vec![
+        json!({"model":"resource_server.federatedendpoint","pk":1,"fields":{
+        "name":"Fed","slug":"fed","target_model_name":"fed-model","description":"d",
+        "targets":[{"cluster":"local","framework":"vllm","model":"real/model","endpoint_slug":"a"}]}}),
+    ];
+    let gw = start_with(&[target("a", "real/model", mock.url())], &federated, &[]).await;
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("fed-model")).await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&mock.requests()[0].body).unwrap();
+    assert_eq!(seen["model"], "real/model");
+    assert_eq!(seen["messages"][0]["content"], "hi");
+    let _ = Duration::ZERO;
+    gw.stop().await;
+}

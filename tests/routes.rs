@@ -1,0 +1,314 @@
+//! The HTTP surface: every route, both prefixes, pinning, aliases, listings, and every
+//! error status in the OpenAI envelope.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn assert_envelope(body: &Value, code: &str) {
+    let e = &body["error"];
+    assert_eq!(e["code"], code, "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.get("param").is_some(), "{body}");
+}
+
+#[actix_rt::test]
+async fn every_inference_route_under_both_prefixes_reaches_its_upstream_path() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let routes = [
+        ("/v1/chat/completions", "/v1/chat/completions"),
+        ("/v1/completions", "/v1/completions"),
+        ("/v1/embeddings", "/v1/embeddings"),
+        ("/v1/rerank", "/v1/rerank"),
+        ("/v1/responses", "/v1/responses"),
+        ("/v1/messages", "/v1/messages"),
+        ("/v1/text2sql", "/v1/chat/completions"),
+    ];
+    let mut expected = Vec::new();
+    for (path, upstream) in routes {
+        for prefix in ["", "/resource_server"] {
+            for slash in ["", "/"] {
+                let (status, _, body) =
+                    gw.post(&format!("{prefix}{path}{slash}"), &chat("m")).await;
+                assert_eq!(status, 200, "{prefix}{path}{slash}: {body}");
+                expected.push(upstream.to_string());
+            }
+        }
+    }
+    let seen: Vec<String> = mock.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(seen, expected);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn pinned_routes_reach_only_their_cluster_and_framework() {
+    let sophia = MockUpstream::start(Behavior::default()).await.unwrap();
+    let polaris = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            T {
+                slug: "s",
+                cluster: "sophia",
+                framework: "vllm",
+                model: "m",
+                base_url: sophia.url(),
+            },
+            T {
+                slug: "p",
+                cluster: "polaris",
+                framework: "vllm",
+                model: "m",
+                base_url: polaris.url(),
+            },
+        ],
+        &[],
+    )
+    .await;
+    for _ in 0..5 {
+        let (status, _, _) = gw
+            .post(
+                "/resource_server/polaris/vllm/v1/chat/completions",
+                &chat("m"),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _, _) = gw.post("/sophia/vllm/v1/embeddings/", &chat("m")).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(polaris.request_count(), 5);
+    assert_eq!(sophia.request_count(), 5);
+    assert!(polaris
+        .requests()
+        .iter()
+        .all(|r| r.path == "/v1/chat/completions"));
+    assert!(sophia.requests().iter().all(|r| r.path == "/v1/embeddings"));
+
+    let (status, _, body) = gw
+        .post(
+            "/resource_server/polaris/sglang/v1/chat/completions",
+            &chat("m"),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_envelope(&body, "model_not_found");
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn chat_alias_from_config_relays_to_chat_for_its_models_only() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start_config(
+        &[
+            target("a", "sql-model", mock.url()),
+            target("b", "other", mock.url()),
+        ],
+        "[[routes.chat_aliases]]\npath = \"/v1/sql\"\nmodels = [\"sql-model\"]\n",
+        &[],
+    )
+    .await;
+    let (status, _, body) = gw.post("/resource_server/v1/sql", &chat("sql-model")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(mock.requests()[0].path, "/v1/chat/completions");
+    let (status, _, body) = gw.post("/v1/sql", &chat("other")).await;
+    assert_eq!(status, 404);
+    assert_envelope(&body, "model_not_found");
+    // The file replaced the default alias list, so /v1/text2sql is gone.
+    let (status, _, _) = gw.post("/v1/text2sql", &chat("sql-model")).await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn models_list_is_an_openai_list_with_status_and_targets() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[target("a", "m1", mock.url()), target("b", "m2", dead_url())],
+        &[],
+    )
+    .await;
+    for prefix in ["", "/resource_server"] {
+        let (status, body) = gw.get(&format!("{prefix}/v1/models")).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["object"], "list");
+        let data = body["data"].as_array().unwrap();
+        assert_eq!(data.len(), 2);
+        assert_eq!(data[0]["id"], "m1");
+        assert_eq!(data[0]["object"], "model");
+        assert!(data[0]["created"].is_u64());
+        assert!(data[0]["owned_by"].is_string());
+        assert_eq!(data[0]["targets"][0]["id"], "a");
+        // Health checks are off in tests: presumed healthy until requests fail.
+        assert_eq!(data[0]["status"], "running");
+    }
+    let (status, body) = gw.get("/list-endpoints").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["clusters"]["local"]["frameworks"]["vllm"]["models"],
+        json!(["m1", "m2"])
+    );
+    assert_eq!(
+        body["clusters"]["local"]["base_url"],
+        "/resource_server/local"
+    );
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn health_and_detailed_health() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let (status, body) = gw.get("/health").await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+    let t = gw.wait_target("a", |t| t["ewma_ttfb_ms"].is_number()).await;
+    assert_eq!(t["healthy"], true);
+    assert_eq!(t["breaker"], "closed");
+    assert_eq!(t["in_flight"], 0);
+    assert_eq!(t["requests"], 1);
+    assert!(t["last_error"].is_null());
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn every_error_status_in_the_openai_envelope() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("a", "m", mock.url()),
+            target("d", "down", dead_url()),
+        ],
+        &[
+            ("GATEWAY__SERVER__MAX_BODY_BYTES", "1000"),
+            ("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let client = gw.client();
+    let send = |path: &str, body: &'static [u8]| {
+        client
+            .post(gw.at(path))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+    };
+    let read = |mut res: awc::ClientResponse<_>| async move {
+        let status = res.status().as_u16();
+        let ct = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+        (status, ct, body)
+    };
+
+    let cases: Vec<(&str, &'static [u8], u16, &str)> = vec![
+        ("/v1/chat/completions", b"{not json", 400, "invalid_json"),
+        ("/v1/chat/completions", b"", 400, "invalid_json"),
+        ("/v1/chat/completions", b"[]", 400, "invalid_json"),
+        (
+            "/v1/chat/completions",
+            b"{\"messages\":[]}",
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            b"{\"model\":\"nope\"}",
+            404,
+            "model_not_found",
+        ),
+        ("/v1/nothing-here", b"{}", 404, "not_found"),
+        (
+            "/v1/chat/completions",
+            b"{\"model\":\"down\"}",
+            502,
+            "upstream_error",
+        ),
+    ];
+    for (path, body, status, code) in cases {
+        let (got, ct, value) = read(send(path, body).await.unwrap()).await;
+        assert_eq!(
+            got,
+            status,
+            "{path} {}: {value}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(ct.as_deref(), Some("application/json"));
+        assert_envelope(&value, code);
+    }
+
+    // 413: body over server.max_body_bytes.
+    let big = format!("{{\"model\":\"m\",\"pad\":\"{}\"}}", "x".repeat(2000));
+    let (status, _, value) = read(
+        client
+            .post(gw.at("/v1/chat/completions"))
+            .send_body(big)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_envelope(&value, "payload_too_large");
+
+    // 405: wrong method on a real route.
+    let (status, _, value) = read(
+        client
+            .get(gw.at("/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert_envelope(&value, "method_not_allowed");
+    let (status, _, value) = read(
+        client
+            .delete(gw.at("/resource_server/v1/models"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert_envelope(&value, "method_not_allowed");
+
+    // 508: a request that already went through too many gateways.
+    let (status, _, value) = read(
+        client
+            .post(gw.at("/v1/chat/completions"))
+            .insert_header(("x-inference-gateway-hops", "4"))
+            .send_json(&chat("m"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 508);
+    assert_envelope(&value, "loop_detected");
+    assert_eq!(
+        mock.request_count(),
+        0,
+        "no bad request reached the backend"
+    );
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn gateway_sends_hop_count_upstream() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+    let r = &mock.requests()[0];
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-inference-gateway-hops" && v == "1"));
+    gw.stop().await;
+}
