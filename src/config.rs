@@ -48,6 +48,10 @@ pub enum AuthMode {
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     pub mode: AuthMode,
+    /// Environment variable holding the bootstrap admin key ("" = none).
+    pub admin_key_env: String,
+    /// File holding the bootstrap admin key ("" = none).
+    pub admin_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -25,6 +25,8 @@ pub mod code {
     pub const STREAM_INTERRUPTED: &str = "stream_interrupted";
     pub const STREAM_IDLE_TIMEOUT: &str = "stream_idle_timeout";
     pub const INTERNAL: &str = "internal_error";
+    pub const INVALID_API_KEY: &str = "invalid_api_key";
+    pub const FORBIDDEN: &str = "forbidden";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,12 @@ pub enum ApiError {
     NoAvailableTarget(String),
     #[error("The model `{0}` did not answer in time.")]
     UpstreamTimeout(String),
+    /// No credentials, or credentials nobody issued.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A known caller that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The cause is logged where it happens; the client sees only this.
     #[error("internal error")]
     Internal,
@@ -108,6 +116,8 @@ impl ApiError {
             ApiError::AllTargetsFailed(_) => code::UPSTREAM_ERROR,
             ApiError::NoAvailableTarget(_) => code::NO_AVAILABLE_TARGET,
             ApiError::UpstreamTimeout(_) => code::UPSTREAM_TIMEOUT,
+            ApiError::Unauthorized(_) => code::INVALID_API_KEY,
+            ApiError::Forbidden(_) => code::FORBIDDEN,
             ApiError::Internal => code::INTERNAL,
         }
     }
@@ -115,6 +125,8 @@ impl ApiError {
     /// OpenAI's `type` field.
     pub fn kind(&self) -> &'static str {
         match self.status_code().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
             404 if matches!(self, ApiError::ModelNotFound(_)) => "invalid_request_error",
             404 => "not_found_error",
             429 => "rate_limit_error",
@@ -163,6 +175,8 @@ impl ResponseError for ApiError {
             ApiError::AllTargetsFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::NoAvailableTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -182,6 +196,12 @@ impl ResponseError for ApiError {
             }
             ApiError::NoAvailableTarget(_) => {
                 res.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::Unauthorized(_) => {
+                res.insert_header((
+                    actix_web::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                ));
             }
             _ => {}
         }
@@ -244,6 +264,8 @@ mod tests {
             (ApiError::AllTargetsFailed("m".into()), 502),
             (ApiError::NoAvailableTarget("m".into()), 503),
             (ApiError::UpstreamTimeout("m".into()), 504),
+            (ApiError::Unauthorized("x".into()), 401),
+            (ApiError::Forbidden("x".into()), 403),
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e:?}");

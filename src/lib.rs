@@ -2,6 +2,7 @@
 //! servers. See `docs/ARCHITECTURE.md` for the map.
 
 pub mod actors;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;

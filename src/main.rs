@@ -61,6 +61,9 @@ fn main() -> ExitCode {
 fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let mut problems = Vec::new();
+    if let Err(e) = inference_gateway::auth::admin::AdminKeys::from_config(&settings.auth) {
+        problems.push(e.to_string());
+    }
     let bind = settings.server.bind.as_str();
     for t in &catalog.targets {
         let host_port = t.base_url.split("://").nth(1).unwrap_or("");

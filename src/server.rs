@@ -12,6 +12,7 @@ use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
 use crate::actors::gateway::{Directory, Gateway};
+use crate::auth::admin::AdminKeys;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::fixtures::Catalog;
@@ -36,6 +37,8 @@ pub fn start(
     log: slog::Logger,
     listener: Option<TcpListener>,
 ) -> io::Result<Running> {
+    let admin_keys = AdminKeys::from_config(&settings.auth)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let settings = Arc::new(settings);
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let gateway = Gateway::new(
@@ -51,6 +54,7 @@ pub fn start(
         directory: Arc::clone(&directory),
         gateway: gateway.clone(),
         log,
+        admin_keys,
         started_at: SystemTime::now(),
     });
     let routes = routes::inference_routes(&settings);

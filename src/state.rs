@@ -8,6 +8,7 @@ use actix::Addr;
 use arc_swap::ArcSwap;
 
 use crate::actors::gateway::{Directory, Gateway};
+use crate::auth::admin::AdminKeys;
 use crate::config::Settings;
 
 pub struct AppState {
@@ -15,6 +16,8 @@ pub struct AppState {
     pub directory: Arc<ArcSwap<Directory>>,
     pub gateway: Addr<Gateway>,
     pub log: slog::Logger,
+    /// Keys carrying the admin role.
+    pub admin_keys: AdminKeys,
     /// When this process started (the `created` of listed models).
     pub started_at: SystemTime,
 }

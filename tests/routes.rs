@@ -312,3 +312,64 @@ async fn gateway_sends_hop_count_upstream() {
         .any(|(k, v)| k == "x-inference-gateway-hops" && v == "1"));
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn admin_routes_need_the_admin_key() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, "test-admin-key-0123456789\n").unwrap();
+    let key_path = key_file.display().to_string();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
+            ("GATEWAY__AUTH__ADMIN_KEY_FILE", &key_path),
+        ],
+    )
+    .await;
+    let client = gw.client();
+    let mut res = client.get(gw.at("/admin/backends")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer");
+    let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_envelope(&body, "invalid_api_key");
+    assert_eq!(body["error"]["type"], "authentication_error");
+
+    let res = client
+        .get(gw.at("/admin/backends"))
+        .bearer_auth("test-admin-key-0123456780")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    let mut res = client
+        .get(gw.at("/resource_server/admin/backends"))
+        .bearer_auth("test-admin-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_eq!(body["data"][0]["base_url"], mock.url());
+    gw.stop().await;
+
+    // No admin key configured: the admin API is off.
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[("GATEWAY__AUTH__ADMIN_KEY_ENV", "")],
+    )
+    .await;
+    let mut res = gw
+        .client()
+        .get(gw.at("/admin/backends"))
+        .bearer_auth("anything-at-all-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_envelope(&body, "forbidden");
+    gw.stop().await;
+}

@@ -2,6 +2,7 @@
 //! (FIRST's prefix), so existing clients keep working. Unknown paths get a 404 and wrong
 //! methods a 405, both in the OpenAI error envelope.
 
+pub mod admin;
 pub mod catalog;
 pub mod health;
 pub mod inference;
@@ -77,6 +78,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
             .default_service(web::to(method_not_allowed)),
     );
     cfg.service(
+        web::resource("/admin/backends")
+            .route(web::get().to(admin::backends))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
         web::resource("/health/detailed")
             .route(web::get().to(health::detailed))
             .default_service(web::to(method_not_allowed)),
@@ -86,9 +92,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let path: String = req.path().chars().take(200).collect();
     inference::error_response(
-        &ApiError::NotFound(format!(
-            "No route {path}; see /v1/models and /openapi.json."
-        )),
+        &ApiError::NotFound(format!("No route {path}; see /v1/models.")),
         &inference::request_id(&req),
     )
 }

@@ -1,0 +1,14 @@
+//! Who is calling. Today: the bootstrap admin key guarding `/admin/...`.
+
+pub mod admin;
+
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::HttpRequest;
+
+/// The bearer token of a request, if it has a well-formed `Authorization: Bearer <token>`.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}

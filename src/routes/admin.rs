@@ -1,0 +1,32 @@
+//! The admin API (admin role only): `GET /admin/backends` lists every target with what an
+//! operator needs and a user must not see (base URLs, fixture extras).
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Value};
+
+use crate::auth::admin::Admin;
+use crate::state::AppState;
+
+pub async fn backends(_: Admin, state: web::Data<AppState>) -> HttpResponse {
+    let directory = state.directory.load();
+    let targets: Vec<Value> = directory
+        .targets
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.slug(),
+                "cluster": t.spec.cluster,
+                "framework": t.spec.framework,
+                "model": t.spec.model,
+                "base_url": t.spec.base_url,
+                "api_key_env_name": t.spec.api_key_env,
+                "api_key_set": t.api_key.is_some(),
+                "health": t.health().name(),
+                "breaker": t.breaker().name(),
+                "in_flight": t.in_flight(),
+                "extra": t.spec.extra,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"object": "list", "data": targets}))
+}
