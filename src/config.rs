@@ -42,6 +42,7 @@ pub struct Server {
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     None,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +53,25 @@ pub struct Auth {
     pub admin_key_env: String,
     /// File holding the bootstrap admin key ("" = none).
     pub admin_key_file: PathBuf,
+    pub globus: Globus,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Globus {
+    pub enabled: bool,
+    pub client_id: String,
+    pub client_secret_env: String,
+    pub auth_base: String,
+    pub groups_base: String,
+    pub globus_groups: Vec<String>,
+    pub authorized_idp_domains: Vec<String>,
+    pub authorized_groups_per_idp: std::collections::BTreeMap<String, Vec<String>>,
+    pub globus_policies: Vec<String>,
+    pub authorized_globus_service_usernames: Vec<String>,
+    pub cache_secs: u64,
+    pub failure_cache_secs: u64,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +227,37 @@ impl Settings {
                      an open gateway would serve anyone who can reach it"
                 ),
             ));
+        }
+        if self.auth.mode == AuthMode::Required && !self.auth.globus.enabled {
+            return Err(ConfigError::new(
+                "auth.mode",
+                "\"required\" needs an authentication method: enable auth.globus",
+            ));
+        }
+        if self.auth.globus.enabled {
+            let g = &self.auth.globus;
+            if g.client_id.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "auth.globus.client_id",
+                    "is required when auth.globus.enabled",
+                ));
+            }
+            for (key, url) in [
+                ("auth.globus.auth_base", &g.auth_base),
+                ("auth.globus.groups_base", &g.groups_base),
+            ] {
+                if !(url.starts_with("https://")
+                    || url.starts_with("http://127.")
+                    || url.starts_with("http://localhost"))
+                {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{url:?} must be an https:// URL (plain http only on loopback)"),
+                    ));
+                }
+            }
+            positive("auth.globus.cache_secs", g.cache_secs)?;
+            positive("auth.globus.timeout_ms", g.timeout_ms)?;
         }
         positive("server.max_body_bytes", self.server.max_body_bytes as u64)?;
         positive(

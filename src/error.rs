@@ -27,6 +27,7 @@ pub mod code {
     pub const INTERNAL: &str = "internal_error";
     pub const INVALID_API_KEY: &str = "invalid_api_key";
     pub const FORBIDDEN: &str = "forbidden";
+    pub const AUTH_UNAVAILABLE: &str = "auth_unavailable";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,9 @@ pub enum ApiError {
     /// A known caller that may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The identity provider could not be asked (logged where it happened).
+    #[error("Authentication is unavailable right now; try again shortly.")]
+    AuthUnavailable,
     /// The cause is logged where it happens; the client sees only this.
     #[error("internal error")]
     Internal,
@@ -118,6 +122,7 @@ impl ApiError {
             ApiError::UpstreamTimeout(_) => code::UPSTREAM_TIMEOUT,
             ApiError::Unauthorized(_) => code::INVALID_API_KEY,
             ApiError::Forbidden(_) => code::FORBIDDEN,
+            ApiError::AuthUnavailable => code::AUTH_UNAVAILABLE,
             ApiError::Internal => code::INTERNAL,
         }
     }
@@ -177,6 +182,7 @@ impl ResponseError for ApiError {
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

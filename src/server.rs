@@ -13,6 +13,10 @@ use arc_swap::ArcSwap;
 
 use crate::actors::gateway::{Directory, Gateway};
 use crate::auth::admin::AdminKeys;
+use crate::auth::caller::Authenticator;
+use crate::auth::globus::{GlobusAuth, GlobusClient};
+use crate::auth::identity::Identity;
+use crate::auth::policy::Rules;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::fixtures::Catalog;
@@ -37,8 +41,21 @@ pub fn start(
     log: slog::Logger,
     listener: Option<TcpListener>,
 ) -> io::Result<Running> {
-    let admin_keys = AdminKeys::from_config(&settings.auth)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let invalid =
+        |e: crate::config::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+    let admin_keys = AdminKeys::from_config(&settings.auth).map_err(invalid)?;
+    let globus = if settings.auth.globus.enabled {
+        let client = GlobusClient::from_config(&settings.auth.globus).map_err(invalid)?;
+        let rules = Rules::from_config(&settings.auth.globus);
+        Some(GlobusAuth::start(client, rules, log.clone()))
+    } else {
+        None
+    };
+    let auth = Authenticator {
+        mode: settings.auth.mode,
+        anonymous: Arc::new(Identity::anonymous()),
+        globus,
+    };
     let settings = Arc::new(settings);
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let gateway = Gateway::new(
@@ -54,6 +71,7 @@ pub fn start(
         directory: Arc::clone(&directory),
         gateway: gateway.clone(),
         log,
+        auth,
         admin_keys,
         started_at: SystemTime::now(),
     });

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::actors::gateway::{Directory, Gateway};
 use crate::auth::admin::AdminKeys;
+use crate::auth::caller::Authenticator;
 use crate::config::Settings;
 
 pub struct AppState {
@@ -16,6 +17,8 @@ pub struct AppState {
     pub directory: Arc<ArcSwap<Directory>>,
     pub gateway: Addr<Gateway>,
     pub log: slog::Logger,
+    /// How callers are authenticated.
+    pub auth: Authenticator,
     /// Keys carrying the admin role.
     pub admin_keys: AdminKeys,
     /// When this process started (the `created` of listed models).

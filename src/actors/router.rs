@@ -45,13 +45,16 @@ impl Pin {
 }
 
 /// Picks a target and takes a lease on it: the best tier that has a target able to take
-/// the request, and within it the least in-flight, then the lowest latency. Targets in
-/// `exclude` (already tried by this request) are skipped.
-pub fn pick(ranked: &Ranked, pin: Option<&Pin>, exclude: &[Arc<Target>]) -> Option<Lease> {
+/// the request, and within it the least in-flight, then the lowest latency. Only targets
+/// `accept` takes are considered (pinning, the caller's access); targets in `exclude`
+/// (already tried by this request) are skipped.
+pub fn pick(
+    ranked: &Ranked,
+    accept: &dyn Fn(&Target) -> bool,
+    exclude: &[Arc<Target>],
+) -> Option<Lease> {
     let entries = &ranked.entries;
-    let eligible = |t: &Arc<Target>| {
-        pin.is_none_or(|p| p.matches(t)) && !exclude.iter().any(|x| Arc::ptr_eq(x, t))
-    };
+    let eligible = |t: &Arc<Target>| accept(t) && !exclude.iter().any(|x| Arc::ptr_eq(x, t));
     let mut rejected: Vec<usize> = Vec::new();
     let mut start = 0;
     while start < entries.len() {
@@ -127,11 +130,13 @@ impl Handler<TargetChanged> for FederatedRouterActor {
     }
 }
 
-/// Pick a target for one request (for callers without the snapshot at hand).
+/// Pick a target for one request (for callers without the snapshot at hand), for
+/// `identity` when given.
 #[derive(Message)]
 #[rtype(result = "Option<Lease>")]
 pub struct Pick {
     pub pin: Option<Pin>,
+    pub identity: Option<Arc<crate::auth::identity::Identity>>,
     pub exclude: Vec<Arc<Target>>,
 }
 
@@ -140,7 +145,11 @@ impl Handler<Pick> for FederatedRouterActor {
 
     fn handle(&mut self, msg: Pick, _: &mut Context<Self>) -> Self::Result {
         let ranked = self.published.load();
-        MessageResult(pick(&ranked, msg.pin.as_ref(), &msg.exclude))
+        let accept = |t: &Target| {
+            msg.pin.as_ref().is_none_or(|p| p.matches(t))
+                && msg.identity.as_ref().is_none_or(|i| i.may_use(&t.spec))
+        };
+        MessageResult(pick(&ranked, &accept, &msg.exclude))
     }
 }
 
@@ -204,7 +213,7 @@ mod tests {
 
         let mut tried = Vec::new();
         let mut picked = Vec::new();
-        while let Some(lease) = pick(&ranked, None, &tried) {
+        while let Some(lease) = pick(&ranked, &|_| true, &tried) {
             picked.push(lease.target().slug().to_string());
             tried.push(Arc::clone(lease.target()));
         }
@@ -221,15 +230,15 @@ mod tests {
         a.publish(Health::Healthy, BreakerView::Closed, 100);
         b.publish(Health::Healthy, BreakerView::Closed, 900);
         let ranked = Ranked::rank(&[a.clone(), b.clone()]);
-        let first = pick(&ranked, None, &[]).unwrap();
+        let first = pick(&ranked, &|_| true, &[]).unwrap();
         assert_eq!(
             first.target().slug(),
             "a",
             "lower latency wins a tie on in-flight"
         );
-        let second = pick(&ranked, None, &[]).unwrap();
+        let second = pick(&ranked, &|_| true, &[]).unwrap();
         assert_eq!(second.target().slug(), "b", "a has one in flight now");
-        let third = pick(&ranked, None, &[]).unwrap();
+        let third = pick(&ranked, &|_| true, &[]).unwrap();
         assert_eq!(third.target().slug(), "a");
     }
 
@@ -243,12 +252,18 @@ mod tests {
             cluster: "polaris".into(),
             framework: "vllm".into(),
         };
-        assert_eq!(pick(&ranked, Some(&pin), &[]).unwrap().target().slug(), "b");
+        assert_eq!(
+            pick(&ranked, &|t| pin.matches(t), &[])
+                .unwrap()
+                .target()
+                .slug(),
+            "b"
+        );
         let nowhere = Pin {
             cluster: "polaris".into(),
             framework: "sglang".into(),
         };
-        assert!(pick(&ranked, Some(&nowhere), &[]).is_none());
+        assert!(pick(&ranked, &|t| nowhere.matches(t), &[]).is_none());
     }
 
     #[test]
@@ -257,10 +272,10 @@ mod tests {
         a.publish(Health::Healthy, BreakerView::HalfOpen, 0);
         b.publish(Health::Unhealthy, BreakerView::Closed, 0);
         let ranked = Ranked::rank(&[a, b]);
-        let probe = pick(&ranked, None, &[]).unwrap();
+        let probe = pick(&ranked, &|_| true, &[]).unwrap();
         assert_eq!(probe.target().slug(), "a");
         assert!(probe.is_probe());
-        let next = pick(&ranked, None, &[]).unwrap();
+        let next = pick(&ranked, &|_| true, &[]).unwrap();
         assert_eq!(next.target().slug(), "b");
     }
 }

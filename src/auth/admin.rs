@@ -130,11 +130,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.key");
         std::fs::write(&path, "file-admin-key-0123456789\n").unwrap();
-        let auth = Auth {
-            mode: crate::config::AuthMode::None,
-            admin_key_env: String::new(),
-            admin_key_file: path,
-        };
+        let mut auth = crate::config::Settings::load_from(None, None, Vec::new())
+            .unwrap()
+            .auth;
+        auth.admin_key_env = String::new();
+        auth.admin_key_file = path;
         let keys = AdminKeys::from_config(&auth).unwrap();
         assert!(keys.accepts("file-admin-key-0123456789"));
     }

@@ -1,6 +1,11 @@
-//! Who is calling. Today: the bootstrap admin key guarding `/admin/...`.
+//! Who is calling: the `Caller` extractor (Globus Auth introspection with FIRST's policy
+//! rules, or anonymous when authentication is off) and the admin role for `/admin/...`.
 
 pub mod admin;
+pub mod caller;
+pub mod globus;
+pub mod identity;
+pub mod policy;
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::HttpRequest;

@@ -65,6 +65,8 @@ pub struct Call {
     /// The model name the client asked for (rewritten when a target serves another name).
     pub requested_model: String,
     pub pin: Option<Pin>,
+    /// Who is asking: only targets they may use are picked.
+    pub caller: Arc<crate::auth::identity::Identity>,
     pub stream: bool,
     pub request_id: String,
     pub hops: u32,
@@ -114,7 +116,10 @@ pub async fn forward(
     while record.attempts < settings.max_attempts {
         let lease = {
             let ranked = call.model.ranked.load();
-            pick(&ranked, call.pin.as_ref(), &tried)
+            let accept = |t: &Target| {
+                call.pin.as_ref().is_none_or(|p| p.matches(t)) && call.caller.may_use(&t.spec)
+            };
+            pick(&ranked, &accept, &tried)
         };
         let Some(mut lease) = lease else { break };
         if record.attempts > 0 {

@@ -8,6 +8,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::actors::gateway::ModelEntry;
+use crate::auth::caller::Caller;
 use crate::state::AppState;
 use crate::target::{BreakerView, Health};
 
@@ -34,7 +35,12 @@ pub fn model_status(entry: &ModelEntry) -> &'static str {
     }
 }
 
-pub async fn models(state: web::Data<AppState>) -> HttpResponse {
+/// The identity the gateway sees for the caller.
+pub async fn whoami(Caller(caller): Caller) -> HttpResponse {
+    HttpResponse::Ok().json(&*caller)
+}
+
+pub async fn models(Caller(caller): Caller, state: web::Data<AppState>) -> HttpResponse {
     let directory = state.directory.load();
     let created = state
         .started_at
@@ -45,10 +51,12 @@ pub async fn models(state: web::Data<AppState>) -> HttpResponse {
         .model_order
         .iter()
         .filter_map(|name| directory.model(name))
+        .filter(|entry| entry.targets.iter().any(|t| caller.may_use(&t.spec)))
         .map(|entry| {
             let targets: Vec<Value> = entry
                 .targets
                 .iter()
+                .filter(|t| caller.may_use(&t.spec))
                 .map(|t| {
                     json!({
                         "id": t.slug(),
@@ -72,12 +80,12 @@ pub async fn models(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
-pub async fn list_endpoints(state: web::Data<AppState>) -> HttpResponse {
+pub async fn list_endpoints(Caller(caller): Caller, state: web::Data<AppState>) -> HttpResponse {
     let directory = state.directory.load();
     let endpoints: Vec<&str> =
         ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].to_vec();
     let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
-    for target in &directory.targets {
+    for target in directory.targets.iter().filter(|t| caller.may_use(&t.spec)) {
         let models = clusters
             .entry(target.spec.cluster.as_str())
             .or_default()

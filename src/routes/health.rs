@@ -4,6 +4,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
+use crate::auth::caller::Caller;
 use crate::routes::catalog::model_status;
 use crate::state::AppState;
 
@@ -11,7 +12,8 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-pub async fn detailed(state: web::Data<AppState>) -> HttpResponse {
+/// Needs an authenticated caller (it shows the whole fleet).
+pub async fn detailed(_: Caller, state: web::Data<AppState>) -> HttpResponse {
     let directory = state.directory.load();
     let targets: Vec<Value> = directory
         .targets

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::actors::router::Pin;
+use crate::auth::caller::Caller;
 use crate::error::ApiError;
 use crate::proxy::forward::{self, passed_headers, Call, Upstream, HOPS_HEADER, REQUEST_ID_HEADER};
 use crate::proxy::record::{Ending, RequestRecord};
@@ -143,6 +144,7 @@ fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
 /// in the path.
 pub async fn handle(
     req: HttpRequest,
+    caller: Caller,
     payload: web::Payload,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
@@ -156,6 +158,7 @@ pub async fn handle(
 
     let call = match prepare(
         &req,
+        caller,
         payload,
         &state,
         &route,
@@ -183,8 +186,10 @@ fn reject(error: ApiError, mut record: RequestRecord, log: &slog::Logger) -> Htt
     response
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn prepare(
     req: &HttpRequest,
+    Caller(caller): Caller,
     payload: web::Payload,
     state: &AppState,
     route: &InferenceRoute,
@@ -232,12 +237,31 @@ async fn prepare(
     } else {
         None
     };
+    // The caller must be allowed on at least one (pinned) target of the model.
+    let mut refusal = None;
+    let allowed = entry
+        .targets
+        .iter()
+        .filter(|t| pin.as_ref().is_none_or(|p| p.matches(t)))
+        .any(|t| {
+            caller.may_use(&t.spec) || {
+                refusal = caller.permission(&t.spec).err();
+                false
+            }
+        });
+    if !allowed {
+        return Err(ApiError::Forbidden(format!(
+            "You may not use model `{model}`: {}.",
+            refusal.unwrap_or_default()
+        )));
+    }
     Ok(Call {
         model: entry,
         upstream_path: route.upstream_path,
         body,
         requested_model: model,
         pin,
+        caller,
         stream,
         request_id: request_id.to_string(),
         hops,

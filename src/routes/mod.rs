@@ -55,9 +55,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
             let route = Arc::clone(route);
             cfg.service(
                 web::resource(path)
-                    .route(web::post().to(move |req, payload, state, upstream| {
-                        inference::handle(req, payload, state, upstream, Arc::clone(&route), pinned)
-                    }))
+                    .route(
+                        web::post().to(move |req, caller, payload, state, upstream| {
+                            inference::handle(
+                                req,
+                                caller,
+                                payload,
+                                state,
+                                upstream,
+                                Arc::clone(&route),
+                                pinned,
+                            )
+                        }),
+                    )
                     .default_service(web::to(method_not_allowed)),
             );
         }
@@ -75,6 +85,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
     cfg.service(
         web::resource("/health")
             .route(web::get().to(health::live))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/whoami")
+            .route(web::get().to(catalog::whoami))
             .default_service(web::to(method_not_allowed)),
     );
     cfg.service(

@@ -12,8 +12,9 @@ use inference_gateway::actors::gateway::{Gateway, TickAll};
 use inference_gateway::clock::ManualClock;
 use inference_gateway::config::Settings;
 use inference_gateway::fixtures::Catalog;
-use inference_gateway::{logging, server};
+use inference_gateway::server;
 use serde_json::{json, Value};
+use slog::Drain;
 
 pub use mock_upstream::{Behavior, MockUpstream};
 
@@ -40,6 +41,7 @@ pub struct TestGateway {
     pub url: String,
     pub gateway: Addr<Gateway>,
     pub clock: Arc<ManualClock>,
+    logs: Arc<std::sync::Mutex<Vec<u8>>>,
     handle: ServerHandle,
     _dir: tempfile::TempDir,
 }
@@ -114,6 +116,11 @@ impl TestGateway {
         }
     }
 
+    /// Everything the gateway logged so far (JSON lines).
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+    }
+
     /// Moves the gateway's clock and makes every backend re-evaluate time-based state.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
@@ -149,8 +156,30 @@ pub async fn start_config(targets: &[T<'_>], toml: &str, settings: &[(&str, &str
     start_full(targets, &[], Some(toml), settings).await
 }
 
+/// The fixture entry of a test target.
+pub fn endpoint(i: usize, t: &T<'_>) -> Value {
+    json!({"model": "resource_server.endpoint", "pk": i + 1, "fields": {
+        "endpoint_slug": t.slug, "cluster": t.cluster, "framework": t.framework,
+        "model": t.model, "base_url": t.base_url}})
+}
+
 async fn start_full(
     targets: &[T<'_>],
+    federated: &[Value],
+    toml: Option<&str>,
+    settings: &[(&str, &str)],
+) -> TestGateway {
+    let endpoints: Vec<Value> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| endpoint(i, t))
+        .collect();
+    start_raw(endpoints, federated, toml, settings).await
+}
+
+/// Starts a gateway from raw fixture entries.
+pub async fn start_raw(
+    endpoints: Vec<Value>,
     federated: &[Value],
     toml: Option<&str>,
     settings: &[(&str, &str)],
@@ -161,15 +190,6 @@ async fn start_full(
         std::fs::write(&path, text).unwrap();
         path
     });
-    let endpoints: Vec<Value> = targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"model": "resource_server.endpoint", "pk": i + 1, "fields": {
-                "endpoint_slug": t.slug, "cluster": t.cluster, "framework": t.framework,
-                "model": t.model, "base_url": t.base_url}})
-        })
-        .collect();
     std::fs::write(
         dir.path().join("endpoints.json"),
         serde_json::to_vec(&endpoints).unwrap(),
@@ -196,14 +216,13 @@ async fn start_full(
     let catalog = Catalog::load(dir.path()).expect("catalog");
     let clock = Arc::new(ManualClock::default());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let running = server::start(
-        settings,
-        catalog,
-        clock.clone(),
-        logging::discard(),
-        Some(listener),
-    )
-    .unwrap();
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = slog::Logger::root(
+        std::sync::Mutex::new(slog_json::Json::default(LogBuffer(Arc::clone(&logs))))
+            .map(slog::Fuse),
+        slog::o!(),
+    );
+    let running = server::start(settings, catalog, clock.clone(), log, Some(listener)).unwrap();
     let url = format!("http://{}", running.addrs[0]);
     let handle = running.server.handle();
     actix_rt::spawn(running.server);
@@ -211,8 +230,22 @@ async fn start_full(
         url,
         gateway: running.gateway,
         clock,
+        logs,
         handle,
         _dir: dir,
+    }
+}
+
+/// A `Write` into a shared buffer, to capture the gateway's logs.
+pub struct LogBuffer(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -1,0 +1,73 @@
+//! The `Caller` extractor: every route but `/health` and `/metrics` takes one. With
+//! `auth.mode = "none"` the caller is anonymous; with `"required"` the bearer token must
+//! resolve to an identity (401 otherwise, 403 when a rule refuses it).
+
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
+
+use crate::auth::globus::{AuthFailure, GlobusAuth};
+use crate::auth::identity::Identity;
+use crate::auth::policy::Refusal;
+use crate::config::AuthMode;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How tokens are checked, built once at start.
+pub struct Authenticator {
+    pub mode: AuthMode,
+    pub anonymous: Arc<Identity>,
+    pub globus: Option<GlobusAuth>,
+}
+
+impl Authenticator {
+    pub async fn resolve(&self, token: &str) -> Result<Arc<Identity>, ApiError> {
+        let Some(globus) = &self.globus else {
+            return Err(ApiError::Unauthorized("Invalid bearer token.".into()));
+        };
+        globus
+            .resolve(token)
+            .await
+            .map_err(|failure| match failure {
+                AuthFailure::Refused(Refusal::Unauthorized(m)) => ApiError::Unauthorized(m),
+                AuthFailure::Refused(Refusal::Forbidden(m)) => ApiError::Forbidden(m),
+                AuthFailure::Unavailable(_) => ApiError::AuthUnavailable,
+            })
+    }
+}
+
+/// The authenticated caller of a request.
+pub struct Caller(pub Arc<Identity>);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future =
+        Either<Ready<Result<Caller, ApiError>>, LocalBoxFuture<'static, Result<Caller, ApiError>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return Either::Left(ready(Err(ApiError::Internal)));
+        };
+        if state.auth.mode == AuthMode::None {
+            return Either::Left(ready(Ok(Caller(Arc::clone(&state.auth.anonymous)))));
+        }
+        let token = match super::bearer(req) {
+            Some(token) => token.to_string(),
+            None => {
+                let message = if req.headers().contains_key(AUTHORIZATION) {
+                    "Malformed Authorization header: send `Authorization: Bearer <token>`."
+                } else {
+                    "Missing bearer token: send `Authorization: Bearer <token>`."
+                };
+                return Either::Left(ready(Err(ApiError::Unauthorized(message.into()))));
+            }
+        };
+        let state = state.clone();
+        Either::Right(Box::pin(async move {
+            state.auth.resolve(&token).await.map(Caller)
+        }))
+    }
+}
