@@ -54,6 +54,23 @@ pub struct Auth {
     /// File holding the bootstrap admin key ("" = none).
     pub admin_key_file: PathBuf,
     pub globus: Globus,
+    pub oidc: Oidc,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    pub enabled: bool,
+    pub jwks_url: String,
+    pub issuer: String,
+    pub audience: Vec<String>,
+    pub username_claim: String,
+    pub name_claim: String,
+    pub groups_claim: String,
+    pub org_claim: String,
+    pub required_groups: Vec<String>,
+    pub jwks_refresh_secs: u64,
+    pub leeway_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,11 +245,36 @@ impl Settings {
                 ),
             ));
         }
-        if self.auth.mode == AuthMode::Required && !self.auth.globus.enabled {
+        if self.auth.mode == AuthMode::Required
+            && !self.auth.globus.enabled
+            && !self.auth.oidc.enabled
+        {
             return Err(ConfigError::new(
                 "auth.mode",
-                "\"required\" needs an authentication method: enable auth.globus",
+                "\"required\" needs an authentication method: enable auth.globus or auth.oidc",
             ));
+        }
+        if self.auth.oidc.enabled {
+            let o = &self.auth.oidc;
+            if !(o.jwks_url.starts_with("https://")
+                || o.jwks_url.starts_with("http://127.")
+                || o.jwks_url.starts_with("http://localhost"))
+            {
+                return Err(ConfigError::new(
+                    "auth.oidc.jwks_url",
+                    format!(
+                        "{:?} must be an https:// URL (plain http only on loopback)",
+                        o.jwks_url
+                    ),
+                ));
+            }
+            if o.issuer.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "auth.oidc.issuer",
+                    "is required when auth.oidc.enabled",
+                ));
+            }
+            positive("auth.oidc.jwks_refresh_secs", o.jwks_refresh_secs)?;
         }
         if self.auth.globus.enabled {
             let g = &self.auth.globus;

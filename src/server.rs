@@ -16,6 +16,7 @@ use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::auth::globus::{GlobusAuth, GlobusClient};
 use crate::auth::identity::Identity;
+use crate::auth::oidc::OidcAuth;
 use crate::auth::policy::Rules;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -55,6 +56,11 @@ pub fn start(
         mode: settings.auth.mode,
         anonymous: Arc::new(Identity::anonymous()),
         globus,
+        oidc: settings
+            .auth
+            .oidc
+            .enabled
+            .then(|| OidcAuth::start(settings.auth.oidc.clone(), log.clone())),
     };
     let settings = Arc::new(settings);
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));

@@ -11,6 +11,7 @@ use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 
 use crate::auth::globus::{AuthFailure, GlobusAuth};
 use crate::auth::identity::Identity;
+use crate::auth::oidc::{looks_like_jwt, OidcAuth};
 use crate::auth::policy::Refusal;
 use crate::config::AuthMode;
 use crate::error::ApiError;
@@ -21,10 +22,29 @@ pub struct Authenticator {
     pub mode: AuthMode,
     pub anonymous: Arc<Identity>,
     pub globus: Option<GlobusAuth>,
+    pub oidc: Option<OidcAuth>,
+}
+
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Unauthorized(m) => ApiError::Unauthorized(m),
+        Refusal::Forbidden(m) => ApiError::Forbidden(m),
+    }
 }
 
 impl Authenticator {
+    /// Resolves a bearer token: JWT-shaped tokens by OIDC (when enabled), the rest by
+    /// Globus introspection (when enabled).
     pub async fn resolve(&self, token: &str) -> Result<Arc<Identity>, ApiError> {
+        if let Some(oidc) = &self.oidc {
+            if looks_like_jwt(token) || self.globus.is_none() {
+                return oidc
+                    .verify(token)
+                    .await
+                    .map(|(identity, _)| Arc::new(identity))
+                    .map_err(refused);
+            }
+        }
         let Some(globus) = &self.globus else {
             return Err(ApiError::Unauthorized("Invalid bearer token.".into()));
         };
@@ -32,8 +52,7 @@ impl Authenticator {
             .resolve(token)
             .await
             .map_err(|failure| match failure {
-                AuthFailure::Refused(Refusal::Unauthorized(m)) => ApiError::Unauthorized(m),
-                AuthFailure::Refused(Refusal::Forbidden(m)) => ApiError::Forbidden(m),
+                AuthFailure::Refused(r) => refused(r),
                 AuthFailure::Unavailable(_) => ApiError::AuthUnavailable,
             })
     }

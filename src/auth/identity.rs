@@ -14,6 +14,8 @@ pub enum Method {
     Globus,
     /// A Globus confidential client listed in `authorized_globus_service_usernames`.
     GlobusService,
+    /// An OIDC/JWT token verified against the configured JWKS.
+    Oidc,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod caller;
 pub mod globus;
 pub mod identity;
+pub mod oidc;
 pub mod policy;
 
 use actix_web::http::header::AUTHORIZATION;
