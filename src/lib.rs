@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod fixtures;
 pub mod logging;
+pub mod login;
 pub mod proxy;
 pub mod routes;
 pub mod server;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use inference_gateway::clock::SystemClock;
 use inference_gateway::config::Settings;
 use inference_gateway::fixtures::{self, Catalog};
+use inference_gateway::login::{self, LoginSettings};
 use inference_gateway::{logging, server};
 
 #[derive(Parser)]
@@ -31,10 +32,56 @@ enum Command {
     Serve,
     /// Validate configuration and fixtures, print a summary, exit non-zero on any error.
     CheckConfig,
+    /// Get Globus tokens for calling a gateway (the role of FIRST's inference-auth-token.py).
+    Auth(AuthArgs),
+}
+
+#[derive(clap::Args)]
+struct AuthArgs {
+    #[command(subcommand)]
+    action: AuthAction,
+    /// Globus Auth base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "GLOBUS_AUTH_BASE",
+        default_value = "https://auth.globus.org"
+    )]
+    auth_base: String,
+    /// This helper's public (native app) Globus client id.
+    #[arg(long, global = true, env = "CLI_AUTH_CLIENT_ID")]
+    client_id: Option<String>,
+    /// The gateway's Globus client id; the scope asked for is its action_all scope.
+    #[arg(long, global = true, env = "GLOBUS_APPLICATION_ID")]
+    gateway_client_id: Option<String>,
+    /// Scopes to ask for, overriding the one derived from --gateway-client-id.
+    #[arg(long, global = true)]
+    scope: Option<String>,
+    /// Identity-provider domains the login must use, comma-separated.
+    #[arg(long, global = true, env = "CLI_ALLOWED_DOMAINS", default_value = "")]
+    domains: String,
+    /// Where tokens are kept (default: $XDG_CONFIG_HOME/inference-gateway/tokens.json).
+    #[arg(long, global = true, env = "INFERENCE_GATEWAY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuthAction {
+    /// Log in (PKCE): open the printed address, paste the code back.
+    Login {
+        /// Log in again even if valid tokens are stored.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Print a valid access token, refreshing it first when it is about to expire.
+    Token,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Auth(args)) = cli.command {
+        return auth(args);
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -54,7 +101,62 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => check_config(&settings, &catalog),
-        Command::Serve => serve(settings, catalog),
+        Command::Serve | Command::Auth(_) => serve(settings, catalog),
+    }
+}
+
+fn auth(args: AuthArgs) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(1)
+    };
+    let Some(client_id) = args.client_id.filter(|c| !c.is_empty()) else {
+        return fail("--client-id (or CLI_AUTH_CLIENT_ID) is required".into());
+    };
+    let scopes = match (args.scope, args.gateway_client_id) {
+        (Some(scope), _) => scope,
+        (None, Some(gateway)) => format!("https://auth.globus.org/scopes/{gateway}/action_all"),
+        (None, None) => {
+            return fail(
+                "--gateway-client-id (or GLOBUS_APPLICATION_ID) or --scope is required".into(),
+            )
+        }
+    };
+    let Some(token_file) = args.token_file.or_else(login::default_token_file) else {
+        return fail("no home directory: pass --token-file".into());
+    };
+    let settings = LoginSettings {
+        auth_base: args.auth_base.trim_end_matches('/').to_string(),
+        client_id,
+        scopes,
+        redirect_uri: format!("{}/v2/web/auth-code", "https://auth.globus.org"),
+        domains: args
+            .domains
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(String::from)
+            .collect(),
+        token_file,
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        match args.action {
+            AuthAction::Login { force } => {
+                let stdin = std::io::stdin();
+                let mut input = stdin.lock();
+                let mut err = std::io::stderr();
+                login::login(&settings, force, &mut input, &mut err).await
+            }
+            AuthAction::Token => login::access_token(&settings).await.map(|token| {
+                let _ = writeln!(std::io::stdout(), "{token}");
+            }),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.to_string()),
     }
 }
 
