@@ -218,19 +218,27 @@ where
                             received,
                             expected,
                         } => {
-                            let body: Vec<u8> = if *len <= METER_BODY_LIMIT {
-                                parts.concat()
-                            } else {
-                                Vec::new()
+                            let whole = *len <= METER_BODY_LIMIT;
+                            // One part (the usual case) is read in place; more are joined.
+                            let joined;
+                            let body: &[u8] = match parts.as_slice() {
+                                [one] if whole => one,
+                                _ if whole => {
+                                    joined = parts.concat();
+                                    &joined
+                                }
+                                _ => &[],
                             };
                             if expected.is_some_and(|n| n != *received) {
                                 (None, Some("body shorter than its Content-Length"))
-                            } else if *len <= METER_BODY_LIMIT
-                                && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
+                            } else if expected.is_none()
+                                && whole
+                                && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err()
                             {
+                                // Chunked, so no length to check: a cut body is bad JSON.
                                 (None, Some("body is cut-off JSON"))
                             } else {
-                                this.meter.observe_json(&body);
+                                this.meter.observe_json(body);
                                 (None, None)
                             }
                         }
@@ -441,6 +449,48 @@ mod tests {
             "the client must see an incomplete response"
         );
         assert_eq!(target.failures_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn chunked_json_cut_short_is_cut_off() {
+        let (target, lease) = lease();
+        let upstream = stream::iter(vec![
+            Ok::<_, PayloadError>(Bytes::from_static(b"{\"id\":1,")),
+            Ok(Bytes::from_static(b"\"usage\":{\"prompt")),
+        ]);
+        let relay = Relay::new(
+            upstream,
+            None,
+            Framing::new("application/json", None),
+            Duration::from_secs(5),
+            finish(lease),
+        );
+        let items: Vec<_> = relay.collect().await;
+        assert!(items[0].is_ok() && items[1].is_ok());
+        assert!(items[2].is_err());
+        assert_eq!(target.failures_total(), 1);
+    }
+
+    #[tokio::test]
+    async fn whole_chunked_json_is_metered() {
+        let (target, lease) = lease();
+        let upstream = stream::iter(vec![
+            Ok::<_, PayloadError>(Bytes::from_static(b"{\"id\":1,")),
+            Ok(Bytes::from_static(
+                b"\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}",
+            )),
+        ]);
+        let relay = Relay::new(
+            upstream,
+            None,
+            Framing::new("application/json", None),
+            Duration::from_secs(5),
+            finish(lease),
+        );
+        let items: Vec<_> = relay.collect().await;
+        assert_eq!(items.len(), 2);
+        assert!(items.iter().all(|i| i.is_ok()));
+        assert_eq!(target.failures_total(), 0);
     }
 
     #[tokio::test]
