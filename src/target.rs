@@ -74,6 +74,10 @@ pub struct Target {
     probe_free: AtomicBool,
     in_flight: AtomicU32,
     ewma_ttfb_us: AtomicU64,
+    /// Successes the actor has not seen yet (count, summed TTFB in µs): a success on a
+    /// closed breaker changes nothing urgent, so it is not worth a message per request.
+    pending_successes: AtomicU64,
+    pending_ttfb_us: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) restarts: AtomicU32,
@@ -102,6 +106,8 @@ impl Target {
             probe_free: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             ewma_ttfb_us: AtomicU64::new(0),
+            pending_successes: AtomicU64::new(0),
+            pending_ttfb_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             restarts: AtomicU32::new(0),
@@ -176,6 +182,14 @@ impl Target {
         if self.breaker() == BreakerView::HalfOpen {
             self.probe_free.store(true, Ordering::Release);
         }
+    }
+
+    /// Called by the BackendActor only: the successes reported since the last call, as
+    /// (count, summed TTFB in µs).
+    pub(crate) fn take_successes(&self) -> (u64, u64) {
+        let count = self.pending_successes.swap(0, Ordering::AcqRel);
+        let ttfb = self.pending_ttfb_us.swap(0, Ordering::AcqRel);
+        (count, ttfb)
     }
 
     pub(crate) fn set_last_error(&self, error: Option<String>) {
@@ -262,8 +276,20 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
         let verdict = self.verdict.take().unwrap_or(Verdict::Neutral);
-        if matches!(verdict, Verdict::Failure { .. }) {
-            self.target.failures.fetch_add(1, Ordering::Relaxed);
+        match &verdict {
+            Verdict::Failure { .. } => {
+                self.target.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            // The common case: no message; the actor drains these on its tick.
+            Verdict::Success { ttfb }
+                if !self.probe && self.target.breaker() == BreakerView::Closed =>
+            {
+                let us = u64::try_from(ttfb.as_micros()).unwrap_or(u64::MAX);
+                self.target.pending_ttfb_us.fetch_add(us, Ordering::AcqRel);
+                self.target.pending_successes.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+            _ => {}
         }
         match self.target.actor() {
             Some(addr) => addr.do_send(Report {
@@ -334,6 +360,19 @@ mod tests {
         // No actor: a probe dropped without verdict frees the slot for the next one.
         drop(probe);
         assert!(t.try_lease().is_some());
+    }
+
+    #[test]
+    fn successes_on_a_closed_breaker_are_counted_without_a_message() {
+        let t = target();
+        for ms in [10, 30] {
+            let mut l = t.try_lease().unwrap();
+            l.set_verdict(Verdict::Success {
+                ttfb: Duration::from_millis(ms),
+            });
+        }
+        assert_eq!(t.take_successes(), (2, 40_000));
+        assert_eq!(t.take_successes(), (0, 0));
     }
 
     #[test]

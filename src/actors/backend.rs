@@ -14,6 +14,8 @@ use crate::target::{BreakerView, Health, Target, Verdict};
 
 /// Weight of the newest sample in the latency average.
 const EWMA_ALPHA: f64 = 0.2;
+/// How often successes reported through the target's counters are folded in.
+const SUCCESS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Largest health-check body read (and thrown away, so the connection can be reused).
 const HEALTH_BODY_LIMIT: usize = 64 * 1024;
 
@@ -119,6 +121,24 @@ impl BackendActor {
         }
     }
 
+    /// Folds in the successes handlers counted since the last drain: the latency average
+    /// takes their mean (weighted as that many samples) and the breaker hears one success.
+    fn drain_successes(&mut self) -> bool {
+        let (count, ttfb_us) = self.target.take_successes();
+        if count == 0 {
+            return false;
+        }
+        let mean = ttfb_us as f64 / count as f64;
+        self.ewma_us = if self.ewma_us == 0.0 {
+            mean
+        } else {
+            let weight = 1.0 - (1.0 - EWMA_ALPHA).powi(count.min(64) as i32);
+            weight * mean + (1.0 - weight) * self.ewma_us
+        };
+        self.breaker.on_success(self.clock.now());
+        true
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.breaker.poll(self.clock.now()) {
             self.publish(ctx);
@@ -191,6 +211,11 @@ impl Actor for BackendActor {
                 .finish(),
         );
         self.publish(ctx);
+        ctx.run_interval(SUCCESS_DRAIN_INTERVAL, |act, ctx| {
+            if act.drain_successes() {
+                act.publish(ctx);
+            }
+        });
         if self.settings.health_path.is_some() {
             self.check_health(ctx);
             ctx.run_interval(self.settings.health_interval, |act, ctx| {
@@ -212,6 +237,9 @@ impl Handler<Report> for BackendActor {
     type Result = ();
 
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        // Successes counted before this report come first (a success between two failures
+        // breaks the run of consecutive failures).
+        self.drain_successes();
         let now: Instant = self.clock.now();
         match msg.verdict {
             Verdict::Success { ttfb } => {
