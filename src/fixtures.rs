@@ -48,6 +48,26 @@ pub struct TargetSpec {
     pub extra: Map<String, Value>,
 }
 
+impl TargetSpec {
+    /// A plain HTTP target on loopback, for unit tests.
+    #[cfg(test)]
+    pub fn for_test(slug: &str, cluster: &str) -> TargetSpec {
+        TargetSpec {
+            slug: slug.into(),
+            cluster: cluster.into(),
+            framework: "vllm".into(),
+            model: "m".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            api_key_env: None,
+            health_path: None,
+            request_timeout: None,
+            allowed_globus_groups: vec![],
+            allowed_domains: vec![],
+            extra: Default::default(),
+        }
+    }
+}
+
 /// A model name clients can ask for, and the targets that serve it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {

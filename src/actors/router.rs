@@ -177,19 +177,7 @@ mod tests {
     use std::time::Duration;
 
     fn target(slug: &str, cluster: &str) -> Arc<Target> {
-        let spec = TargetSpec {
-            slug: slug.into(),
-            cluster: cluster.into(),
-            framework: "vllm".into(),
-            model: "m".into(),
-            base_url: "http://127.0.0.1:1".into(),
-            api_key_env: None,
-            health_path: None,
-            request_timeout: None,
-            allowed_globus_groups: vec![],
-            allowed_domains: vec![],
-            extra: Default::default(),
-        };
+        let spec = TargetSpec::for_test(slug, cluster);
         Arc::new(Target::new(spec, None, Duration::from_secs(1)))
     }
 

@@ -342,19 +342,7 @@ mod tests {
     use std::time::Instant as StdInstant;
 
     fn lease() -> (Arc<Target>, Lease) {
-        let spec = TargetSpec {
-            slug: "t".into(),
-            cluster: "c".into(),
-            framework: "f".into(),
-            model: "m".into(),
-            base_url: "http://127.0.0.1:1".into(),
-            api_key_env: None,
-            health_path: None,
-            request_timeout: None,
-            allowed_globus_groups: vec![],
-            allowed_domains: vec![],
-            extra: Default::default(),
-        };
+        let spec = TargetSpec::for_test("t", "c");
         let target = Arc::new(Target::new(spec, None, Duration::from_secs(1)));
         let lease = target.try_lease().unwrap();
         (target, lease)
