@@ -2,6 +2,8 @@
 //! driven by a real HTTP client. Time-based actor state uses a manual clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod db;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use inference_gateway::fixtures::Catalog;
 use inference_gateway::{logging, server};
 use serde_json::{json, Value};
 
+#[allow(unused_imports)]
 pub use mock_upstream::{Behavior, MockUpstream};
 
 /// One target in a test fixture.
