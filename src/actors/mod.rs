@@ -9,4 +9,5 @@
 pub mod backend;
 pub mod breaker;
 pub mod gateway;
+pub mod log_writer;
 pub mod router;
