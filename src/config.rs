@@ -296,15 +296,6 @@ impl Settings {
                 ),
             ));
         }
-        if self.auth.mode == AuthMode::Required
-            && !self.auth.globus.enabled
-            && !self.auth.oidc.enabled
-        {
-            return Err(ConfigError::new(
-                "auth.mode",
-                "\"required\" needs an authentication method: enable auth.globus or auth.oidc",
-            ));
-        }
         if self.auth.oidc.enabled {
             let o = &self.auth.oidc;
             if !(o.jwks_url.starts_with("https://")

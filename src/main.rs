@@ -41,6 +41,11 @@ enum Command {
     CheckConfig,
     /// Apply pending database migrations (`database.url`) and exit. `serve` does it too.
     Migrate,
+    /// Manage API keys in the database (`database.url`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Get Globus tokens for calling a gateway (the role of FIRST's inference-auth-token.py).
     Auth(AuthArgs),
 }
@@ -75,6 +80,35 @@ struct AuthArgs {
 }
 
 #[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; it is printed once and only its hash is stored.
+    Create {
+        /// The user the key belongs to.
+        #[arg(long)]
+        user: String,
+        /// The user's organisation (quotas and usage can be counted per org).
+        #[arg(long)]
+        org: Option<String>,
+        /// Give the key the admin role (the /admin API).
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime, like 30d, 12h, 90m (default: no expiry).
+        #[arg(long, value_name = "LIFETIME")]
+        expires: Option<String>,
+        /// Models the key may use, comma-separated (default: every model).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
 enum AuthAction {
     /// Log in (PKCE): open the printed address, paste the code back.
     Login {
@@ -98,8 +132,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if matches!(cli.command, Some(Command::Migrate)) {
-        return migrate(&settings);
+    match cli.command {
+        Some(Command::Migrate) => return migrate(&settings),
+        Some(Command::Keys { action }) => return keys(&settings, action),
+        _ => {}
     }
     let catalog = match Catalog::load(&settings.fixtures.dir) {
         Ok(c) => c,
@@ -113,8 +149,101 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => check_config(&settings, &catalog),
-        Command::Serve | Command::Auth(_) => serve(settings, catalog),
-        Command::Migrate => migrate(&settings),
+        Command::Serve | Command::Auth(_) | Command::Keys { .. } | Command::Migrate => {
+            serve(settings, catalog)
+        }
+    }
+}
+
+/// `keys create|list|revoke`: the same store the admin API uses.
+fn keys(settings: &Settings, action: KeysAction) -> ExitCode {
+    use inference_gateway::auth::keys::{self as api_keys, NewKey};
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::from(1)
+    };
+    let url = match migrate_database(settings) {
+        Ok((url, _)) => url,
+        Err(e) => return fail(e),
+    };
+    let expires_at = match &action {
+        KeysAction::Create {
+            expires: Some(text),
+            ..
+        } => match api_keys::parse_lifetime(text) {
+            Ok(lifetime) => Some(store::now_ms() + lifetime.as_millis() as i64),
+            Err(e) => return fail(format!("--expires: {e}")),
+        },
+        _ => None,
+    };
+    let timeout = std::time::Duration::from_secs(settings.database.timeout_secs);
+    let system = actix_rt::System::new();
+    let result: Result<(), String> = system.block_on(async move {
+        let db = store::open(&url, 1, timeout).map_err(|e| e.to_string())?;
+        let mut out = std::io::stdout().lock();
+        match action {
+            KeysAction::Create {
+                user,
+                org,
+                admin,
+                models,
+                ..
+            } => {
+                let new = NewKey {
+                    user,
+                    org,
+                    admin,
+                    expires_at,
+                    models,
+                };
+                let (secret, row) = api_keys::create(db.as_ref(), new)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = writeln!(out, "{secret}");
+                eprintln!(
+                    "created {} for {} (role {}); the key above is shown only once",
+                    row.id, row.user_id, row.role
+                );
+            }
+            KeysAction::List { user } => {
+                let rows = db.list_keys(user).await.map_err(|e| e.to_string())?;
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:<20} {:<12} {:<6} {:<14} {:<8}",
+                    "ID", "USER", "ORG", "ROLE", "PREFIX", "STATE"
+                );
+                let now = store::now_ms();
+                for r in rows {
+                    let state = if r.revoked_at.is_some() {
+                        "revoked"
+                    } else if !r.is_active(now) {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{:<22} {:<20} {:<12} {:<6} {:<14} {:<8}",
+                        r.id, r.user_id, r.org_id, r.role, r.prefix, state
+                    );
+                }
+            }
+            KeysAction::Revoke { id } => {
+                if !db
+                    .revoke_key(id.clone(), store::now_ms())
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    return Err(format!("no active key {id}"));
+                }
+                let _ = writeln!(out, "revoked {id}");
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 

@@ -17,10 +17,12 @@ use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::auth::globus::{GlobusAuth, GlobusClient};
 use crate::auth::identity::Identity;
+use crate::auth::keys::ApiKeys;
 use crate::auth::oidc::OidcAuth;
 use crate::auth::policy::Rules;
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::error::ApiError;
 use crate::fixtures::Catalog;
 use crate::proxy::forward::Upstream;
 use crate::routes;
@@ -64,21 +66,22 @@ pub fn start(
     } else {
         None
     };
+    let db_url = DatabaseUrl::from_settings(&settings)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let db_timeout = Duration::from_secs(settings.database.timeout_secs);
+    let store = store::open(&db_url, settings.database.pool_size, db_timeout)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let auth = Authenticator {
         mode: settings.auth.mode,
         anonymous: Arc::new(Identity::anonymous()),
         globus,
+        keys: ApiKeys::new(Arc::clone(&store), log.clone()),
         oidc: settings
             .auth
             .oidc
             .enabled
             .then(|| OidcAuth::start(settings.auth.oidc.clone(), log.clone())),
     };
-    let db_url = DatabaseUrl::from_settings(&settings)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let db_timeout = Duration::from_secs(settings.database.timeout_secs);
-    let store = store::open(&db_url, settings.database.pool_size, db_timeout)
-        .map_err(|e| io::Error::other(e.to_string()))?;
     let (log_sink, log_writer, log_stats) = if settings.logging.request_log {
         // PostgreSQL: the writer gets its own small pool, on this (the system's) thread, so
         // its connections outlive the HTTP workers for the flush at shutdown.
@@ -132,6 +135,21 @@ pub fn start(
             .app_data(state.clone())
             // One upstream client (and connection pool) per worker thread.
             .app_data(web::Data::new(Upstream::new(&upstream_settings)))
+            // actix-web's own extractor errors leave in the OpenAI envelope too.
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(1 << 20)
+                    .error_handler(|e, _| {
+                        ApiError::invalid(format!("Invalid JSON body: {e}")).into()
+                    }),
+            )
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::invalid(format!("Invalid query string: {e}")).into()
+            }))
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
+            )
             .wrap(NormalizePath::new(TrailingSlash::Trim))
             .service(
                 web::scope("/resource_server")

@@ -2,10 +2,10 @@
 //! environment variable and/or a file named in config; only its SHA-256 is kept, and
 //! presented keys are compared in constant time.
 
-use std::future::{ready, Ready};
 use std::path::Path;
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -71,37 +71,49 @@ impl AdminKeys {
     }
 }
 
-/// Extractor: the request carries an admin key. 401 without a bearer token or with an
-/// unknown one, 403 when no admin key is configured at all.
+/// Extractor: the request carries the bootstrap admin key or an API key with the admin
+/// role. 401 without a bearer token or with an unknown one, 403 for a user key, and 403
+/// when no bootstrap key is configured and the token is not an API key.
 pub struct Admin;
 
 impl FromRequest for Admin {
     type Error = ApiError;
-    type Future = Ready<Result<Admin, ApiError>>;
+    type Future =
+        Either<Ready<Result<Admin, ApiError>>, LocalBoxFuture<'static, Result<Admin, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(check(req))
-    }
-}
-
-fn check(req: &HttpRequest) -> Result<Admin, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or(ApiError::Internal)?;
-    if state.admin_keys.is_empty() {
-        return Err(ApiError::Forbidden(
-            "The admin API is disabled: no admin key is configured.".into(),
-        ));
-    }
-    let token = super::bearer(req).ok_or_else(|| {
-        ApiError::Unauthorized(
-            "Missing bearer token: send Authorization: Bearer <admin key>.".into(),
-        )
-    })?;
-    if state.admin_keys.accepts(token) {
-        Ok(Admin)
-    } else {
-        Err(ApiError::Unauthorized("Invalid admin key.".into()))
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return Either::Left(ready(Err(ApiError::Internal)));
+        };
+        let Some(token) = super::bearer(req) else {
+            return Either::Left(ready(Err(ApiError::Unauthorized(
+                "Missing bearer token: send Authorization: Bearer <admin key>.".into(),
+            ))));
+        };
+        if state.admin_keys.accepts(token) {
+            return Either::Left(ready(Ok(Admin)));
+        }
+        if !super::keys::looks_like_key(token) {
+            return Either::Left(ready(Err(if state.admin_keys.is_empty() {
+                ApiError::Forbidden(
+                    "The admin API needs an admin API key; no bootstrap admin key is configured."
+                        .into(),
+                )
+            } else {
+                ApiError::Unauthorized("Invalid admin key.".into())
+            })));
+        }
+        let (state, token) = (state.clone(), token.to_string());
+        Either::Right(Box::pin(async move {
+            let identity = state.auth.keys.resolve(&token).await?;
+            if identity.admin {
+                Ok(Admin)
+            } else {
+                Err(ApiError::Forbidden(
+                    "This API key does not have the admin role.".into(),
+                ))
+            }
+        }))
     }
 }
 

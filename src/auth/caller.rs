@@ -11,6 +11,7 @@ use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 
 use crate::auth::globus::{AuthFailure, GlobusAuth};
 use crate::auth::identity::Identity;
+use crate::auth::keys::{looks_like_key, ApiKeys};
 use crate::auth::oidc::{looks_like_jwt, OidcAuth};
 use crate::auth::policy::Refusal;
 use crate::config::AuthMode;
@@ -23,6 +24,7 @@ pub struct Authenticator {
     pub anonymous: Arc<Identity>,
     pub globus: Option<GlobusAuth>,
     pub oidc: Option<OidcAuth>,
+    pub keys: ApiKeys,
 }
 
 fn refused(refusal: Refusal) -> ApiError {
@@ -33,9 +35,12 @@ fn refused(refusal: Refusal) -> ApiError {
 }
 
 impl Authenticator {
-    /// Resolves a bearer token: JWT-shaped tokens by OIDC (when enabled), the rest by
-    /// Globus introspection (when enabled).
+    /// Resolves a bearer token: gateway API keys (`igw_...`) from the store, JWT-shaped
+    /// tokens by OIDC (when enabled), the rest by Globus introspection (when enabled).
     pub async fn resolve(&self, token: &str) -> Result<Arc<Identity>, ApiError> {
+        if looks_like_key(token) {
+            return self.keys.resolve(token).await;
+        }
         if let Some(oidc) = &self.oidc {
             if looks_like_jwt(token) || self.globus.is_none() {
                 return oidc

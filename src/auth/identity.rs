@@ -16,6 +16,8 @@ pub enum Method {
     GlobusService,
     /// An OIDC/JWT token verified against the configured JWKS.
     Oidc,
+    /// A gateway API key.
+    ApiKey,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +32,14 @@ pub struct Identity {
     pub idp_name: String,
     #[serde(rename = "auth_method")]
     pub method: Method,
+    /// Carries the admin role (API keys with role `admin`).
+    pub admin: bool,
+    /// Models this caller may use; `None` = every model its access lists allow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// The API key used, if any (its id, never the secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl Identity {
@@ -44,7 +54,17 @@ impl Identity {
             idp_id: String::new(),
             idp_name: String::new(),
             method: Method::None,
+            admin: false,
+            models: None,
+            key_id: None,
         }
+    }
+
+    /// Whether the caller may name this model at all (API keys may be limited to some).
+    pub fn may_name(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|m| m == model))
     }
 
     /// The domain of the username (`alice@anl.gov` → `anl.gov`).
@@ -118,6 +138,9 @@ mod tests {
             idp_id: "idp".into(),
             idp_name: "ANL".into(),
             method: Method::Globus,
+            admin: false,
+            models: None,
+            key_id: None,
         }
     }
 

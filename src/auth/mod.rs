@@ -5,6 +5,7 @@ pub mod admin;
 pub mod caller;
 pub mod globus;
 pub mod identity;
+pub mod keys;
 pub mod oidc;
 pub mod policy;
 

@@ -148,6 +148,9 @@ impl OidcAuth {
             idp_id: s.issuer.clone(),
             idp_name: s.issuer.clone(),
             method: Method::Oidc,
+            admin: false,
+            models: None,
+            key_id: None,
         })
     }
 }

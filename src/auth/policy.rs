@@ -136,6 +136,9 @@ pub fn identify(token: &Introspection, now: i64, rules: &Rules) -> Result<Identi
             idp_id: domain_of(username).unwrap_or_default().to_string(),
             idp_name: iss.to_string(),
             method: Method::GlobusService,
+            admin: false,
+            models: None,
+            key_id: None,
         },
         _ => session_identity(token, rules)?,
     };
@@ -224,6 +227,9 @@ fn session_identity(token: &Introspection, rules: &Rules) -> Result<Identity, Re
                 .clone()
                 .unwrap_or_default(),
             method: Method::Globus,
+            admin: false,
+            models: None,
+            key_id: None,
         });
     }
     if seen_domains.is_empty() {

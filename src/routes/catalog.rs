@@ -51,6 +51,7 @@ pub async fn models(Caller(caller): Caller, state: web::Data<AppState>) -> HttpR
         .model_order
         .iter()
         .filter_map(|name| directory.model(name))
+        .filter(|entry| caller.may_name(&entry.spec.name))
         .filter(|entry| entry.targets.iter().any(|t| caller.may_use(&t.spec)))
         .map(|entry| {
             let targets: Vec<Value> = entry

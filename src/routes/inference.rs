@@ -213,6 +213,11 @@ async fn prepare(
     record.model = model.clone();
     record.stream = stream;
 
+    if !caller.may_name(&model) {
+        return Err(ApiError::Forbidden(format!(
+            "This API key may not use model `{model}`."
+        )));
+    }
     if route
         .models
         .as_ref()

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod catalog;
 pub mod health;
 pub mod inference;
+pub mod keys_admin;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -90,6 +91,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
     cfg.service(
         web::resource("/whoami")
             .route(web::get().to(catalog::whoami))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/keys")
+            .route(web::post().to(keys_admin::create))
+            .route(web::get().to(keys_admin::list))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/keys/{id}")
+            .route(web::delete().to(keys_admin::revoke))
             .default_service(web::to(method_not_allowed)),
     );
     cfg.service(

@@ -1,0 +1,209 @@
+//! API keys: `igw_` followed by 64 random hex characters, shown once at creation; only
+//! the SHA-256 is stored. A key belongs to a user and optionally an org, has the role
+//! `user` or `admin`, may expire, and may be limited to some models. Resolved keys are
+//! cached for `KEY_CACHE_TTL`, so a request costs no database query; revoking a key on
+//! this replica drops it from the cache at once (other replicas within the TTL).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::auth::admin::sha256;
+use crate::auth::identity::{Identity, Method};
+use crate::error::ApiError;
+use crate::store::{now_ms, ApiKeyRow, Store, StoreError};
+
+/// Every key starts with this, so it is recognisable (and found by secret scanners).
+pub const KEY_PREFIX: &str = "igw_";
+/// How long a resolved key (or an unknown one) is trusted without asking the database.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+const CACHE_CAPACITY: usize = 100_000;
+
+pub const ROLE_USER: &str = "user";
+pub const ROLE_ADMIN: &str = "admin";
+
+pub fn looks_like_key(token: &str) -> bool {
+    token.starts_with(KEY_PREFIX)
+}
+
+/// A fresh key (secret).
+pub fn generate() -> String {
+    format!(
+        "{KEY_PREFIX}{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The stored form of a key.
+pub fn hash(key: &str) -> String {
+    hex::encode(sha256(key))
+}
+
+/// What an admin asks for.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub user: String,
+    pub org: Option<String>,
+    pub admin: bool,
+    /// Unix milliseconds.
+    pub expires_at: Option<i64>,
+    pub models: Vec<String>,
+}
+
+/// Creates and stores a key; returns the secret (to show once) and the stored row.
+pub async fn create(store: &dyn Store, new: NewKey) -> Result<(String, ApiKeyRow), StoreError> {
+    let secret = generate();
+    let row = ApiKeyRow {
+        id: format!("key_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+        user_id: new.user,
+        org_id: new.org.unwrap_or_default(),
+        role: if new.admin { ROLE_ADMIN } else { ROLE_USER }.to_string(),
+        hash: hash(&secret),
+        prefix: secret[..KEY_PREFIX.len() + 8].to_string(),
+        created_at: now_ms(),
+        expires_at: new.expires_at,
+        revoked_at: None,
+        allowed_models: serde_json::to_string(&new.models).unwrap_or_else(|_| "[]".into()),
+    };
+    store.create_key(row.clone()).await?;
+    Ok((secret, row))
+}
+
+/// The caller a key stands for.
+pub fn identity_of(row: &ApiKeyRow) -> Identity {
+    let models = row.allowed_models().unwrap_or_default();
+    Identity {
+        id: row.user_id.clone(),
+        username: row.user_id.clone(),
+        name: row.user_id.clone(),
+        org: (!row.org_id.is_empty()).then(|| row.org_id.clone()),
+        groups: Vec::new(),
+        idp_id: String::new(),
+        idp_name: String::new(),
+        method: Method::ApiKey,
+        admin: row.role == ROLE_ADMIN,
+        models: (!models.is_empty()).then_some(models),
+        key_id: Some(row.id.clone()),
+    }
+}
+
+/// A resolved key (its identity and expiry), or `None` for a hash nobody issued.
+type Resolved = Option<(Arc<Identity>, Option<i64>)>;
+
+/// Resolves keys through a short-lived cache in front of the store.
+pub struct ApiKeys {
+    store: Arc<dyn Store>,
+    /// By key hash: what it resolved to, and when.
+    cache: Mutex<HashMap<String, (Resolved, Instant)>>,
+    log: slog::Logger,
+}
+
+impl ApiKeys {
+    pub fn new(store: Arc<dyn Store>, log: slog::Logger) -> ApiKeys {
+        ApiKeys {
+            store,
+            cache: Mutex::new(HashMap::new()),
+            log,
+        }
+    }
+
+    pub async fn resolve(&self, token: &str) -> Result<Arc<Identity>, ApiError> {
+        let hashed = hash(token);
+        let now = Instant::now();
+        let cached = self.cache.lock().ok().and_then(|c| {
+            c.get(&hashed)
+                .filter(|(_, at)| now.duration_since(*at) < KEY_CACHE_TTL)
+                .map(|(v, _)| v.clone())
+        });
+        let found =
+            match cached {
+                Some(found) => found,
+                None => {
+                    let row = self.store.find_key_by_hash(hashed.clone()).await.map_err(|e| {
+                    slog::error!(self.log, "API key lookup failed"; "error" => e.to_string());
+                    ApiError::AuthUnavailable
+                })?;
+                    let found = row
+                        .filter(|r| r.revoked_at.is_none())
+                        .map(|r| (Arc::new(identity_of(&r)), r.expires_at));
+                    if let Ok(mut cache) = self.cache.lock() {
+                        if cache.len() >= CACHE_CAPACITY {
+                            cache.retain(|_, (_, at)| now.duration_since(*at) < KEY_CACHE_TTL);
+                            if cache.len() >= CACHE_CAPACITY {
+                                cache.clear();
+                            }
+                        }
+                        cache.insert(hashed, (found.clone(), now));
+                    }
+                    found
+                }
+            };
+        match found {
+            Some((identity, expires_at)) if expires_at.is_none_or(|at| at > now_ms()) => {
+                Ok(identity)
+            }
+            Some(_) => Err(ApiError::Unauthorized("This API key has expired.".into())),
+            None => Err(ApiError::Unauthorized("Invalid API key.".into())),
+        }
+    }
+
+    /// Forgets every cached key (after a revocation on this replica).
+    pub fn forget_all(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+    }
+}
+
+/// Parses `30d`, `12h`, `90m`, `3600s` (or a plain number of seconds).
+pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a lifetime like 30d, 12h, 90m or 3600s"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 7 * 86_400,
+        _ => return Err(format!("{text:?}: unit must be s, m, h, d or w")),
+    };
+    if secs == 0 {
+        return Err("a lifetime must be more than zero".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_recognisable_and_random() {
+        let a = generate();
+        assert!(looks_like_key(&a));
+        assert_eq!(a.len(), KEY_PREFIX.len() + 64);
+        assert_ne!(a, generate());
+        assert_eq!(hash(&a).len(), 64);
+        assert!(!looks_like_key("eyJhbGciOi.x.y"));
+    }
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(
+            parse_lifetime("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(parse_lifetime("12h").unwrap(), Duration::from_secs(43_200));
+        assert_eq!(parse_lifetime("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_lifetime("0d").is_err());
+        assert!(parse_lifetime("soon").is_err());
+        assert!(parse_lifetime("3y").is_err());
+    }
+}

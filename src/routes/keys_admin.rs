@@ -1,0 +1,122 @@
+//! `/admin/keys` (admin role): create a key (shown once), list keys (never their secrets
+//! or hashes), revoke one.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::admin::Admin;
+use crate::auth::keys::{self, NewKey};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{now_ms, ApiKeyRow};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    user: String,
+    #[serde(default)]
+    org: Option<String>,
+    #[serde(default)]
+    admin: bool,
+    /// A lifetime like `30d`, `12h`, or seconds.
+    #[serde(default)]
+    expires_in: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    user: Option<String>,
+}
+
+/// A key as listed (no secret, no hash).
+pub fn describe(row: &ApiKeyRow) -> Value {
+    json!({
+        "id": row.id,
+        "object": "api_key",
+        "user": row.user_id,
+        "org": (!row.org_id.is_empty()).then_some(&row.org_id),
+        "role": row.role,
+        "prefix": row.prefix,
+        "created_at": row.created_at / 1000,
+        "expires_at": row.expires_at.map(|t| t / 1000),
+        "revoked_at": row.revoked_at.map(|t| t / 1000),
+        "models": row.allowed_models().unwrap_or_default(),
+        "active": row.is_active(now_ms()),
+    })
+}
+
+fn store_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
+    slog::error!(state.log, "key store failed"; "error" => e.to_string());
+    ApiError::Internal
+}
+
+pub async fn create(
+    _: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<CreateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let user = body.user.trim().to_string();
+    if user.is_empty() || user.len() > 200 || user.contains(['<', '>']) {
+        return Err(ApiError::invalid_param(
+            "user",
+            "`user` must be a non-empty name (at most 200 characters).",
+        ));
+    }
+    let expires_at = match body.expires_in.as_deref() {
+        None => None,
+        Some(text) => {
+            let lifetime = keys::parse_lifetime(text)
+                .map_err(|m| ApiError::invalid_param("expires_in", format!("`expires_in`: {m}")))?;
+            Some(now_ms() + lifetime.as_millis() as i64)
+        }
+    };
+    let new = NewKey {
+        user,
+        org: body.org.filter(|o| !o.trim().is_empty()),
+        admin: body.admin,
+        expires_at,
+        models: body.models,
+    };
+    let (secret, row) = keys::create(state.store.as_ref(), new)
+        .await
+        .map_err(|e| store_error(&state, e))?;
+    let mut out = describe(&row);
+    out["key"] = json!(secret);
+    Ok(HttpResponse::Created().json(out))
+}
+
+pub async fn list(
+    _: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let rows = state
+        .store
+        .list_keys(query.into_inner().user)
+        .await
+        .map_err(|e| store_error(&state, e))?;
+    let data: Vec<Value> = rows.iter().map(describe).collect();
+    Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
+}
+
+pub async fn revoke(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let revoked = state
+        .store
+        .revoke_key(id.clone(), now_ms())
+        .await
+        .map_err(|e| store_error(&state, e))?;
+    if !revoked {
+        return Err(ApiError::NotFound(format!("No active API key {id}.")));
+    }
+    state.auth.keys.forget_all();
+    Ok(HttpResponse::Ok().json(json!({"id": id, "object": "api_key", "revoked": true})))
+}

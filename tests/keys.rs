@@ -1,0 +1,297 @@
+//! API keys end to end: the `keys` CLI and `/admin/keys` on one database, keys used as
+//! bearer tokens, roles, expiry, model limits and revocation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{json, Value};
+
+const BOOTSTRAP: &str = "bootstrap-admin-key-0123456789";
+
+fn cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_inference-gateway"))
+        .args(args)
+        .env("GATEWAY__STORAGE__DATA_DIR", data_dir)
+        .env_remove("GATEWAY__DATABASE__URL")
+        .output()
+        .unwrap()
+}
+
+async fn send(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = gw.client();
+    let mut req = match method {
+        "POST" => client.post(gw.at(path)),
+        "DELETE" => client.delete(gw.at(path)),
+        _ => client.get(gw.at(path)),
+    };
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let mut res = match body {
+        Some(b) => req.send_json(&b).await.unwrap(),
+        None => req.send().await.unwrap(),
+    };
+    let bytes = res.body().await.unwrap();
+    (
+        res.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[actix_rt::test]
+async fn cli_keys_authenticate_requests_with_their_limits() {
+    let data = tempfile::tempdir().unwrap();
+    let out = cli(
+        data.path(),
+        &[
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--org",
+            "lab",
+            "--expires",
+            "30d",
+            "--models",
+            "m",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("igw_") && key.len() == 68, "{key}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown only once"));
+
+    let out = cli(data.path(), &["keys", "list"]);
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listing.contains("alice") && listing.contains("lab") && listing.contains("active"),
+        "{listing}"
+    );
+    assert!(listing.contains(&key[..12]), "prefix shown");
+    assert!(!listing.contains(&key[12..]), "secret never listed");
+
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let data_dir = data.path().display().to_string();
+    let gw = start(
+        &[
+            target("a", "m", mock.url()),
+            target("b", "other", mock.url()),
+        ],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__STORAGE__DATA_DIR", &data_dir),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
+        ],
+    )
+    .await;
+    let (status, _) = send(&gw, "POST", "/v1/chat/completions", None, Some(chat("m"))).await;
+    assert_eq!(status, 401);
+    let (status, body) = send(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat("m")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, me) = send(&gw, "GET", "/whoami", Some(&key), None).await;
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["org"], "lab");
+    assert_eq!(me["auth_method"], "api_key");
+    assert_eq!(me["admin"], false);
+    assert_eq!(me["models"], json!(["m"]));
+
+    // Limited to model m: other is refused and not listed.
+    let (status, body) = send(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        Some(chat("other")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, models) = send(&gw, "GET", "/v1/models", Some(&key), None).await;
+    assert_eq!(models["data"].as_array().unwrap().len(), 1);
+
+    // A user key is not an admin key.
+    let (status, body) = send(&gw, "GET", "/admin/keys", Some(&key), None).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = send(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        Some("igw_0000000000000000000000000000000000000000000000000000000000000000"),
+        Some(chat("m")),
+    )
+    .await;
+    assert_eq!(status, 401);
+    gw.stop().await;
+
+    // Revoked from the CLI: a gateway started afterwards refuses it.
+    let id = String::from_utf8(cli(data.path(), &["keys", "list", "--user", "alice"]).stdout)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let out = cli(data.path(), &["keys", "revoke", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(data.path(), &["keys", "revoke", &id]);
+    assert_eq!(out.status.code(), Some(1), "revoking twice is an error");
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__STORAGE__DATA_DIR", &data_dir),
+        ],
+    )
+    .await;
+    let (status, _) = send(&gw, "GET", "/whoami", Some(&key), None).await;
+    assert_eq!(status, 401);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn admin_api_creates_lists_and_revokes_keys() {
+    std::env::set_var("IGW_TEST_BOOTSTRAP_ADMIN", BOOTSTRAP);
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BOOTSTRAP_ADMIN"),
+        ],
+    )
+    .await;
+
+    // The bootstrap key makes the first admin key.
+    let (status, admin) = send(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(BOOTSTRAP),
+        Some(json!({"user": "root", "admin": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{admin}");
+    let admin_key = admin["key"].as_str().unwrap().to_string();
+    assert_eq!(admin["role"], "admin");
+
+    // The admin key makes a user key, and sees both (without secrets).
+    let (status, user) = send(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(&admin_key),
+        Some(json!({"user": "bob", "org": "physics", "expires_in": "1h"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{user}");
+    let user_key = user["key"].as_str().unwrap().to_string();
+    let expires = user["expires_at"].as_i64().unwrap();
+    assert!((expires - user["created_at"].as_i64().unwrap() - 3600).abs() <= 1);
+    let (status, list) = send(&gw, "GET", "/admin/keys", Some(&admin_key), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert!(
+        !list.to_string().contains(&user_key[12..]),
+        "no secret in listings"
+    );
+    assert!(list["data"][0].get("hash").is_none());
+    let (_, only_bob) = send(&gw, "GET", "/admin/keys?user=bob", Some(&admin_key), None).await;
+    assert_eq!(only_bob["data"].as_array().unwrap().len(), 1);
+
+    // Bad bodies: 400 in the envelope, naming the problem.
+    for (body, words) in [
+        (json!({"user": "x", "colour": "red"}), "colour"),
+        (json!({"user": ""}), "user"),
+        (json!({"user": "x", "expires_in": "soon"}), "expires_in"),
+        (json!({"org": "x"}), "user"),
+    ] {
+        let (status, err) = send(&gw, "POST", "/admin/keys", Some(&admin_key), Some(body)).await;
+        assert_eq!(status, 400, "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(words),
+            "{err}"
+        );
+    }
+
+    // The user key works until revoked; revocation takes effect at once on this replica.
+    assert_eq!(
+        send(&gw, "GET", "/whoami", Some(&user_key), None).await.0,
+        200
+    );
+    let id = user["id"].as_str().unwrap();
+    let (status, _) = send(
+        &gw,
+        "DELETE",
+        &format!("/admin/keys/{id}"),
+        Some(&admin_key),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = send(&gw, "GET", "/whoami", Some(&user_key), None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, err) = send(
+        &gw,
+        "DELETE",
+        &format!("/admin/keys/{id}"),
+        Some(&admin_key),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(err["error"]["code"], "not_found");
+
+    // An expired key is refused with a message saying so.
+    let expired = inference_gateway::auth::keys::create(
+        gw.store.as_ref(),
+        inference_gateway::auth::keys::NewKey {
+            user: "old".into(),
+            org: None,
+            admin: false,
+            expires_at: Some(inference_gateway::store::now_ms() - 1000),
+            models: vec![],
+        },
+    )
+    .await
+    .unwrap()
+    .0;
+    let (status, body) = send(&gw, "GET", "/whoami", Some(&expired), None).await;
+    assert_eq!(status, 401);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+    let logs = gw.logs();
+    for secret in [&admin_key, &user_key, &expired, &BOOTSTRAP.to_string()] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a key leaked into the logs"
+        );
+    }
+    gw.stop().await;
+}
