@@ -4,12 +4,14 @@
 pub mod actors;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fixtures;
 pub mod logging;
 pub mod proxy;
 pub mod routes;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod target;

@@ -3,10 +3,12 @@
 //! ```text
 //! Gateway (root supervisor: builds the tree from the catalog, rebuilds dead children)
 //! ├── BackendActor          one per target: health checks, circuit breaker, latency
-//! └── FederatedRouterActor  one per model: ranks the model's targets, answers Pick
+//! ├── FederatedRouterActor  one per model: ranks the model's targets, answers Pick
+//! └── SchedulerProbe        one per cluster: scheduler state into the targets, cold starts
 //! ```
 
 pub mod backend;
 pub mod breaker;
 pub mod gateway;
 pub mod router;
+pub mod scheduler;

@@ -179,7 +179,7 @@ mod tests {
             request_timeout: None,
             allowed_globus_groups: vec![],
             allowed_domains: vec![],
-            extra: Default::default(),
+            ..Default::default()
         };
         Arc::new(Target::new(spec, None, Duration::from_secs(1)))
     }

@@ -345,7 +345,7 @@ mod tests {
             request_timeout: None,
             allowed_globus_groups: vec![],
             allowed_domains: vec![],
-            extra: Default::default(),
+            ..Default::default()
         };
         let target = Arc::new(Target::new(spec, None, Duration::from_secs(1)));
         let lease = target.try_lease().unwrap();

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod clusters;
 pub mod health;
 pub mod inference;
 
@@ -85,6 +86,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
     cfg.service(
         web::resource("/health/detailed")
             .route(web::get().to(health::detailed))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/status")
+            .route(web::get().to(clusters::status))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/clusters/{name}/maintenance")
+            .route(web::put().to(clusters::set_maintenance))
+            .default_service(web::to(method_not_allowed)),
+    );
+    // Last: `{cluster}` would otherwise shadow fixed two-segment paths.
+    cfg.service(
+        web::resource("/{cluster}/jobs")
+            .route(web::get().to(clusters::jobs))
             .default_service(web::to(method_not_allowed)),
     );
 }

@@ -155,12 +155,6 @@ async fn start_full(
     toml: Option<&str>,
     settings: &[(&str, &str)],
 ) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let config_file = toml.map(|text| {
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    });
     let endpoints: Vec<Value> = targets
         .iter()
         .enumerate()
@@ -170,9 +164,25 @@ async fn start_full(
                 "model": t.model, "base_url": t.base_url}})
         })
         .collect();
+    start_fixtures(&endpoints, federated, toml, settings).await
+}
+
+/// Starts a gateway over raw `endpoints.json` entries (any fixture fields).
+pub async fn start_fixtures(
+    endpoints: &[Value],
+    federated: &[Value],
+    toml: Option<&str>,
+    settings: &[(&str, &str)],
+) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = toml.map(|text| {
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
     std::fs::write(
         dir.path().join("endpoints.json"),
-        serde_json::to_vec(&endpoints).unwrap(),
+        serde_json::to_vec(endpoints).unwrap(),
     )
     .unwrap();
     if !federated.is_empty() {
