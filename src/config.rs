@@ -27,6 +27,7 @@ pub struct Settings {
     pub logging: Logging,
     pub routes: Routes,
     pub cold_start: ColdStart,
+    pub globus_compute: GlobusCompute,
     /// Per-cluster settings (`[clusters.<name>]`): scheduler source and maintenance.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSettings>,
@@ -134,6 +135,32 @@ impl ColdStart {
     pub fn wait(&self) -> Duration {
         Duration::from_secs(self.wait_secs)
     }
+}
+
+/// The Globus Compute transport (targets with `transport = "globus-compute"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobusCompute {
+    /// Globus Auth base URL (client-credentials token at `{auth_base}/v2/oauth2/token`).
+    pub auth_base: String,
+    /// Globus Compute web service base URL.
+    pub compute_base: String,
+    /// Environment variables holding the confidential client's id and secret.
+    pub client_id_env: String,
+    pub client_secret_env: String,
+    /// The Compute scope requested.
+    pub scope: String,
+    /// First and largest pause between task polls, in milliseconds (doubling).
+    pub poll_initial_ms: u64,
+    pub poll_max_ms: u64,
+    /// Seconds a task may take before the request gets 504 (a target's
+    /// `api_request_timeout` overrides it).
+    pub task_timeout_secs: u64,
+    /// Seconds an endpoint's status is cached (errors: a sixth of it).
+    pub status_cache_secs: u64,
+    /// Seconds after a submit during which an endpoint with no managers counts as
+    /// starting (requests get 503 `model_starting` instead of queueing more tasks).
+    pub start_window_secs: u64,
 }
 
 /// Where a cluster's scheduler state comes from.
@@ -404,6 +431,21 @@ impl Settings {
             "cold_start.command_timeout_secs",
             self.cold_start.command_timeout_secs,
         )?;
+        let gc = &self.globus_compute;
+        for (key, url) in [
+            ("globus_compute.auth_base", &gc.auth_base),
+            ("globus_compute.compute_base", &gc.compute_base),
+        ] {
+            if crate::fixtures::normalize_base_url(url).is_err() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{url:?} must be an http:// or https:// URL"),
+                ));
+            }
+        }
+        positive("globus_compute.poll_initial_ms", gc.poll_initial_ms)?;
+        positive("globus_compute.poll_max_ms", gc.poll_max_ms)?;
+        positive("globus_compute.task_timeout_secs", gc.task_timeout_secs)?;
         for (name, c) in &self.clusters {
             let key = |k: &str| format!("clusters.{name}.{k}");
             positive(&key("interval_secs"), c.interval_secs)?;

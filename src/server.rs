@@ -17,6 +17,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::fixtures::Catalog;
 use crate::proxy::forward::Upstream;
+use crate::proxy::globus_compute::GlobusShared;
 use crate::routes;
 use crate::state::AppState;
 
@@ -57,6 +58,10 @@ pub fn start(
         admin_keys,
         started_at: SystemTime::now(),
     });
+    let globus = Arc::new(GlobusShared::new(
+        &settings.globus_compute,
+        Duration::from_secs(settings.cold_start.retry_after_secs),
+    ));
     let routes = routes::inference_routes(&settings);
     let upstream_settings = settings.upstream.clone();
     let mut server = HttpServer::new(move || {
@@ -65,7 +70,9 @@ pub fn start(
         App::new()
             .app_data(state.clone())
             // One upstream client (and connection pool) per worker thread.
-            .app_data(web::Data::new(Upstream::new(&upstream_settings)))
+            .app_data(web::Data::new(
+                Upstream::new(&upstream_settings).with_globus(Arc::clone(&globus)),
+            ))
             .wrap(NormalizePath::new(TrailingSlash::Trim))
             .service(
                 web::scope("/resource_server")

@@ -3,6 +3,7 @@
 
 pub mod cold_start;
 pub mod forward;
+pub mod globus_compute;
 pub mod record;
 pub mod relay;
 pub mod sse;

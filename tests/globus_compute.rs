@@ -1,0 +1,425 @@
+//! The Globus Compute transport against a fake Globus Auth + Compute web service on
+//! 127.0.0.1:0 with the documented routes (HPC-WIRE.md §1): client-credentials token,
+//! endpoint status, v3 submit, v2 task polling. The fake plays FIRST's remote function:
+//! it decodes the JSONData task payload and answers with a JSON string result.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use common::*;
+use serde_json::{json, Value};
+
+const EP_A: &str = "11111111-1111-4111-8111-111111111111";
+const EP_B: &str = "22222222-2222-4222-8222-222222222222";
+const FUNC: &str = "33333333-3333-4333-8333-333333333333";
+const CLIENT_ID: &str = "gateway-client";
+const CLIENT_SECRET: &str = "gateway-secret-do-not-log";
+
+#[derive(Default)]
+struct FakeState {
+    /// endpoint id -> (status, managers)
+    endpoints: HashMap<String, (String, u64)>,
+    tokens_issued: usize,
+    submits: Vec<Value>,
+    /// task id -> (polls so far, final doc)
+    tasks: HashMap<String, (usize, Value)>,
+    polls: usize,
+}
+
+struct FakeCompute {
+    url: String,
+    state: Arc<Mutex<FakeState>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// `unpack_buffers`: "{len}\n{buffer}" repeated, len in characters.
+fn unpack(mut s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while !s.is_empty() {
+        let (len, rest) = s.split_once('\n').unwrap();
+        let len: usize = len.parse().unwrap();
+        let end = rest.char_indices().nth(len).map_or(rest.len(), |(i, _)| i);
+        out.push(rest[..end].to_string());
+        s = &rest[end..];
+    }
+    out
+}
+
+/// What FIRST's function would do with `model_params`: a JSON string result, or a failure
+/// traceback carrying the model server's status.
+fn run_function(params: &Value) -> Value {
+    let model = params["model"].as_str().unwrap_or("");
+    let fail = |code: u16, text: &str| {
+        json!({"status": "failed", "completion_t": "1773080793.43", "exception": format!(
+            "+++\nTraceback (most recent call last):\n  File \"function.py\", line 40\nException: Unexpected error of type Exception: API request failed with status code: {code}\nResponse text: {text}\nResponse headers: {{}}\nResponse time: 0.01\n---")})
+    };
+    match model {
+        "fail-400" => fail(
+            400,
+            r#"{"error":{"message":"max_tokens is too large","type":"BadRequestError","param":null,"code":400}}"#,
+        ),
+        "fail-500" => fail(500, "Internal Server Error"),
+        "hang" => json!({"status": "running"}),
+        _ => {
+            let answer = json!({"id": "chatcmpl-gc", "object": "chat.completion", "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!(
+                    "via {} on port {}", params["openai_endpoint"], params["api_port"])},
+                    "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+                "response_time": 0.1, "throughput_tokens_per_second": 80.0});
+            let as_string = serde_json::to_string(&answer).unwrap();
+            json!({"status": "success", "completion_t": "1773080793.43",
+                "result": format!("11\n{}", serde_json::to_string(&as_string).unwrap())})
+        }
+    }
+}
+
+fn bearer_ok(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some("Bearer compute-token-1")
+}
+
+async fn token(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<Arc<Mutex<FakeState>>>,
+) -> HttpResponse {
+    use base64_like::encode;
+    let expected = format!("Basic {}", encode(&format!("{CLIENT_ID}:{CLIENT_SECRET}")));
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if auth != Some(expected.as_str())
+        || form.get("grant_type").map(String::as_str) != Some("client_credentials")
+        || form.get("scope").map(String::as_str)
+            != Some("https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all")
+    {
+        return HttpResponse::Unauthorized().json(json!({"error": "invalid_client"}));
+    }
+    state.lock().unwrap().tokens_issued += 1;
+    HttpResponse::Ok().json(json!({"access_token": "compute-token-1",
+        "scope": "https://auth.globus.org/scopes/facd7ccc-c5f4-42aa-916b-a0e270e2c2a9/all",
+        "expires_in": 172800, "token_type": "Bearer", "resource_server": "funcx_service",
+        "other_tokens": []}))
+}
+
+async fn status(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<Arc<Mutex<FakeState>>>,
+) -> HttpResponse {
+    if !bearer_ok(&req) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    let s = state.lock().unwrap();
+    let (status, managers) = s
+        .endpoints
+        .get(path.as_str())
+        .cloned()
+        .unwrap_or(("offline".into(), 0));
+    HttpResponse::Ok().json(json!({"status": status, "details": {"total_workers": 1,
+        "idle_workers": 0, "pending_tasks": 0, "outstanding_tasks": 0, "managers": managers}}))
+}
+
+async fn submit(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+    state: web::Data<Arc<Mutex<FakeState>>>,
+) -> HttpResponse {
+    if !bearer_ok(&req) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    let mut s = state.lock().unwrap();
+    s.submits.push(body.0.clone());
+    let payloads = body["tasks"][FUNC].as_array().cloned().unwrap_or_default();
+    let mut ids = Vec::new();
+    for p in payloads {
+        let buffers = unpack(p.as_str().unwrap());
+        let args: Value = serde_json::from_str(buffers[0].strip_prefix("11\n").unwrap()).unwrap();
+        let id = format!("task-{}", s.tasks.len() + 1);
+        s.tasks
+            .insert(id.clone(), (0, run_function(&args[0]["model_params"])));
+        ids.push(id);
+    }
+    HttpResponse::Ok().json(json!({"request_id": "5158de19-10b5-4deb-9d87-a86c1dec3460",
+        "task_group_id": "44444444-4444-4444-8444-444444444444", "endpoint_id": path.as_str(),
+        "tasks": {FUNC: ids}}))
+}
+
+async fn task(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<Arc<Mutex<FakeState>>>,
+) -> HttpResponse {
+    if !bearer_ok(&req) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    let mut s = state.lock().unwrap();
+    s.polls += 1;
+    let Some((polls, done)) = s.tasks.get_mut(path.as_str()) else {
+        return HttpResponse::NotFound().finish();
+    };
+    *polls += 1;
+    // The first poll sees the task waiting for the endpoint, as real ones do.
+    let mut doc = if *polls == 1 {
+        json!({"status": "waiting-for-ep"})
+    } else {
+        done.clone()
+    };
+    doc["task_id"] = json!(path.as_str());
+    HttpResponse::Ok().json(doc)
+}
+
+/// Base64 for the Basic header check (standard alphabet, with padding).
+mod base64_like {
+    pub fn encode(s: &str) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let b = s.as_bytes();
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let n = (chunk[0] as u32) << 16
+                | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+                | *chunk.get(2).unwrap_or(&0) as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl FakeCompute {
+    async fn start(endpoints: &[(&str, &str, u64)]) -> FakeCompute {
+        let mut state = FakeState::default();
+        for (id, status, managers) in endpoints {
+            state
+                .endpoints
+                .insert(id.to_string(), (status.to_string(), *managers));
+        }
+        let state = Arc::new(Mutex::new(state));
+        let data = web::Data::new(Arc::clone(&state));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/v2/oauth2/token", web::post().to(token))
+                .route("/v2/endpoints/{id}/status", web::get().to(status))
+                .route("/v3/endpoints/{id}/submit", web::post().to(submit))
+                .route("/v2/tasks/{id}", web::get().to(task))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        FakeCompute {
+            url: format!("http://{addr}"),
+            state,
+            handle,
+        }
+    }
+}
+
+fn gc_target(slug: &str, model: &str, endpoint: &str, port: u16) -> Value {
+    json!({"model": "resource_server.endpoint", "pk": 1, "fields": {
+        "endpoint_slug": slug, "cluster": "sophia", "framework": "vllm", "model": model,
+        "api_port": port, "endpoint_uuid": endpoint, "function_uuid": FUNC,
+        "transport": "globus-compute"}})
+}
+
+/// Starts a gateway whose Globus Compute settings point at `fake`; the credentials sit in
+/// environment variables named for this test.
+async fn gateway(
+    fake: &FakeCompute,
+    endpoints: &[Value],
+    test: &str,
+    extra: &[(&str, &str)],
+) -> TestGateway {
+    let id_var = format!("IGW_TEST_GC_ID_{test}");
+    let secret_var = format!("IGW_TEST_GC_SECRET_{test}");
+    std::env::set_var(&id_var, CLIENT_ID);
+    std::env::set_var(&secret_var, CLIENT_SECRET);
+    let mut settings: Vec<(&str, &str)> = vec![
+        ("GATEWAY__GLOBUS_COMPUTE__AUTH_BASE", fake.url.as_str()),
+        ("GATEWAY__GLOBUS_COMPUTE__COMPUTE_BASE", fake.url.as_str()),
+        ("GATEWAY__GLOBUS_COMPUTE__CLIENT_ID_ENV", id_var.as_str()),
+        (
+            "GATEWAY__GLOBUS_COMPUTE__CLIENT_SECRET_ENV",
+            secret_var.as_str(),
+        ),
+        ("GATEWAY__GLOBUS_COMPUTE__POLL_INITIAL_MS", "5"),
+        ("GATEWAY__GLOBUS_COMPUTE__POLL_MAX_MS", "20"),
+    ];
+    settings.extend_from_slice(extra);
+    start_fixtures(endpoints, &[], None, &settings).await
+}
+
+#[actix_rt::test]
+async fn submit_poll_and_json_result_end_to_end() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let gw = gateway(
+        &fake,
+        &[gc_target("sophia-gc", "llama", EP_A, 8001)],
+        "ok",
+        &[],
+    )
+    .await;
+    for _ in 0..2 {
+        let (status, headers, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(headers.get("x-request-id").is_some());
+        assert_eq!(body["id"], "chatcmpl-gc");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            "via \"chat/completions\" on port 8001"
+        );
+        assert_eq!(
+            body["response_time"], 0.1,
+            "FIRST's extra fields pass through"
+        );
+    }
+    let s = std::mem::take(&mut *fake.state.lock().unwrap());
+    assert_eq!(s.tokens_issued, 1, "the token is cached");
+    assert_eq!(s.submits.len(), 2);
+    let submit = &s.submits[0];
+    assert_eq!(submit["create_queue"], false);
+    assert_eq!(
+        submit["result_serializers"],
+        json!(["globus_compute_sdk.serialize.concretes.JSONData"])
+    );
+    let buffers = unpack(submit["tasks"][FUNC][0].as_str().unwrap());
+    assert_eq!(buffers.len(), 2);
+    assert_eq!(buffers[1], "11\n{}");
+    let args: Value = serde_json::from_str(buffers[0].strip_prefix("11\n").unwrap()).unwrap();
+    assert_eq!(
+        args,
+        json!([{"model_params": {"model": "llama",
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+            "openai_endpoint": "chat/completions", "api_port": 8001}}])
+    );
+    assert!(s.polls >= 4, "each task was polled until done");
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn task_failures_map_to_openai_errors_and_fail_over() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1), (EP_B, "online", 1)]).await;
+    let backup = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = gateway(
+        &fake,
+        &[gc_target("gc-400", "fail-400", EP_A, 8000)],
+        "fail",
+        &[],
+    )
+    .await;
+    // The model server said 400: the client's fault, its envelope passes through.
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("fail-400")).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"error":{"message":"max_tokens is too large","type":"BadRequestError","param":null,"code":400}})
+    );
+    gw.stop().await;
+
+    // A 500 inside the task fails over to the next target.
+    let endpoints = [
+        gc_target("gc-500", "fail-500", EP_A, 8000),
+        json!({"model": "resource_server.endpoint", "pk": 9, "fields": {
+            "endpoint_slug": "http-backup", "cluster": "local", "framework": "vllm",
+            "model": "fail-500", "base_url": backup.url()}}),
+    ];
+    let gw = gateway(&fake, &endpoints, "failover", &[]).await;
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("fail-500")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(backup.request_count(), 1);
+    let gc = gw.target_state("gc-500").await;
+    assert_eq!(gc["failures"], 1, "{gc}");
+    gw.stop().await;
+
+    // Only the failing task: 502, nothing internal in the body.
+    let gw = gateway(
+        &fake,
+        &[gc_target("gc-500", "fail-500", EP_A, 8000)],
+        "only500",
+        &[],
+    )
+    .await;
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("fail-500")).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["code"], "upstream_error");
+    assert!(!body.to_string().contains("Traceback"));
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn offline_endpoints_fail_over_and_slow_tasks_are_504() {
+    let fake = FakeCompute::start(&[(EP_A, "offline", 0), (EP_B, "online", 1)]).await;
+    let endpoints = [
+        gc_target("gc-offline", "llama", EP_A, 8000),
+        gc_target("gc-online", "llama", EP_B, 8000),
+    ];
+    let gw = gateway(&fake, &endpoints, "offline", &[]).await;
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        fake.state.lock().unwrap().submits.len(),
+        1,
+        "nothing sent to the offline one"
+    );
+    gw.stop().await;
+
+    let gw = gateway(
+        &fake,
+        &[gc_target("gc-hang", "hang", EP_B, 8000)],
+        "hang",
+        &[("GATEWAY__GLOBUS_COMPUTE__TASK_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let started = Instant::now();
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("hang")).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn an_endpoint_without_managers_after_a_submit_is_starting() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 0)]).await;
+    let gw = gateway(
+        &fake,
+        &[gc_target("gc-cold", "llama", EP_A, 8000)],
+        "cold",
+        &[("GATEWAY__COLD_START__RETRY_AFTER_SECS", "17")],
+    )
+    .await;
+    // No managers and nothing submitted yet: submitting is what starts the workers.
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
+    assert_eq!(status, 200, "{body}");
+    // Still no managers right after a submit: the endpoint is starting.
+    let (status, headers, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("retry-after").unwrap(), "17");
+    assert_eq!(body["error"]["code"], "model_starting");
+    assert_eq!(fake.state.lock().unwrap().submits.len(), 1);
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
