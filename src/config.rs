@@ -28,6 +28,7 @@ pub struct Settings {
     pub routes: Routes,
     pub cold_start: ColdStart,
     pub globus_compute: GlobusCompute,
+    pub streaming: Streaming,
     /// Per-cluster settings (`[clusters.<name>]`): scheduler source and maintenance.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSettings>,
@@ -161,6 +162,26 @@ pub struct GlobusCompute {
     /// Seconds after a submit during which an endpoint with no managers counts as
     /// starting (requests get 503 `model_starting` instead of queueing more tasks).
     pub start_window_secs: u64,
+}
+
+/// Streaming through Globus Compute: the remote function POSTs chunks back to
+/// `/resource_server/api/streaming/{data,done,error}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Streaming {
+    /// The URL compute nodes reach this gateway at ("" = streaming through Globus Compute
+    /// is off: such requests fail over to other targets).
+    pub callback_base_url: String,
+    /// Environment variable holding the shared secret the function sends in
+    /// `X-Internal-Secret` (unset: every callback is refused).
+    pub secret_env: String,
+    /// Largest `data` callback body, and largest `done`/`error` body, in bytes.
+    pub max_data_bytes: usize,
+    pub max_control_bytes: usize,
+    /// Callbacks buffered per stream while the client reads (more: 503 to the function).
+    pub buffer_events: usize,
+    /// Milliseconds to wait for `done` after the task itself finished.
+    pub done_grace_ms: u64,
 }
 
 /// Where a cluster's scheduler state comes from.
@@ -443,6 +464,22 @@ impl Settings {
                 ));
             }
         }
+        if !self.streaming.callback_base_url.is_empty() {
+            crate::fixtures::normalize_base_url(&self.streaming.callback_base_url)
+                .map_err(|m| ConfigError::new("streaming.callback_base_url", m))?;
+        }
+        positive(
+            "streaming.max_data_bytes",
+            self.streaming.max_data_bytes as u64,
+        )?;
+        positive(
+            "streaming.max_control_bytes",
+            self.streaming.max_control_bytes as u64,
+        )?;
+        positive(
+            "streaming.buffer_events",
+            self.streaming.buffer_events as u64,
+        )?;
         positive("globus_compute.poll_initial_ms", gc.poll_initial_ms)?;
         positive("globus_compute.poll_max_ms", gc.poll_max_ms)?;
         positive("globus_compute.task_timeout_secs", gc.task_timeout_secs)?;

@@ -14,4 +14,5 @@ pub mod routes;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod streaming;
 pub mod target;

@@ -20,6 +20,7 @@ use crate::proxy::forward::Upstream;
 use crate::proxy::globus_compute::GlobusShared;
 use crate::routes;
 use crate::state::AppState;
+use crate::streaming::{token_hash, StreamHub};
 
 /// A started gateway. The server future must be polled (awaited or spawned) to serve.
 pub struct Running {
@@ -50,18 +51,27 @@ pub fn start(
         log.clone(),
     )
     .start();
+    let streams = Arc::new(StreamHub::new(settings.streaming.buffer_events));
+    let streaming_secret = std::env::var(&settings.streaming.secret_env)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| token_hash(&s));
+    let globus = Arc::new(GlobusShared::new(
+        &settings.globus_compute,
+        &settings.streaming,
+        Arc::clone(&streams),
+        Duration::from_secs(settings.cold_start.retry_after_secs),
+    ));
     let state = web::Data::new(AppState {
         settings: Arc::clone(&settings),
         directory: Arc::clone(&directory),
         gateway: gateway.clone(),
         log,
         admin_keys,
+        streams: Arc::clone(&streams),
+        streaming_secret,
         started_at: SystemTime::now(),
     });
-    let globus = Arc::new(GlobusShared::new(
-        &settings.globus_compute,
-        Duration::from_secs(settings.cold_start.retry_after_secs),
-    ));
     let routes = routes::inference_routes(&settings);
     let upstream_settings = settings.upstream.clone();
     let mut server = HttpServer::new(move || {

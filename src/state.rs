@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use crate::actors::gateway::{Directory, Gateway};
 use crate::auth::admin::AdminKeys;
 use crate::config::Settings;
+use crate::streaming::StreamHub;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -18,6 +19,10 @@ pub struct AppState {
     pub log: slog::Logger,
     /// Keys carrying the admin role.
     pub admin_keys: AdminKeys,
+    /// Where streaming callbacks meet client streams.
+    pub streams: Arc<StreamHub>,
+    /// SHA-256 of the streaming callbacks' shared secret (`None`: callbacks refused).
+    pub streaming_secret: Option<[u8; 32]>,
     /// When this process started (the `created` of listed models).
     pub started_at: SystemTime,
 }

@@ -29,6 +29,10 @@ struct FakeState {
     /// task id -> (polls so far, final doc)
     tasks: HashMap<String, (usize, Value)>,
     polls: usize,
+    /// Where the fake function sends its callbacks (the gateway under test).
+    gateway_url: Option<String>,
+    /// Statuses the gateway answered the function's callbacks with, in order.
+    callback_statuses: Vec<(String, u16)>,
 }
 
 struct FakeCompute {
@@ -138,6 +142,7 @@ async fn submit(
     if !bearer_ok(&req) {
         return HttpResponse::Unauthorized().finish();
     }
+    let state = state.get_ref().clone();
     let mut s = state.lock().unwrap();
     s.submits.push(body.0.clone());
     let payloads = body["tasks"][FUNC].as_array().cloned().unwrap_or_default();
@@ -145,9 +150,23 @@ async fn submit(
     for p in payloads {
         let buffers = unpack(p.as_str().unwrap());
         let args: Value = serde_json::from_str(buffers[0].strip_prefix("11\n").unwrap()).unwrap();
+        let params = args[0]["model_params"].clone();
         let id = format!("task-{}", s.tasks.len() + 1);
-        s.tasks
-            .insert(id.clone(), (0, run_function(&args[0]["model_params"])));
+        if params["stream"] == true {
+            s.tasks
+                .insert(id.clone(), (0, json!({"status": "running"})));
+            if params["model"] != "stream-manual" {
+                let gateway = s.gateway_url.clone().unwrap();
+                actix_rt::spawn(stream_function(
+                    Arc::clone(&state),
+                    id.clone(),
+                    gateway,
+                    params,
+                ));
+            }
+        } else {
+            s.tasks.insert(id.clone(), (0, run_function(&params)));
+        }
         ids.push(id);
     }
     HttpResponse::Ok().json(json!({"request_id": "5158de19-10b5-4deb-9d87-a86c1dec3460",
@@ -177,6 +196,108 @@ async fn task(
     };
     doc["task_id"] = json!(path.as_str());
     HttpResponse::Ok().json(doc)
+}
+
+pub const STREAM_SECRET: &str = "stream-secret-for-tests";
+
+/// POSTs one callback as FIRST's function does; returns the gateway's status.
+async fn post_callback(gateway: &str, kind: &str, secret: &str, token: &str, body: &Value) -> u16 {
+    awc::Client::new()
+        .post(format!("{gateway}/resource_server/api/streaming/{kind}/"))
+        .insert_header(("X-Internal-Secret", secret))
+        .insert_header(("X-Stream-Task-Token", token))
+        .send_json(body)
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// FIRST's streaming function, faked: batches of `data: ` lines, then done (or error),
+/// then the task's own result.
+async fn stream_function(
+    state: Arc<Mutex<FakeState>>,
+    task: String,
+    gateway: String,
+    params: Value,
+) {
+    let id = params["stream_task_id"].as_str().unwrap().to_string();
+    let token = params["stream_task_token"].as_str().unwrap().to_string();
+    let model = params["model"].as_str().unwrap().to_string();
+    let mut statuses = Vec::new();
+    // A forged token first: refused.
+    statuses.push((
+        "forged".to_string(),
+        post_callback(
+            &gateway,
+            "data",
+            STREAM_SECRET,
+            "forged-token",
+            &json!({"task_id": id, "type": "data", "data": "data: {\"forged\":true}"}),
+        )
+        .await,
+    ));
+    let chunk = |n: usize| {
+        format!(
+        "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{n}\"}}}}]}}")
+    };
+    let result = if model == "stream-error" {
+        statuses.push((
+            "data".into(),
+            post_callback(
+                &gateway,
+                "data",
+                STREAM_SECRET,
+                &token,
+                &json!({"task_id": id, "type": "data", "data": chunk(0)}),
+            )
+            .await,
+        ));
+        statuses.push(("error".into(), post_callback(&gateway, "error", STREAM_SECRET, &token,
+            &json!({"task_id": id, "type": "error", "error": "API request failed with status code: 400\nResponse text: {\"error\":{\"message\":\"context too long\"}}\nResponse headers: {}"})).await));
+        "error"
+    } else if model == "stream-dies" {
+        "dies"
+    } else {
+        for batch in [vec![0, 1], vec![2]] {
+            let data = batch
+                .iter()
+                .map(|n| chunk(*n))
+                .collect::<Vec<_>>()
+                .join("\n");
+            statuses.push((
+                "data".into(),
+                post_callback(
+                    &gateway,
+                    "data",
+                    STREAM_SECRET,
+                    &token,
+                    &json!({"task_id": id, "type": "data", "data": data}),
+                )
+                .await,
+            ));
+        }
+        statuses.push((
+            "done".into(),
+            post_callback(
+                &gateway,
+                "done",
+                STREAM_SECRET,
+                &token,
+                &json!({"task_id": id, "type": "done"}),
+            )
+            .await,
+        ));
+        "completed"
+    };
+    let doc = if result == "dies" {
+        json!({"status": "failed", "exception": "WorkerLost: Task failure due to loss of worker 0"})
+    } else {
+        let inner = json!({"streaming": true, "task_id": id, "status": result}).to_string();
+        json!({"status": "success", "result": format!("11\n{}", serde_json::to_string(&inner).unwrap())})
+    };
+    let mut s = state.lock().unwrap();
+    s.callback_statuses.extend(statuses);
+    s.tasks.insert(task, (1, doc));
 }
 
 /// Base64 for the Basic header check (standard alphabet, with padding).
@@ -420,6 +541,206 @@ async fn an_endpoint_without_managers_after_a_submit_is_starting() {
     assert_eq!(headers.get("retry-after").unwrap(), "17");
     assert_eq!(body["error"]["code"], "model_starting");
     assert_eq!(fake.state.lock().unwrap().submits.len(), 1);
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+/// A gateway streaming through the fake, with the fake's function calling back to it.
+async fn streaming_gateway(fake: &FakeCompute, model: &str, test: &str) -> TestGateway {
+    std::env::set_var(format!("IGW_TEST_STREAM_SECRET_{test}"), STREAM_SECRET);
+    let secret_env = format!("IGW_TEST_STREAM_SECRET_{test}");
+    let gw = gateway(
+        fake,
+        &[gc_target("gc-stream", model, EP_A, 8002)],
+        test,
+        &[
+            (
+                "GATEWAY__STREAMING__CALLBACK_BASE_URL",
+                "https://gateway.example.org:8443",
+            ),
+            ("GATEWAY__STREAMING__SECRET_ENV", secret_env.as_str()),
+            ("GATEWAY__STREAMING__DONE_GRACE_MS", "200"),
+        ],
+    )
+    .await;
+    fake.state.lock().unwrap().gateway_url = Some(gw.url.clone());
+    gw
+}
+
+async fn stream_chat(gw: &TestGateway, model: &str) -> (u16, String, Vec<String>) {
+    let mut body = chat(model);
+    body["stream"] = json!(true);
+    let mut res = gw
+        .client()
+        .post(gw.at("/v1/chat/completions"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = res.body().limit(1 << 20).await.unwrap();
+    (res.status().as_u16(), content_type, sse_data(&bytes))
+}
+
+#[actix_rt::test]
+async fn streaming_round_trip_through_the_callback_routes() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let gw = streaming_gateway(&fake, "llama", "stream_ok").await;
+    let (status, content_type, events) = stream_chat(&gw, "llama").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/event-stream");
+    assert_eq!(events.len(), 4, "{events:?}");
+    for (i, e) in events[..3].iter().enumerate() {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["choices"][0]["delta"]["content"], format!("tok{i}"));
+    }
+    assert_eq!(events[3], "[DONE]");
+    // The function got the callback address and its credentials in model_params.
+    let s = std::mem::take(&mut *fake.state.lock().unwrap());
+    let buffers = unpack(s.submits[0]["tasks"][FUNC][0].as_str().unwrap());
+    let args: Value = serde_json::from_str(buffers[0].strip_prefix("11\n").unwrap()).unwrap();
+    let p = &args[0]["model_params"];
+    assert_eq!(p["stream"], true);
+    assert_eq!(p["streaming_server_host"], "gateway.example.org");
+    assert_eq!(p["streaming_server_port"], 8443);
+    assert_eq!(p["streaming_server_protocol"], "https");
+    assert!(uuid::Uuid::parse_str(p["stream_task_id"].as_str().unwrap()).is_ok());
+    assert_eq!(p["stream_task_token"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        s.callback_statuses,
+        vec![
+            ("forged".to_string(), 403),
+            ("data".to_string(), 200),
+            ("data".to_string(), 200),
+            ("done".to_string(), 200)
+        ]
+    );
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn streaming_errors_end_the_stream_in_band() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let gw = streaming_gateway(&fake, "stream-error", "stream_err").await;
+    let (status, _, events) = stream_chat(&gw, "stream-error").await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 3, "{events:?}");
+    let err: Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(err["error"]["message"], "context too long");
+    assert_eq!(events[2], "[DONE]");
+    gw.stop().await;
+
+    // The function dies without calling back: the task's failure ends the stream.
+    let gw = streaming_gateway(&fake, "stream-dies", "stream_dies").await;
+    let (status, _, events) = stream_chat(&gw, "stream-dies").await;
+    assert_eq!(status, 200);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted", "{events:?}");
+    assert_eq!(gw.target_state("gc-stream").await["failures"], 1);
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn callback_routes_check_size_secret_token_and_ids() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let gw = streaming_gateway(&fake, "llama", "cb_checks").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let cases: Vec<(&str, &str, &str, Value, u16, &str)> = vec![
+        (
+            "data",
+            "wrong-secret",
+            "t",
+            json!({"task_id": id, "data": "data: x"}),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "data",
+            STREAM_SECRET,
+            "",
+            json!({"task_id": id, "data": "data: x"}),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "data",
+            STREAM_SECRET,
+            "t",
+            json!({"data": "data: x"}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "data",
+            STREAM_SECRET,
+            "t",
+            json!({"task_id": "not-a-uuid", "data": "x"}),
+            403,
+            "forbidden",
+        ),
+        (
+            "data",
+            STREAM_SECRET,
+            "t",
+            json!({"task_id": id}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "error",
+            STREAM_SECRET,
+            "t",
+            json!({"task_id": id}),
+            400,
+            "invalid_request",
+        ),
+        (
+            "done",
+            STREAM_SECRET,
+            "t",
+            json!({"task_id": id}),
+            403,
+            "forbidden",
+        ),
+        (
+            "done",
+            STREAM_SECRET,
+            "t",
+            json!({"task_id": id, "pad": "x".repeat(20_000)}),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (kind, secret, token, body, status, code) in cases {
+        let mut req = gw
+            .client()
+            .post(gw.at(&format!("/resource_server/api/streaming/{kind}/")))
+            .insert_header(("X-Internal-Secret", secret));
+        if !token.is_empty() {
+            req = req.insert_header(("X-Stream-Task-Token", token));
+        }
+        let mut res = req.send_json(&body).await.unwrap();
+        let v: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+        assert_eq!(res.status().as_u16(), status, "{kind} {body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{kind}: {v}");
+    }
+    let mut res = gw
+        .client()
+        .post(gw.at("/resource_server/api/streaming/data"))
+        .insert_header(("X-Internal-Secret", STREAM_SECRET))
+        .insert_header(("X-Stream-Task-Token", "t"))
+        .insert_header(("content-type", "application/json"))
+        .send_body("{not json")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let v: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_json");
     gw.stop().await;
     fake.handle.stop(false).await;
 }

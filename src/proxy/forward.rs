@@ -174,6 +174,12 @@ pub async fn forward(
                 record.ttft = Some(lease.started().elapsed());
                 return Ok(respond(res, first, lease, record, &call, settings, log));
             }
+            Ok(Committed::Callback(source)) => {
+                record.ttft = Some(lease.started().elapsed());
+                return Ok(respond_callback(
+                    source, lease, record, &call, settings, log,
+                ));
+            }
             Ok(Committed::Body(status, body)) => {
                 let ttfb = lease.started().elapsed();
                 lease.set_verdict(Verdict::Success { ttfb });
@@ -263,6 +269,8 @@ pub(crate) enum Committed {
     Response(awc::ClientResponse, Option<Bytes>),
     /// A whole JSON answer in hand (the Globus Compute transport).
     Body(StatusCode, Bytes),
+    /// A stream fed by the remote function's callbacks (Globus Compute, `stream: true`).
+    Callback(globus_compute::CallbackSource),
     /// A 4xx (but 429) answer, read whole: the client's fault, passed through.
     ClientError(StatusCode, HeaderMap, Bytes),
 }
@@ -391,6 +399,38 @@ fn respond(
     };
     let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish);
     builder.streaming(relay)
+}
+
+/// Builds the SSE response for a stream relayed from Globus Compute callbacks.
+fn respond_callback(
+    source: globus_compute::CallbackSource,
+    lease: Lease,
+    mut record: RequestRecord,
+    call: &Call,
+    settings: &crate::config::Upstream,
+    log: &slog::Logger,
+) -> HttpResponse {
+    record.status = 200;
+    slog::debug!(log, "streaming through Globus Compute callbacks";
+        "request_id" => &call.request_id, "stream_task_id" => source.stream_id().to_string());
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header((header::CONTENT_TYPE, "text/event-stream"));
+    builder.insert_header((REQUEST_ID_HEADER, call.request_id.clone()));
+    builder.insert_header((header::CACHE_CONTROL, "no-cache"));
+    builder.insert_header(("x-accel-buffering", "no"));
+    let finish = Finish {
+        lease,
+        record,
+        log: log.clone(),
+    };
+    let framing = Framing::new("text/event-stream", None);
+    builder.streaming(Relay::new(
+        source,
+        None,
+        framing,
+        settings.stream_idle_timeout(),
+        finish,
+    ))
 }
 
 /// Passes a backend 4xx through with its status. A body that is already an OpenAI error

@@ -15,18 +15,28 @@
 //! traceback carries `status code: NNN`: a 4xx is the client's fault and passes through, a
 //! 5xx (or none) is the target's and fails over.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
 use bytes::Bytes;
+use futures_util::Stream;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+use uuid::Uuid;
 
-use crate::config::GlobusCompute;
+use crate::config::{GlobusCompute, Streaming};
+use crate::error::envelope;
 use crate::fixtures::GlobusComputeTarget;
 use crate::proxy::forward::{AttemptError, Call, Committed};
+use crate::streaming::{new_token, Registration, StreamEvent, StreamHub};
 use crate::target::Target;
 
 /// The serializer FIRST's gateway never asked for and we always do.
@@ -53,6 +63,9 @@ pub struct GlobusShared {
     /// Last submit per endpoint (an endpoint with no managers is starting after one).
     submitted: Mutex<HashMap<String, Instant>>,
     retry_after: Duration,
+    streaming: Streaming,
+    /// Where callbacks are handed to client streams.
+    hub: Arc<StreamHub>,
 }
 
 impl std::fmt::Debug for GlobusShared {
@@ -66,7 +79,12 @@ impl std::fmt::Debug for GlobusShared {
 
 impl GlobusShared {
     /// Reads the client id and secret from the environment variables the settings name.
-    pub fn new(settings: &GlobusCompute, retry_after: Duration) -> Self {
+    pub fn new(
+        settings: &GlobusCompute,
+        streaming: &Streaming,
+        hub: Arc<StreamHub>,
+        retry_after: Duration,
+    ) -> Self {
         let var = |name: &str| {
             (!name.is_empty())
                 .then(|| std::env::var(name).ok())
@@ -87,6 +105,8 @@ impl GlobusShared {
             endpoints: Mutex::new(HashMap::new()),
             submitted: Mutex::new(HashMap::new()),
             retry_after,
+            streaming: streaming.clone(),
+            hub,
         }
     }
 
@@ -321,8 +341,29 @@ pub(crate) async fn send(
             .spec
             .request_timeout
             .unwrap_or(Duration::from_secs(shared.settings.task_timeout_secs));
-    let params = model_params(&body, call.upstream_path, g.api_port)
+    let mut params = model_params(&body, call.upstream_path, g.api_port)
         .map_err(|e| AttemptError::Died(format!("cannot build model_params: {e}")))?;
+    let callback = if call.stream {
+        let (protocol, host, port) = callback_parts(&shared.streaming.callback_base_url)
+            .ok_or_else(|| {
+                AttemptError::Connect(
+                    "streaming through Globus Compute is off (streaming.callback_base_url)".into(),
+                )
+            })?;
+        let id = Uuid::new_v4();
+        let stream_token = new_token();
+        if let Some(obj) = params.as_object_mut() {
+            obj.insert("streaming_server_host".into(), json!(host));
+            obj.insert("streaming_server_port".into(), json!(port));
+            obj.insert("streaming_server_protocol".into(), json!(protocol));
+            obj.insert("stream_task_id".into(), json!(id.to_string()));
+            obj.insert("stream_task_token".into(), json!(stream_token));
+        }
+        // Registered before the submit: the first chunk may come back at once.
+        Some(shared.hub.register(id, &stream_token))
+    } else {
+        None
+    };
     let token = shared.token(client).await?;
 
     let Some(managers) = shared
@@ -377,88 +418,284 @@ pub(crate) async fn send(
         &shared.settings.compute_base,
         &format!("/v2/tasks/{task_id}"),
     );
-    let mut pause = Duration::from_millis(shared.settings.poll_initial_ms);
-    let max_pause = Duration::from_millis(shared.settings.poll_max_ms);
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(AttemptError::Timeout);
+    let poll = TaskPoll {
+        client: client.clone(),
+        url: poll_url,
+        token,
+        initial: Duration::from_millis(shared.settings.poll_initial_ms),
+        max: Duration::from_millis(shared.settings.poll_max_ms),
+        deadline,
+    };
+    if let Some((registration, rx)) = callback {
+        let task: TaskFuture = Box::pin(async move { poll.wait().await });
+        return Ok(Committed::Callback(CallbackSource {
+            rx,
+            registration,
+            task: Some(task),
+            grace: None,
+            grace_len: Duration::from_millis(shared.streaming.done_grace_ms),
+            pending: VecDeque::new(),
+            ended: false,
+        }));
+    }
+    let doc = poll.wait().await?;
+    match doc.get("status").and_then(Value::as_str) {
+        Some("success") => {
+            let result = doc.get("result").and_then(Value::as_str).ok_or_else(|| {
+                AttemptError::Status5xx(502, "task succeeded without a result".into())
+            })?;
+            let body = decode_result(result).map_err(|e| AttemptError::Status5xx(502, e))?;
+            Ok(Committed::Body(StatusCode::OK, body))
         }
-        actix_rt::time::sleep(pause.min(deadline - now)).await;
-        pause = (pause * 2).min(max_pause);
-        let doc: Value = match client
-            .get(poll_url.as_str())
-            .bearer_auth(&token)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-        {
-            Ok(mut res) if res.status().is_success() => {
-                match res
+        _ => {
+            let text = failure_text(&doc);
+            let (status, response_text) = failure_status(text);
+            match status {
+                Some(s) if (400..500).contains(&s) && s != 429 => {
+                    let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST);
+                    let mut headers = HeaderMap::new();
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok(Committed::ClientError(
+                        status,
+                        headers,
+                        Bytes::from(response_text.unwrap_or_default()),
+                    ))
+                }
+                Some(429) => Err(AttemptError::RateLimited(
+                    None,
+                    Bytes::from(response_text.unwrap_or_default()),
+                )),
+                other => Err(AttemptError::Status5xx(
+                    other.unwrap_or(502),
+                    format!("task {task_id} failed: {}", last_line(text)),
+                )),
+            }
+        }
+    }
+}
+
+fn failure_text(doc: &Value) -> &str {
+    doc.get("exception")
+        .or_else(|| doc.get("reason"))
+        .and_then(Value::as_str)
+        .unwrap_or("task failed")
+}
+
+/// The last meaningful line of a traceback (for the log).
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("---"))
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// `(protocol, host, port)` of the callback base URL, as FIRST's function takes them.
+pub fn callback_parts(base: &str) -> Option<(String, String, u16)> {
+    let (protocol, rest) = base.trim().split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+        _ => (authority, if protocol == "https" { 443 } else { 80 }),
+    };
+    (!host.is_empty() && matches!(protocol, "http" | "https"))
+        .then(|| (protocol.to_string(), host.to_string(), port))
+}
+
+/// Polls one task until it is `success` or `failed` (its document), or the deadline.
+struct TaskPoll {
+    client: awc::Client,
+    url: String,
+    token: String,
+    initial: Duration,
+    max: Duration,
+    deadline: Instant,
+}
+
+impl TaskPoll {
+    async fn wait(self) -> Result<Value, AttemptError> {
+        let mut pause = self.initial;
+        loop {
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Err(AttemptError::Timeout);
+            }
+            actix_rt::time::sleep(pause.min(self.deadline - now)).await;
+            pause = (pause * 2).min(self.max);
+            let doc: Option<Value> = match self
+                .client
+                .get(self.url.as_str())
+                .bearer_auth(&self.token)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+            {
+                Ok(mut res) if res.status().is_success() => res
                     .body()
                     .limit(BODY_LIMIT)
                     .await
                     .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                {
-                    Some(doc) => doc,
-                    None => continue,
+                    .and_then(|b| serde_json::from_slice(&b).ok()),
+                // A poll that fails is retried until the deadline: the task still runs.
+                _ => None,
+            };
+            if let Some(doc) = doc {
+                // received, waiting-for-ep, waiting-for-nodes, running... are pending.
+                if matches!(
+                    doc.get("status").and_then(Value::as_str),
+                    Some("success") | Some("failed")
+                ) {
+                    return Ok(doc);
                 }
             }
-            // A poll that fails is retried until the deadline: the task is still running.
-            _ => continue,
-        };
-        match doc.get("status").and_then(Value::as_str) {
-            Some("success") => {
-                let result = doc.get("result").and_then(Value::as_str).ok_or_else(|| {
-                    AttemptError::Status5xx(502, "task succeeded without a result".into())
-                })?;
-                let body = decode_result(result).map_err(|e| AttemptError::Status5xx(502, e))?;
-                return Ok(Committed::Body(StatusCode::OK, body));
+        }
+    }
+}
+
+type TaskFuture = Pin<Box<dyn Future<Output = Result<Value, AttemptError>>>>;
+
+/// The upstream of a streamed answer through Globus Compute: SSE bytes built from the
+/// callbacks as they arrive (no polling), watched by the task's own poll so a function that
+/// dies without calling back ends the stream. Wrapped in the usual `Relay`, which meters
+/// it, times it out when idle, and turns an `Err` into an in-band error event.
+pub(crate) struct CallbackSource {
+    rx: mpsc::Receiver<StreamEvent>,
+    registration: Registration,
+    task: Option<TaskFuture>,
+    grace: Option<Pin<Box<Sleep>>>,
+    grace_len: Duration,
+    pending: VecDeque<Result<Bytes, PayloadError>>,
+    ended: bool,
+}
+
+impl CallbackSource {
+    pub fn stream_id(&self) -> Uuid {
+        self.registration.id()
+    }
+}
+
+const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+
+/// FIRST's batches of raw lines into SSE events: `data: ` lines only, `[DONE]` dropped.
+pub fn sse_from_lines(lines: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(lines.len() + 16);
+    for line in lines.split(|b| *b == b'\n') {
+        let line = line.trim_ascii();
+        if line.starts_with(b"data: ") && line != b"data: [DONE]" {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\n\n");
+        }
+    }
+    Bytes::from(out)
+}
+
+/// The end of a stream whose function reported an error: a 4xx from the model server is
+/// the client's (an error event, then `[DONE]`); anything else breaks the stream.
+fn error_ending(text: &str) -> Vec<Result<Bytes, PayloadError>> {
+    let (status, response_text) = failure_status(text);
+    match status {
+        Some(s) if (400..500).contains(&s) => {
+            let message = response_text
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .or_else(|| v.get("message"))
+                        .or_else(|| v.get("detail"))
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .unwrap_or_else(|| format!("The model server answered HTTP {s}."));
+            let body = envelope(&message, "invalid_request_error", None, "upstream_error");
+            vec![
+                Ok(Bytes::from(format!("data: {body}\n\n"))),
+                Ok(Bytes::from_static(DONE_EVENT)),
+            ]
+        }
+        _ => vec![Err(PayloadError::Incomplete(None))],
+    }
+}
+
+impl Stream for CallbackSource {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.pending.pop_front() {
+                return Poll::Ready(Some(item));
             }
-            Some("failed") => {
-                let text = doc
-                    .get("exception")
-                    .or_else(|| doc.get("reason"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("task failed");
-                let (status, response_text) = failure_status(text);
-                return match status {
-                    Some(s) if (400..500).contains(&s) && s != 429 => {
-                        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST);
-                        let mut headers = HeaderMap::new();
-                        headers.insert(
-                            header::CONTENT_TYPE,
-                            header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok(Committed::ClientError(
-                            status,
-                            headers,
-                            Bytes::from(response_text.unwrap_or_default()),
-                        ))
-                    }
-                    Some(429) => Err(AttemptError::RateLimited(
-                        None,
-                        Bytes::from(response_text.unwrap_or_default()),
-                    )),
-                    other => {
-                        let line = text
-                            .lines()
-                            .rev()
-                            .find(|l| !l.trim().is_empty() && !l.starts_with("---"))
-                            .unwrap_or("")
-                            .chars()
-                            .take(200)
-                            .collect::<String>();
-                        Err(AttemptError::Status5xx(
-                            other.unwrap_or(502),
-                            format!("task {task_id} failed: {line}"),
-                        ))
-                    }
-                };
+            if this.ended {
+                return Poll::Ready(None);
             }
-            // received, waiting-for-ep, waiting-for-nodes, running...
-            _ => {}
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(StreamEvent::Data(lines))) => {
+                    let out = sse_from_lines(&lines);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                    continue;
+                }
+                Poll::Ready(Some(StreamEvent::Done)) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE_EVENT))));
+                }
+                Poll::Ready(Some(StreamEvent::Error(text))) => {
+                    this.ended = true;
+                    this.pending.extend(error_ending(&text));
+                    continue;
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            if let Some(task) = this.task.as_mut() {
+                if let Poll::Ready(outcome) = task.as_mut().poll(cx) {
+                    this.task = None;
+                    let failed = match &outcome {
+                        Ok(doc) if doc.get("status").and_then(Value::as_str) == Some("success") => {
+                            // FIRST's streaming function returns {"status":"completed"|"error",...}.
+                            doc.get("result")
+                                .and_then(Value::as_str)
+                                .and_then(|r| decode_result(r).ok())
+                                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                                .and_then(|v| {
+                                    v.get("status").and_then(Value::as_str).map(String::from)
+                                })
+                                .is_some_and(|s| s == "error")
+                                .then(|| "the function reported a streaming error".to_string())
+                        }
+                        Ok(doc) => Some(failure_text(doc).to_string()),
+                        Err(_) => Some("task timed out".to_string()),
+                    };
+                    match failed {
+                        // Callbacks may still be in flight: wait a little for `done`.
+                        None => {
+                            this.grace = Some(Box::pin(tokio::time::sleep(this.grace_len)));
+                        }
+                        Some(text) => {
+                            this.ended = true;
+                            this.pending.extend(error_ending(&text));
+                        }
+                    }
+                    continue;
+                }
+            }
+            if let Some(grace) = this.grace.as_mut() {
+                if grace.as_mut().poll(cx).is_ready() {
+                    this.grace = None;
+                    this.ended = true;
+                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE_EVENT))));
+                }
+            }
+            return Poll::Pending;
         }
     }
 }
@@ -511,6 +748,28 @@ mod tests {
             .unwrap_err()
             .contains("\"00\""));
         assert!(decode_result("11\n\"not json\"").is_err());
+    }
+
+    #[test]
+    fn callback_parts_like_firsts_function_wants_them() {
+        assert_eq!(
+            callback_parts("https://gw.example.org"),
+            Some(("https".into(), "gw.example.org".into(), 443))
+        );
+        assert_eq!(
+            callback_parts("http://127.0.0.1:8123/"),
+            Some(("http".into(), "127.0.0.1".into(), 8123))
+        );
+        assert_eq!(callback_parts(""), None);
+        assert_eq!(callback_parts("ftp://h"), None);
+    }
+
+    #[test]
+    fn sse_lines_become_events_without_done() {
+        assert_eq!(
+            sse_from_lines(b"data: {\"a\":1}\n\ndata: {\"b\":2}\ndata: [DONE]\n: comment"),
+            Bytes::from("data: {\"a\":1}\n\ndata: {\"b\":2}\n\n")
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod clusters;
 pub mod health;
 pub mod inference;
+pub mod streaming;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -98,6 +99,21 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
             .route(web::put().to(clusters::set_maintenance))
             .default_service(web::to(method_not_allowed)),
     );
+    for (path, kind) in [
+        ("/api/streaming/data", streaming::Kind::Data),
+        ("/api/streaming/done", streaming::Kind::Done),
+        ("/api/streaming/error", streaming::Kind::Error),
+    ] {
+        cfg.service(
+            web::resource(path)
+                .route(
+                    web::post().to(move |req, payload, state| {
+                        streaming::callback(req, payload, state, kind)
+                    }),
+                )
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
     // Last: `{cluster}` would otherwise shadow fixed two-segment paths.
     cfg.service(
         web::resource("/{cluster}/jobs")
