@@ -29,6 +29,7 @@ pub struct Settings {
     pub cold_start: ColdStart,
     pub globus_compute: GlobusCompute,
     pub streaming: Streaming,
+    pub redis: Redis,
     /// Per-cluster settings (`[clusters.<name>]`): scheduler source and maintenance.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSettings>,
@@ -182,6 +183,15 @@ pub struct Streaming {
     pub buffer_events: usize,
     /// Milliseconds to wait for `done` after the task itself finished.
     pub done_grace_ms: u64,
+}
+
+/// Redis, shared by replicas ("" = none: each replica on its own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    /// Prefix of every key and channel this gateway uses.
+    pub key_prefix: String,
 }
 
 /// Where a cluster's scheduler state comes from.
@@ -480,6 +490,16 @@ impl Settings {
             "streaming.buffer_events",
             self.streaming.buffer_events as u64,
         )?;
+        let redis_url = &self.redis.url;
+        if !(redis_url.is_empty()
+            || redis_url.starts_with("redis://")
+            || redis_url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "redis.url",
+                "must start with redis:// or rediss:// (or be empty)",
+            ));
+        }
         positive("globus_compute.poll_initial_ms", gc.poll_initial_ms)?;
         positive("globus_compute.poll_max_ms", gc.poll_max_ms)?;
         positive("globus_compute.task_timeout_secs", gc.task_timeout_secs)?;

@@ -15,4 +15,5 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod streaming;
+pub mod streaming_redis;
 pub mod target;

@@ -21,6 +21,7 @@ use crate::proxy::globus_compute::GlobusShared;
 use crate::routes;
 use crate::state::AppState;
 use crate::streaming::{token_hash, StreamHub};
+use crate::streaming_redis::RedisStreams;
 
 /// A started gateway. The server future must be polled (awaited or spawned) to serve.
 pub struct Running {
@@ -56,12 +57,23 @@ pub fn start(
         .ok()
         .filter(|s| !s.is_empty())
         .map(|s| token_hash(&s));
-    let globus = Arc::new(GlobusShared::new(
+    let mut globus = GlobusShared::new(
         &settings.globus_compute,
         &settings.streaming,
         Arc::clone(&streams),
         Duration::from_secs(settings.cold_start.retry_after_secs),
-    ));
+    );
+    let redis_streams = if settings.redis.url.is_empty() {
+        None
+    } else {
+        let redis = RedisStreams::new(&settings.redis.url, &settings.redis.key_prefix)
+            .map(Arc::new)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("redis.url: {e}")))?;
+        redis.spawn_subscriber(Arc::clone(&streams), log.clone());
+        globus = globus.with_redis(Arc::clone(&redis), log.clone());
+        Some(redis)
+    };
+    let globus = Arc::new(globus);
     let state = web::Data::new(AppState {
         settings: Arc::clone(&settings),
         directory: Arc::clone(&directory),
@@ -69,6 +81,7 @@ pub fn start(
         log,
         admin_keys,
         streams: Arc::clone(&streams),
+        redis_streams,
         streaming_secret,
         started_at: SystemTime::now(),
     });

@@ -11,6 +11,7 @@ use crate::actors::gateway::{Directory, Gateway};
 use crate::auth::admin::AdminKeys;
 use crate::config::Settings;
 use crate::streaming::StreamHub;
+use crate::streaming_redis::RedisStreams;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -21,6 +22,8 @@ pub struct AppState {
     pub admin_keys: AdminKeys,
     /// Where streaming callbacks meet client streams.
     pub streams: Arc<StreamHub>,
+    /// Callbacks for streams other replicas own (with `redis.url`).
+    pub redis_streams: Option<Arc<RedisStreams>>,
     /// SHA-256 of the streaming callbacks' shared secret (`None`: callbacks refused).
     pub streaming_secret: Option<[u8; 32]>,
     /// When this process started (the `created` of listed models).

@@ -547,24 +547,89 @@ async fn an_endpoint_without_managers_after_a_submit_is_starting() {
 
 /// A gateway streaming through the fake, with the fake's function calling back to it.
 async fn streaming_gateway(fake: &FakeCompute, model: &str, test: &str) -> TestGateway {
+    let gw = streaming_gateway_with(fake, model, test, &[]).await;
+    fake.state.lock().unwrap().gateway_url = Some(gw.url.clone());
+    gw
+}
+
+async fn streaming_gateway_with(
+    fake: &FakeCompute,
+    model: &str,
+    test: &str,
+    extra: &[(&str, &str)],
+) -> TestGateway {
     std::env::set_var(format!("IGW_TEST_STREAM_SECRET_{test}"), STREAM_SECRET);
     let secret_env = format!("IGW_TEST_STREAM_SECRET_{test}");
-    let gw = gateway(
+    let mut settings = vec![
+        (
+            "GATEWAY__STREAMING__CALLBACK_BASE_URL",
+            "https://gateway.example.org:8443",
+        ),
+        ("GATEWAY__STREAMING__SECRET_ENV", secret_env.as_str()),
+        ("GATEWAY__STREAMING__DONE_GRACE_MS", "200"),
+    ];
+    settings.extend_from_slice(extra);
+    gateway(
         fake,
         &[gc_target("gc-stream", model, EP_A, 8002)],
         test,
-        &[
-            (
-                "GATEWAY__STREAMING__CALLBACK_BASE_URL",
-                "https://gateway.example.org:8443",
-            ),
-            ("GATEWAY__STREAMING__SECRET_ENV", secret_env.as_str()),
-            ("GATEWAY__STREAMING__DONE_GRACE_MS", "200"),
-        ],
+        &settings,
     )
-    .await;
-    fake.state.lock().unwrap().gateway_url = Some(gw.url.clone());
-    gw
+    .await
+}
+
+/// The fake function's callback statuses, once it recorded `n` of them (it does so after
+/// its last callback, which may be after the client read the end of the stream).
+async fn callback_statuses(fake: &FakeCompute, n: usize) -> Vec<(String, u16)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        {
+            let mut s = fake.state.lock().unwrap();
+            if s.callback_statuses.len() >= n {
+                return std::mem::take(&mut s.callback_statuses);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fake function never finished"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `REDIS_TEST_URL` when it is set and Redis answers; else says why the test did not run.
+async fn redis_for_tests(test: &str) -> Option<String> {
+    let Ok(url) = std::env::var("REDIS_TEST_URL") else {
+        eprintln!("SKIPPED {test}: REDIS_TEST_URL is not set; this Redis test did not run");
+        return None;
+    };
+    let probe = inference_gateway::streaming_redis::RedisStreams::new(&url, "igw-probe:").ok()?;
+    match actix_rt::time::timeout(Duration::from_secs(3), probe.ping()).await {
+        Ok(Ok(())) => Some(url),
+        other => {
+            eprintln!("SKIPPED {test}: Redis at REDIS_TEST_URL does not answer ({other:?}); this Redis test did not run");
+            None
+        }
+    }
+}
+
+/// Two replicas sharing Redis under a prefix unique to this test.
+async fn two_replicas(
+    fake: &FakeCompute,
+    model: &str,
+    test: &str,
+    url: &str,
+) -> (TestGateway, TestGateway) {
+    let prefix = format!("igw-test-{}:", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("GATEWAY__REDIS__URL", url),
+        ("GATEWAY__REDIS__KEY_PREFIX", prefix.as_str()),
+    ];
+    let a = streaming_gateway_with(fake, model, &format!("{test}_a"), &settings).await;
+    let b = streaming_gateway_with(fake, model, &format!("{test}_b"), &settings).await;
+    // Let both subscribers connect.
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    (a, b)
 }
 
 async fn stream_chat(gw: &TestGateway, model: &str) -> (u16, String, Vec<String>) {
@@ -599,6 +664,7 @@ async fn streaming_round_trip_through_the_callback_routes() {
     }
     assert_eq!(events[3], "[DONE]");
     // The function got the callback address and its credentials in model_params.
+    let statuses = callback_statuses(&fake, 4).await;
     let s = std::mem::take(&mut *fake.state.lock().unwrap());
     let buffers = unpack(s.submits[0]["tasks"][FUNC][0].as_str().unwrap());
     let args: Value = serde_json::from_str(buffers[0].strip_prefix("11\n").unwrap()).unwrap();
@@ -610,7 +676,7 @@ async fn streaming_round_trip_through_the_callback_routes() {
     assert!(uuid::Uuid::parse_str(p["stream_task_id"].as_str().unwrap()).is_ok());
     assert_eq!(p["stream_task_token"].as_str().unwrap().len(), 64);
     assert_eq!(
-        s.callback_statuses,
+        statuses,
         vec![
             ("forged".to_string(), 403),
             ("data".to_string(), 200),
@@ -743,4 +809,120 @@ async fn callback_routes_check_size_secret_token_and_ids() {
     assert_eq!(v["error"]["code"], "invalid_json");
     gw.stop().await;
     fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn streaming_callbacks_reach_the_client_across_replicas_through_redis() {
+    let Some(url) =
+        redis_for_tests("streaming_callbacks_reach_the_client_across_replicas_through_redis").await
+    else {
+        return;
+    };
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let (a, b) = two_replicas(&fake, "llama", "redis_rt", &url).await;
+    // The client is on replica A; the function calls back to replica B.
+    fake.state.lock().unwrap().gateway_url = Some(b.url.clone());
+    let (status, _, events) = stream_chat(&a, "llama").await;
+    assert_eq!(status, 200);
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[3], "[DONE]");
+    let statuses = callback_statuses(&fake, 4).await;
+    assert_eq!(
+        statuses[0],
+        ("forged".to_string(), 403),
+        "the token is checked on B too"
+    );
+    assert!(statuses[1..].iter().all(|(_, s)| *s == 200), "{statuses:?}");
+    a.stop().await;
+    b.stop().await;
+    fake.handle.stop(false).await;
+}
+
+/// Callback latency: from just before a data callback is POSTed to the moment its chunk
+/// is read by the client, on one replica and across two replicas through Redis.
+/// Run: `cargo test --release --test globus_compute -- --ignored --nocapture callback_latency`
+#[actix_rt::test]
+#[ignore]
+async fn callback_latency() {
+    let iterations: usize = std::env::var("IGW_LATENCY_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let one = streaming_gateway_with(&fake, "stream-manual", "lat_one", &[]).await;
+    let mut report = vec![("one replica", measure(&fake, &one, &one, iterations).await)];
+    one.stop().await;
+    if let Some(url) = redis_for_tests("callback_latency (two replicas)").await {
+        let (a, b) = two_replicas(&fake, "stream-manual", "lat_two", &url).await;
+        report.push((
+            "two replicas via redis",
+            measure(&fake, &a, &b, iterations).await,
+        ));
+        a.stop().await;
+        b.stop().await;
+    }
+    for (name, mut samples) in report {
+        samples.sort();
+        let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+        eprintln!(
+            "callback latency, {name}: n={} p50={:?} p90={:?} p99={:?} max={:?}",
+            samples.len(),
+            pct(0.50),
+            pct(0.90),
+            pct(0.99),
+            samples[samples.len() - 1]
+        );
+    }
+    fake.handle.stop(false).await;
+}
+
+async fn measure(
+    fake: &FakeCompute,
+    client_side: &TestGateway,
+    callback_side: &TestGateway,
+    n: usize,
+) -> Vec<Duration> {
+    use futures_util::StreamExt;
+    let mut body = chat("stream-manual");
+    body["stream"] = json!(true);
+    let before = fake.state.lock().unwrap().submits.len();
+    let mut res = client_side
+        .client()
+        .post(client_side.at("/v1/chat/completions"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (id, token) = {
+        let s = fake.state.lock().unwrap();
+        assert_eq!(s.submits.len(), before + 1);
+        let buffers = unpack(s.submits[before]["tasks"][FUNC][0].as_str().unwrap());
+        let args: Value = serde_json::from_str(buffers[0].strip_prefix("11\n").unwrap()).unwrap();
+        let p = &args[0]["model_params"];
+        (
+            p["stream_task_id"].as_str().unwrap().to_string(),
+            p["stream_task_token"].as_str().unwrap().to_string(),
+        )
+    };
+    let poster = awc::Client::new();
+    let url = format!("{}/resource_server/api/streaming/data/", callback_side.url);
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + 50 {
+        let line = format!("data: {{\"i\":{i}}}");
+        let started = Instant::now();
+        let post = poster
+            .post(url.as_str())
+            .insert_header(("X-Internal-Secret", STREAM_SECRET))
+            .insert_header(("X-Stream-Task-Token", token.as_str()))
+            .send_json(&json!({"task_id": id, "type": "data", "data": line}));
+        let (posted, chunk) = futures_util::future::join(post, res.next()).await;
+        let elapsed = started.elapsed();
+        assert_eq!(posted.unwrap().status(), 200);
+        let chunk = chunk.unwrap().unwrap();
+        assert_eq!(&chunk[..], format!("{line}\n\n").as_bytes());
+        if i >= 50 {
+            samples.push(elapsed); // the first 50 warm the connections
+        }
+    }
+    samples
 }

@@ -37,6 +37,7 @@ use crate::error::envelope;
 use crate::fixtures::GlobusComputeTarget;
 use crate::proxy::forward::{AttemptError, Call, Committed};
 use crate::streaming::{new_token, Registration, StreamEvent, StreamHub};
+use crate::streaming_redis::RedisStreams;
 use crate::target::Target;
 
 /// The serializer FIRST's gateway never asked for and we always do.
@@ -66,6 +67,8 @@ pub struct GlobusShared {
     streaming: Streaming,
     /// Where callbacks are handed to client streams.
     hub: Arc<StreamHub>,
+    /// Cross-replica callbacks (with `redis.url`), and the log for its failures.
+    redis: Option<(Arc<RedisStreams>, slog::Logger)>,
 }
 
 impl std::fmt::Debug for GlobusShared {
@@ -107,7 +110,14 @@ impl GlobusShared {
             retry_after,
             streaming: streaming.clone(),
             hub,
+            redis: None,
         }
+    }
+
+    /// Announces streams in Redis so callbacks may land on any replica.
+    pub fn with_redis(mut self, redis: Arc<RedisStreams>, log: slog::Logger) -> Self {
+        self.redis = Some((redis, log));
+        self
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -360,7 +370,14 @@ pub(crate) async fn send(
             obj.insert("stream_task_token".into(), json!(stream_token));
         }
         // Registered before the submit: the first chunk may come back at once.
-        Some(shared.hub.register(id, &stream_token))
+        let registered = shared.hub.register(id, &stream_token);
+        if let Some((redis, log)) = &shared.redis {
+            if let Err(e) = redis.announce(&id, &stream_token).await {
+                // Callbacks reaching this replica still work; others will be refused.
+                slog::warn!(log, "could not announce a stream in redis"; "error" => e);
+            }
+        }
+        Some(registered)
     } else {
         None
     };

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
 use crate::streaming::{token_hash, DeliverError, StreamEvent};
+use crate::streaming_redis::ForwardError;
 
 pub const SECRET_HEADER: &str = "x-internal-secret";
 pub const TOKEN_HEADER: &str = "x-stream-task-token";
@@ -117,7 +118,22 @@ async fn handle(
                 .ok_or_else(|| ApiError::invalid_param("error", "Missing error"))?,
         ),
     };
-    match state.streams.deliver(&id, &token, event) {
+    let mut outcome = state.streams.deliver(&id, &token, event.clone());
+    if outcome == Err(DeliverError::Unknown) {
+        if let Some(redis) = &state.redis_streams {
+            // Not ours: the replica that owns the stream may be another one.
+            outcome = match redis.forward(&id, &token, event).await {
+                Ok(()) => Ok(()),
+                Err(ForwardError::Deliver(e)) => Err(e),
+                Err(ForwardError::Redis(e)) => {
+                    slog::error!(state.log, "redis unavailable for a streaming callback";
+                        "error" => e, "stream_task_id" => id.to_string());
+                    return Err(ApiError::Internal);
+                }
+            };
+        }
+    }
+    match outcome {
         Ok(()) => {}
         Err(DeliverError::BadToken) => {
             return Err(ApiError::Forbidden(
