@@ -454,6 +454,17 @@ async fn maintenance_from_config_and_admin_leaves_other_clusters_alone() {
     let (status, _) = served_by(&gw, "/polaris/vllm/v1/chat/completions", "llama").await;
     assert_eq!(status, 200);
 
+    let (_, models) = gw.get("/v1/models").await;
+    let status_of = |id: &str| {
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["status"].clone())
+    };
+    assert_eq!(status_of("only-on-sophia"), Some(json!("maintenance")));
+    assert_eq!(status_of("llama"), Some(json!("running")));
     let (_, v) = gw.get("/resource_server/status").await;
     assert_eq!(v["clusters"]["sophia"]["status"], "maintenance");
     assert_eq!(
@@ -554,6 +565,8 @@ async fn cold_start_runs_the_start_command_once_and_waits_for_the_job() {
     wait_scheduler(&gw, "sophia", "ok").await;
     let (_, jobs) = gw.get("/sophia/jobs").await;
     assert_eq!(jobs["stopped"][0]["Models"], "llama");
+    let (_, models) = gw.get("/v1/models").await;
+    assert_eq!(models["data"][0]["status"], "offline", "stopped: no job");
 
     let started = Instant::now();
     let requests = (0..3).map(|_| served_by(&gw, "/v1/chat/completions", "llama"));
@@ -612,6 +625,8 @@ async fn cold_start_that_does_not_come_up_in_time_is_503_with_retry_after() {
         assert!(Instant::now() < deadline, "{jobs}");
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
+    let (_, models) = gw.get("/v1/models").await;
+    assert_eq!(models["data"][0]["status"], "queued");
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
     assert_eq!(status, 503);
     assert_eq!(
