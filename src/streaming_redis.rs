@@ -1,4 +1,7 @@
-//! Streaming callbacks across replicas, through Redis (when `redis.url` is set). The
+//! What replicas share through Redis (when `redis.url` is set): streaming callbacks and
+//! the cold-start debounce (`{prefix}coldstart:{slug}`, `SET NX EX debounce_secs`).
+//!
+//! Streaming callbacks across replicas: The
 //! replica that registered a stream writes `{prefix}stream:owner:{id}` = `{replica}
 //! {sha256(token) hex}` (600 s), and listens on its own channel
 //! `{prefix}stream:replica:{replica}`. A callback that lands on another replica is checked
@@ -168,6 +171,22 @@ impl RedisStreams {
             let _ = hub.deliver_trusted(&id, event);
         }
         Err("subscription ended".into())
+    }
+
+    /// Claims a cold start of `slug` for `ttl` across replicas (`SET NX EX`): true when
+    /// this replica may run the start command, false when another one already did.
+    pub async fn claim_cold_start(&self, slug: &str, ttl: Duration) -> Result<bool, String> {
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}coldstart:{slug}", self.prefix))
+            .arg(&self.replica)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(set.is_some())
     }
 
     /// Whether Redis answers (for tests and start-up checks).

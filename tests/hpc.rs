@@ -682,3 +682,53 @@ async fn a_crashed_probe_is_rebuilt_and_probes_again() {
     assert_eq!(status, 200);
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn cold_start_is_debounced_across_replicas_through_redis() {
+    let Ok(url) = std::env::var("REDIS_TEST_URL") else {
+        eprintln!("SKIPPED cold_start_is_debounced_across_replicas_through_redis: REDIS_TEST_URL is not set; this Redis test did not run");
+        return;
+    };
+    let probe = inference_gateway::streaming_redis::RedisStreams::new(&url, "igw-probe:").unwrap();
+    if actix_rt::time::timeout(Duration::from_secs(3), probe.ping())
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        eprintln!("SKIPPED cold_start_is_debounced_across_replicas_through_redis: Redis at REDIS_TEST_URL does not answer; this Redis test did not run");
+        return;
+    }
+    let up = MockUpstream::start(Behavior::default()).await.unwrap();
+    let fake = FakeScheduler::new();
+    let qstat = fake.command("qstat", PBS_NO_JOBS);
+    let log = fake.path("starts.log");
+    let start = format!("echo started >> '{}'", log.display());
+    let endpoints = [endpoint(
+        "sophia-8b",
+        "sophia",
+        "llama",
+        &up.url(),
+        json!({"scheduler_job": "sophia-llama8b", "start_command": start}),
+    )];
+    let toml = format!(
+        "[clusters.sophia]\nscheduler = \"pbs\"\ncommand = {}\nnodes_command = \"\"\n\
+         [cold_start]\nwait_secs = 1\nprobe_interval_ms = 50\n",
+        toml_str(&qstat)
+    );
+    let prefix = format!("igw-test-{}:", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("GATEWAY__REDIS__URL", url.as_str()),
+        ("GATEWAY__REDIS__KEY_PREFIX", prefix.as_str()),
+    ];
+    let a = start_fixtures(&endpoints, &[], Some(&toml), &settings).await;
+    let b = start_fixtures(&endpoints, &[], Some(&toml), &settings).await;
+    wait_scheduler(&a, "sophia", "ok").await;
+    wait_scheduler(&b, "sophia", "ok").await;
+    for gw in [&a, &b] {
+        let (status, _, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "model_starting");
+    }
+    assert_eq!(lines(&log), 1, "two replicas, one start");
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Before forwarding: a model whose clusters are all in maintenance is refused with the
 //! notice, and a model whose scheduled targets are all cold (stopped, queued or starting)
 //! gets its stopped targets' start commands run (debounced by each cluster's
-//! `SchedulerProbe`) and a bounded wait for one to come up, else a 503 with `Retry-After`.
+//! `SchedulerProbe`, and across replicas through Redis when configured) and a bounded wait for one to come up, else a 503 with `Retry-After`.
 //! Targets the scheduler says nothing about are never cold: the fast path is one atomic
 //! load per target and no await.
 
@@ -13,6 +13,7 @@ use crate::actors::router::Pin;
 use crate::actors::scheduler::{StartOutcome, StartTarget};
 use crate::config::ColdStart;
 use crate::error::ApiError;
+use crate::streaming_redis::RedisStreams;
 use crate::target::{SchedStatus, Target};
 
 /// How often a waiting request looks at its targets again.
@@ -24,6 +25,7 @@ pub async fn preflight(
     model: &str,
     directory: &Directory,
     cold: &ColdStart,
+    redis: Option<&RedisStreams>,
     log: &slog::Logger,
 ) -> Result<(), ApiError> {
     let eligible: Vec<&Arc<Target>> = entry
@@ -67,6 +69,23 @@ pub async fn preflight(
         let Some(probe) = directory.cluster(&t.spec.cluster).and_then(|c| c.probe()) else {
             continue;
         };
+        if let Some(redis) = redis {
+            // Debounce across replicas: only the replica that claims the start runs it.
+            match redis
+                .claim_cold_start(t.slug(), Duration::from_secs(cold.debounce_secs))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    pending = true;
+                    continue;
+                }
+                Err(e) => {
+                    slog::warn!(log, "redis unavailable for the cold-start debounce; starting from this replica";
+                        "target" => t.slug(), "error" => e);
+                }
+            }
+        }
         match probe
             .send(StartTarget {
                 slug: t.slug().to_string(),

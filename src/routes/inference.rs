@@ -177,6 +177,7 @@ pub async fn handle(
             &call.requested_model,
             &directory,
             &state.settings.cold_start,
+            state.redis_streams.as_deref(),
             &state.log,
         )
         .await
