@@ -9,7 +9,8 @@
 //! hands it to the local hub: one GET and one PUBLISH per cross-replica callback, no
 //! polling.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,7 +37,13 @@ pub struct RedisStreams {
     pool: deadpool_redis::Pool,
     prefix: String,
     replica: String,
+    /// Owner records already read (replica, token hash): later callbacks of the same
+    /// stream skip the GET. Bounded; forgotten when the owner stops listening.
+    owners: Mutex<HashMap<Uuid, (String, Vec<u8>)>>,
 }
+
+/// Most owner records kept in memory (cleared whole when full).
+const OWNER_CACHE_LIMIT: usize = 10_000;
 
 /// Why a cross-replica callback was not delivered.
 #[derive(Debug)]
@@ -55,6 +62,7 @@ impl RedisStreams {
             pool,
             prefix: prefix.to_string(),
             replica: Uuid::new_v4().simple().to_string(),
+            owners: Mutex::new(HashMap::new()),
         })
     }
 
@@ -89,17 +97,30 @@ impl RedisStreams {
     ) -> Result<(), ForwardError> {
         let redis_err = |e: &dyn std::fmt::Display| ForwardError::Redis(e.to_string());
         let mut conn = self.pool.get().await.map_err(|e| redis_err(&e))?;
-        let owner: Option<String> = redis::cmd("GET")
-            .arg(self.owner_key(id))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_err(&e))?;
-        let owner = owner.ok_or(ForwardError::Deliver(DeliverError::Unknown))?;
-        let (replica, hash_hex) = owner
-            .split_once(' ')
-            .ok_or(ForwardError::Deliver(DeliverError::Unknown))?;
-        let expected =
-            hex::decode(hash_hex).map_err(|_| ForwardError::Deliver(DeliverError::Unknown))?;
+        let cached = self.owners.lock().ok().and_then(|o| o.get(id).cloned());
+        let (replica, expected) = match cached {
+            Some(owner) => owner,
+            None => {
+                let owner: Option<String> = redis::cmd("GET")
+                    .arg(self.owner_key(id))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| redis_err(&e))?;
+                let owner = owner.ok_or(ForwardError::Deliver(DeliverError::Unknown))?;
+                let (replica, hash_hex) = owner
+                    .split_once(' ')
+                    .ok_or(ForwardError::Deliver(DeliverError::Unknown))?;
+                let expected = hex::decode(hash_hex)
+                    .map_err(|_| ForwardError::Deliver(DeliverError::Unknown))?;
+                if let Ok(mut owners) = self.owners.lock() {
+                    if owners.len() >= OWNER_CACHE_LIMIT {
+                        owners.clear();
+                    }
+                    owners.insert(*id, (replica.to_string(), expected.clone()));
+                }
+                (replica.to_string(), expected)
+            }
+        };
         if !bool::from(expected.as_slice().ct_eq(&token_hash(token)[..])) {
             return Err(ForwardError::Deliver(DeliverError::BadToken));
         }
@@ -115,13 +136,16 @@ impl RedisStreams {
         })
         .map_err(|e| redis_err(&e))?;
         let receivers: i64 = redis::cmd("PUBLISH")
-            .arg(self.channel(replica))
+            .arg(self.channel(&replica))
             .arg(message)
             .query_async(&mut conn)
             .await
             .map_err(|e| redis_err(&e))?;
         if receivers == 0 {
             // The owner is gone (restarted or stopped): nobody will relay it.
+            if let Ok(mut owners) = self.owners.lock() {
+                owners.remove(id);
+            }
             return Err(ForwardError::Deliver(DeliverError::Unknown));
         }
         Ok(())
