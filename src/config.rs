@@ -250,6 +250,10 @@ pub struct ClusterSettings {
     pub timeout_secs: u64,
     pub maintenance: bool,
     pub maintenance_notice: String,
+    /// Environment variables holding this cluster's Globus Compute client id and secret
+    /// ("" = the `[globus_compute]` ones).
+    pub globus_client_id_env: String,
+    pub globus_client_secret_env: String,
 }
 
 impl Default for ClusterSettings {
@@ -263,6 +267,8 @@ impl Default for ClusterSettings {
             timeout_secs: 15,
             maintenance: false,
             maintenance_notice: String::new(),
+            globus_client_id_env: String::new(),
+            globus_client_secret_env: String::new(),
         }
     }
 }
@@ -507,6 +513,12 @@ impl Settings {
             let key = |k: &str| format!("clusters.{name}.{k}");
             positive(&key("interval_secs"), c.interval_secs)?;
             positive(&key("timeout_secs"), c.timeout_secs)?;
+            if c.globus_client_id_env.is_empty() != c.globus_client_secret_env.is_empty() {
+                return Err(ConfigError::new(
+                    key("globus_client_secret_env"),
+                    "set both globus_client_id_env and globus_client_secret_env, or neither",
+                ));
+            }
             match c.scheduler {
                 SchedulerKind::Http => {
                     if crate::fixtures::normalize_base_url(&c.url).is_err() {

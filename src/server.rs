@@ -59,6 +59,7 @@ pub fn start(
         .map(|s| token_hash(&s));
     let mut globus = GlobusShared::new(
         &settings.globus_compute,
+        &settings.clusters,
         &settings.streaming,
         Arc::clone(&streams),
         Duration::from_secs(settings.cold_start.retry_after_secs),

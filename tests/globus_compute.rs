@@ -540,7 +540,9 @@ async fn an_endpoint_without_managers_after_a_submit_is_starting() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers.get("retry-after").unwrap(), "17");
     assert_eq!(body["error"]["code"], "model_starting");
-    assert_eq!(fake.state.lock().unwrap().submits.len(), 1);
+    let s = std::mem::take(&mut *fake.state.lock().unwrap());
+    assert_eq!(s.submits.len(), 1);
+    assert_eq!(s.tokens_issued, 1);
     gw.stop().await;
     fake.handle.stop(false).await;
 }
@@ -925,4 +927,44 @@ async fn measure(
         }
     }
     samples
+}
+
+#[actix_rt::test]
+async fn a_cluster_may_use_its_own_globus_client() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    // A client the fake Globus Auth does not know.
+    std::env::set_var("IGW_TEST_GC_POLARIS_ID", "polaris-client");
+    std::env::set_var("IGW_TEST_GC_POLARIS_SECRET", "not-the-secret");
+    let mut polaris = gc_target("polaris-gc", "on-polaris", EP_A, 8000);
+    polaris["fields"]["cluster"] = json!("polaris");
+    let endpoints = [gc_target("sophia-gc", "on-sophia", EP_A, 8000), polaris];
+    let gw = gateway(
+        &fake,
+        &endpoints,
+        "cluster_creds",
+        &[
+            (
+                "GATEWAY__CLUSTERS__POLARIS__GLOBUS_CLIENT_ID_ENV",
+                "IGW_TEST_GC_POLARIS_ID",
+            ),
+            (
+                "GATEWAY__CLUSTERS__POLARIS__GLOBUS_CLIENT_SECRET_ENV",
+                "IGW_TEST_GC_POLARIS_SECRET",
+            ),
+        ],
+    )
+    .await;
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("on-sophia")).await;
+    assert_eq!(status, 200, "the default client: {body}");
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("on-polaris")).await;
+    assert_eq!(
+        status, 502,
+        "polaris uses its own (here unknown) client: {body}"
+    );
+    assert!(!body.to_string().contains("not-the-secret"));
+    let s = std::mem::take(&mut *fake.state.lock().unwrap());
+    assert_eq!(s.submits.len(), 1);
+    assert_eq!(s.tokens_issued, 1);
+    gw.stop().await;
+    fake.handle.stop(false).await;
 }

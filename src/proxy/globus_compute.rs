@@ -15,7 +15,7 @@
 //! traceback carries `status code: NNN`: a 4xx is the client's fault and passes through, a
 //! 5xx (or none) is the target's and fails over.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use uuid::Uuid;
 
-use crate::config::{GlobusCompute, Streaming};
+use crate::config::{ClusterSettings, GlobusCompute, Streaming};
 use crate::error::envelope;
 use crate::fixtures::GlobusComputeTarget;
 use crate::proxy::forward::{AttemptError, Call, Committed};
@@ -54,12 +54,25 @@ struct EndpointSeen {
     online: Option<u64>,
 }
 
+/// A confidential client's credentials, or the variables that should have held them.
+#[derive(Clone)]
+enum Credentials {
+    /// (client id, secret). Secret: never logged.
+    Set(String, String),
+    Missing {
+        id_env: String,
+        secret_env: String,
+    },
+}
+
 /// What all workers share: settings, credentials, the token and endpoint status caches.
 pub struct GlobusShared {
     settings: GlobusCompute,
-    /// (client id, secret). Secret: never logged.
-    credentials: Option<(String, String)>,
-    token: Mutex<Option<(String, Instant)>>,
+    /// The `[globus_compute]` client, and per-cluster overrides.
+    credentials: Credentials,
+    cluster_credentials: HashMap<String, Credentials>,
+    /// Tokens by client id, with the instant they are refreshed.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
     endpoints: Mutex<HashMap<String, EndpointSeen>>,
     /// Last submit per endpoint (an endpoint with no managers is starting after one).
     submitted: Mutex<HashMap<String, Instant>>,
@@ -75,36 +88,51 @@ impl std::fmt::Debug for GlobusShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GlobusShared")
             .field("compute_base", &self.settings.compute_base)
-            .field("credentials", &self.credentials.as_ref().map(|_| "***"))
+            .field("credentials", &"***")
             .finish()
     }
 }
 
 impl GlobusShared {
-    /// Reads the client id and secret from the environment variables the settings name.
+    /// Reads the client ids and secrets from the environment variables the settings name
+    /// (`[globus_compute]`, and `[clusters.<name>]` overrides).
     pub fn new(
         settings: &GlobusCompute,
+        clusters: &BTreeMap<String, ClusterSettings>,
         streaming: &Streaming,
         hub: Arc<StreamHub>,
         retry_after: Duration,
     ) -> Self {
-        let var = |name: &str| {
-            (!name.is_empty())
-                .then(|| std::env::var(name).ok())
-                .flatten()
-                .filter(|v| !v.trim().is_empty())
+        let read = |id_env: &str, secret_env: &str| {
+            let var = |name: &str| {
+                (!name.is_empty())
+                    .then(|| std::env::var(name).ok())
+                    .flatten()
+                    .filter(|v| !v.trim().is_empty())
+            };
+            match (var(id_env), var(secret_env)) {
+                (Some(id), Some(secret)) => Credentials::Set(id, secret),
+                _ => Credentials::Missing {
+                    id_env: id_env.to_string(),
+                    secret_env: secret_env.to_string(),
+                },
+            }
         };
-        let credentials = match (
-            var(&settings.client_id_env),
-            var(&settings.client_secret_env),
-        ) {
-            (Some(id), Some(secret)) => Some((id, secret)),
-            _ => None,
-        };
+        let cluster_credentials = clusters
+            .iter()
+            .filter(|(_, c)| !c.globus_client_id_env.is_empty())
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    read(&c.globus_client_id_env, &c.globus_client_secret_env),
+                )
+            })
+            .collect();
         GlobusShared {
             settings: settings.clone(),
-            credentials,
-            token: Mutex::new(None),
+            credentials: read(&settings.client_id_env, &settings.client_secret_env),
+            cluster_credentials,
+            tokens: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
             submitted: Mutex::new(HashMap::new()),
             retry_after,
@@ -120,26 +148,38 @@ impl GlobusShared {
         self
     }
 
-    pub fn has_credentials(&self) -> bool {
-        self.credentials.is_some()
-    }
-
     fn url(&self, base: &str, path: &str) -> String {
         format!("{}{}", base.trim_end_matches('/'), path)
     }
 
-    async fn token(&self, client: &awc::Client) -> Result<String, AttemptError> {
-        if let Some((token, until)) = self.token.lock().ok().and_then(|g| g.clone()) {
+    /// A token for the cluster's client (cached), and that client's id.
+    async fn token(
+        &self,
+        client: &awc::Client,
+        cluster: &str,
+    ) -> Result<(String, String), AttemptError> {
+        let credentials = self
+            .cluster_credentials
+            .get(cluster)
+            .unwrap_or(&self.credentials);
+        let (id, secret) = match credentials {
+            Credentials::Set(id, secret) => (id, secret),
+            Credentials::Missing { id_env, secret_env } => {
+                return Err(AttemptError::Connect(format!(
+                    "Globus Compute credentials are not set ({id_env} / {secret_env})"
+                )))
+            }
+        };
+        if let Some((token, until)) = self
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|g| g.get(id.as_str()).cloned())
+        {
             if Instant::now() < until {
-                return Ok(token);
+                return Ok((token, id.clone()));
             }
         }
-        let Some((id, secret)) = &self.credentials else {
-            return Err(AttemptError::Connect(format!(
-                "Globus Compute credentials are not set ({} / {})",
-                self.settings.client_id_env, self.settings.client_secret_env
-            )));
-        };
         let url = self.url(&self.settings.auth_base, "/v2/oauth2/token");
         let form = [
             ("grant_type", "client_credentials"),
@@ -169,15 +209,15 @@ impl GlobusShared {
         let expires =
             Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(600));
         let until = Instant::now() + expires.saturating_sub(TOKEN_MARGIN);
-        if let Ok(mut g) = self.token.lock() {
-            *g = Some((token.clone(), until));
+        if let Ok(mut g) = self.tokens.lock() {
+            g.insert(id.clone(), (token.clone(), until));
         }
-        Ok(token)
+        Ok((token, id.clone()))
     }
 
-    fn forget_token(&self) {
-        if let Ok(mut g) = self.token.lock() {
-            *g = None;
+    fn forget_token(&self, client_id: &str) {
+        if let Ok(mut g) = self.tokens.lock() {
+            g.remove(client_id);
         }
     }
 
@@ -186,6 +226,7 @@ impl GlobusShared {
         &self,
         client: &awc::Client,
         token: &str,
+        client_id: &str,
         endpoint: &str,
     ) -> Option<u64> {
         let ttl = Duration::from_secs(self.settings.status_cache_secs);
@@ -233,7 +274,7 @@ impl GlobusShared {
             }
             Ok(res) => {
                 if res.status() == StatusCode::UNAUTHORIZED {
-                    self.forget_token();
+                    self.forget_token(client_id);
                 }
                 None
             }
@@ -381,10 +422,10 @@ pub(crate) async fn send(
     } else {
         None
     };
-    let token = shared.token(client).await?;
+    let (token, client_id) = shared.token(client, &target.spec.cluster).await?;
 
     let Some(managers) = shared
-        .endpoint_status(client, &token, &g.endpoint_uuid)
+        .endpoint_status(client, &token, &client_id, &g.endpoint_uuid)
         .await
     else {
         return Err(AttemptError::Connect(format!(
@@ -415,7 +456,7 @@ pub(crate) async fn send(
     let answer = res.body().limit(BODY_LIMIT).await.unwrap_or_default();
     if !res.status().is_success() {
         if res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::FORBIDDEN {
-            shared.forget_token();
+            shared.forget_token(&client_id);
         }
         return Err(AttemptError::Status5xx(
             502,
