@@ -154,15 +154,22 @@ impl RedisStreams {
     /// Listens on this replica's channel and hands messages to `hub`, reconnecting with
     /// backoff. Runs until the system stops.
     pub fn spawn_subscriber(self: &Arc<Self>, hub: Arc<StreamHub>, log: slog::Logger) {
+        use futures_util::FutureExt;
         let this = Arc::clone(self);
         actix_rt::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match this.subscribe_once(&hub).await {
-                    Ok(()) => backoff = Duration::from_millis(100),
-                    Err(e) => {
+                // A panic boundary: a bad message must not end cross-replica streaming.
+                let run = std::panic::AssertUnwindSafe(this.subscribe_once(&hub)).catch_unwind();
+                match run.await {
+                    Ok(Ok(())) => backoff = Duration::from_millis(100),
+                    Ok(Err(e)) => {
                         slog::warn!(log, "redis stream subscriber lost; reconnecting";
                             "error" => e, "retry_ms" => backoff.as_millis() as u64);
+                    }
+                    Err(_) => {
+                        slog::error!(log, "redis stream subscriber panicked; restarting";
+                            "retry_ms" => backoff.as_millis() as u64);
                     }
                 }
                 actix_rt::time::sleep(backoff).await;
