@@ -1,6 +1,7 @@
 //! Settings: the layered configuration (built-in defaults < /etc < --config < env) and its
 //! validation. Every error names the key it is about.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,13 @@ pub struct Settings {
     /// `$STATE_DIRECTORY` when systemd set it (relative `storage.data_dir` resolves there).
     #[serde(skip)]
     pub state_directory: Option<PathBuf>,
+    pub cold_start: ColdStart,
+    pub globus_compute: GlobusCompute,
+    pub streaming: Streaming,
+    pub redis: Redis,
+    /// Per-cluster settings (`[clusters.<name>]`): scheduler source and maintenance.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +201,201 @@ impl std::fmt::Debug for Database {
 #[serde(deny_unknown_fields)]
 pub struct Storage {
     pub data_dir: PathBuf,
+}
+
+/// Starting a stopped model through its target's `start_command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdStart {
+    /// Seconds a request for a cold model waits for a target to come up.
+    pub wait_secs: u64,
+    /// `Retry-After` seconds when the wait ends first.
+    pub retry_after_secs: u64,
+    /// A target's start command runs at most once per this many seconds.
+    pub debounce_secs: u64,
+    /// Milliseconds between scheduler probes while a start is pending.
+    pub probe_interval_ms: u64,
+    /// Seconds a start command may run.
+    pub command_timeout_secs: u64,
+}
+
+impl ColdStart {
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs(self.wait_secs)
+    }
+}
+
+/// The Globus Compute transport (targets with `transport = "globus-compute"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobusCompute {
+    /// Globus Auth base URL (client-credentials token at `{auth_base}/v2/oauth2/token`).
+    pub auth_base: String,
+    /// Globus Compute web service base URL.
+    pub compute_base: String,
+    /// Environment variables holding the confidential client's id and secret.
+    pub client_id_env: String,
+    pub client_secret_env: String,
+    /// The Compute scope requested.
+    pub scope: String,
+    /// First and largest pause between task polls, in milliseconds (doubling).
+    pub poll_initial_ms: u64,
+    pub poll_max_ms: u64,
+    /// Seconds a task may take before the request gets 504 (a target's
+    /// `api_request_timeout` overrides it).
+    pub task_timeout_secs: u64,
+    /// Seconds an endpoint's status is cached (errors: a sixth of it).
+    pub status_cache_secs: u64,
+    /// Seconds after a submit during which an endpoint with no managers counts as
+    /// starting (requests get 503 `model_starting` instead of queueing more tasks).
+    pub start_window_secs: u64,
+}
+
+/// Streaming through Globus Compute: the remote function POSTs chunks back to
+/// `/resource_server/api/streaming/{data,done,error}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Streaming {
+    /// The URL compute nodes reach this gateway at ("" = streaming through Globus Compute
+    /// is off: such requests fail over to other targets).
+    pub callback_base_url: String,
+    /// Environment variable holding the shared secret the function sends in
+    /// `X-Internal-Secret` (unset: every callback is refused).
+    pub secret_env: String,
+    /// Largest `data` callback body, and largest `done`/`error` body, in bytes.
+    pub max_data_bytes: usize,
+    pub max_control_bytes: usize,
+    /// Callbacks buffered per stream while the client reads (more: 503 to the function).
+    pub buffer_events: usize,
+    /// Milliseconds to wait for `done` after the task itself finished.
+    pub done_grace_ms: u64,
+}
+
+/// Redis, shared by replicas ("" = none: each replica on its own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    /// Prefix of every key and channel this gateway uses.
+    pub key_prefix: String,
+}
+
+/// Where a cluster's scheduler state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerKind {
+    /// No scheduler: the cluster's targets route on health alone.
+    #[default]
+    None,
+    /// `qstat -f -F json` (+ `pbsnodes -a -F json` for free nodes).
+    Pbs,
+    /// Text `qstat -xf` as FIRST reads it (+ `pbsnodes -a -F json`).
+    PbsText,
+    /// `squeue --json` (Slurm 23.02 or 23.11+ output).
+    Slurm,
+    /// An HTTP URL answering FIRST's `/jobs` JSON.
+    Http,
+}
+
+/// A command line: a list of words, or one string split on whitespace (environment
+/// variables can only carry the latter).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Words(Vec<String>),
+    Line(String),
+}
+
+impl Default for CommandLine {
+    fn default() -> Self {
+        CommandLine::Words(Vec::new())
+    }
+}
+
+impl CommandLine {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            CommandLine::Words(w) => w.clone(),
+            CommandLine::Line(l) => l.split_whitespace().map(String::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    pub scheduler: SchedulerKind,
+    /// The jobs command; empty means the scheduler's default.
+    pub command: CommandLine,
+    /// The free-nodes command: unset means `pbsnodes -a -F json` for PBS (none for
+    /// Slurm); empty means none.
+    pub nodes_command: Option<CommandLine>,
+    /// The status URL for `scheduler = "http"`.
+    pub url: String,
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+    pub maintenance: bool,
+    pub maintenance_notice: String,
+    /// Environment variables holding this cluster's Globus Compute client id and secret
+    /// ("" = the `[globus_compute]` ones).
+    pub globus_client_id_env: String,
+    pub globus_client_secret_env: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            scheduler: SchedulerKind::None,
+            command: CommandLine::default(),
+            nodes_command: None,
+            url: String::new(),
+            interval_secs: 30,
+            timeout_secs: 15,
+            maintenance: false,
+            maintenance_notice: String::new(),
+            globus_client_id_env: String::new(),
+            globus_client_secret_env: String::new(),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The jobs command to run (the configured one, else the scheduler's default).
+    pub fn jobs_argv(&self) -> Vec<String> {
+        let argv = self.command.argv();
+        if !argv.is_empty() {
+            return argv;
+        }
+        let default: &[&str] = match self.scheduler {
+            SchedulerKind::Pbs => &["qstat", "-f", "-F", "json"],
+            SchedulerKind::PbsText => &["qstat", "-xf"],
+            SchedulerKind::Slurm => &["squeue", "--json"],
+            SchedulerKind::None | SchedulerKind::Http => &[],
+        };
+        default.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The free-nodes command, if the scheduler has one.
+    pub fn nodes_argv(&self) -> Vec<String> {
+        if let Some(command) = &self.nodes_command {
+            return command.argv();
+        }
+        match self.scheduler {
+            SchedulerKind::Pbs | SchedulerKind::PbsText => ["pbsnodes", "-a", "-F", "json"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -412,6 +615,87 @@ impl Settings {
             "logging.retry_interval_secs",
             self.logging.retry_interval_secs,
         )?;
+        positive("cold_start.wait_secs", self.cold_start.wait_secs)?;
+        positive(
+            "cold_start.retry_after_secs",
+            self.cold_start.retry_after_secs,
+        )?;
+        positive(
+            "cold_start.probe_interval_ms",
+            self.cold_start.probe_interval_ms,
+        )?;
+        positive(
+            "cold_start.command_timeout_secs",
+            self.cold_start.command_timeout_secs,
+        )?;
+        let gc = &self.globus_compute;
+        for (key, url) in [
+            ("globus_compute.auth_base", &gc.auth_base),
+            ("globus_compute.compute_base", &gc.compute_base),
+        ] {
+            if crate::fixtures::normalize_base_url(url).is_err() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{url:?} must be an http:// or https:// URL"),
+                ));
+            }
+        }
+        if !self.streaming.callback_base_url.is_empty() {
+            crate::fixtures::normalize_base_url(&self.streaming.callback_base_url)
+                .map_err(|m| ConfigError::new("streaming.callback_base_url", m))?;
+        }
+        positive(
+            "streaming.max_data_bytes",
+            self.streaming.max_data_bytes as u64,
+        )?;
+        positive(
+            "streaming.max_control_bytes",
+            self.streaming.max_control_bytes as u64,
+        )?;
+        positive(
+            "streaming.buffer_events",
+            self.streaming.buffer_events as u64,
+        )?;
+        let redis_url = &self.redis.url;
+        if !(redis_url.is_empty()
+            || redis_url.starts_with("redis://")
+            || redis_url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "redis.url",
+                "must start with redis:// or rediss:// (or be empty)",
+            ));
+        }
+        positive("globus_compute.poll_initial_ms", gc.poll_initial_ms)?;
+        positive("globus_compute.poll_max_ms", gc.poll_max_ms)?;
+        positive("globus_compute.task_timeout_secs", gc.task_timeout_secs)?;
+        for (name, c) in &self.clusters {
+            let key = |k: &str| format!("clusters.{name}.{k}");
+            positive(&key("interval_secs"), c.interval_secs)?;
+            positive(&key("timeout_secs"), c.timeout_secs)?;
+            if c.globus_client_id_env.is_empty() != c.globus_client_secret_env.is_empty() {
+                return Err(ConfigError::new(
+                    key("globus_client_secret_env"),
+                    "set both globus_client_id_env and globus_client_secret_env, or neither",
+                ));
+            }
+            match c.scheduler {
+                SchedulerKind::Http => {
+                    if crate::fixtures::normalize_base_url(&c.url).is_err() {
+                        return Err(ConfigError::new(
+                            key("url"),
+                            format!("{:?} must be an http:// or https:// URL", c.url),
+                        ));
+                    }
+                }
+                SchedulerKind::None => {}
+                _ => {
+                    if c.jobs_argv().is_empty() {
+                        return Err(ConfigError::new(key("command"), "must not be empty"));
+                    }
+                }
+            }
+        }
         for (i, alias) in self.routes.chat_aliases.iter().enumerate() {
             let key = format!("routes.chat_aliases[{i}].path");
             if !alias.path.starts_with("/v1/") || alias.path.contains(['{', '}', ' ']) {
@@ -669,6 +953,62 @@ mod tests {
         std::fs::write(&path, "[server]\nbindd = \"127.0.0.1:7000\"\n").unwrap();
         let err = Settings::load_from(Some(&path), None, Vec::new()).unwrap_err();
         assert!(err.to_string().contains("bindd"), "{err}");
+    }
+
+    #[test]
+    fn cluster_tables_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            "[clusters.sophia]\nscheduler = \"pbs\"\ninterval_secs = 5\n\
+             [clusters.polaris]\nscheduler = \"slurm\"\ncommand = [\"squeue\", \"--json\", \"-u\", \"svc\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&path),
+            None,
+            env(&[(
+                "GATEWAY__CLUSTERS__SOPHIA__COMMAND",
+                "/opt/pbs/bin/qstat -f -F json",
+            )]),
+        )
+        .unwrap();
+        let sophia = &s.clusters["sophia"];
+        assert_eq!(sophia.scheduler, SchedulerKind::Pbs);
+        assert_eq!(sophia.interval_secs, 5);
+        assert_eq!(sophia.timeout_secs, 15);
+        assert_eq!(
+            sophia.jobs_argv(),
+            vec!["/opt/pbs/bin/qstat", "-f", "-F", "json"]
+        );
+        assert_eq!(sophia.nodes_argv(), vec!["pbsnodes", "-a", "-F", "json"]);
+        assert_eq!(
+            s.clusters["polaris"].jobs_argv(),
+            vec!["squeue", "--json", "-u", "svc"]
+        );
+        assert!(s.clusters["polaris"].nodes_argv().is_empty());
+    }
+
+    #[test]
+    fn bad_cluster_settings_name_their_key() {
+        let cases = [
+            ("GATEWAY__CLUSTERS__X__SCHEDULER", "http", "clusters.x.url"),
+            (
+                "GATEWAY__CLUSTERS__X__INTERVAL_SECS",
+                "0",
+                "clusters.x.interval_secs",
+            ),
+            (
+                "GATEWAY__COLD_START__WAIT_SECS",
+                "0",
+                "cold_start.wait_secs",
+            ),
+        ];
+        for (var, value, key) in cases {
+            let err = Settings::load_from(None, None, env(&[(var, value)])).unwrap_err();
+            assert_eq!(err.key, key, "{var}={value}: {err}");
+        }
     }
 
     #[test]

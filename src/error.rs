@@ -28,6 +28,8 @@ pub mod code {
     pub const INVALID_API_KEY: &str = "invalid_api_key";
     pub const FORBIDDEN: &str = "forbidden";
     pub const AUTH_UNAVAILABLE: &str = "auth_unavailable";
+    pub const CLUSTER_MAINTENANCE: &str = "cluster_maintenance";
+    pub const MODEL_STARTING: &str = "model_starting";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +74,27 @@ pub enum ApiError {
     /// The identity provider could not be asked (logged where it happened).
     #[error("Authentication is unavailable right now; try again shortly.")]
     AuthUnavailable,
+    /// The cluster (every cluster serving the model) is in maintenance.
+    #[error("{}", maintenance_message(cluster, notice))]
+    Maintenance { cluster: String, notice: String },
+    /// The model's targets are stopped or queued; a start was triggered or is pending.
+    #[error("The model `{model}` is starting (its job is {phase}); retry in about {} seconds.", retry_after.as_secs())]
+    ModelStarting {
+        model: String,
+        phase: &'static str,
+        retry_after: Duration,
+    },
     /// The cause is logged where it happens; the client sees only this.
     #[error("internal error")]
     Internal,
+}
+
+fn maintenance_message(cluster: &str, notice: &str) -> String {
+    if notice.trim().is_empty() {
+        format!("Cluster `{cluster}` is under maintenance; try again later.")
+    } else {
+        format!("Cluster `{cluster}` is under maintenance: {notice}")
+    }
 }
 
 /// The inner object of an OpenAI error body.
@@ -123,6 +143,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => code::INVALID_API_KEY,
             ApiError::Forbidden(_) => code::FORBIDDEN,
             ApiError::AuthUnavailable => code::AUTH_UNAVAILABLE,
+            ApiError::Maintenance { .. } => code::CLUSTER_MAINTENANCE,
+            ApiError::ModelStarting { .. } => code::MODEL_STARTING,
             ApiError::Internal => code::INTERNAL,
         }
     }
@@ -183,6 +205,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Maintenance { .. } | ApiError::ModelStarting { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -196,6 +221,12 @@ impl ResponseError for ApiError {
                 ..
             } => {
                 let secs = after.as_secs().max(1);
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    res.insert_header((RETRY_AFTER, v));
+                }
+            }
+            ApiError::ModelStarting { retry_after, .. } => {
+                let secs = retry_after.as_secs().max(1);
                 if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                     res.insert_header((RETRY_AFTER, v));
                 }
@@ -259,6 +290,31 @@ mod tests {
     }
 
     #[test]
+    fn hpc_errors_carry_notice_and_retry_after() {
+        let e = ApiError::Maintenance {
+            cluster: "sophia".into(),
+            notice: "PBS upgrade until 14:00".into(),
+        };
+        assert_eq!(
+            body_of(&e),
+            serde_json::json!({"error":{"message":"Cluster `sophia` is under maintenance: PBS upgrade until 14:00",
+                "type":"server_error","param":null,"code":"cluster_maintenance"}})
+        );
+        let e = ApiError::ModelStarting {
+            model: "m".into(),
+            phase: "submitted",
+            retry_after: Duration::from_secs(30),
+        };
+        let res = e.error_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(RETRY_AFTER).unwrap(), "30");
+        assert_eq!(
+            body_of(&e)["error"]["message"],
+            "The model `m` is starting (its job is submitted); retry in about 30 seconds."
+        );
+    }
+
+    #[test]
     fn each_variant_has_its_status() {
         let cases: Vec<(ApiError, u16)> = vec![
             (ApiError::InvalidJson("x".into()), 400),
@@ -272,6 +328,21 @@ mod tests {
             (ApiError::UpstreamTimeout("m".into()), 504),
             (ApiError::Unauthorized("x".into()), 401),
             (ApiError::Forbidden("x".into()), 403),
+            (
+                ApiError::Maintenance {
+                    cluster: "c".into(),
+                    notice: "n".into(),
+                },
+                503,
+            ),
+            (
+                ApiError::ModelStarting {
+                    model: "m".into(),
+                    phase: "queued",
+                    retry_after: Duration::from_secs(30),
+                },
+                503,
+            ),
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e:?}");

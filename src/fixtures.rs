@@ -26,8 +26,26 @@ pub struct Catalog {
     pub clusters: Vec<ClusterSpec>,
 }
 
+/// How requests reach a target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Plain HTTP to `base_url`.
+    #[default]
+    Http,
+    /// A registered function on a Globus Compute endpoint (FIRST's deployment model).
+    GlobusCompute(GlobusComputeTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobusComputeTarget {
+    pub endpoint_uuid: String,
+    pub function_uuid: String,
+    /// The port of the model server on the compute node (passed to the function).
+    pub api_port: u16,
+}
+
 /// One inference server (FIRST's "endpoint").
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TargetSpec {
     pub slug: String,
     pub cluster: String,
@@ -44,6 +62,13 @@ pub struct TargetSpec {
     pub request_timeout: Option<Duration>,
     pub allowed_globus_groups: Vec<String>,
     pub allowed_domains: Vec<String>,
+    /// Command that submits the target's job when its model is cold (e.g. `qsub
+    /// start-vllm.pbs`), run with `sh -c` on the gateway host.
+    pub start_command: Option<String>,
+    /// The scheduler job serving this target: its job name, or the directory in its
+    /// submit script path (Parsl: the Globus Compute endpoint's name). Default: the slug.
+    pub scheduler_job: Option<String>,
+    pub transport: Transport,
     /// Fields we don't interpret (endpoint_uuid, function_uuid, ...), kept for later use.
     pub extra: Map<String, Value>,
 }
@@ -58,13 +83,13 @@ impl TargetSpec {
             framework: "vllm".into(),
             model: "m".into(),
             base_url: "http://127.0.0.1:1".into(),
-            api_key_env: None,
-            health_path: None,
-            request_timeout: None,
-            allowed_globus_groups: vec![],
-            allowed_domains: vec![],
-            extra: Default::default(),
+            ..Default::default()
         }
+    }
+
+    /// The key scheduler jobs are matched on.
+    pub fn job_key(&self) -> &str {
+        self.scheduler_job.as_deref().unwrap_or(&self.slug)
     }
 }
 
@@ -332,7 +357,14 @@ impl<'a> Entry<'a> {
             Some(s) if !s.is_empty() => s,
             _ => slugify(&format!("{cluster}-{framework}-{model}")),
         };
-        let base_url = self.base_url()?;
+        let transport = self.transport()?;
+        let base_url = match &transport {
+            // The model server is on the compute node; base_url is informative only.
+            Transport::GlobusCompute(g) if self.optional_str("base_url")?.is_none() => {
+                format!("http://127.0.0.1:{}", g.api_port)
+            }
+            _ => self.base_url()?,
+        };
         let request_timeout = match self.get("api_request_timeout") {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_f64() {
@@ -345,7 +377,11 @@ impl<'a> Entry<'a> {
                 }
             },
         };
-        let health_path = self.optional_str("health_path")?;
+        let mut health_path = self.optional_str("health_path")?;
+        if matches!(transport, Transport::GlobusCompute(_)) && health_path.is_none() {
+            // Not reachable from here: the endpoint's status stands in for health.
+            health_path = Some(String::new());
+        }
         if let Some(p) = &health_path {
             if !p.is_empty() && !p.starts_with('/') {
                 return Err(self.error("health_path", "must start with '/' or be empty"));
@@ -363,6 +399,9 @@ impl<'a> Entry<'a> {
             "health_path",
             "allowed_globus_groups",
             "allowed_domains",
+            "start_command",
+            "scheduler_job",
+            "transport",
         ];
         let mut extra = Map::new();
         for (k, v) in &self.fields {
@@ -389,8 +428,56 @@ impl<'a> Entry<'a> {
             request_timeout,
             allowed_globus_groups: self.string_list("allowed_globus_groups")?,
             allowed_domains: self.string_list("allowed_domains")?,
+            start_command: self
+                .optional_str("start_command")?
+                .filter(|c| !c.trim().is_empty()),
+            scheduler_job: self
+                .optional_str("scheduler_job")?
+                .filter(|c| !c.trim().is_empty()),
+            transport,
             extra,
         })
+    }
+
+    /// `transport: "globus-compute"` (or the newer form's `endpoint_adapter` ending in
+    /// `GlobusComputeEndpoint`) with `endpoint_uuid` and `function_uuid`; else HTTP.
+    fn transport(&self) -> Result<Transport, FixtureError> {
+        let adapter = self.optional_str("endpoint_adapter")?.unwrap_or_default();
+        let globus = match self.optional_str("transport")?.as_deref() {
+            None | Some("") => adapter.ends_with("GlobusComputeEndpoint"),
+            Some("http") => false,
+            Some("globus-compute") => true,
+            Some(other) => {
+                return Err(self.error(
+                    "transport",
+                    format!("{other:?} is not \"http\" or \"globus-compute\""),
+                ))
+            }
+        };
+        if !globus {
+            return Ok(Transport::Http);
+        }
+        let uuid = |name: &str| -> Result<String, FixtureError> {
+            let v = self.required_str(name)?;
+            if uuid::Uuid::parse_str(&v).is_err() {
+                return Err(self.error(name, format!("{v:?} is not a UUID")));
+            }
+            Ok(v)
+        };
+        let api_port = match self.get("api_port") {
+            None | Some(Value::Null) => 8000,
+            Some(port) => port
+                .as_u64()
+                .or_else(|| port.as_str().and_then(|s| s.parse().ok()))
+                .filter(|p| (1..=65535).contains(p))
+                .ok_or_else(|| self.error("api_port", "must be a port number (1-65535)"))?
+                as u16,
+        };
+        Ok(Transport::GlobusCompute(GlobusComputeTarget {
+            endpoint_uuid: uuid("endpoint_uuid")?,
+            function_uuid: uuid("function_uuid")?,
+            api_port,
+        }))
     }
 
     /// `base_url`, else the newer form's `config.api_url` (a full endpoint URL in FIRST),
@@ -485,6 +572,56 @@ mod tests {
         assert_eq!(t.extra.get("endpoint_uuid"), Some(&json!("a5ac731e")));
         assert_eq!(c.models[0].name, "meta-llama/Meta-Llama-3-8B-Instruct");
         assert_eq!(c.models[0].targets, vec!["sophia-vllm-llama"]);
+    }
+
+    #[test]
+    fn globus_compute_targets_by_transport_or_adapter() {
+        let ep = "a5ac731e-7b4c-4a6e-9f0e-1c2d3e4f5a6b";
+        let func = "3a060933-1111-4222-8333-944455556666";
+        let eps = vec![
+            json!({"pk":1,"fields":{"endpoint_slug":"a","cluster":"sophia","framework":"vllm",
+                "model":"m","api_port":8001,"endpoint_uuid":ep,"function_uuid":func,
+                "transport":"globus-compute","start_command":"qsub start.pbs",
+                "scheduler_job":"sophia-m"}}),
+            json!({"model":"resource_server_async.endpoint","pk":2,"fields":{
+                "endpoint_slug":"b","cluster":"sophia","framework":"vllm","model":"m",
+                "endpoint_adapter":"resource_server_async.endpoints.globus_compute.GlobusComputeEndpoint",
+                "config":{"api_port":8000,"endpoint_uuid":ep,"function_uuid":func}}}),
+        ];
+        let c = Catalog::from_values(&eps, &[], &[]).unwrap();
+        let expected = |port| {
+            Transport::GlobusCompute(GlobusComputeTarget {
+                endpoint_uuid: ep.into(),
+                function_uuid: func.into(),
+                api_port: port,
+            })
+        };
+        assert_eq!(c.targets[0].transport, expected(8001));
+        assert_eq!(
+            c.targets[0].start_command.as_deref(),
+            Some("qsub start.pbs")
+        );
+        assert_eq!(c.targets[0].job_key(), "sophia-m");
+        assert_eq!(c.targets[0].health_path.as_deref(), Some(""));
+        assert_eq!(c.targets[1].transport, expected(8000));
+        assert_eq!(c.targets[1].job_key(), "b");
+
+        let bad = vec![
+            json!({"pk":1,"fields":{"cluster":"c","framework":"f","model":"m",
+            "transport":"globus-compute","endpoint_uuid":ep}}),
+        ];
+        assert_eq!(
+            Catalog::from_values(&bad, &[], &[]).unwrap_err().field,
+            "function_uuid"
+        );
+        let bad = vec![
+            json!({"pk":1,"fields":{"cluster":"c","framework":"f","model":"m",
+            "transport":"carrier-pigeon","base_url":"http://h"}}),
+        ];
+        assert_eq!(
+            Catalog::from_values(&bad, &[], &[]).unwrap_err().field,
+            "transport"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fixtures;
@@ -11,7 +12,10 @@ pub mod logging;
 pub mod login;
 pub mod proxy;
 pub mod routes;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod streaming;
+pub mod streaming_redis;
 pub mod target;

@@ -25,12 +25,15 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::fixtures::Catalog;
 use crate::proxy::forward::Upstream;
+use crate::proxy::globus_compute::GlobusShared;
 use crate::routes;
 use crate::state::AppState;
 use crate::store::{self, DatabaseUrl, Store};
 
 /// PostgreSQL connections the request log's writer keeps (it writes one batch at a time).
 const LOG_WRITER_POOL: usize = 2;
+use crate::streaming::{token_hash, StreamHub};
+use crate::streaming_redis::RedisStreams;
 
 /// A started gateway. The server future must be polled (awaited or spawned) to serve.
 pub struct Running {
@@ -115,6 +118,29 @@ pub fn start(
         log.clone(),
     )
     .start();
+    let streams = Arc::new(StreamHub::new(settings.streaming.buffer_events));
+    let streaming_secret = std::env::var(&settings.streaming.secret_env)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| token_hash(&s));
+    let mut globus = GlobusShared::new(
+        &settings.globus_compute,
+        &settings.clusters,
+        &settings.streaming,
+        Arc::clone(&streams),
+        Duration::from_secs(settings.cold_start.retry_after_secs),
+    );
+    let redis_streams = if settings.redis.url.is_empty() {
+        None
+    } else {
+        let redis = RedisStreams::new(&settings.redis.url, &settings.redis.key_prefix)
+            .map(Arc::new)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("redis.url: {e}")))?;
+        redis.spawn_subscriber(Arc::clone(&streams), log.clone());
+        globus = globus.with_redis(Arc::clone(&redis), log.clone());
+        Some(redis)
+    };
+    let globus = Arc::new(globus);
     let state = web::Data::new(AppState {
         settings: Arc::clone(&settings),
         directory: Arc::clone(&directory),
@@ -122,6 +148,9 @@ pub fn start(
         log,
         auth,
         admin_keys,
+        streams: Arc::clone(&streams),
+        redis_streams,
+        streaming_secret,
         started_at: SystemTime::now(),
         store: Arc::clone(&store),
         log_sink,
@@ -134,7 +163,9 @@ pub fn start(
         App::new()
             .app_data(state.clone())
             // One upstream client (and connection pool) per worker thread.
-            .app_data(web::Data::new(Upstream::new(&upstream_settings)))
+            .app_data(web::Data::new(
+                Upstream::new(&upstream_settings).with_globus(Arc::clone(&globus)),
+            ))
             // actix-web's own extractor errors leave in the OpenAI envelope too.
             .app_data(
                 web::JsonConfig::default()

@@ -14,6 +14,8 @@ use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::config::Settings;
 use crate::store::Store;
+use crate::streaming::StreamHub;
+use crate::streaming_redis::RedisStreams;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -24,6 +26,12 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Keys carrying the admin role.
     pub admin_keys: AdminKeys,
+    /// Where streaming callbacks meet client streams.
+    pub streams: Arc<StreamHub>,
+    /// Callbacks for streams other replicas own (with `redis.url`).
+    pub redis_streams: Option<Arc<RedisStreams>>,
+    /// SHA-256 of the streaming callbacks' shared secret (`None`: callbacks refused).
+    pub streaming_secret: Option<[u8; 32]>,
     /// When this process started (the `created` of listed models).
     pub started_at: SystemTime,
     /// The database (its own PostgreSQL pool; SQLite's one connection is shared).

@@ -64,6 +64,79 @@ pub fn tier(health: Health, breaker: BreakerView) -> Option<u8> {
     }
 }
 
+/// What the cluster's scheduler says about a target (written by its `SchedulerProbe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SchedStatus {
+    /// The cluster has no scheduler source: route on health alone.
+    None = 0,
+    /// The probe failed or has not answered yet.
+    Unknown = 1,
+    Running = 2,
+    Starting = 3,
+    Queued = 4,
+    /// No job, and the cluster has free nodes (a start would run soon).
+    StoppedFreeNodes = 5,
+    /// No job.
+    Stopped = 6,
+}
+
+impl SchedStatus {
+    fn from_u8(v: u8) -> SchedStatus {
+        match v {
+            1 => SchedStatus::Unknown,
+            2 => SchedStatus::Running,
+            3 => SchedStatus::Starting,
+            4 => SchedStatus::Queued,
+            5 => SchedStatus::StoppedFreeNodes,
+            6 => SchedStatus::Stopped,
+            _ => SchedStatus::None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedStatus::None => "none",
+            SchedStatus::Unknown => "unknown",
+            SchedStatus::Running => "running",
+            SchedStatus::Starting => "starting",
+            SchedStatus::Queued => "queued",
+            SchedStatus::StoppedFreeNodes | SchedStatus::Stopped => "stopped",
+        }
+    }
+
+    /// FIRST's order: running (and targets the scheduler knows nothing about), then
+    /// starting or queued, then stopped on a cluster with free nodes, then stopped.
+    pub fn rank(self) -> u8 {
+        match self {
+            SchedStatus::None | SchedStatus::Unknown | SchedStatus::Running => 0,
+            SchedStatus::Starting | SchedStatus::Queued => 1,
+            SchedStatus::StoppedFreeNodes => 2,
+            SchedStatus::Stopped => 3,
+        }
+    }
+
+    /// Not serving, per the scheduler: a request needs a cold start or must wait.
+    pub fn is_cold(self) -> bool {
+        self.rank() > 0
+    }
+}
+
+/// The routing tier of a target: health and breaker first ([`tier`]), then the scheduler
+/// rank within; `None` (not routable) when the breaker is open or the cluster is in
+/// maintenance. Targets without a scheduler keep `tier * 4`, so their order is unchanged.
+pub fn routing_tier(
+    health: Health,
+    breaker: BreakerView,
+    sched: SchedStatus,
+    maintenance: bool,
+) -> Option<u8> {
+    if maintenance {
+        return None;
+    }
+    tier(health, breaker).map(|t| t * 4 + sched.rank())
+}
+
 pub struct Target {
     pub spec: Arc<TargetSpec>,
     /// Upstream bearer key, read from the environment variable the fixture names. Secret:
@@ -71,6 +144,10 @@ pub struct Target {
     pub api_key: Option<String>,
     pub response_timeout: Duration,
     state: AtomicU8,
+    /// `SchedStatus`, written by the cluster's `SchedulerProbe` only.
+    sched: AtomicU8,
+    /// Cluster in maintenance, written through `ClusterState::set_maintenance` only.
+    maintenance: AtomicBool,
     probe_free: AtomicBool,
     in_flight: AtomicU32,
     ewma_ttfb_us: AtomicU64,
@@ -103,6 +180,8 @@ impl Target {
             api_key,
             response_timeout,
             state: AtomicU8::new(0),
+            sched: AtomicU8::new(SchedStatus::None as u8),
+            maintenance: AtomicBool::new(false),
             probe_free: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             ewma_ttfb_us: AtomicU64::new(0),
@@ -136,8 +215,31 @@ impl Target {
         }
     }
 
+    pub fn sched(&self) -> SchedStatus {
+        SchedStatus::from_u8(self.sched.load(Ordering::Acquire))
+    }
+
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::Acquire)
+    }
+
     pub fn tier(&self) -> Option<u8> {
-        tier(self.health(), self.breaker())
+        routing_tier(
+            self.health(),
+            self.breaker(),
+            self.sched(),
+            self.in_maintenance(),
+        )
+    }
+
+    /// Called by the cluster's SchedulerProbe only.
+    pub(crate) fn set_sched(&self, status: SchedStatus) {
+        self.sched.store(status as u8, Ordering::Release);
+    }
+
+    /// Called by `ClusterState::set_maintenance` only.
+    pub(crate) fn set_maintenance(&self, on: bool) {
+        self.maintenance.store(on, Ordering::Release);
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -207,8 +309,11 @@ impl Target {
     }
 
     /// Takes a lease if the target can take a request now. A half-open target admits
-    /// exactly one probe at a time.
+    /// exactly one probe at a time; a target whose cluster is in maintenance none.
     pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
+        if self.in_maintenance() {
+            return None;
+        }
         let probe = match self.breaker() {
             BreakerView::Open => return None,
             BreakerView::Closed => false,
@@ -321,6 +426,30 @@ mod tests {
         assert_eq!(tier(Health::Healthy, BreakerView::HalfOpen), Some(2));
         assert_eq!(tier(Health::Unhealthy, BreakerView::Closed), Some(3));
         assert_eq!(tier(Health::Healthy, BreakerView::Open), None);
+    }
+
+    #[test]
+    fn scheduler_rank_orders_within_a_health_tier_and_maintenance_excludes() {
+        use SchedStatus::*;
+        let h = |s| routing_tier(Health::Healthy, BreakerView::Closed, s, false);
+        assert_eq!(h(None), Some(0));
+        assert_eq!(h(Unknown), Some(0));
+        assert_eq!(h(Running), Some(0));
+        assert_eq!(h(Starting), Some(1));
+        assert_eq!(h(Queued), Some(1));
+        assert_eq!(h(StoppedFreeNodes), Some(2));
+        assert_eq!(h(Stopped), Some(3));
+        // Health still comes first: an unchecked running target after a healthy stopped one.
+        assert!(routing_tier(Health::Unknown, BreakerView::Closed, Running, false) > h(Stopped));
+        assert_eq!(
+            routing_tier(Health::Healthy, BreakerView::Closed, Running, true),
+            Option::None
+        );
+        let t = target();
+        t.set_maintenance(true);
+        assert!(t.try_lease().is_none());
+        t.set_maintenance(false);
+        assert!(t.try_lease().is_some());
     }
 
     #[test]

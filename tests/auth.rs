@@ -156,7 +156,7 @@ async fn gateway(fake_url: &str, upstream: &str, extra_toml: &str) -> TestGatewa
             "endpoint_slug": "secret", "cluster": "sophia", "framework": "vllm", "model": "secret-model",
             "base_url": upstream, "allowed_globus_groups": ["g-secret"]}}),
     ];
-    start_raw(endpoints, &[], Some(&toml), &[]).await
+    start_fixtures(&endpoints, &[], Some(&toml), &[]).await
 }
 
 async fn call(

@@ -3,7 +3,7 @@
 //! read, and rebuilds any child whose mailbox closed (a panic ends an actor without a
 //! supervised stop, so it watches `Addr::connected`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use arc_swap::ArcSwap;
 
 use crate::actors::backend::{BackendActor, BackendSettings, CheckNow, Tick};
 use crate::actors::router::{FederatedRouterActor, Ranked};
+use crate::actors::scheduler::{SchedulerProbe, SetProbeRouters};
 use crate::clock::Clock;
+use crate::cluster::ClusterState;
 use crate::config::Settings;
 use crate::fixtures::{Catalog, ModelSpec};
 use crate::target::Target;
@@ -36,11 +38,17 @@ pub struct Directory {
     pub model_order: Vec<String>,
     /// Every target in catalog order.
     pub targets: Vec<Arc<Target>>,
+    /// Every cluster: named by a target, `clusters.json` or a `[clusters.<name>]` table.
+    pub clusters: BTreeMap<String, Arc<ClusterState>>,
 }
 
 impl Directory {
     pub fn model(&self, name: &str) -> Option<&Arc<ModelEntry>> {
         self.models.get(name)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterState>> {
+        self.clusters.get(name)
     }
 }
 
@@ -49,6 +57,13 @@ struct BackendSlot {
     settings: BackendSettings,
     routers: Vec<String>,
     addr: Addr<BackendActor>,
+}
+
+struct ProbeSlot {
+    cluster: Arc<ClusterState>,
+    /// Models whose routers it notifies.
+    models: Vec<String>,
+    addr: Addr<SchedulerProbe>,
 }
 
 struct RouterSlot {
@@ -63,6 +78,7 @@ pub struct Gateway {
     log: slog::Logger,
     backends: Vec<BackendSlot>,
     routers: HashMap<String, RouterSlot>,
+    probes: Vec<ProbeSlot>,
     catalog: Catalog,
     /// Built but not yet started (started with the supervisor).
     pending: Vec<PendingModel>,
@@ -89,6 +105,7 @@ impl Gateway {
             log,
             backends: Vec::new(),
             routers: HashMap::new(),
+            probes: Vec::new(),
             catalog,
             pending: Vec::new(),
         };
@@ -152,6 +169,29 @@ impl Gateway {
                 .insert(spec.name.clone(), Arc::clone(&entry));
             self.pending.push(PendingModel { entry });
         }
+        let mut names: Vec<String> = self.settings.clusters.keys().cloned().collect();
+        names.extend(self.catalog.clusters.iter().map(|c| c.name.clone()));
+        names.extend(targets.iter().map(|t| t.spec.cluster.clone()));
+        for name in names {
+            if directory.clusters.contains_key(&name) {
+                continue;
+            }
+            let settings = self
+                .settings
+                .clusters
+                .get(&name)
+                .cloned()
+                .unwrap_or_default();
+            let members: Vec<Arc<Target>> = targets
+                .iter()
+                .filter(|t| t.spec.cluster == name)
+                .cloned()
+                .collect();
+            directory.clusters.insert(
+                name.clone(),
+                Arc::new(ClusterState::new(name, settings, members)),
+            );
+        }
         self.directory.store(Arc::new(directory));
     }
 
@@ -188,6 +228,38 @@ impl Gateway {
                 addr,
             });
         }
+        let clusters: Vec<Arc<ClusterState>> =
+            self.directory.load().clusters.values().cloned().collect();
+        for cluster in clusters {
+            let mut models: Vec<String> = Vec::new();
+            for slot in self
+                .backends
+                .iter()
+                .filter(|b| b.target.spec.cluster == cluster.name)
+            {
+                for m in &slot.routers {
+                    if !models.contains(m) {
+                        models.push(m.clone());
+                    }
+                }
+            }
+            let addr = self.start_probe(&cluster, &models);
+            self.probes.push(ProbeSlot {
+                cluster,
+                models,
+                addr,
+            });
+        }
+    }
+
+    fn start_probe(&self, cluster: &Arc<ClusterState>, models: &[String]) -> Addr<SchedulerProbe> {
+        SchedulerProbe::new(
+            Arc::clone(cluster),
+            self.router_addrs(models),
+            self.settings.cold_start.clone(),
+            self.log.new(slog::o!("actor" => "scheduler_probe")),
+        )
+        .start()
     }
 
     fn router_addrs(&self, models: &[String]) -> Vec<Addr<FederatedRouterActor>> {
@@ -233,6 +305,24 @@ impl Gateway {
             } else {
                 // Alive, but it pushes to routers that were replaced: give it the new ones.
                 slot.addr.do_send(SetRouters(routers));
+            }
+        }
+        // Scheduler probes: a rebuilt one probes at once and re-applies the targets'
+        // status; the maintenance notice lives in the ClusterState and survives.
+        for i in 0..self.probes.len() {
+            let crashed = !self.probes[i].addr.connected();
+            if !crashed && !routers_rebuilt {
+                continue;
+            }
+            if crashed {
+                slog::error!(self.log, "scheduler probe died; rebuilding it";
+                    "cluster" => &self.probes[i].cluster.name);
+                let cluster = Arc::clone(&self.probes[i].cluster);
+                let models = self.probes[i].models.clone();
+                self.probes[i].addr = self.start_probe(&cluster, &models);
+            } else {
+                let routers = self.router_addrs(&self.probes[i].models);
+                self.probes[i].addr.do_send(SetProbeRouters(routers));
             }
         }
     }
@@ -284,6 +374,21 @@ impl Handler<TickAll> for Gateway {
     }
 }
 
+/// Probe every cluster's scheduler now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProbeAll;
+
+impl Handler<ProbeAll> for Gateway {
+    type Result = ();
+
+    fn handle(&mut self, _: ProbeAll, _: &mut Context<Self>) {
+        for slot in &self.probes {
+            slot.addr.do_send(crate::actors::scheduler::ProbeNow);
+        }
+    }
+}
+
 /// Run every health check now.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -313,6 +418,27 @@ impl Handler<CrashBackend> for Gateway {
         match self.backends.iter().find(|s| s.target.slug() == msg.0) {
             Some(slot) => {
                 slot.addr.do_send(crate::actors::backend::Crash);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Inject a panic into one cluster's scheduler probe (debug builds; tests only).
+#[cfg(debug_assertions)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct CrashProbe(pub String);
+
+#[cfg(debug_assertions)]
+impl Handler<CrashProbe> for Gateway {
+    type Result = bool;
+
+    fn handle(&mut self, msg: CrashProbe, _: &mut Context<Self>) -> bool {
+        match self.probes.iter().find(|s| s.cluster.name == msg.0) {
+            Some(slot) => {
+                slot.addr.do_send(crate::actors::scheduler::Crash);
                 true
             }
             None => false,

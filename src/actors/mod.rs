@@ -3,8 +3,9 @@
 //! ```text
 //! Gateway (root supervisor: builds the tree from the catalog, rebuilds dead children)
 //! ├── BackendActor          one per target: health checks, circuit breaker, latency
-//! └── FederatedRouterActor  one per model: ranks the model's targets, answers Pick
-//! LogWriter                 request-log rows to the database in batches, spill file when down
+//! ├── FederatedRouterActor  one per model: ranks the model's targets, answers Pick
+//! ├── SchedulerProbe        one per cluster: scheduler state into the targets, cold starts
+//! └── LogWriter             request-log rows to the database in batches, spill file when down
 //! ```
 
 pub mod backend;
@@ -12,3 +13,4 @@ pub mod breaker;
 pub mod gateway;
 pub mod log_writer;
 pub mod router;
+pub mod scheduler;

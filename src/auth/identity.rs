@@ -114,17 +114,9 @@ mod tests {
 
     fn spec(groups: &[&str], domains: &[&str]) -> TargetSpec {
         TargetSpec {
-            slug: "t".into(),
-            cluster: "sophia".into(),
-            framework: "vllm".into(),
-            model: "m".into(),
-            base_url: "http://127.0.0.1:1".into(),
-            api_key_env: None,
-            health_path: None,
-            request_timeout: None,
             allowed_globus_groups: groups.iter().map(|s| s.to_string()).collect(),
             allowed_domains: domains.iter().map(|s| s.to_string()).collect(),
-            extra: Default::default(),
+            ..TargetSpec::for_test("t", "sophia")
         }
     }
 

@@ -16,8 +16,11 @@ use futures_util::StreamExt;
 use crate::actors::gateway::ModelEntry;
 use crate::actors::router::{pick, Pin};
 use crate::error::{code, envelope, ApiError};
+use crate::fixtures::Transport;
+use crate::proxy::globus_compute::{self, GlobusShared};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::relay::{Finish, Framing, Relay};
+use crate::proxy::usage::UsageMeter;
 use crate::target::{Lease, Target, Verdict};
 
 /// Header counting how many gateways a request has passed through (loop protection).
@@ -37,6 +40,8 @@ const PASSED_HEADERS: [&str; 4] = [
 pub struct Upstream {
     client: awc::Client,
     settings: crate::config::Upstream,
+    /// The Globus Compute transport's shared caches (all workers share one).
+    globus: Option<Arc<GlobusShared>>,
 }
 
 impl Upstream {
@@ -53,7 +58,14 @@ impl Upstream {
         Upstream {
             client,
             settings: settings.clone(),
+            globus: None,
         }
+    }
+
+    /// Enables the Globus Compute transport for targets that use it.
+    pub fn with_globus(mut self, globus: Arc<GlobusShared>) -> Self {
+        self.globus = Some(globus);
+        self
     }
 }
 
@@ -86,7 +98,7 @@ pub fn passed_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 /// Why one attempt did not produce a response to commit.
-enum AttemptError {
+pub(crate) enum AttemptError {
     /// Before the request could have reached the target's application (connect failed).
     Connect(String),
     /// The connection broke around sending; it may have been a stale pooled connection.
@@ -99,6 +111,9 @@ enum AttemptError {
     Status5xx(u16, String),
     /// The target answered 429.
     RateLimited(Option<Duration>, Bytes),
+    /// The target is coming up (a Globus Compute endpoint with no managers yet): not a
+    /// failure; retry after this long.
+    Starting(Duration),
 }
 
 pub async fn forward(
@@ -139,7 +154,18 @@ pub async fn forward(
                 return Err((ApiError::Internal, record));
             }
         };
-        let mut result = send(upstream, &target, &call, body.clone(), &lease).await;
+        let mut result = match &target.spec.transport {
+            Transport::Http => send(upstream, &target, &call, body.clone(), &lease).await,
+            Transport::GlobusCompute(g) => match &upstream.globus {
+                Some(shared) => {
+                    globus_compute::send(&upstream.client, shared, &target, g, &call, body.clone())
+                        .await
+                }
+                None => Err(AttemptError::Connect(
+                    "the Globus Compute transport is not enabled".into(),
+                )),
+            },
+        };
         if let Err(AttemptError::Broken(_)) = &result {
             if !stale_retry_used {
                 // A pooled connection the target had already closed (llama-server closes
@@ -152,6 +178,29 @@ pub async fn forward(
             Ok(Committed::Response(res, first)) => {
                 record.ttft = Some(lease.started().elapsed());
                 return Ok(respond(res, first, lease, record, &call, settings, log));
+            }
+            Ok(Committed::Callback(source)) => {
+                record.ttft = Some(lease.started().elapsed());
+                return Ok(respond_callback(
+                    source, lease, record, &call, settings, log,
+                ));
+            }
+            Ok(Committed::Body(status, body)) => {
+                let ttfb = lease.started().elapsed();
+                lease.set_verdict(Verdict::Success { ttfb });
+                drop(lease);
+                record.ttft = Some(ttfb);
+                record.status = status.as_u16();
+                record.ending = Ending::Complete;
+                let mut meter = UsageMeter::default();
+                meter.observe_json(&body);
+                record.usage = meter.usage();
+                let response = HttpResponse::build(status)
+                    .content_type("application/json")
+                    .insert_header((REQUEST_ID_HEADER, call.request_id.clone()))
+                    .body(body);
+                record.finish(log);
+                return Ok(response);
             }
             Ok(Committed::ClientError(status, headers, body)) => {
                 lease.set_verdict(Verdict::Success {
@@ -182,6 +231,7 @@ pub async fn forward(
                         format!("HTTP {s}"),
                     ),
                     AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
+                    AttemptError::Starting(_) => (Verdict::Neutral, "starting".into()),
                 };
                 slog::warn!(log, "attempt failed";
                     "request_id" => &call.request_id, "target" => target.slug(),
@@ -209,14 +259,23 @@ pub async fn forward(
             }),
             retry_after,
         },
+        Some(AttemptError::Starting(retry_after)) => ApiError::ModelStarting {
+            model: model_name,
+            phase: "starting",
+            retry_after,
+        },
         Some(_) => ApiError::AllTargetsFailed(model_name),
     };
     Err((error, record))
 }
 
-enum Committed {
+pub(crate) enum Committed {
     /// A 2xx answer and its first body chunk (None if the body was empty).
     Response(awc::ClientResponse, Option<Bytes>),
+    /// A whole JSON answer in hand (the Globus Compute transport).
+    Body(StatusCode, Bytes),
+    /// A stream fed by the remote function's callbacks (Globus Compute, `stream: true`).
+    Callback(globus_compute::CallbackSource),
     /// A 4xx (but 429) answer, read whole: the client's fault, passed through.
     ClientError(StatusCode, HeaderMap, Bytes),
 }
@@ -345,6 +404,38 @@ fn respond(
     };
     let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish);
     builder.streaming(relay)
+}
+
+/// Builds the SSE response for a stream relayed from Globus Compute callbacks.
+fn respond_callback(
+    source: globus_compute::CallbackSource,
+    lease: Lease,
+    mut record: RequestRecord,
+    call: &Call,
+    settings: &crate::config::Upstream,
+    log: &slog::Logger,
+) -> HttpResponse {
+    record.status = 200;
+    slog::debug!(log, "streaming through Globus Compute callbacks";
+        "request_id" => &call.request_id, "stream_task_id" => source.stream_id().to_string());
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header((header::CONTENT_TYPE, "text/event-stream"));
+    builder.insert_header((REQUEST_ID_HEADER, call.request_id.clone()));
+    builder.insert_header((header::CACHE_CONTROL, "no-cache"));
+    builder.insert_header(("x-accel-buffering", "no"));
+    let finish = Finish {
+        lease,
+        record,
+        log: log.clone(),
+    };
+    let framing = Framing::new("text/event-stream", None);
+    builder.streaming(Relay::new(
+        source,
+        None,
+        framing,
+        settings.stream_idle_timeout(),
+        finish,
+    ))
 }
 
 /// Passes a backend 4xx through with its status. A body that is already an OpenAI error

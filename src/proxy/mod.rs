@@ -1,7 +1,9 @@
 //! Moving requests and responses: choosing a target, failing over, and relaying bytes.
 //! No actor sees a response chunk; handlers move bytes.
 
+pub mod cold_start;
 pub mod forward;
+pub mod globus_compute;
 pub mod record;
 pub mod relay;
 pub mod sse;

@@ -10,24 +10,38 @@ use serde_json::{json, Value};
 use crate::actors::gateway::ModelEntry;
 use crate::auth::caller::Caller;
 use crate::state::AppState;
-use crate::target::{BreakerView, Health};
+use crate::target::{BreakerView, Health, SchedStatus};
 
-/// Live status of a model from its targets: `running` when one is healthy and takes
-/// requests, `unknown` while none has been checked yet, else `offline`.
+/// Live status of a model from its targets: `running` when one is healthy, takes requests
+/// and (if its cluster has a scheduler) has a running job; else `starting` or `queued` when
+/// a job is on its way; `unknown` while none has been checked yet; `maintenance` when every
+/// target's cluster is in maintenance; else `offline`. Targets without a scheduler count
+/// on health alone.
 pub fn model_status(entry: &ModelEntry) -> &'static str {
-    let usable = |t: &&std::sync::Arc<crate::target::Target>| t.breaker() != BreakerView::Open;
+    let usable = |t: &&std::sync::Arc<crate::target::Target>| {
+        t.breaker() != BreakerView::Open && !t.in_maintenance()
+    };
+    if !entry.targets.is_empty() && entry.targets.iter().all(|t| t.in_maintenance()) {
+        return "maintenance";
+    }
     if entry
         .targets
         .iter()
         .filter(usable)
-        .any(|t| t.health() == Health::Healthy)
+        .any(|t| t.health() == Health::Healthy && !t.sched().is_cold())
     {
-        "running"
+        return "running";
+    }
+    let sched = |s: SchedStatus| entry.targets.iter().filter(usable).any(|t| t.sched() == s);
+    if sched(SchedStatus::Starting) {
+        "starting"
+    } else if sched(SchedStatus::Queued) {
+        "queued"
     } else if entry
         .targets
         .iter()
         .filter(usable)
-        .any(|t| t.health() == Health::Unknown)
+        .any(|t| t.health() == Health::Unknown && !t.sched().is_cold())
     {
         "unknown"
     } else {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::actors::router::Pin;
 use crate::auth::caller::Caller;
 use crate::error::ApiError;
+use crate::proxy::cold_start;
 use crate::proxy::forward::{self, passed_headers, Call, Upstream, HOPS_HEADER, REQUEST_ID_HEADER};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::state::AppState;
@@ -172,6 +173,22 @@ pub async fn handle(
         Ok(call) => call,
         Err(error) => return reject(error, record, &state.log),
     };
+    let preflight = {
+        let directory = state.directory.load_full();
+        cold_start::preflight(
+            &call.model,
+            call.pin.as_ref(),
+            &call.requested_model,
+            &directory,
+            &state.settings.cold_start,
+            state.redis_streams.as_deref(),
+            &state.log,
+        )
+        .await
+    };
+    if let Err(error) = preflight {
+        return reject(error, record, &state.log);
+    }
     match forward::forward(&upstream, call, record, &state.log).await {
         Ok(response) => response,
         Err((error, record)) => reject(error, record, &state.log),

@@ -4,9 +4,11 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod clusters;
 pub mod health;
 pub mod inference;
 pub mod keys_admin;
+pub mod streaming;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -117,6 +119,37 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
     cfg.service(
         web::resource("/health/detailed")
             .route(web::get().to(health::detailed))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/status")
+            .route(web::get().to(clusters::status))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/clusters/{name}/maintenance")
+            .route(web::put().to(clusters::set_maintenance))
+            .default_service(web::to(method_not_allowed)),
+    );
+    for (path, kind) in [
+        ("/api/streaming/data", streaming::Kind::Data),
+        ("/api/streaming/done", streaming::Kind::Done),
+        ("/api/streaming/error", streaming::Kind::Error),
+    ] {
+        cfg.service(
+            web::resource(path)
+                .route(
+                    web::post().to(move |req, payload, state| {
+                        streaming::callback(req, payload, state, kind)
+                    }),
+                )
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
+    // Last: `{cluster}` would otherwise shadow fixed two-segment paths.
+    cfg.service(
+        web::resource("/{cluster}/jobs")
+            .route(web::get().to(clusters::jobs))
             .default_service(web::to(method_not_allowed)),
     );
 }

@@ -217,12 +217,12 @@ async fn start_full(
         .enumerate()
         .map(|(i, t)| endpoint(i, t))
         .collect();
-    start_raw(endpoints, federated, toml, settings).await
+    start_fixtures(&endpoints, federated, toml, settings).await
 }
 
-/// Starts a gateway from raw fixture entries.
-pub async fn start_raw(
-    endpoints: Vec<Value>,
+/// Starts a gateway over raw `endpoints.json` entries (any fixture fields).
+pub async fn start_fixtures(
+    endpoints: &[Value],
     federated: &[Value],
     toml: Option<&str>,
     settings: &[(&str, &str)],
@@ -235,7 +235,7 @@ pub async fn start_raw(
     });
     std::fs::write(
         dir.path().join("endpoints.json"),
-        serde_json::to_vec(&endpoints).unwrap(),
+        serde_json::to_vec(endpoints).unwrap(),
     )
     .unwrap();
     if !federated.is_empty() {
