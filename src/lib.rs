@@ -3,13 +3,19 @@
 
 pub mod actors;
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fixtures;
 pub mod logging;
+pub mod metrics;
+pub mod openapi;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
+pub mod security;
 pub mod server;
 pub mod state;
+pub mod systemd;
 pub mod target;

@@ -15,9 +15,11 @@ use futures_util::StreamExt;
 
 use crate::actors::gateway::ModelEntry;
 use crate::actors::router::{pick, Pin};
+use crate::cache::{CacheKey, ResponseCache};
 use crate::error::{code, envelope, ApiError};
+use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::proxy::record::{Ending, RequestRecord};
-use crate::proxy::relay::{Finish, Framing, Relay};
+use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
 use crate::target::{Lease, Target, Verdict};
 
 /// Header counting how many gateways a request has passed through (loop protection).
@@ -69,6 +71,9 @@ pub struct Call {
     pub request_id: String,
     pub hops: u32,
     pub client_headers: Vec<(HeaderName, HeaderValue)>,
+    pub metrics: Arc<Metrics>,
+    /// Where to store a whole 2xx JSON answer (cacheable requests only).
+    pub cache: Option<(Arc<ResponseCache>, CacheKey)>,
 }
 
 /// Picks from the client's headers those passed upstream.
@@ -99,6 +104,19 @@ enum AttemptError {
     RateLimited(Option<Duration>, Bytes),
 }
 
+impl AttemptError {
+    fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            AttemptError::Connect(_) => UpstreamErrorKind::Connect,
+            AttemptError::Broken(_) => UpstreamErrorKind::Broken,
+            AttemptError::Died(_) => UpstreamErrorKind::DiedBeforeFirstByte,
+            AttemptError::Timeout => UpstreamErrorKind::Timeout,
+            AttemptError::Status5xx(..) => UpstreamErrorKind::Status5xx,
+            AttemptError::RateLimited(..) => UpstreamErrorKind::RateLimited,
+        }
+    }
+}
+
 pub async fn forward(
     upstream: &Upstream,
     call: Call,
@@ -123,6 +141,12 @@ pub async fn forward(
         }
         record.attempts += 1;
         let target = Arc::clone(lease.target());
+        if record.attempts > 1 {
+            call.metrics
+                .failovers
+                .with_label_values(&[&call.requested_model])
+                .inc();
+        }
         record.target = Some(target.spec.slug.clone());
         record.cluster = Some(target.spec.cluster.clone());
         record.framework = Some(target.spec.framework.clone());
@@ -130,13 +154,19 @@ pub async fn forward(
         let body = match rewrite_model(&call.body, &call.requested_model, &target.spec.model) {
             Ok(body) => body,
             Err(e) => {
-                slog::error!(log, "could not rewrite model field"; "error" => e.to_string(), "request_id" => &call.request_id);
+                slog::error!(log, "could not rewrite model field"; "error" => e.to_string());
                 return Err((ApiError::Internal, record));
             }
         };
         let mut result = send(upstream, &target, &call, body.clone(), &lease).await;
         if let Err(AttemptError::Broken(_)) = &result {
             if !stale_retry_used {
+                call.metrics
+                    .upstream_error(target.slug(), UpstreamErrorKind::Broken);
+                call.metrics
+                    .retries
+                    .with_label_values(&[target.slug()])
+                    .inc();
                 // A pooled connection the target had already closed (llama-server closes
                 // after every stream): nothing was processed, so resend on a fresh one.
                 stale_retry_used = true;
@@ -156,7 +186,7 @@ pub async fn forward(
                 record.ending = Ending::Complete;
                 drop(lease);
                 let response = pass_client_error(status, &headers, body, &call.request_id);
-                record.finish(log);
+                record.finish(log, &call.metrics);
                 return Ok(response);
             }
             Err(e) => {
@@ -178,8 +208,9 @@ pub async fn forward(
                     ),
                     AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
                 };
+                call.metrics.upstream_error(target.slug(), e.kind());
                 slog::warn!(log, "attempt failed";
-                    "request_id" => &call.request_id, "target" => target.slug(),
+                    "target" => target.slug(),
                     "attempt" => record.attempts, "error" => detail);
                 lease.set_verdict(verdict);
                 drop(lease);
@@ -323,7 +354,6 @@ fn respond(
     let framing = Framing::new(&content_type, content_length);
     let sse = matches!(framing, Framing::Sse(_));
     let mut builder = HttpResponse::build(status);
-    builder.insert_header((header::CONTENT_TYPE, content_type));
     builder.insert_header((REQUEST_ID_HEADER, call.request_id.clone()));
     if let Some(encoding) = res.headers().get(header::CONTENT_ENCODING) {
         builder.insert_header((header::CONTENT_ENCODING, encoding.clone()));
@@ -332,11 +362,31 @@ fn respond(
         builder.insert_header((header::CACHE_CONTROL, "no-cache"));
         // Tell a reverse proxy in front of us (nginx) not to buffer the stream.
         builder.insert_header(("x-accel-buffering", "no"));
+        // Never compress a stream (the Compress middleware respects an explicit encoding):
+        // compression would hold events back until a block fills.
+        if res.headers().get(header::CONTENT_ENCODING).is_none() {
+            builder.insert_header((header::CONTENT_ENCODING, "identity"));
+        }
     }
+    let cache = match &call.cache {
+        Some((cache, key)) if status.is_success() && matches!(framing, Framing::Json { .. }) => {
+            builder.insert_header((crate::cache::HEADER, "miss"));
+            Some(CacheStore {
+                cache: Arc::clone(cache),
+                key: *key,
+                status: status.as_u16(),
+                content_type: content_type.clone(),
+            })
+        }
+        _ => None,
+    };
+    builder.insert_header((header::CONTENT_TYPE, content_type));
     let finish = Finish {
         lease,
         record,
         log: log.clone(),
+        metrics: Arc::clone(&call.metrics),
+        cache,
     };
     let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish);
     builder.streaming(relay)

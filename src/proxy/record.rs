@@ -2,9 +2,14 @@
 //! ends (after the last byte, or when the client went away). Today it goes to the JSON log;
 //! the request-log table is fed from the same record.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
+use crate::metrics::Metrics;
 use crate::proxy::usage::Usage;
+
+/// The caller identity before authentication exists (also the response-cache tenant).
+pub const ANONYMOUS: &str = "anonymous";
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +38,15 @@ impl Ending {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RequestRecord {
     pub request_id: String,
     pub route: &'static str,
+    /// The caller (user id, or [`ANONYMOUS`]); logged, never a metric label.
+    pub user: Cow<'static, str>,
     pub model: String,
+    /// The model is in the catalog (else metrics count it as `unknown`).
+    pub model_known: bool,
     pub target: Option<String>,
     pub cluster: Option<String>,
     pub framework: Option<String>,
@@ -51,6 +60,10 @@ pub struct RequestRecord {
     pub ttft: Option<Duration>,
     pub client_ip: Option<String>,
     pub ending: Ending,
+    /// Answered from the response cache.
+    pub cached: bool,
+    /// Counts the request in flight until the record is written or dropped.
+    pub in_flight: Option<crate::metrics::InFlight>,
 }
 
 impl RequestRecord {
@@ -58,7 +71,9 @@ impl RequestRecord {
         RequestRecord {
             request_id,
             route,
+            user: Cow::Borrowed(ANONYMOUS),
             model: String::new(),
+            model_known: false,
             target: None,
             cluster: None,
             framework: None,
@@ -72,16 +87,20 @@ impl RequestRecord {
             ttft: None,
             client_ip: None,
             ending: Ending::Complete,
+            cached: false,
+            in_flight: None,
         }
     }
 
-    /// Writes the record: one JSON log line.
-    pub fn finish(self, log: &slog::Logger) {
+    /// Writes the record: counts it in the metrics and writes one JSON log line on the
+    /// request's own logger (which carries `request_id`).
+    pub fn finish(self, log: &slog::Logger, metrics: &Metrics) {
+        metrics.observe_request(&self);
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let usage = self.usage.unwrap_or_default();
         slog::info!(log, "request";
-            "request_id" => &self.request_id,
             "route" => self.route,
+            "user" => self.user.as_ref(),
             "model" => &self.model,
             "target" => self.target.as_deref().unwrap_or(""),
             "cluster" => self.cluster.as_deref().unwrap_or(""),
@@ -91,6 +110,7 @@ impl RequestRecord {
             "error_code" => self.error_code.unwrap_or(""),
             "attempts" => self.attempts,
             "ending" => self.ending.name(),
+            "cache" => if self.cached { "hit" } else { "" },
             "tokens.prompt" => usage.prompt_tokens,
             "tokens.completion" => usage.completion_tokens,
             "tokens.total" => usage.total(),

@@ -12,6 +12,7 @@ use inference_gateway::actors::gateway::{Gateway, TickAll};
 use inference_gateway::clock::ManualClock;
 use inference_gateway::config::Settings;
 use inference_gateway::fixtures::Catalog;
+use inference_gateway::reload::{Reloader, SettingsSource};
 use inference_gateway::{logging, server};
 use serde_json::{json, Value};
 
@@ -40,8 +41,9 @@ pub struct TestGateway {
     pub url: String,
     pub gateway: Addr<Gateway>,
     pub clock: Arc<ManualClock>,
+    pub reloader: Arc<Reloader>,
     handle: ServerHandle,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestGateway {
@@ -120,6 +122,13 @@ impl TestGateway {
         self.gateway.do_send(TickAll);
     }
 
+    /// Rewrites `endpoints.json` (and `federated_endpoints.json` when `federated` is not
+    /// empty) in the fixtures directory; apply with `reloader.reload()` or
+    /// `POST /admin/reload`.
+    pub fn write_fixtures(&self, targets: &[T<'_>], federated: &[Value]) {
+        write_fixtures(self.dir.path(), targets, federated);
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
@@ -161,27 +170,7 @@ async fn start_full(
         std::fs::write(&path, text).unwrap();
         path
     });
-    let endpoints: Vec<Value> = targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"model": "resource_server.endpoint", "pk": i + 1, "fields": {
-                "endpoint_slug": t.slug, "cluster": t.cluster, "framework": t.framework,
-                "model": t.model, "base_url": t.base_url}})
-        })
-        .collect();
-    std::fs::write(
-        dir.path().join("endpoints.json"),
-        serde_json::to_vec(&endpoints).unwrap(),
-    )
-    .unwrap();
-    if !federated.is_empty() {
-        std::fs::write(
-            dir.path().join("federated_endpoints.json"),
-            serde_json::to_vec(federated).unwrap(),
-        )
-        .unwrap();
-    }
+    write_fixtures(dir.path(), targets, federated);
     let fixtures_dir = dir.path().display().to_string();
     let mut env: Vec<(String, String)> = vec![
         ("GATEWAY__FIXTURES__DIR".into(), fixtures_dir),
@@ -192,27 +181,55 @@ async fn start_full(
     for (k, v) in settings {
         env.push((k.to_string(), v.to_string()));
     }
-    let settings = Settings::load_from(config_file.as_deref(), None, env).expect("settings");
+    let settings =
+        Settings::load_from(config_file.as_deref(), None, env.clone()).expect("settings");
     let catalog = Catalog::load(dir.path()).expect("catalog");
     let clock = Arc::new(ManualClock::default());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let running = server::start(
+    let running = server::start_with_source(
         settings,
         catalog,
         clock.clone(),
         logging::discard(),
         Some(listener),
+        SettingsSource::fixed(config_file, env),
     )
     .unwrap();
-    let url = format!("http://{}", running.addrs[0]);
+    let scheme = if running.tls { "https" } else { "http" };
+    let url = format!("{scheme}://{}", running.addrs[0]);
     let handle = running.server.handle();
     actix_rt::spawn(running.server);
     TestGateway {
         url,
         gateway: running.gateway,
         clock,
+        reloader: running.reloader,
         handle,
-        _dir: dir,
+        dir,
+    }
+}
+
+pub fn write_fixtures(dir: &std::path::Path, targets: &[T<'_>], federated: &[Value]) {
+    let endpoints: Vec<Value> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"model": "resource_server.endpoint", "pk": i + 1, "fields": {
+                "endpoint_slug": t.slug, "cluster": t.cluster, "framework": t.framework,
+                "model": t.model, "base_url": t.base_url}})
+        })
+        .collect();
+    std::fs::write(
+        dir.join("endpoints.json"),
+        serde_json::to_vec(&endpoints).unwrap(),
+    )
+    .unwrap();
+    if !federated.is_empty() {
+        std::fs::write(
+            dir.join("federated_endpoints.json"),
+            serde_json::to_vec(federated).unwrap(),
+        )
+        .unwrap();
     }
 }
 
