@@ -580,6 +580,35 @@ mod tests {
         );
     }
 
+    /// Every metric the shipped Grafana dashboard queries exists.
+    #[test]
+    fn the_dashboard_queries_only_metrics_that_exist() {
+        let dashboard = include_str!("../config/grafana/dashboards/inference-gateway.json");
+        let mut names: Vec<&str> = dashboard
+            .match_indices("gateway_")
+            .map(|(i, _)| {
+                let rest = &dashboard[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        assert!(names.len() >= 15, "{names:?}");
+        for name in names {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                DECLARED.contains(&format!("\"{base}\"")),
+                "the dashboard queries {name}, which is not registered"
+            );
+        }
+    }
+
     #[test]
     fn status_labels_are_bounded() {
         assert_eq!(status_label(200), "200");
