@@ -159,10 +159,14 @@ pub fn redact_text(text: &str) -> String {
 /// Redacts one parsed log record in place.
 pub fn redact_value(value: &mut Value) {
     match value {
-        Value::String(s) => {
-            if s.contains('@') || s.contains("earer") || s.contains("sk-") || s.contains("gw-") {
-                *s = redact_text(s);
-            }
+        Value::String(s)
+            if s.contains('@')
+                || s.contains("earer")
+                || s.contains("EARER")
+                || s.contains("sk-")
+                || s.contains("gw-") =>
+        {
+            *s = redact_text(s);
         }
         Value::Array(items) => items.iter_mut().for_each(redact_value),
         Value::Object(map) => {

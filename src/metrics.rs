@@ -310,6 +310,14 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Series whose label values are a fixed set start at zero, so dashboards and
+        // alerts see them (and rate() works) before the first event.
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
+        for result in ["hit", "miss"] {
+            introspection_cache.with_label_values(&[result]);
+        }
         Metrics {
             registry: r,
             requests,
@@ -384,6 +392,13 @@ impl Metrics {
                 self.upstream_error(record.target.as_deref().unwrap_or(""), kind);
             }
             Ending::Complete | Ending::Rejected => {}
+        }
+    }
+
+    /// Starts the per-route series at zero (routes are fixed for the process's life).
+    pub fn init_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        for route in routes {
+            self.stream_disconnects.with_label_values(&[route]);
         }
     }
 

@@ -109,6 +109,7 @@ pub fn start_with_source(
         reloader: Arc::clone(&reloader),
     });
     let routes = routes::inference_routes(&settings);
+    metrics.init_routes(routes.iter().map(|r| r.name));
     let openapi = web::Data::new(OpenApi(openapi::document(&routes).to_string()));
     let upstream_settings = settings.upstream.clone();
     let max_body = settings.server.max_body_bytes;
