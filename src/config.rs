@@ -37,6 +37,8 @@ pub struct Server {
     pub keep_alive_secs: u64,
     pub shutdown_grace_secs: u64,
     pub max_hops: u32,
+    /// gzip JSON answers of 1 KiB and more when the client accepts it (never SSE).
+    pub gzip: bool,
     pub tls: Tls,
 }
 

@@ -179,7 +179,8 @@ pub fn restart_required(running: &Settings, new: &Settings) -> Vec<&'static str>
                 s.max_body_bytes,
                 s.keep_alive_secs,
                 s.shutdown_grace_secs,
-                s.max_hops
+                s.max_hops,
+                s.gzip
             )
         ),
         format!(
@@ -188,7 +189,8 @@ pub fn restart_required(running: &Settings, new: &Settings) -> Vec<&'static str>
                 n.max_body_bytes,
                 n.keep_alive_secs,
                 n.shutdown_grace_secs,
-                n.max_hops
+                n.max_hops,
+                n.gzip
             )
         ),
     );

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::{Actor, Addr};
 use actix_web::dev::Server;
-use actix_web::middleware::{Compress, NormalizePath, TrailingSlash};
+use actix_web::middleware::{from_fn, Compress, Condition, NormalizePath, TrailingSlash};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
@@ -113,6 +113,7 @@ pub fn start_with_source(
     let openapi = web::Data::new(OpenApi(openapi::document(&routes).to_string()));
     let upstream_settings = settings.upstream.clone();
     let max_body = settings.server.max_body_bytes;
+    let gzip = settings.server.gzip;
     let mut server = HttpServer::new(move || {
         let root_routes = routes.clone();
         let first_routes = routes.clone();
@@ -123,9 +124,10 @@ pub fn start_with_source(
             // One upstream client (and connection pool) per worker thread.
             .app_data(web::Data::new(Upstream::new(&upstream_settings)))
             .wrap(NormalizePath::new(TrailingSlash::Trim))
-            // gzip by Accept-Encoding; SSE answers say `Content-Encoding: identity`, which
-            // this middleware leaves alone.
-            .wrap(Compress::default())
+            // gzip by Accept-Encoding, except SSE and small bodies, which say
+            // `Content-Encoding: identity` (Compress leaves those alone).
+            .wrap(Condition::new(gzip, from_fn(security::skip_small_bodies)))
+            .wrap(Condition::new(gzip, Compress::default()))
             .wrap(security::headers(hsts))
             .service(
                 web::scope("/resource_server")

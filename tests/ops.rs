@@ -297,8 +297,14 @@ async fn deterministic_requests_are_answered_from_the_cache() {
 }
 
 #[actix_rt::test]
-async fn json_is_gzipped_on_request_and_sse_never_is() {
-    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+async fn large_json_is_gzipped_on_request_and_sse_and_small_bodies_never_are() {
+    // 400 completion tokens: a body of several KB.
+    let mock = MockUpstream::start(Behavior {
+        chunks: 400,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
     let gw = start(&[target("a", "m", mock.url())], &[]).await;
     let (status, headers, body) = raw_post(&gw, &chat("m"), &[("accept-encoding", "gzip")]).await;
     assert_eq!(status, 200);
@@ -307,19 +313,54 @@ async fn json_is_gzipped_on_request_and_sse_never_is() {
     flate2::read::GzDecoder::new(&body[..])
         .read_to_string(&mut plain)
         .unwrap();
+    assert!(plain.len() > 1024);
     let v: Value = serde_json::from_str(&plain).unwrap();
     assert_eq!(v["object"], "chat.completion");
+    assert!(body.len() < plain.len());
 
     let mut stream = chat("m");
     stream["stream"] = json!(true);
     let (status, headers, body) = raw_post(&gw, &stream, &[("accept-encoding", "gzip")]).await;
     assert_eq!(status, 200);
-    assert_ne!(headers.get("content-encoding").unwrap(), "gzip");
+    assert_eq!(headers.get("content-encoding").unwrap(), "identity");
     assert_eq!(sse_data(&body).last().unwrap(), "[DONE]");
+    assert_eq!(sse_data(&body).len(), 401, "every event arrived as it was");
 
     // Without Accept-Encoding, JSON is plain.
-    let (_, headers, _) = raw_post(&gw, &chat("m"), &[]).await;
+    let (_, headers, body) = raw_post(&gw, &chat("m"), &[]).await;
     assert!(headers.get("content-encoding").is_none());
+    assert!(serde_json::from_slice::<Value>(&body).is_ok());
+
+    // Small bodies are not worth gzip: neither a small answer nor the gateway's own errors.
+    mock.set_behavior(Behavior {
+        chunks: 2,
+        ..Behavior::default()
+    });
+    let (_, headers, body) = raw_post(&gw, &chat("m"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(headers.get("content-encoding").unwrap(), "identity");
+    assert!(serde_json::from_slice::<Value>(&body).is_ok());
+    let (status, headers, _) = raw_post(&gw, &chat("nope"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(status, 404);
+    assert_eq!(headers.get("content-encoding").unwrap(), "identity");
+    gw.stop().await;
+
+    // server.gzip = false: nothing is compressed.
+    mock.set_behavior(Behavior {
+        chunks: 400,
+        ..Behavior::default()
+    });
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[("GATEWAY__SERVER__GZIP", "false")],
+    )
+    .await;
+    let (status, headers, body) = raw_post(&gw, &chat("m"), &[("accept-encoding", "gzip")]).await;
+    assert_eq!(status, 200);
+    assert_ne!(
+        headers.get("content-encoding").map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    assert!(serde_json::from_slice::<Value>(&body).is_ok());
     gw.stop().await;
 }
 
