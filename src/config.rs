@@ -38,6 +38,7 @@ pub struct Settings {
     /// Per-cluster settings (`[clusters.<name>]`): scheduler source and maintenance.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSettings>,
+    pub cache: Cache,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +50,36 @@ pub struct Server {
     pub keep_alive_secs: u64,
     pub shutdown_grace_secs: u64,
     pub max_hops: u32,
+    /// gzip JSON answers of 1 KiB and more when the client accepts it (never SSE).
+    pub gzip: bool,
+    pub tls: Tls,
+}
+
+/// TLS on the listener (rustls, TLS 1.2 and 1.3 only). Both files empty: plain HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// `max-age` of the Strict-Transport-Security header sent when TLS is on.
+    pub hsts_max_age_secs: u64,
+}
+
+impl Tls {
+    pub fn enabled(&self) -> bool {
+        self.cert_file != Path::new("") || self.key_file != Path::new("")
+    }
+}
+
+/// The response cache for deterministic non-streaming requests (see `src/cache.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub enabled: bool,
+    pub ttl_secs: u64,
+    pub max_entries: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -581,6 +612,30 @@ impl Settings {
         )?;
         positive("breaker.open_secs", self.breaker.open_secs)?;
         positive("server.max_hops", self.server.max_hops as u64)?;
+        let tls = &self.server.tls;
+        if tls.enabled() {
+            for (key, path) in [
+                ("server.tls.cert_file", &tls.cert_file),
+                ("server.tls.key_file", &tls.key_file),
+            ] {
+                if path == Path::new("") {
+                    return Err(ConfigError::new(
+                        key,
+                        "must be set when the other TLS file is (both or neither)",
+                    ));
+                }
+                if !path.is_file() {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
+        if self.cache.enabled {
+            positive("cache.ttl_secs", self.cache.ttl_secs)?;
+            positive("cache.max_entries", self.cache.max_entries as u64)?;
+        }
         crate::logging::parse_level(&self.logging.level).ok_or_else(|| {
             ConfigError::new(
                 "logging.level",

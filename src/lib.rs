@@ -3,6 +3,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -10,12 +11,17 @@ pub mod error;
 pub mod fixtures;
 pub mod logging;
 pub mod login;
+pub mod metrics;
+pub mod openapi;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod streaming;
 pub mod streaming_redis;
+pub mod systemd;
 pub mod target;

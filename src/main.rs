@@ -11,8 +11,9 @@ use inference_gateway::clock::SystemClock;
 use inference_gateway::config::Settings;
 use inference_gateway::fixtures::{self, Catalog};
 use inference_gateway::login::{self, LoginSettings};
+use inference_gateway::reload::SettingsSource;
 use inference_gateway::store::{self, DatabaseUrl};
-use inference_gateway::{logging, server};
+use inference_gateway::{logging, server, systemd};
 
 /// mimalloc: the proxy path allocates many small, short-lived buffers, where glibc's
 /// allocator showed up at ~10% of CPU in profiles.
@@ -150,7 +151,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => check_config(&settings, &catalog),
         Command::Serve | Command::Auth(_) | Command::Keys { .. } | Command::Migrate => {
-            serve(settings, catalog)
+            serve(settings, catalog, SettingsSource::process(cli.config))
         }
     }
 }
@@ -398,7 +399,7 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
     }
 }
 
-fn serve(settings: Settings, catalog: Catalog) -> ExitCode {
+fn serve(settings: Settings, catalog: Catalog, source: SettingsSource) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let level = logging::parse_level(&settings.logging.level).unwrap_or(slog::Level::Info);
     let (log, guard) = logging::json_stdout(level);
@@ -414,7 +415,7 @@ fn serve(settings: Settings, catalog: Catalog) -> ExitCode {
         }
     }
     let system = actix_rt::System::new();
-    let result = system.block_on(run(settings, catalog, log.clone()));
+    let result = system.block_on(run(settings, catalog, source, log.clone()));
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -424,30 +425,65 @@ fn serve(settings: Settings, catalog: Catalog) -> ExitCode {
         }
     };
     drop(log);
+    // Flushes the log writer: every line logged so far is written before exit.
     drop(guard);
     code
 }
 
-async fn run(settings: Settings, catalog: Catalog, log: slog::Logger) -> std::io::Result<()> {
+async fn run(
+    settings: Settings,
+    catalog: Catalog,
+    source: SettingsSource,
+    log: slog::Logger,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let grace = settings.server.shutdown_grace_secs;
     let flush_timeout = Duration::from_secs(settings.database.timeout_secs + 5);
-    let running = server::start(settings, catalog, Arc::new(SystemClock), log.clone(), None)?;
+    let running = server::start_with_source(
+        settings,
+        catalog,
+        Arc::new(SystemClock),
+        log.clone(),
+        None,
+        source,
+    )?;
     for addr in &running.addrs {
-        slog::info!(log, "listening"; "addr" => addr.to_string());
+        slog::info!(log, "listening"; "addr" => addr.to_string(), "tls" => running.tls);
     }
     let handle = running.server.handle();
     let log_writer = running.log_writer.clone();
+    let reloader = Arc::clone(&running.reloader);
     let mut server = actix_rt::spawn(running.server);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => slog::info!(log, "SIGTERM: stopping"; "grace_secs" => grace),
-        _ = int.recv() => slog::info!(log, "SIGINT: stopping"; "grace_secs" => grace),
-        result = &mut server => {
-            return result.map_err(std::io::Error::other)?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // The listener is bound: tell systemd (Type=notify), and keep its watchdog fed from
+    // this (the actix system) thread.
+    systemd::ready(&log);
+    systemd::spawn_watchdog(log.clone());
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                slog::info!(log, "SIGTERM: stopping"; "grace_secs" => grace);
+                break;
+            }
+            _ = int.recv() => {
+                slog::info!(log, "SIGINT: stopping"; "grace_secs" => grace);
+                break;
+            }
+            _ = hup.recv() => {
+                slog::info!(log, "SIGHUP: reloading configuration and fixtures");
+                // Errors are logged by the reloader (naming the key or file); we keep
+                // serving on what we have either way.
+                let _ = reloader.reload().await;
+            }
+            result = &mut server => {
+                return result.map_err(std::io::Error::other)?;
+            }
         }
     }
+    systemd::stopping(&log);
+    // Stop accepting at once; in-flight requests and streams get up to the grace period.
     handle.stop(true).await;
     let _ = server.await;
     if let Some(writer) = log_writer {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::{Actor, Addr};
 use actix_web::dev::Server;
-use actix_web::middleware::{NormalizePath, TrailingSlash};
+use actix_web::middleware::{from_fn, Compress, Condition, NormalizePath, TrailingSlash};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
@@ -20,10 +20,13 @@ use crate::auth::identity::Identity;
 use crate::auth::keys::ApiKeys;
 use crate::auth::oidc::OidcAuth;
 use crate::auth::policy::Rules;
+use crate::cache::ResponseCache;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::fixtures::Catalog;
+use crate::metrics::Metrics;
+use crate::openapi::{self, OpenApi};
 use crate::proxy::forward::Upstream;
 use crate::proxy::globus_compute::GlobusShared;
 use crate::routes;
@@ -32,6 +35,8 @@ use crate::store::{self, DatabaseUrl, Store};
 
 /// PostgreSQL connections the request log's writer keeps (it writes one batch at a time).
 const LOG_WRITER_POOL: usize = 2;
+use crate::reload::{Reloader, SettingsSource};
+use crate::security;
 use crate::streaming::{token_hash, StreamHub};
 use crate::streaming_redis::RedisStreams;
 
@@ -46,12 +51,17 @@ pub struct Running {
     /// path sends it `Flush` after the server stopped.
     pub log_writer: Option<Addr<LogWriter>>,
     pub log_stats: Option<Arc<LogStats>>,
+    pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
+    /// The listener speaks TLS.
+    pub tls: bool,
 }
 
 /// Starts the actor tree and binds the HTTP server (on `listener` when given, else on
-/// `server.bind`). Must run inside an actix system. The database must be migrated already
-/// (`store::migrate::run`, on a sync connection before the system starts); opening the
-/// store makes no connection.
+/// `server.bind`). Must run inside an actix system. Reloads read the process's layers
+/// (`/etc/inference-gateway`, the environment); see [`start_with_source`]. The database
+/// must be migrated already (`store::migrate::run`, on a sync connection before the system
+/// starts); opening the store makes no connection.
 pub fn start(
     settings: Settings,
     catalog: Catalog,
@@ -59,9 +69,35 @@ pub fn start(
     log: slog::Logger,
     listener: Option<TcpListener>,
 ) -> io::Result<Running> {
+    start_with_source(
+        settings,
+        catalog,
+        clock,
+        log,
+        listener,
+        SettingsSource::process(None),
+    )
+}
+
+/// Like [`start`]; `source` is where a reload reads settings again.
+pub fn start_with_source(
+    settings: Settings,
+    catalog: Catalog,
+    clock: Arc<dyn Clock>,
+    log: slog::Logger,
+    listener: Option<TcpListener>,
+    source: SettingsSource,
+) -> io::Result<Running> {
+    let admin_keys = AdminKeys::from_config(&settings.auth)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let tls = if settings.server.tls.enabled() {
+        Some(security::server_config(&settings.server.tls)?)
+    } else {
+        None
+    };
+    let hsts = tls.as_ref().map(|_| settings.server.tls.hsts_max_age_secs);
     let invalid =
         |e: crate::config::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-    let admin_keys = AdminKeys::from_config(&settings.auth).map_err(invalid)?;
     let globus = if settings.auth.globus.enabled {
         let client = GlobusClient::from_config(&settings.auth.globus).map_err(invalid)?;
         let rules = Rules::from_config(&settings.auth.globus);
@@ -109,13 +145,20 @@ pub fn start(
         (LogSink::disabled(), None, None)
     };
     let settings = Arc::new(settings);
+    let metrics = Arc::new(Metrics::new());
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
+    let cache = Arc::new(ResponseCache::new(
+        &settings.cache,
+        Arc::clone(&clock),
+        Arc::clone(&metrics),
+    ));
     let gateway = Gateway::new(
         Arc::clone(&settings),
         catalog,
         clock,
         Arc::clone(&directory),
         log.clone(),
+        Arc::clone(&metrics),
     )
     .start();
     let streams = Arc::new(StreamHub::new(settings.streaming.buffer_events));
@@ -141,6 +184,13 @@ pub fn start(
         Some(redis)
     };
     let globus = Arc::new(globus);
+    let reloader = Arc::new(Reloader::new(
+        source,
+        Arc::clone(&settings),
+        gateway.clone(),
+        Arc::clone(&metrics),
+        log.clone(),
+    ));
     let state = web::Data::new(AppState {
         settings: Arc::clone(&settings),
         directory: Arc::clone(&directory),
@@ -154,14 +204,23 @@ pub fn start(
         started_at: SystemTime::now(),
         store: Arc::clone(&store),
         log_sink,
+        metrics: Arc::clone(&metrics),
+        cache,
+        reloader: Arc::clone(&reloader),
     });
     let routes = routes::inference_routes(&settings);
+    metrics.init_routes(routes.iter().map(|r| r.name));
+    let openapi = web::Data::new(OpenApi(openapi::document(&routes).to_string()));
     let upstream_settings = settings.upstream.clone();
+    let max_body = settings.server.max_body_bytes;
+    let gzip = settings.server.gzip;
     let mut server = HttpServer::new(move || {
         let root_routes = routes.clone();
         let first_routes = routes.clone();
         App::new()
             .app_data(state.clone())
+            .app_data(openapi.clone())
+            .app_data(web::PayloadConfig::new(max_body))
             // One upstream client (and connection pool) per worker thread.
             .app_data(web::Data::new(
                 Upstream::new(&upstream_settings).with_globus(Arc::clone(&globus)),
@@ -182,6 +241,11 @@ pub fn start(
                     .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
             )
             .wrap(NormalizePath::new(TrailingSlash::Trim))
+            // gzip by Accept-Encoding, except SSE and small bodies, which say
+            // `Content-Encoding: identity` (Compress leaves those alone).
+            .wrap(Condition::new(gzip, from_fn(security::skip_small_bodies)))
+            .wrap(Condition::new(gzip, Compress::default()))
+            .wrap(security::headers(hsts))
             .service(
                 web::scope("/resource_server")
                     .configure(move |c| routes::configure(c, &first_routes))
@@ -197,14 +261,19 @@ pub fn start(
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);
     }
-    server = match listener {
-        Some(listener) => server.listen(listener)?,
+    let listener = match listener {
+        Some(listener) => listener,
         None => {
             let addr = settings
                 .bind_addr()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            server.bind(addr)?
+            TcpListener::bind(addr)?
         }
+    };
+    let is_tls = tls.is_some();
+    server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
     };
     let addrs = server.addrs();
     Ok(Running {
@@ -215,5 +284,8 @@ pub fn start(
         store,
         log_writer,
         log_stats,
+        reloader,
+        metrics,
+        tls: is_tls,
     })
 }

@@ -1,6 +1,6 @@
 //! What handlers share: settings, the published directory, the supervisor's address, the
-//! logger, the store and the request log's sink. Passed explicitly with `web::Data`; no
-//! global registries.
+//! logger, the store and the request log's sink, metrics, the response cache and the
+//! reloader. Passed explicitly with `web::Data`; no global registries.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,12 +12,16 @@ use crate::actors::gateway::{Directory, Gateway};
 use crate::actors::log_writer::LogSink;
 use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
+use crate::cache::ResponseCache;
 use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::store::Store;
 use crate::streaming::StreamHub;
 use crate::streaming_redis::RedisStreams;
 
 pub struct AppState {
+    /// The settings the process started with (handler limits do not change on reload).
     pub settings: Arc<Settings>,
     pub directory: Arc<ArcSwap<Directory>>,
     pub gateway: Addr<Gateway>,
@@ -38,4 +42,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Where request records send their row (disabled when `logging.request_log = false`).
     pub log_sink: LogSink,
+    pub metrics: Arc<Metrics>,
+    pub cache: Arc<ResponseCache>,
+    pub reloader: Arc<Reloader>,
 }

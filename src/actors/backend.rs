@@ -10,6 +10,7 @@ use actix::prelude::*;
 use crate::actors::breaker::{Breaker, BreakerState};
 use crate::actors::router::{FederatedRouterActor, TargetChanged};
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::target::{BreakerView, Health, Target, Verdict};
 
 /// Weight of the newest sample in the latency average.
@@ -43,6 +44,9 @@ pub struct BackendActor {
     ewma_us: f64,
     client: Option<awc::Client>,
     reopen_timer: Option<SpawnHandle>,
+    /// `gateway_health_check_duration_seconds{target, result="ok"|"failed"}`, looked up once.
+    check_ok: prometheus::Histogram,
+    check_failed: prometheus::Histogram,
 }
 
 impl BackendActor {
@@ -54,7 +58,14 @@ impl BackendActor {
         clock: Arc<dyn Clock>,
         routers: Vec<Addr<FederatedRouterActor>>,
         restarted: bool,
+        metrics: &Metrics,
     ) -> Self {
+        let check_ok = metrics
+            .health_check_duration
+            .with_label_values(&[target.slug(), "ok"]);
+        let check_failed = metrics
+            .health_check_duration
+            .with_label_values(&[target.slug(), "failed"]);
         let breaker = if restarted {
             Breaker::restarted(settings.failure_threshold, settings.open_for)
         } else {
@@ -79,6 +90,8 @@ impl BackendActor {
             ewma_us,
             client: None,
             reopen_timer: None,
+            check_ok,
+            check_failed,
         }
     }
 
@@ -161,8 +174,10 @@ impl BackendActor {
         if let Some(key) = &self.target.api_key {
             req = req.bearer_auth(key);
         }
+        let (ok, failed) = (self.check_ok.clone(), self.check_failed.clone());
         let check = async move {
-            match req.send().await {
+            let started = std::time::Instant::now();
+            let result = match req.send().await {
                 Ok(mut res) => {
                     let status = res.status();
                     let _ = res.body().limit(HEALTH_BODY_LIMIT).await;
@@ -173,7 +188,14 @@ impl BackendActor {
                     }
                 }
                 Err(e) => Err(format!("health check failed: {e}")),
+            };
+            let took = started.elapsed().as_secs_f64();
+            if result.is_ok() {
+                ok.observe(took)
+            } else {
+                failed.observe(took)
             }
+            result
         };
         ctx.spawn(check.into_actor(self).map(|result, act, ctx| {
             act.checking = false;
@@ -276,6 +298,19 @@ impl Handler<Tick> for BackendActor {
 
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
         self.tick(ctx);
+    }
+}
+
+/// Stop this actor (its target was removed by a reload and has drained).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for BackendActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

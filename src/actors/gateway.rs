@@ -1,7 +1,10 @@
 //! `Gateway`: the root supervisor. Builds one `BackendActor` per target and one
 //! `FederatedRouterActor` per model from the catalog, publishes the [`Directory`] handlers
 //! read, and rebuilds any child whose mailbox closed (a panic ends an actor without a
-//! supervised stop, so it watches `Addr::connected`).
+//! supervised stop, so it watches `Addr::connected`). On reload it applies a new catalog
+//! ([`ApplyCatalog`]): unchanged targets keep their actor and state, removed (or changed)
+//! ones leave the directory at once and their actor stops when their last request ends,
+//! new ones start, and every model gets a fresh router that ranks from live state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,13 +13,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use crate::actors::backend::{BackendActor, BackendSettings, CheckNow, Tick};
+use crate::actors::backend::{BackendActor, BackendSettings, CheckNow, Stop, Tick};
 use crate::actors::router::{FederatedRouterActor, Ranked};
 use crate::actors::scheduler::{SchedulerProbe, SetProbeRouters};
 use crate::clock::Clock;
 use crate::cluster::ClusterState;
 use crate::config::Settings;
-use crate::fixtures::{Catalog, ModelSpec};
+use crate::fixtures::{Catalog, ModelSpec, TargetSpec};
+use crate::metrics::Metrics;
 use crate::target::Target;
 
 /// How often the supervisor looks for dead children.
@@ -82,6 +86,10 @@ pub struct Gateway {
     catalog: Catalog,
     /// Built but not yet started (started with the supervisor).
     pending: Vec<PendingModel>,
+    /// Targets removed by a reload whose requests are still running; their actor stops
+    /// when the last one ends.
+    draining: Vec<BackendSlot>,
+    metrics: Arc<Metrics>,
 }
 
 struct PendingModel {
@@ -97,6 +105,7 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         directory: Arc<ArcSwap<Directory>>,
         log: slog::Logger,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let mut gateway = Gateway {
             settings,
@@ -108,6 +117,8 @@ impl Gateway {
             probes: Vec::new(),
             catalog,
             pending: Vec::new(),
+            draining: Vec::new(),
+            metrics,
         };
         gateway.build();
         gateway
@@ -127,26 +138,38 @@ impl Gateway {
         }
     }
 
+    /// A new target from its spec, with its upstream key read from the environment.
+    fn make_target(&self, spec: &TargetSpec) -> Arc<Target> {
+        let api_key = spec
+            .api_key_env
+            .as_ref()
+            .and_then(|var| std::env::var(var).ok())
+            .filter(|k| !k.is_empty());
+        if let (Some(var), None) = (&spec.api_key_env, &api_key) {
+            slog::warn!(self.log, "upstream API key variable is not set";
+                "target" => &spec.slug, "variable" => var);
+        }
+        Arc::new(Target::new(
+            spec.clone(),
+            api_key,
+            self.settings.upstream.response_timeout(),
+        ))
+    }
+
     /// Builds targets and model entries from the catalog and publishes the directory.
     fn build(&mut self) {
-        let timeout = self.settings.upstream.response_timeout();
         let targets: Vec<Arc<Target>> = self
             .catalog
             .targets
             .iter()
-            .map(|spec| {
-                let api_key = spec
-                    .api_key_env
-                    .as_ref()
-                    .and_then(|var| std::env::var(var).ok())
-                    .filter(|k| !k.is_empty());
-                if let (Some(var), None) = (&spec.api_key_env, &api_key) {
-                    slog::warn!(self.log, "upstream API key variable is not set";
-                        "target" => &spec.slug, "variable" => var);
-                }
-                Arc::new(Target::new(spec.clone(), api_key, timeout))
-            })
+            .map(|spec| self.make_target(spec))
             .collect();
+        self.publish_directory(targets);
+    }
+
+    /// Builds the model entries over `targets` (queued in `pending` for their routers to
+    /// start) and publishes the directory.
+    fn publish_directory(&mut self, targets: Vec<Arc<Target>>) {
         let by_slug: HashMap<&str, &Arc<Target>> = targets.iter().map(|t| (t.slug(), t)).collect();
         let mut directory = Directory {
             targets: targets.clone(),
@@ -219,6 +242,7 @@ impl Gateway {
                 Arc::clone(&self.clock),
                 self.router_addrs(&routers),
                 false,
+                &self.metrics,
             )
             .start();
             self.backends.push(BackendSlot {
@@ -272,6 +296,13 @@ impl Gateway {
     /// Rebuilds children whose actor died. A rebuilt router re-ranks from the targets' live
     /// state; a rebuilt backend starts half-open with unknown health and checks at once.
     fn watch(&mut self) {
+        self.draining.retain(|slot| {
+            if slot.target.in_flight() > 0 {
+                return true;
+            }
+            slot.addr.do_send(Stop);
+            false
+        });
         let mut routers_rebuilt = false;
         for (name, slot) in self.routers.iter_mut() {
             if !slot.addr.connected() {
@@ -300,6 +331,7 @@ impl Gateway {
                     Arc::clone(&self.clock),
                     routers,
                     true,
+                    &self.metrics,
                 )
                 .start();
             } else {
@@ -325,6 +357,134 @@ impl Gateway {
                 self.probes[i].addr.do_send(SetProbeRouters(routers));
             }
         }
+    }
+}
+
+/// What a reload changed, by target id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadSummary {
+    pub kept: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same id, new definition: the old actor drains, a new one starts.
+    pub replaced: Vec<String>,
+    pub models: usize,
+    /// Removed or replaced targets still finishing requests (their actors stop after).
+    pub draining: usize,
+}
+
+/// Apply a new (already validated) catalog and the settings new actors start with.
+#[derive(Message)]
+#[rtype(result = "ReloadSummary")]
+pub struct ApplyCatalog {
+    pub catalog: Catalog,
+    pub settings: Arc<Settings>,
+}
+
+impl Handler<ApplyCatalog> for Gateway {
+    type Result = MessageResult<ApplyCatalog>;
+
+    fn handle(&mut self, msg: ApplyCatalog, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.apply(msg.catalog, msg.settings))
+    }
+}
+
+impl Gateway {
+    fn apply(&mut self, catalog: Catalog, settings: Arc<Settings>) -> ReloadSummary {
+        self.settings = settings;
+        self.catalog = catalog;
+        let mut summary = ReloadSummary::default();
+        let mut old: HashMap<String, BackendSlot> = self
+            .backends
+            .drain(..)
+            .map(|slot| (slot.target.slug().to_string(), slot))
+            .collect();
+        let mut kept: Vec<BackendSlot> = Vec::new();
+        let mut targets: Vec<Arc<Target>> = Vec::new();
+        let mut fresh: Vec<Arc<Target>> = Vec::new();
+        for spec in self.catalog.targets.clone() {
+            match old.remove(&spec.slug) {
+                Some(slot) if *slot.target.spec == spec => {
+                    summary.kept.push(spec.slug.clone());
+                    targets.push(Arc::clone(&slot.target));
+                    kept.push(slot);
+                }
+                other => {
+                    if let Some(slot) = other {
+                        summary.replaced.push(spec.slug.clone());
+                        self.draining.push(slot);
+                    } else {
+                        summary.added.push(spec.slug.clone());
+                    }
+                    let target = self.make_target(&spec);
+                    targets.push(Arc::clone(&target));
+                    fresh.push(target);
+                }
+            }
+        }
+        for (slug, slot) in old {
+            summary.removed.push(slug);
+            self.draining.push(slot);
+        }
+        summary.removed.sort();
+        // Drained actors push to no router; the watch stops them when idle.
+        for slot in &self.draining {
+            slot.addr.do_send(SetRouters(Vec::new()));
+        }
+        // Fresh routers for every model (ranking from the targets' live state); the old
+        // ones stop when their last address is dropped.
+        self.routers.clear();
+        self.publish_directory(targets);
+        let mut model_routers: HashMap<String, Vec<String>> = HashMap::new();
+        for PendingModel { entry } in std::mem::take(&mut self.pending) {
+            for t in &entry.targets {
+                model_routers
+                    .entry(t.slug().to_string())
+                    .or_default()
+                    .push(entry.spec.name.clone());
+            }
+            let addr = start_router(&entry);
+            self.routers
+                .insert(entry.spec.name.clone(), RouterSlot { entry, addr });
+        }
+        for mut slot in kept {
+            slot.routers = model_routers.remove(slot.target.slug()).unwrap_or_default();
+            slot.addr
+                .do_send(SetRouters(self.router_addrs(&slot.routers)));
+            self.backends.push(slot);
+        }
+        for target in fresh {
+            let settings = self.backend_settings(target.spec.health_path.as_deref());
+            let routers = model_routers.remove(target.slug()).unwrap_or_default();
+            let addr = BackendActor::new(
+                Arc::clone(&target),
+                settings.clone(),
+                Arc::clone(&self.clock),
+                self.router_addrs(&routers),
+                false,
+                &self.metrics,
+            )
+            .start();
+            self.backends.push(BackendSlot {
+                target,
+                settings,
+                routers,
+                addr,
+            });
+        }
+        // Keep catalog order (listings and /health/detailed follow it).
+        let order: HashMap<String, usize> = self
+            .catalog
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.slug.clone(), i))
+            .collect();
+        self.backends
+            .sort_by_key(|s| order.get(s.target.slug()).copied().unwrap_or(usize::MAX));
+        summary.models = self.routers.len();
+        summary.draining = self.draining.len();
+        summary
     }
 }
 

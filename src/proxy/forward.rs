@@ -15,11 +15,13 @@ use futures_util::StreamExt;
 
 use crate::actors::gateway::ModelEntry;
 use crate::actors::router::{pick, Pin};
+use crate::cache::{CacheKey, ResponseCache};
 use crate::error::{code, envelope, ApiError};
 use crate::fixtures::Transport;
+use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::proxy::globus_compute::{self, GlobusShared};
 use crate::proxy::record::{Ending, RequestRecord};
-use crate::proxy::relay::{Finish, Framing, Relay};
+use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
 use crate::proxy::usage::UsageMeter;
 use crate::target::{Lease, Target, Verdict};
 
@@ -83,6 +85,9 @@ pub struct Call {
     pub request_id: String,
     pub hops: u32,
     pub client_headers: Vec<(HeaderName, HeaderValue)>,
+    pub metrics: Arc<Metrics>,
+    /// Where to store a whole 2xx JSON answer (cacheable requests only).
+    pub cache: Option<(Arc<ResponseCache>, CacheKey)>,
 }
 
 /// Picks from the client's headers those passed upstream.
@@ -116,6 +121,21 @@ pub(crate) enum AttemptError {
     Starting(Duration),
 }
 
+impl AttemptError {
+    /// The metric label of an upstream error; `None` for a target that is only starting.
+    fn kind(&self) -> Option<UpstreamErrorKind> {
+        Some(match self {
+            AttemptError::Connect(_) => UpstreamErrorKind::Connect,
+            AttemptError::Broken(_) => UpstreamErrorKind::Broken,
+            AttemptError::Died(_) => UpstreamErrorKind::DiedBeforeFirstByte,
+            AttemptError::Timeout => UpstreamErrorKind::Timeout,
+            AttemptError::Status5xx(..) => UpstreamErrorKind::Status5xx,
+            AttemptError::RateLimited(..) => UpstreamErrorKind::RateLimited,
+            AttemptError::Starting(_) => return None,
+        })
+    }
+}
+
 pub async fn forward(
     upstream: &Upstream,
     call: Call,
@@ -143,6 +163,12 @@ pub async fn forward(
         }
         record.attempts += 1;
         let target = Arc::clone(lease.target());
+        if record.attempts > 1 {
+            call.metrics
+                .failovers
+                .with_label_values(&[&call.requested_model])
+                .inc();
+        }
         record.target = Some(target.spec.slug.clone());
         record.cluster = Some(target.spec.cluster.clone());
         record.framework = Some(target.spec.framework.clone());
@@ -150,7 +176,7 @@ pub async fn forward(
         let body = match rewrite_model(&call.body, &call.requested_model, &target.spec.model) {
             Ok(body) => body,
             Err(e) => {
-                slog::error!(log, "could not rewrite model field"; "error" => e.to_string(), "request_id" => &call.request_id);
+                slog::error!(log, "could not rewrite model field"; "error" => e.to_string());
                 return Err((ApiError::Internal, record));
             }
         };
@@ -168,6 +194,12 @@ pub async fn forward(
         };
         if let Err(AttemptError::Broken(_)) = &result {
             if !stale_retry_used {
+                call.metrics
+                    .upstream_error(target.slug(), UpstreamErrorKind::Broken);
+                call.metrics
+                    .retries
+                    .with_label_values(&[target.slug()])
+                    .inc();
                 // A pooled connection the target had already closed (llama-server closes
                 // after every stream): nothing was processed, so resend on a fresh one.
                 stale_retry_used = true;
@@ -199,7 +231,7 @@ pub async fn forward(
                     .content_type("application/json")
                     .insert_header((REQUEST_ID_HEADER, call.request_id.clone()))
                     .body(body);
-                record.finish(log);
+                record.finish(log, &call.metrics);
                 return Ok(response);
             }
             Ok(Committed::ClientError(status, headers, body)) => {
@@ -210,7 +242,7 @@ pub async fn forward(
                 record.ending = Ending::Complete;
                 drop(lease);
                 let response = pass_client_error(status, &headers, body, &call.request_id);
-                record.finish(log);
+                record.finish(log, &call.metrics);
                 return Ok(response);
             }
             Err(e) => {
@@ -233,8 +265,11 @@ pub async fn forward(
                     AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
                     AttemptError::Starting(_) => (Verdict::Neutral, "starting".into()),
                 };
+                if let Some(kind) = e.kind() {
+                    call.metrics.upstream_error(target.slug(), kind);
+                }
                 slog::warn!(log, "attempt failed";
-                    "request_id" => &call.request_id, "target" => target.slug(),
+                    "target" => target.slug(),
                     "attempt" => record.attempts, "error" => detail);
                 lease.set_verdict(verdict);
                 drop(lease);
@@ -387,20 +422,40 @@ fn respond(
     let framing = Framing::new(&content_type, content_length);
     let sse = matches!(framing, Framing::Sse(_));
     let mut builder = HttpResponse::build(status);
-    builder.insert_header((header::CONTENT_TYPE, content_type));
     builder.insert_header((REQUEST_ID_HEADER, call.request_id.clone()));
     if let Some(encoding) = res.headers().get(header::CONTENT_ENCODING) {
         builder.insert_header((header::CONTENT_ENCODING, encoding.clone()));
+    }
+    let small = content_length.is_some_and(|n| n < crate::security::GZIP_MIN_BYTES);
+    if (sse || small) && res.headers().get(header::CONTENT_ENCODING).is_none() {
+        // Never compress a stream (compression would hold events back until a block
+        // fills), nor a small body (gzip's setup costs more than it saves).
+        builder.insert_header((header::CONTENT_ENCODING, "identity"));
     }
     if sse {
         builder.insert_header((header::CACHE_CONTROL, "no-cache"));
         // Tell a reverse proxy in front of us (nginx) not to buffer the stream.
         builder.insert_header(("x-accel-buffering", "no"));
     }
+    let cache = match &call.cache {
+        Some((cache, key)) if status.is_success() && matches!(framing, Framing::Json { .. }) => {
+            builder.insert_header((crate::cache::HEADER, "miss"));
+            Some(CacheStore {
+                cache: Arc::clone(cache),
+                key: *key,
+                status: status.as_u16(),
+                content_type: content_type.clone(),
+            })
+        }
+        _ => None,
+    };
+    builder.insert_header((header::CONTENT_TYPE, content_type));
     let finish = Finish {
         lease,
         record,
         log: log.clone(),
+        metrics: Arc::clone(&call.metrics),
+        cache,
     };
     let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish);
     builder.streaming(relay)
@@ -427,6 +482,8 @@ fn respond_callback(
         lease,
         record,
         log: log.clone(),
+        metrics: Arc::clone(&call.metrics),
+        cache: None,
     };
     let framing = Framing::new("text/event-stream", None);
     builder.streaming(Relay::new(

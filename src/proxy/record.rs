@@ -7,8 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use crate::actors::log_writer::LogSink;
+use crate::metrics::Metrics;
 use crate::proxy::usage::Usage;
 use crate::store::{unix_ms, LogRow};
+
+/// The caller identity before authentication exists (also the response-cache tenant).
+pub const ANONYMOUS: &str = "anonymous";
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +41,13 @@ impl Ending {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RequestRecord {
     pub request_id: String,
     pub route: &'static str,
     pub model: String,
+    /// The model is in the catalog (else metrics count it as `unknown`).
+    pub model_known: bool,
     pub target: Option<String>,
     pub cluster: Option<String>,
     pub framework: Option<String>,
@@ -57,7 +63,8 @@ pub struct RequestRecord {
     pub ending: Ending,
     /// Wall-clock start (the row's `created_at`).
     pub started_at: SystemTime,
-    /// The authenticated caller (empty until auth names one).
+    /// The caller's user id ([`ANONYMOUS`] when authentication is off); logged and in the
+    /// request log, never a metric label.
     pub user: String,
     pub org: String,
     /// Size of the request body, for a token estimate when the upstream reports no usage.
@@ -68,6 +75,10 @@ pub struct RequestRecord {
     pub prompt: Option<Bytes>,
     /// The response body as relayed, collected (bounded) only when payloads are stored.
     pub completion: Option<Vec<u8>>,
+    /// Answered from the response cache.
+    pub cached: bool,
+    /// Counts the request in flight until the record is written or dropped.
+    pub in_flight: Option<crate::metrics::InFlight>,
 }
 
 impl RequestRecord {
@@ -76,6 +87,7 @@ impl RequestRecord {
             request_id,
             route,
             model: String::new(),
+            model_known: false,
             target: None,
             cluster: None,
             framework: None,
@@ -90,12 +102,14 @@ impl RequestRecord {
             client_ip: None,
             ending: Ending::Complete,
             started_at: SystemTime::now(),
-            user: String::new(),
+            user: ANONYMOUS.to_string(),
             org: String::new(),
             request_bytes: 0,
             sink: LogSink::disabled(),
             prompt: None,
             completion: None,
+            cached: false,
+            in_flight: None,
         }
     }
 
@@ -177,16 +191,19 @@ impl RequestRecord {
         }
     }
 
-    /// Writes the record: one JSON log line, and one row to the request log.
-    pub fn finish(self, log: &slog::Logger) {
+    /// Writes the record: counts it in the metrics, writes one JSON log line on the
+    /// request's own logger (which carries `request_id`), and sends one row to the request
+    /// log.
+    pub fn finish(self, log: &slog::Logger, metrics: &Metrics) {
+        metrics.observe_request(&self);
         if self.sink.is_enabled() {
             self.sink.send(self.to_row());
         }
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let usage = self.usage.unwrap_or_default();
         slog::info!(log, "request";
-            "request_id" => &self.request_id,
             "route" => self.route,
+            "user" => self.user.as_str(),
             "model" => &self.model,
             "target" => self.target.as_deref().unwrap_or(""),
             "cluster" => self.cluster.as_deref().unwrap_or(""),
@@ -196,6 +213,7 @@ impl RequestRecord {
             "error_code" => self.error_code.unwrap_or(""),
             "attempts" => self.attempts,
             "ending" => self.ending.name(),
+            "cache" => if self.cached { "hit" } else { "" },
             "tokens.prompt" => usage.prompt_tokens,
             "tokens.completion" => usage.completion_tokens,
             "tokens.total" => usage.total(),

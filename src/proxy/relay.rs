@@ -15,7 +15,9 @@ use futures_util::Stream;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::cache::{CacheKey, ResponseCache};
 use crate::error::{code, envelope};
+use crate::metrics::Metrics;
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::sse::SseSplitter;
 use crate::proxy::usage::UsageMeter;
@@ -62,7 +64,19 @@ impl Framing {
 pub struct Finish {
     pub lease: Lease,
     pub record: RequestRecord,
+    /// The request's own logger (carries `request_id`).
     pub log: slog::Logger,
+    pub metrics: std::sync::Arc<Metrics>,
+    /// Set for cacheable requests: where a whole, valid JSON body is stored.
+    pub cache: Option<CacheStore>,
+}
+
+/// Where the relay stores a cacheable answer once it is complete and valid.
+pub struct CacheStore {
+    pub cache: std::sync::Arc<ResponseCache>,
+    pub key: CacheKey,
+    pub status: u16,
+    pub content_type: String,
 }
 
 pin_project! {
@@ -129,9 +143,15 @@ fn complete(mut finish: Finish, meter: &UsageMeter, ending: Ending, verdict: Ver
         });
     }
     finish.lease.set_verdict(verdict);
-    let Finish { lease, record, log } = finish;
+    let Finish {
+        lease,
+        record,
+        log,
+        metrics,
+        ..
+    } = finish;
     drop(lease);
-    record.finish(&log);
+    record.finish(&log, &metrics);
 }
 
 /// Adds bytes sent to the client to the record's completion (when payloads are stored).
@@ -248,6 +268,17 @@ where
                                 (None, Some("body is cut-off JSON"))
                             } else {
                                 this.meter.observe_json(body);
+                                let store = this.finish.as_mut().and_then(|f| f.cache.take());
+                                if let Some(store) = store {
+                                    if whole {
+                                        store.cache.insert(
+                                            store.key,
+                                            store.status,
+                                            store.content_type,
+                                            Bytes::copy_from_slice(body),
+                                        );
+                                    }
+                                }
                                 (None, None)
                             }
                         }
@@ -332,7 +363,6 @@ impl<S> Relay<S> {
         };
         if let Some(f) = finish.take() {
             slog::warn!(f.log, "upstream failed mid-response";
-                "request_id" => &f.record.request_id,
                 "target" => f.record.target.as_deref().unwrap_or(""),
                 "error" => &cause);
             complete(f, meter, ending, Verdict::Failure { error: cause });
@@ -363,6 +393,8 @@ mod tests {
     fn finish(lease: Lease) -> Finish {
         Finish {
             lease,
+            metrics: Arc::new(Metrics::new()),
+            cache: None,
             record: RequestRecord::new("rid".into(), "chat", StdInstant::now()),
             log: crate::logging::discard(),
         }

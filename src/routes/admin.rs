@@ -1,6 +1,7 @@
 //! The admin API (admin role only): `GET /admin/backends` lists every target with what an
 //! operator needs and a user must not see (base URLs, fixture extras); `GET /admin/usage`
-//! aggregates the request log.
+//! aggregates the request log; `POST /admin/reload` re-reads configuration and fixtures
+//! (like SIGHUP).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -8,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::auth::admin::Admin;
 use crate::error::ApiError;
+use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
 use crate::store::{ModelUsage, UsageFilter};
 
@@ -139,6 +141,23 @@ fn time_param(param: &'static str, value: Option<&str>) -> Result<Option<i64>, A
              got {shown:?}."
         ),
     ))
+}
+
+/// Applies new configuration and fixtures; 400 (naming the key or file) when they are
+/// invalid, and the gateway keeps running on the old ones.
+pub async fn reload(
+    _: Admin,
+    req: actix_web::HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    match state.reloader.reload().await {
+        Ok(report) => HttpResponse::Ok().json(json!({"status": "reloaded", "report": report})),
+        Err(e @ crate::reload::ReloadError::Gateway) => {
+            slog::error!(state.log, "reload failed"; "error" => e.to_string());
+            error_response(&ApiError::Internal, &request_id(&req))
+        }
+        Err(e) => error_response(&ApiError::invalid(e.to_string()), &request_id(&req)),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::actors::router::Pin;
 use crate::auth::caller::Caller;
+use crate::cache::{self, CacheMode};
 use crate::error::ApiError;
+use crate::metrics::InFlight;
 use crate::proxy::cold_start;
 use crate::proxy::forward::{self, passed_headers, Call, Upstream, HOPS_HEADER, REQUEST_ID_HEADER};
 use crate::proxy::record::{Ending, RequestRecord};
@@ -60,6 +62,18 @@ struct Head<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
+    /// Kept raw: only "is it exactly 0" matters (for the response cache), and a value of
+    /// another type is the target's to refuse.
+    #[serde(borrow, default)]
+    temperature: Option<&'a serde_json::value::RawValue>,
+}
+
+/// What the gateway reads from a request body.
+#[derive(Debug, PartialEq)]
+struct Parsed {
+    model: String,
+    stream: bool,
+    temperature: Option<f64>,
 }
 
 /// Request id from `x-request-id` when it is sane, else a new one.
@@ -109,7 +123,7 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
+fn parse_head(body: &[u8]) -> Result<Parsed, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_none() {
         return Err(ApiError::InvalidJson(
@@ -138,7 +152,13 @@ fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
         }
         None => return Err(ApiError::invalid_param("model", "`model` is required.")),
     };
-    Ok((model, head.stream.unwrap_or(false)))
+    Ok(Parsed {
+        model,
+        stream: head.stream.unwrap_or(false),
+        temperature: head
+            .temperature
+            .and_then(|t| t.get().trim().parse::<f64>().ok()),
+    })
 }
 
 /// Handles one inference request on `route`; `pinned` routes carry cluster and framework
@@ -154,11 +174,14 @@ pub async fn handle(
 ) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(&req);
+    // The request's own logger: every line about it carries its id.
+    let log = state.log.new(slog::o!("request_id" => request_id.clone()));
     let mut record = RequestRecord::new(request_id.clone(), route.name, started);
+    record.in_flight = Some(InFlight::new(&state.metrics.in_flight));
     record.client_ip = req.peer_addr().map(|a| a.ip().to_string());
     record.log_to(state.log_sink.clone());
 
-    let call = match prepare(
+    let (mut call, temperature) = match prepare(
         &req,
         caller,
         payload,
@@ -171,8 +194,41 @@ pub async fn handle(
     .await
     {
         Ok(call) => call,
-        Err(error) => return reject(error, record, &state.log),
+        Err(error) => return reject(error, record, &state, &log),
     };
+    if state.cache.enabled() {
+        let mode = CacheMode::from_header(req.headers().get(cache::HEADER).map(|v| v.as_bytes()));
+        if mode.cacheable(call.stream, temperature) {
+            let pin = call
+                .pin
+                .as_ref()
+                .map(|p| (p.cluster.as_str(), p.framework.as_str()));
+            let key = cache::key(
+                &record.user,
+                route.name,
+                pin,
+                &call.requested_model,
+                &call.body,
+            );
+            if let Some(hit) = state.cache.get(&key) {
+                record.cached = true;
+                record.status = hit.status;
+                let response = HttpResponse::build(
+                    actix_web::http::StatusCode::from_u16(hit.status)
+                        .unwrap_or(actix_web::http::StatusCode::OK),
+                )
+                .content_type(hit.content_type.as_str())
+                .insert_header((REQUEST_ID_HEADER, request_id))
+                .insert_header((cache::HEADER, "hit"))
+                .body(hit.body.clone());
+                record.finish(&log, &state.metrics);
+                return response;
+            }
+            call.cache = Some((Arc::clone(&state.cache), key));
+        } else {
+            state.cache.bypass();
+        }
+    }
     let preflight = {
         let directory = state.directory.load_full();
         cold_start::preflight(
@@ -182,25 +238,30 @@ pub async fn handle(
             &directory,
             &state.settings.cold_start,
             state.redis_streams.as_deref(),
-            &state.log,
+            &log,
         )
         .await
     };
     if let Err(error) = preflight {
-        return reject(error, record, &state.log);
+        return reject(error, record, &state, &log);
     }
-    match forward::forward(&upstream, call, record, &state.log).await {
+    match forward::forward(&upstream, call, record, &log).await {
         Ok(response) => response,
-        Err((error, record)) => reject(error, record, &state.log),
+        Err((error, record)) => reject(error, record, &state, &log),
     }
 }
 
-fn reject(error: ApiError, mut record: RequestRecord, log: &slog::Logger) -> HttpResponse {
+fn reject(
+    error: ApiError,
+    mut record: RequestRecord,
+    state: &AppState,
+    log: &slog::Logger,
+) -> HttpResponse {
     let response = error_response(&error, &record.request_id);
     record.status = response.status().as_u16();
     record.error_code = Some(error.code());
     record.ending = Ending::Rejected;
-    record.finish(log);
+    record.finish(log, &state.metrics);
     response
 }
 
@@ -214,7 +275,7 @@ async fn prepare(
     pinned: bool,
     request_id: &str,
     record: &mut RequestRecord,
-) -> Result<Call, ApiError> {
+) -> Result<(Call, Option<f64>), ApiError> {
     let hops = req
         .headers()
         .get(HOPS_HEADER)
@@ -225,8 +286,15 @@ async fn prepare(
         return Err(ApiError::LoopDetected);
     }
     let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
+    // The caller is the cache tenant and the request log's user.
+    record.user.clone_from(&caller.id);
+    record.org = caller.org.clone().unwrap_or_default();
     record.keep_prompt(&body);
-    let (model, stream) = parse_head(&body)?;
+    let Parsed {
+        model,
+        stream,
+        temperature,
+    } = parse_head(&body)?;
     record.model = model.clone();
     record.stream = stream;
 
@@ -248,6 +316,7 @@ async fn prepare(
         .model(&model)
         .cloned()
         .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
+    record.model_known = true;
     let pin = if pinned {
         let info = req.match_info();
         let pin = Pin {
@@ -279,7 +348,7 @@ async fn prepare(
             refusal.unwrap_or_default()
         )));
     }
-    Ok(Call {
+    let call = Call {
         model: entry,
         upstream_path: route.upstream_path,
         body,
@@ -290,7 +359,10 @@ async fn prepare(
         request_id: request_id.to_string(),
         hops,
         client_headers: passed_headers(req.headers()),
-    })
+        metrics: Arc::clone(&state.metrics),
+        cache: None,
+    };
+    Ok((call, temperature))
 }
 
 #[cfg(test)]
@@ -299,10 +371,17 @@ mod tests {
 
     #[test]
     fn head_reads_model_and_stream_and_ignores_the_rest() {
-        let (m, s) = parse_head(br#"{"model":"x","stream":true,"whatever":[1,2]}"#).unwrap();
-        assert_eq!((m.as_str(), s), ("x", true));
-        let (_, s) = parse_head(br#" {"model":"x"}"#).unwrap();
-        assert!(!s);
+        let p = parse_head(br#"{"model":"x","stream":true,"whatever":[1,2]}"#).unwrap();
+        assert_eq!(
+            (p.model.as_str(), p.stream, p.temperature),
+            ("x", true, None)
+        );
+        let p = parse_head(br#" {"model":"x","temperature":0}"#).unwrap();
+        assert!(!p.stream);
+        assert_eq!(p.temperature, Some(0.0));
+        // A temperature of another type is the target's to refuse, not ours.
+        let p = parse_head(br#"{"model":"x","temperature":"hot"}"#).unwrap();
+        assert_eq!(p.temperature, None);
     }
 
     #[test]

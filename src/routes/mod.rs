@@ -8,6 +8,7 @@ pub mod clusters;
 pub mod health;
 pub mod inference;
 pub mod keys_admin;
+pub mod ops;
 pub mod streaming;
 
 use std::collections::HashSet;
@@ -119,6 +120,36 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
     cfg.service(
         web::resource("/health/detailed")
             .route(web::get().to(health::detailed))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/reload")
+            .route(web::post().to(admin::reload))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/metrics")
+            .route(web::get().to(ops::metrics))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/openapi.json")
+            .route(web::get().to(crate::openapi::openapi_json))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/docs")
+            .route(web::get().to(crate::openapi::docs))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/docs/docs.js")
+            .route(web::get().to(crate::openapi::docs_js))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/docs/docs.css")
+            .route(web::get().to(crate::openapi::docs_css))
             .default_service(web::to(method_not_allowed)),
     );
     cfg.service(

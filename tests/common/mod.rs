@@ -16,6 +16,7 @@ use inference_gateway::actors::log_writer::{Flush, LogStats, LogWriter};
 use inference_gateway::clock::ManualClock;
 use inference_gateway::config::Settings;
 use inference_gateway::fixtures::Catalog;
+use inference_gateway::reload::{Reloader, SettingsSource};
 use inference_gateway::server;
 use inference_gateway::store::{self, Store};
 use serde_json::{json, Value};
@@ -51,8 +52,9 @@ pub struct TestGateway {
     pub store: Arc<dyn Store>,
     pub log_writer: Option<Addr<LogWriter>>,
     pub log_stats: Option<Arc<LogStats>>,
+    pub reloader: Arc<Reloader>,
     handle: ServerHandle,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestGateway {
@@ -159,6 +161,13 @@ impl TestGateway {
         )
     }
 
+    /// Rewrites `endpoints.json` (and `federated_endpoints.json` when `federated` is not
+    /// empty) in the fixtures directory; apply with `reloader.reload()` or
+    /// `POST /admin/reload`.
+    pub fn write_fixtures(&self, targets: &[T<'_>], federated: &[Value]) {
+        write_fixtures(self.dir.path(), targets, federated);
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
@@ -260,7 +269,8 @@ pub async fn start_fixtures(
     for (k, v) in settings {
         env.push((k.to_string(), v.to_string()));
     }
-    let settings = Settings::load_from(config_file.as_deref(), None, env).expect("settings");
+    let settings =
+        Settings::load_from(config_file.as_deref(), None, env.clone()).expect("settings");
     // As `serve` does: migrate on a sync connection before the server starts.
     let db_url = store::DatabaseUrl::from_settings(&settings).expect("database.url");
     store::migrate::run(&db_url).expect("migrations");
@@ -273,8 +283,17 @@ pub async fn start_fixtures(
             .map(slog::Fuse),
         slog::o!(),
     );
-    let running = server::start(settings, catalog, clock.clone(), log, Some(listener)).unwrap();
-    let url = format!("http://{}", running.addrs[0]);
+    let running = server::start_with_source(
+        settings,
+        catalog,
+        clock.clone(),
+        log,
+        Some(listener),
+        SettingsSource::fixed(config_file, env),
+    )
+    .unwrap();
+    let scheme = if running.tls { "https" } else { "http" };
+    let url = format!("{scheme}://{}", running.addrs[0]);
     let handle = running.server.handle();
     actix_rt::spawn(running.server);
     TestGateway {
@@ -285,8 +304,33 @@ pub async fn start_fixtures(
         store: running.store,
         log_writer: running.log_writer,
         log_stats: running.log_stats,
+        reloader: running.reloader,
         handle,
-        _dir: dir,
+        dir,
+    }
+}
+
+pub fn write_fixtures(dir: &std::path::Path, targets: &[T<'_>], federated: &[Value]) {
+    let endpoints: Vec<Value> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            json!({"model": "resource_server.endpoint", "pk": i + 1, "fields": {
+                "endpoint_slug": t.slug, "cluster": t.cluster, "framework": t.framework,
+                "model": t.model, "base_url": t.base_url}})
+        })
+        .collect();
+    std::fs::write(
+        dir.join("endpoints.json"),
+        serde_json::to_vec(&endpoints).unwrap(),
+    )
+    .unwrap();
+    if !federated.is_empty() {
+        std::fs::write(
+            dir.join("federated_endpoints.json"),
+            serde_json::to_vec(federated).unwrap(),
+        )
+        .unwrap();
     }
 }
 

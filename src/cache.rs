@@ -1,0 +1,293 @@
+//! The response cache for identical deterministic non-streaming requests: a request is
+//! cacheable when it does not stream and either asks for `temperature: 0` explicitly or
+//! carries `x-cache: on` (`x-cache: off` always bypasses). Only whole 2xx JSON answers are
+//! stored, by the relay once the body is complete and valid.
+//!
+//! Keys are SHA-256 over (tenant, route, pinned cluster/framework, model, exact body
+//! bytes), so tenants never see each other's answers. Entries live `cache.ttl_secs` and
+//! there are at most `cache.max_entries`; since every entry has the same TTL, insertion
+//! order is expiry order and the oldest entry is evicted first. The map is split into
+//! shards, each behind a short `Mutex` held only to copy an `Arc` in or out, so every
+//! worker shares one cache without a cross-thread message.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+
+const SHARDS: usize = 16;
+
+/// Request header (`on`/`off`) and response header (`hit`/`miss`).
+pub const HEADER: &str = "x-cache";
+
+pub type CacheKey = [u8; 32];
+
+/// A stored answer: its status, content type and body bytes, returned as they were.
+#[derive(Debug)]
+pub struct Cached {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+    inserted: Instant,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<CacheKey, Arc<Cached>>,
+    order: VecDeque<(CacheKey, Instant)>,
+}
+
+pub struct ResponseCache {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+    ttl: Duration,
+    enabled: bool,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    /// `gateway_cache_requests_total{result}` handles, looked up once.
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
+    bypasses: prometheus::IntCounter,
+}
+
+/// What the request asked of the cache (from `x-cache` and the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// `x-cache: on`: cache whatever the sampling settings.
+    On,
+    /// `x-cache: off`: never.
+    Off,
+    /// No header: cache only when `temperature` is explicitly 0.
+    Auto,
+}
+
+impl CacheMode {
+    pub fn from_header(value: Option<&[u8]>) -> CacheMode {
+        match value.map(|v| v.trim_ascii()) {
+            Some(v) if v.eq_ignore_ascii_case(b"on") => CacheMode::On,
+            Some(v) if v.eq_ignore_ascii_case(b"off") => CacheMode::Off,
+            _ => CacheMode::Auto,
+        }
+    }
+
+    /// Whether a request is cacheable at all.
+    pub fn cacheable(self, stream: bool, temperature: Option<f64>) -> bool {
+        !stream
+            && match self {
+                CacheMode::On => true,
+                CacheMode::Off => false,
+                CacheMode::Auto => temperature == Some(0.0),
+            }
+    }
+}
+
+/// The key of one request.
+pub fn key(
+    tenant: &str,
+    route: &str,
+    pin: Option<(&str, &str)>,
+    model: &str,
+    body: &[u8],
+) -> CacheKey {
+    let mut h = Sha256::new();
+    for part in [
+        tenant,
+        route,
+        pin.map_or("", |p| p.0),
+        pin.map_or("", |p| p.1),
+        model,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(body);
+    h.finalize().into()
+}
+
+impl ResponseCache {
+    pub fn new(
+        settings: &crate::config::Cache,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> ResponseCache {
+        ResponseCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard: settings.max_entries.div_ceil(SHARDS).max(1),
+            ttl: Duration::from_secs(settings.ttl_secs),
+            enabled: settings.enabled && settings.max_entries > 0,
+            clock,
+            hits: metrics.cache.with_label_values(&["hit"]),
+            misses: metrics.cache.with_label_values(&["miss"]),
+            bypasses: metrics.cache.with_label_values(&["bypass"]),
+            metrics,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn shard(&self, key: &CacheKey) -> &Mutex<Shard> {
+        &self.shards[key[0] as usize % SHARDS]
+    }
+
+    /// The live entry for `key`, counting a hit or a miss.
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Cached>> {
+        let now = self.clock.now();
+        let found = self.shard(key).lock().ok().and_then(|mut shard| {
+            let entry = shard.map.get(key).cloned()?;
+            if now.saturating_duration_since(entry.inserted) < self.ttl {
+                Some(entry)
+            } else {
+                shard.map.remove(key);
+                self.metrics.cache_entries.dec();
+                None
+            }
+        });
+        if found.is_some() {
+            self.hits.inc()
+        } else {
+            self.misses.inc()
+        }
+        found
+    }
+
+    /// Counts a request that could not use the cache.
+    pub fn bypass(&self) {
+        self.bypasses.inc();
+    }
+
+    /// Stores an answer; expired entries and the oldest beyond the bound are dropped.
+    pub fn insert(&self, key: CacheKey, status: u16, content_type: String, body: Bytes) {
+        let now = self.clock.now();
+        let Ok(mut shard) = self.shard(&key).lock() else {
+            return;
+        };
+        let entry = Arc::new(Cached {
+            status,
+            content_type,
+            body,
+            inserted: now,
+        });
+        if shard.map.insert(key, entry).is_none() {
+            self.metrics.cache_entries.inc();
+        }
+        shard.order.push_back((key, now));
+        while let Some(&(oldest, at)) = shard.order.front() {
+            let expired = now.saturating_duration_since(at) >= self.ttl;
+            if !expired
+                && shard.map.len() <= self.per_shard
+                && shard.order.len() <= 2 * self.per_shard
+            {
+                break;
+            }
+            shard.order.pop_front();
+            // Only remove the map entry if it is the one this order slot stands for (a key
+            // stored again later has a newer slot).
+            if shard.map.get(&oldest).is_some_and(|e| e.inserted == at)
+                && shard.map.remove(&oldest).is_some()
+            {
+                self.metrics.cache_entries.dec();
+            }
+        }
+    }
+
+    /// Entries stored now (expired ones included until they are swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.map.len()))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn cache(max: usize, clock: Arc<ManualClock>) -> (ResponseCache, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let settings = crate::config::Cache {
+            enabled: true,
+            ttl_secs: 60,
+            max_entries: max,
+        };
+        (
+            ResponseCache::new(&settings, clock, Arc::clone(&metrics)),
+            metrics,
+        )
+    }
+
+    #[test]
+    fn modes_decide_what_is_cacheable() {
+        assert!(CacheMode::Auto.cacheable(false, Some(0.0)));
+        assert!(!CacheMode::Auto.cacheable(false, None), "absent is not 0");
+        assert!(!CacheMode::Auto.cacheable(false, Some(0.7)));
+        assert!(!CacheMode::Auto.cacheable(true, Some(0.0)), "never streams");
+        assert!(CacheMode::On.cacheable(false, Some(1.0)));
+        assert!(!CacheMode::Off.cacheable(false, Some(0.0)));
+        assert_eq!(CacheMode::from_header(Some(b" ON ")), CacheMode::On);
+        assert_eq!(CacheMode::from_header(Some(b"off")), CacheMode::Off);
+        assert_eq!(CacheMode::from_header(None), CacheMode::Auto);
+    }
+
+    #[test]
+    fn keys_separate_tenants_routes_pins_and_bodies() {
+        let k = key("a", "chat", None, "m", b"{}");
+        assert_eq!(k, key("a", "chat", None, "m", b"{}"));
+        assert_ne!(k, key("b", "chat", None, "m", b"{}"));
+        assert_ne!(k, key("a", "completions", None, "m", b"{}"));
+        assert_ne!(k, key("a", "chat", Some(("c", "f")), "m", b"{}"));
+        assert_ne!(k, key("a", "chat", None, "m", b"{ }"));
+        // Length-prefixed parts: moving a byte between fields changes the key.
+        assert_ne!(
+            key("ab", "c", None, "m", b""),
+            key("a", "bc", None, "m", b"")
+        );
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let clock = Arc::new(ManualClock::default());
+        let (c, metrics) = cache(100, Arc::clone(&clock));
+        let k = key("t", "chat", None, "m", b"x");
+        assert!(c.get(&k).is_none());
+        c.insert(k, 200, "application/json".into(), Bytes::from_static(b"{}"));
+        assert_eq!(&c.get(&k).unwrap().body[..], b"{}");
+        clock.advance(Duration::from_secs(59));
+        assert!(c.get(&k).is_some());
+        clock.advance(Duration::from_secs(1));
+        assert!(c.get(&k).is_none(), "expired at 60 s");
+        assert_eq!(metrics.cache.with_label_values(&["hit"]).get(), 2);
+        assert_eq!(metrics.cache.with_label_values(&["miss"]).get(), 2);
+        assert_eq!(metrics.cache_entries.get(), 0);
+    }
+
+    #[test]
+    fn size_is_bounded_and_oldest_go_first() {
+        let clock = Arc::new(ManualClock::default());
+        let (c, metrics) = cache(SHARDS * 2, Arc::clone(&clock));
+        let keys: Vec<CacheKey> = (0..500u32)
+            .map(|i| key("t", "chat", None, "m", &i.to_le_bytes()))
+            .collect();
+        for k in &keys {
+            c.insert(*k, 200, "application/json".into(), Bytes::new());
+            clock.advance(Duration::from_millis(1));
+        }
+        assert!(c.len() <= SHARDS * 2, "{} entries", c.len());
+        assert_eq!(metrics.cache_entries.get() as usize, c.len());
+        // The newest key is kept; the very first is gone.
+        assert!(c.get(keys.last().unwrap()).is_some());
+        assert!(c.get(&keys[0]).is_none());
+    }
+}

@@ -1,0 +1,321 @@
+//! `GET /openapi.json` (an OpenAPI 3.1 description of every route, built here by hand and
+//! kept next to the route table) and `GET /docs` (a page that renders it with a small
+//! script served from the binary: no CDN, nothing fetched at build or run time).
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use crate::routes::inference::InferenceRoute;
+use crate::security::DOCS_CSP;
+
+const DOCS_HTML: &str = include_str!("docs/index.html");
+const DOCS_JS: &str = include_str!("docs/docs.js");
+const DOCS_CSS: &str = include_str!("docs/docs.css");
+
+fn error_responses(extra: &[(&str, &str)]) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (code, what) in extra {
+        m.insert(
+            (*code).to_string(),
+            json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
+    m
+}
+
+fn inference_op(route: &InferenceRoute, pinned: bool) -> Value {
+    let mut responses = error_responses(&[
+        (
+            "400",
+            "Invalid body: not JSON, no `model`, or a field of the wrong type.",
+        ),
+        (
+            "404",
+            "Unknown model (or no target of it in this cluster and framework).",
+        ),
+        ("413", "Body larger than `server.max_body_bytes`."),
+        (
+            "429",
+            "Every target is rate limited (`Retry-After` when known).",
+        ),
+        ("502", "Every target failed."),
+        ("503", "No target of the model is available."),
+        ("504", "The target did not answer in time."),
+        ("508", "Loop: the request passed through too many gateways."),
+    ]);
+    responses.insert(
+        "200".into(),
+        json!({
+            "description": "The target's answer, relayed unchanged: JSON, or `text/event-stream` when `stream` is true. Cached answers carry `x-cache: hit`.",
+            "headers": {
+                "x-request-id": {"schema": {"type": "string"}},
+                "x-cache": {"schema": {"type": "string", "enum": ["hit", "miss"]}}
+            },
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}}
+            }
+        }),
+    );
+    let mut parameters = vec![
+        json!({"name": "x-request-id", "in": "header", "required": false, "schema": {"type": "string"}}),
+        json!({"name": "x-cache", "in": "header", "required": false,
+               "description": "`on`: cache this non-streaming answer whatever its temperature; `off`: never.",
+               "schema": {"type": "string", "enum": ["on", "off"]}}),
+    ];
+    if pinned {
+        parameters.push(json!({"name": "cluster", "in": "path", "required": true, "schema": {"type": "string"}}));
+        parameters.push(json!({"name": "framework", "in": "path", "required": true, "schema": {"type": "string"}}));
+    }
+    let summary = if pinned {
+        format!(
+            "{} pinned to the targets of one cluster and framework",
+            route.path
+        )
+    } else {
+        format!("{} routed by `model` to one of its targets", route.path)
+    };
+    json!({"post": {
+        "tags": [if pinned { "pinned" } else { "inference" }],
+        "summary": summary,
+        "description": "The body goes upstream unchanged (only `model` may be rewritten to the name the target serves). Failures before the first byte fail over to another target.",
+        "parameters": parameters,
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["model"],
+            "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}, "temperature": {"type": "number"}},
+            "additionalProperties": true}}}},
+        "responses": responses,
+    }})
+}
+
+fn get_op(tag: &str, summary: &str, content_type: &str, errors: &[(&str, &str)]) -> Value {
+    let mut responses = error_responses(errors);
+    responses.insert(
+        "200".into(),
+        json!({"description": summary, "content": {content_type: {"schema": {"type": if content_type == "application/json" { "object" } else { "string" }}}}}),
+    );
+    json!({"tags": [tag], "summary": summary, "responses": responses})
+}
+
+const ADMIN_ERRORS: [(&str, &str); 2] = [
+    ("401", "No admin key, or a key nobody issued."),
+    (
+        "403",
+        "No admin key is configured, or the key lacks the admin role.",
+    ),
+];
+
+/// The OpenAPI document for the routes this process serves.
+pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
+    let mut paths = Map::new();
+    for route in routes {
+        paths.insert(route.path.clone(), inference_op(route, false));
+    }
+    for route in routes {
+        paths.insert(
+            format!("/{{cluster}}/{{framework}}{}", route.path),
+            inference_op(route, true),
+        );
+    }
+    let json_get = |tag: &str, summary: &str, errors: &[(&str, &str)]| json!({"get": get_op(tag, summary, "application/json", errors)});
+    paths.insert(
+        "/v1/models".into(),
+        json_get(
+            "catalog",
+            "Models, with live status and targets (OpenAI model list).",
+            &[],
+        ),
+    );
+    paths.insert(
+        "/list-endpoints".into(),
+        json_get(
+            "catalog",
+            "Clusters, frameworks, models and their pinned endpoint paths (FIRST's shape).",
+            &[],
+        ),
+    );
+    paths.insert(
+        "/health".into(),
+        json_get("health", "Liveness: the process answers.", &[]),
+    );
+    paths.insert(
+        "/health/detailed".into(),
+        json_get(
+            "health",
+            "Every target's health, breaker, in-flight count and latency.",
+            &[],
+        ),
+    );
+    paths.insert(
+        "/admin/backends".into(),
+        json_get(
+            "admin",
+            "Every target with its base URL and fixture extras (admin role).",
+            &ADMIN_ERRORS,
+        ),
+    );
+    let mut reload_errors = ADMIN_ERRORS.to_vec();
+    reload_errors.push(("400", "The new configuration or fixtures are invalid; the gateway keeps running on the old ones. The message names the key or file."));
+    let mut reload = get_op("admin", "Re-read configuration and fixtures and apply them without dropping a request (same as SIGHUP).", "application/json", &reload_errors);
+    reload["description"] = json!("Unchanged targets keep their state; removed ones drain; new ones start. `restart_required` lists changed settings that apply only after a restart.");
+    paths.insert("/admin/reload".into(), json!({"post": reload}));
+    paths.insert("/metrics".into(), json!({"get": get_op("operations", "Prometheus metrics (text format 0.0.4), all named gateway_*.", "text/plain", &[])}));
+    paths.insert(
+        "/openapi.json".into(),
+        json_get("operations", "This document.", &[]),
+    );
+    paths.insert(
+        "/docs".into(),
+        json!({"get": get_op("operations", "This document rendered as a page.", "text/html", &[])}),
+    );
+    paths.insert("/docs/docs.js".into(), json!({"get": get_op("operations", "The script of the docs page.", "text/javascript", &[])}));
+    paths.insert(
+        "/docs/docs.css".into(),
+        json!({"get": get_op("operations", "The style sheet of the docs page.", "text/css", &[])}),
+    );
+    let json_op = |tag: &str, summary: &str, errors: &[(&str, &str)]| {
+        get_op(tag, summary, "application/json", errors)
+    };
+    paths.insert(
+        "/whoami".into(),
+        json_get(
+            "auth",
+            "The caller's identity, groups and identity provider as the gateway sees them.",
+            &[
+                ("401", "No token, or a token nobody issued."),
+                (
+                    "403",
+                    "A valid identity that a policy rule refuses; the message names the rule.",
+                ),
+            ],
+        ),
+    );
+    paths.insert(
+        "/admin/usage".into(),
+        json_get(
+            "admin",
+            "The request log aggregated (?user=&org=&model=&since=&until=): totals and per model.",
+            &[
+                ADMIN_ERRORS[0],
+                ADMIN_ERRORS[1],
+                (
+                    "400",
+                    "A bad time or unknown parameter; the message names it.",
+                ),
+            ],
+        ),
+    );
+    let mut key_errors = ADMIN_ERRORS.to_vec();
+    key_errors.push(("400", "A bad or unknown field; the message names it."));
+    paths.insert(
+        "/admin/keys".into(),
+        json!({
+            "get": json_op("admin", "API keys (?user=), never their secrets.", &ADMIN_ERRORS),
+            "post": json_op("admin", "Create an API key ({user, org?, admin?, expires_in?, models?}); the key is in the answer, once.", &key_errors),
+        }),
+    );
+    let mut revoke_errors = ADMIN_ERRORS.to_vec();
+    revoke_errors.push(("404", "No active key with that id."));
+    paths.insert(
+        "/admin/keys/{id}".into(),
+        json!({"delete": json_op("admin", "Revoke an API key.", &revoke_errors)}),
+    );
+    paths.insert(
+        "/status".into(),
+        json_get(
+            "hpc",
+            "Each cluster: up or in maintenance, scheduler state, free nodes.",
+            &[],
+        ),
+    );
+    paths.insert(
+        "/{cluster}/jobs".into(),
+        json_get(
+            "hpc",
+            "The cluster's jobs by state, in FIRST's shape.",
+            &[("404", "No such cluster.")],
+        ),
+    );
+    let mut maintenance_errors = ADMIN_ERRORS.to_vec();
+    maintenance_errors.push(("404", "No such cluster."));
+    paths.insert(
+        "/admin/clusters/{name}/maintenance".into(),
+        json!({"put": json_op("admin", "Put a cluster in or out of maintenance ({enabled, notice}).", &maintenance_errors)}),
+    );
+    for (path, what) in [
+        ("/api/streaming/data", "a chunk"),
+        ("/api/streaming/done", "the end"),
+        ("/api/streaming/error", "an error"),
+    ] {
+        paths.insert(
+            path.into(),
+            json!({"post": json_op(
+                "hpc",
+                &format!("Globus Compute streaming callback: {what} of a stream task (shared secret and per-task token)."),
+                &[("400", "Malformed callback."), ("401", "Wrong shared secret."), ("403", "Unknown task or wrong task token."), ("413", "Callback body too large.")],
+            )}),
+        );
+    }
+    // Every path answers wrong methods with 405 in the same envelope.
+    for item in paths.values_mut() {
+        if let Some(ops) = item.as_object_mut() {
+            for op in ops.values_mut() {
+                if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                    r.insert("405".into(), json!({"description": "Method not allowed on this path.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
+                }
+            }
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "inference-gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "An OpenAI-compatible gateway in front of many inference servers. Every path is also served under /resource_server (FIRST's prefix). Every error is an OpenAI error envelope."
+        },
+        "paths": paths,
+        "components": {"schemas": {"Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]}
+                }
+            }}
+        }}}
+    })
+}
+
+/// The serialised document, built once at start.
+pub struct OpenApi(pub String);
+
+pub async fn openapi_json(doc: web::Data<OpenApi>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.0.clone())
+}
+
+pub async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_SECURITY_POLICY, DOCS_CSP))
+        .content_type("text/html; charset=utf-8")
+        .body(DOCS_HTML)
+}
+
+pub async fn docs_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_SECURITY_POLICY, DOCS_CSP))
+        .content_type("text/javascript; charset=utf-8")
+        .body(DOCS_JS)
+}
+
+pub async fn docs_css() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_SECURITY_POLICY, DOCS_CSP))
+        .content_type("text/css; charset=utf-8")
+        .body(DOCS_CSS)
+}

@@ -1,0 +1,321 @@
+//! The real binary as systemd runs it: graceful shutdown on SIGTERM (a stream begun
+//! before it completes, new connections are refused, exit 0 within the grace, the log is
+//! flushed), the notify protocol (READY, WATCHDOG, RELOADING, STOPPING) and SIGHUP reload.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+
+struct Gateway {
+    child: Child,
+    url: String,
+    port: u16,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(targets: &[T<'_>], env: &[(&str, String)]) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixtures(dir.path(), targets, &[]);
+    let port = free_port();
+    let bin = env!("CARGO_BIN_EXE_inference-gateway");
+    let mut cmd = if env.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
+        // systemd sets WATCHDOG_PID to the service's pid: exec keeps the shell's.
+        let mut c = Command::new("sh");
+        c.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" serve", bin]);
+        c
+    } else {
+        let mut c = Command::new(bin);
+        c.arg("serve");
+        c
+    };
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env("GATEWAY__FIXTURES__DIR", dir.path())
+        .env("GATEWAY__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("GATEWAY__SERVER__WORKERS", "1")
+        .env("GATEWAY__SERVER__SHUTDOWN_GRACE_SECS", "10")
+        .env("GATEWAY__HEALTH__PATH", "")
+        .env("GATEWAY__LOGGING__LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let mut pipe = child.stdout.take().unwrap();
+    let sink = Arc::clone(&stdout);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    Gateway {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        port,
+        stdout,
+        dir,
+    }
+}
+
+impl Gateway {
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = awc::Client::default();
+        loop {
+            if let Ok(res) = client.get(format!("{}/health", self.url)).send().await {
+                if res.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway never became ready");
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("gateway did not exit within {within:?}");
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_lines(&self) -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn sigterm_lets_a_running_stream_finish_and_refuses_new_connections() {
+    let mock = MockUpstream::start(Behavior {
+        chunks: 30,
+        chunk_delay: Duration::from_millis(50),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let mut gw = spawn(&[target("a", "m", mock.url())], &[]);
+    gw.wait_ready().await;
+
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut stream = chat("m");
+    stream["stream"] = json!(true);
+    let mut res = client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .insert_header(("x-request-id", "before-sigterm"))
+        .insert_header(("authorization", "Bearer sk-client-secret-0123456789"))
+        .send_json(&stream)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.next().await.unwrap().unwrap().to_vec();
+
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    // New connections are refused while the stream still runs.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", gw.port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still accepting connections after SIGTERM"
+                );
+                actix_rt::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(
+        mock.streams_completed(),
+        0,
+        "the listener closed before the stream ended"
+    );
+    while let Some(chunk) = res.next().await {
+        body.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(sse_data(&body).last().unwrap(), "[DONE]");
+    assert_eq!(mock.streams_completed(), 1);
+
+    let code = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+
+    // The log writer was flushed: the stream's record and the final line are there, and
+    // the client's key is nowhere.
+    let lines = gw.log_lines();
+    let record = lines
+        .iter()
+        .find(|l| l["msg"] == "request" && l["request_id"] == "before-sigterm")
+        .expect("the stream's request record was written");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["ending"], "complete");
+    assert_eq!(record["user"], "anonymous");
+    assert_eq!(record["model"], "m");
+    assert_eq!(record["target"], "a");
+    assert!(record["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(record.get("tokens.completion").is_some());
+    assert!(lines.iter().any(|l| l["msg"] == "stopped"));
+    let raw = String::from_utf8_lossy(&gw.stdout.lock().unwrap()).into_owned();
+    assert!(!raw.contains("sk-client-secret"));
+}
+
+fn recv(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let found = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if found {
+                return seen;
+            }
+        }
+    }
+    panic!("no {want} within {within:?}; got {seen:?}");
+}
+
+#[actix_rt::test]
+async fn systemd_notify_ready_watchdog_reload_and_stopping() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut gw = spawn(
+        &[target("a", "m", mock.url())],
+        &[
+            ("NOTIFY_SOCKET", sock_path.display().to_string()),
+            ("WATCHDOG_USEC", "200000".to_string()),
+        ],
+    );
+    recv(&sock, "READY=1", Duration::from_secs(20));
+    // READY=1 comes after the listener is bound.
+    let res = awc::Client::default()
+        .get(format!("{}/health", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    recv(&sock, "WATCHDOG=1", Duration::from_secs(2));
+
+    // SIGHUP: a target added to the fixtures is served after RELOADING=1 ... READY=1.
+    write_fixtures(
+        gw.dir.path(),
+        &[target("a", "m", mock.url()), target("b", "m2", mock.url())],
+        &[],
+    );
+    gw.signal("HUP");
+    recv(&sock, "RELOADING=1", Duration::from_secs(5));
+    recv(&sock, "READY=1", Duration::from_secs(5));
+    let mut res = awc::Client::default()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .send_json(&chat("m2"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.body().await);
+
+    gw.signal("TERM");
+    recv(&sock, "STOPPING=1", Duration::from_secs(5));
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert!(gw.log_lines().iter().any(|l| l["msg"] == "reloaded"));
+}
+
+#[actix_rt::test]
+async fn sighup_with_broken_fixtures_keeps_serving_and_logs_the_file() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let mut gw = spawn(&[target("a", "m", mock.url())], &[]);
+    gw.wait_ready().await;
+    std::fs::write(gw.dir.path().join("endpoints.json"), "{broken").unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log_lines().iter().any(|l| {
+        l["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload refused"))
+    }) {
+        assert!(Instant::now() < deadline, "no reload error logged");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = gw
+        .log_lines()
+        .into_iter()
+        .find(|l| {
+            l["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("reload refused"))
+        })
+        .unwrap();
+    assert!(
+        line["error"].as_str().unwrap().contains("endpoints.json"),
+        "{line}"
+    );
+    let res = awc::Client::default()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .send_json(&chat("m"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await, Some(0));
+}
