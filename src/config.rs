@@ -25,6 +25,11 @@ pub struct Settings {
     pub breaker: Breaker,
     pub logging: Logging,
     pub routes: Routes,
+    pub database: Database,
+    pub storage: Storage,
+    /// `$STATE_DIRECTORY` when systemd set it (relative `storage.data_dir` resolves there).
+    #[serde(skip)]
+    pub state_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +149,50 @@ pub struct Breaker {
 #[serde(deny_unknown_fields)]
 pub struct Logging {
     pub level: String,
+    /// Write one request-log row per request to the database.
+    pub request_log: bool,
+    /// Store prompts and completions in the request log.
+    pub store_payloads: bool,
+    /// Largest prompt or completion stored, in bytes (longer ones are cut).
+    pub payload_max_bytes: usize,
+    /// Rows older than this many days are deleted (0 = keep forever).
+    pub retention_days: u32,
+    /// Rows per insert.
+    pub batch_size: usize,
+    /// Most time a row waits before its batch is written, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Rows kept in memory while the database is slow or down; more go to the spill file.
+    pub queue_capacity: usize,
+    /// Seconds between attempts to replay the spill file while the database is down.
+    pub retry_interval_secs: u64,
+    /// Directory of the spill file ("" = `{storage.data_dir}/log-spill`).
+    pub spill_dir: PathBuf,
+}
+
+/// `[database]`. `url` may carry a password: Debug prints it redacted.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub url: String,
+    pub pool_size: usize,
+    /// Most time one background database operation (a log batch, a prune) may take.
+    pub timeout_secs: u64,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &crate::store::url::redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +259,7 @@ impl Settings {
             }
             builder = builder.add_source(File::from(path.to_path_buf()).format(FileFormat::Toml));
         }
+        let state_directory = state_directory(&env);
         let env_map = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("GATEWAY__"))
@@ -226,9 +276,10 @@ impl Settings {
         let raw = builder
             .build()
             .map_err(|e| ConfigError::new(config_error_key(&e), e.to_string()))?;
-        let settings: Settings = raw
+        let mut settings: Settings = raw
             .try_deserialize()
             .map_err(|e| ConfigError::new(config_error_key(&e), e.to_string()))?;
+        settings.state_directory = state_directory;
         settings.validate()?;
         Ok(settings)
     }
@@ -345,6 +396,31 @@ impl Settings {
                 ),
             )
         })?;
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.data_dir", "must not be empty"));
+        }
+        positive("database.pool_size", self.database.pool_size as u64)?;
+        positive("database.timeout_secs", self.database.timeout_secs)?;
+        crate::store::DatabaseUrl::from_settings(self)?;
+        positive("logging.batch_size", self.logging.batch_size as u64)?;
+        if self.logging.batch_size > 1000 {
+            // 24 columns per row: stays under SQLite's and PostgreSQL's bind limits.
+            return Err(ConfigError::new("logging.batch_size", "at most 1000"));
+        }
+        positive("logging.flush_interval_ms", self.logging.flush_interval_ms)?;
+        if self.logging.queue_capacity < self.logging.batch_size {
+            return Err(ConfigError::new(
+                "logging.queue_capacity",
+                format!(
+                    "must be at least logging.batch_size ({})",
+                    self.logging.batch_size
+                ),
+            ));
+        }
+        positive(
+            "logging.retry_interval_secs",
+            self.logging.retry_interval_secs,
+        )?;
         for (i, alias) in self.routes.chat_aliases.iter().enumerate() {
             let key = format!("routes.chat_aliases[{i}].path");
             if !alias.path.starts_with("/v1/") || alias.path.contains(['{', '}', ' ']) {
@@ -363,6 +439,26 @@ impl Settings {
         Ok(())
     }
 
+    /// `storage.data_dir`, a relative path resolved against systemd's `$STATE_DIRECTORY`
+    /// when set (the unit's `StateDirectory=`), else against the working directory.
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.state_directory {
+            Some(state) if self.storage.data_dir.is_relative() => {
+                state.join(&self.storage.data_dir)
+            }
+            _ => self.storage.data_dir.clone(),
+        }
+    }
+
+    /// Directory of the request log's spill file.
+    pub fn spill_dir(&self) -> PathBuf {
+        if self.logging.spill_dir.as_os_str().is_empty() {
+            self.data_dir().join("log-spill")
+        } else {
+            self.logging.spill_dir.clone()
+        }
+    }
+
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.bind.parse().map_err(|_| {
             ConfigError::new(
@@ -371,6 +467,14 @@ impl Settings {
             )
         })
     }
+}
+
+/// systemd sets `STATE_DIRECTORY` (colon-separated when several) for `StateDirectory=`.
+fn state_directory(env: &[(String, String)]) -> Option<PathBuf> {
+    env.iter()
+        .find(|(k, _)| k == "STATE_DIRECTORY")
+        .and_then(|(_, v)| v.split(':').next().map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty())
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

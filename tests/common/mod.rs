@@ -2,6 +2,8 @@
 //! driven by a real HTTP client. Time-based actor state uses a manual clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod db;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use inference_gateway::server;
 use serde_json::{json, Value};
 use slog::Drain;
 
+#[allow(unused_imports)]
 pub use mock_upstream::{Behavior, MockUpstream};
 
 /// One target in a test fixture.

@@ -1,0 +1,2 @@
+DROP TABLE quota_overrides;
+DROP TABLE usage_counters;

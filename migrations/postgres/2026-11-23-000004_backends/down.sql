@@ -1,0 +1,2 @@
+DROP TABLE federated_models;
+DROP TABLE backends;

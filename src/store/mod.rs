@@ -1,0 +1,254 @@
+//! Storage: one trait per concern (API keys, usage counters and quota overrides, the request
+//! log, the stored catalog), each implemented for PostgreSQL (`pg.rs`, diesel-async over a
+//! deadpool pool) and for SQLite (`sqlite.rs`, one connection behind
+//! `SyncConnectionWrapper`, so no query ever blocks an actix thread). The query code is
+//! written once (`queries.rs`) and instantiated for both; the two migration trees
+//! (`migrations/postgres`, `migrations/sqlite`) create the same tables (`schema.rs`).
+//! Migrations run on a sync connection before the server starts (`migrate.rs`).
+
+pub mod migrate;
+pub mod pg;
+mod queries;
+pub mod schema;
+pub mod sqlite;
+pub mod url;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::prelude::*;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use url::DatabaseUrl;
+
+/// A database failure. The text may name tables and columns but never credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database connection failed: {0}")]
+    Connection(String),
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Unix milliseconds, the unit of every time column.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+// ------------------------------------------------------------------------------ API keys
+
+/// A stored API key. Only the hash of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schema::api_keys)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub user_id: String,
+    pub org_id: String,
+    pub role: String,
+    /// Hex SHA-256 of the key.
+    pub hash: String,
+    /// The first characters of the key, to recognise it in listings.
+    pub prefix: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// JSON array of model names; `[]` = every model.
+    pub allowed_models: String,
+}
+
+impl ApiKeyRow {
+    pub fn allowed_models(&self) -> StoreResult<Vec<String>> {
+        serde_json::from_str(&self.allowed_models).map_err(|e| {
+            StoreError::Corrupt(format!("api_keys.allowed_models of {}: {e}", self.id))
+        })
+    }
+
+    /// Usable at `now`: not revoked and not expired.
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+pub trait KeyStore: Send + Sync {
+    /// Stores a new key; fails if the id or the hash exists.
+    fn create_key(&self, key: ApiKeyRow) -> BoxFuture<'_, StoreResult<()>>;
+    /// Keys of one user (all keys when `None`), oldest first.
+    fn list_keys(&self, user: Option<String>) -> BoxFuture<'_, StoreResult<Vec<ApiKeyRow>>>;
+    /// Marks a key revoked at `at`; false if there is no such (unrevoked) key.
+    fn revoke_key(&self, id: String, at: i64) -> BoxFuture<'_, StoreResult<bool>>;
+    /// The key whose hash is `hash`, revoked or not (the caller checks `is_active`).
+    fn find_key_by_hash(&self, hash: String) -> BoxFuture<'_, StoreResult<Option<ApiKeyRow>>>;
+}
+
+// ------------------------------------------------------------------ counters and quotas
+
+/// Requests and tokens of one subject in one window.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schema::usage_counters)]
+pub struct CounterRow {
+    pub subject: String,
+    pub window_kind: String,
+    pub window_start: i64,
+    pub requests: i64,
+    pub tokens: i64,
+}
+
+/// An admin's limits for one subject; `None` = the configured default.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = schema::quota_overrides, treat_none_as_null = true)]
+pub struct QuotaOverrideRow {
+    pub subject: String,
+    pub rps: Option<f64>,
+    pub burst: Option<i64>,
+    pub max_in_flight: Option<i64>,
+    pub daily_requests: Option<i64>,
+    pub daily_tokens: Option<i64>,
+    pub monthly_tokens: Option<i64>,
+    pub updated_at: i64,
+}
+
+pub trait CounterStore: Send + Sync {
+    /// Adds to a window's counters (creating them at zero first) and returns the new totals.
+    fn add_usage(
+        &self,
+        subject: String,
+        window_kind: String,
+        window_start: i64,
+        requests: i64,
+        tokens: i64,
+    ) -> BoxFuture<'_, StoreResult<CounterRow>>;
+    /// A window's counters (zero when nothing was counted).
+    fn get_usage(
+        &self,
+        subject: String,
+        window_kind: String,
+        window_start: i64,
+    ) -> BoxFuture<'_, StoreResult<CounterRow>>;
+    /// Forgets every counter of a subject (an admin reset); returns how many windows.
+    fn reset_usage(&self, subject: String) -> BoxFuture<'_, StoreResult<usize>>;
+    /// Deletes windows that started before `before`.
+    fn prune_usage(&self, before: i64) -> BoxFuture<'_, StoreResult<usize>>;
+    /// Creates or replaces a subject's override.
+    fn put_override(&self, row: QuotaOverrideRow) -> BoxFuture<'_, StoreResult<()>>;
+    fn get_override(&self, subject: String)
+        -> BoxFuture<'_, StoreResult<Option<QuotaOverrideRow>>>;
+    fn list_overrides(&self) -> BoxFuture<'_, StoreResult<Vec<QuotaOverrideRow>>>;
+    fn delete_override(&self, subject: String) -> BoxFuture<'_, StoreResult<bool>>;
+}
+
+// --------------------------------------------------------------------------- request log
+
+/// One request-log row. `id` is made by the gateway, so a replayed row lands once.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
+#[diesel(table_name = schema::request_log)]
+pub struct LogRow {
+    pub id: String,
+    pub request_id: String,
+    pub created_at: i64,
+    pub user_id: String,
+    pub org_id: String,
+    pub model: String,
+    pub cluster: String,
+    pub framework: String,
+    pub target: String,
+    pub route: String,
+    pub status: i32,
+    pub error_code: Option<String>,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub tokens_estimated: bool,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub client_ip: Option<String>,
+    pub stream: bool,
+    pub attempts: i32,
+    pub ending: String,
+    pub prompt: Option<String>,
+    pub completion: Option<String>,
+}
+
+/// Which rows `/admin/usage` aggregates; `None` = no filter. Times are unix ms,
+/// `since` inclusive, `until` exclusive.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub user: Option<String>,
+    pub org: Option<String>,
+    pub model: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
+/// The aggregate of the rows of one model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ModelUsage {
+    pub model: String,
+    pub requests: i64,
+    pub errors: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
+pub trait RequestLogStore: Send + Sync {
+    /// Inserts rows; rows whose id is already stored are skipped. Returns rows inserted.
+    fn insert_log(&self, rows: Vec<LogRow>) -> BoxFuture<'_, StoreResult<usize>>;
+    /// Deletes rows created before `before`; returns how many.
+    fn prune_log(&self, before: i64) -> BoxFuture<'_, StoreResult<usize>>;
+    /// Per-model aggregates of the rows matching `filter`, by model name.
+    fn usage_by_model(&self, filter: UsageFilter) -> BoxFuture<'_, StoreResult<Vec<ModelUsage>>>;
+    /// Rows matching `filter`, oldest first, at most `limit`.
+    fn list_log(&self, filter: UsageFilter, limit: i64) -> BoxFuture<'_, StoreResult<Vec<LogRow>>>;
+}
+
+// ------------------------------------------------------------------------------- catalog
+
+/// One stored fixture entry: its key (endpoint slug or federated model name) and its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub key: String,
+    pub spec: String,
+}
+
+pub trait BackendStore: Send + Sync {
+    /// Replaces the whole stored catalog in one transaction.
+    fn replace_catalog(
+        &self,
+        backends: Vec<CatalogEntry>,
+        federated: Vec<CatalogEntry>,
+        at: i64,
+    ) -> BoxFuture<'_, StoreResult<()>>;
+    /// Creates or replaces one backend.
+    fn put_backend(&self, entry: CatalogEntry, at: i64) -> BoxFuture<'_, StoreResult<()>>;
+    fn delete_backend(&self, id: String) -> BoxFuture<'_, StoreResult<bool>>;
+    fn list_backends(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>>;
+    fn list_federated(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>>;
+}
+
+/// Every concern, on one backend.
+pub trait Store: KeyStore + CounterStore + RequestLogStore + BackendStore {
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the store named by `url` (no connection is made yet for PostgreSQL: the pool
+/// connects on first use, so a database that is down at start delays only the log).
+/// `timeout` bounds getting a connection and each query.
+pub fn open(url: &DatabaseUrl, pool_size: usize, timeout: Duration) -> StoreResult<Arc<dyn Store>> {
+    match url {
+        DatabaseUrl::Postgres(u) => Ok(Arc::new(pg::PgStore::new(u, pool_size, timeout)?)),
+        DatabaseUrl::Sqlite { path, .. } => Ok(Arc::new(sqlite::SqliteStore::open(path, timeout)?)),
+    }
+}

@@ -1,0 +1,517 @@
+//! The queries, written once and instantiated for each backend's store type. Both backends
+//! speak the same diesel DSL over the same schema; the macro only fixes the connection
+//! type, so a query cannot drift between PostgreSQL and SQLite.
+//!
+//! A store type using the macro provides `async fn conn(&self) -> StoreResult<impl
+//! DerefMut<Target = Connection>>` and `async fn timed(&self, fut) -> StoreResult<T>`
+//! (bounds the whole operation by the configured timeout).
+
+/// SQL for the error count of `/admin/usage`: a request is an error when it got an error
+/// status or ended with an error code (an interrupted stream is a 200 with an error code).
+pub(super) const ERRORS_SQL: &str =
+    "CAST(COALESCE(SUM(CASE WHEN status >= 400 OR error_code IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT)";
+pub(super) const PROMPT_SQL: &str = "CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT)";
+pub(super) const COMPLETION_SQL: &str = "CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT)";
+pub(super) const TOTAL_SQL: &str = "CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)";
+
+macro_rules! impl_stores {
+    ($store:ty, $batch:ident) => {
+        use diesel::prelude::*;
+        use diesel_async::scoped_futures::ScopedFutureExt;
+        use diesel_async::{AsyncConnection, RunQueryDsl};
+        use futures_util::future::BoxFuture;
+
+        use $crate::store::queries::{COMPLETION_SQL, ERRORS_SQL, PROMPT_SQL, TOTAL_SQL};
+        use $crate::store::schema::{
+            api_keys, backends, federated_models, quota_overrides, request_log, usage_counters,
+        };
+        use $crate::store::{
+            ApiKeyRow, BackendStore, CatalogEntry, CounterRow, CounterStore, KeyStore, LogRow,
+            ModelUsage, QuotaOverrideRow, RequestLogStore, StoreError, StoreResult, UsageFilter,
+        };
+
+        impl KeyStore for $store {
+            fn create_key(&self, key: ApiKeyRow) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    diesel::insert_into(api_keys::table)
+                        .values(&key)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }))
+            }
+
+            fn list_keys(
+                &self,
+                user: Option<String>,
+            ) -> BoxFuture<'_, StoreResult<Vec<ApiKeyRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let mut q = api_keys::table
+                        .select(ApiKeyRow::as_select())
+                        .order((api_keys::created_at.asc(), api_keys::id.asc()))
+                        .into_boxed();
+                    if let Some(user) = user {
+                        q = q.filter(api_keys::user_id.eq(user));
+                    }
+                    Ok(q.load(&mut *conn).await?)
+                }))
+            }
+
+            fn revoke_key(&self, id: String, at: i64) -> BoxFuture<'_, StoreResult<bool>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let n = diesel::update(
+                        api_keys::table
+                            .filter(api_keys::id.eq(id))
+                            .filter(api_keys::revoked_at.is_null()),
+                    )
+                    .set(api_keys::revoked_at.eq(Some(at)))
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(n > 0)
+                }))
+            }
+
+            fn find_key_by_hash(
+                &self,
+                hash: String,
+            ) -> BoxFuture<'_, StoreResult<Option<ApiKeyRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(api_keys::table
+                        .filter(api_keys::hash.eq(hash))
+                        .select(ApiKeyRow::as_select())
+                        .first(&mut *conn)
+                        .await
+                        .optional()?)
+                }))
+            }
+        }
+
+        impl CounterStore for $store {
+            fn add_usage(
+                &self,
+                subject: String,
+                window_kind: String,
+                window_start: i64,
+                requests: i64,
+                tokens: i64,
+            ) -> BoxFuture<'_, StoreResult<CounterRow>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let row = CounterRow {
+                        subject,
+                        window_kind,
+                        window_start,
+                        requests,
+                        tokens,
+                    };
+                    conn.transaction::<_, StoreError, _>(|conn| {
+                        async move {
+                            use diesel::upsert::excluded;
+                            diesel::insert_into(usage_counters::table)
+                                .values(&row)
+                                .on_conflict((
+                                    usage_counters::subject,
+                                    usage_counters::window_kind,
+                                    usage_counters::window_start,
+                                ))
+                                .do_update()
+                                .set((
+                                    usage_counters::requests.eq(usage_counters::requests
+                                        + excluded(usage_counters::requests)),
+                                    usage_counters::tokens
+                                        .eq(usage_counters::tokens
+                                            + excluded(usage_counters::tokens)),
+                                ))
+                                .execute(conn)
+                                .await?;
+                            Ok(usage_counters::table
+                                .find((&row.subject, &row.window_kind, row.window_start))
+                                .select(CounterRow::as_select())
+                                .first(conn)
+                                .await?)
+                        }
+                        .scope_boxed()
+                    })
+                    .await
+                }))
+            }
+
+            fn get_usage(
+                &self,
+                subject: String,
+                window_kind: String,
+                window_start: i64,
+            ) -> BoxFuture<'_, StoreResult<CounterRow>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let found = usage_counters::table
+                        .find((&subject, &window_kind, window_start))
+                        .select(CounterRow::as_select())
+                        .first(&mut *conn)
+                        .await
+                        .optional()?;
+                    Ok(found.unwrap_or(CounterRow {
+                        subject,
+                        window_kind,
+                        window_start,
+                        requests: 0,
+                        tokens: 0,
+                    }))
+                }))
+            }
+
+            fn reset_usage(&self, subject: String) -> BoxFuture<'_, StoreResult<usize>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(diesel::delete(
+                        usage_counters::table.filter(usage_counters::subject.eq(subject)),
+                    )
+                    .execute(&mut *conn)
+                    .await?)
+                }))
+            }
+
+            fn prune_usage(&self, before: i64) -> BoxFuture<'_, StoreResult<usize>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(diesel::delete(
+                        usage_counters::table.filter(usage_counters::window_start.lt(before)),
+                    )
+                    .execute(&mut *conn)
+                    .await?)
+                }))
+            }
+
+            fn put_override(&self, row: QuotaOverrideRow) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    diesel::insert_into(quota_overrides::table)
+                        .values(&row)
+                        .on_conflict(quota_overrides::subject)
+                        .do_update()
+                        .set(&row)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }))
+            }
+
+            fn get_override(
+                &self,
+                subject: String,
+            ) -> BoxFuture<'_, StoreResult<Option<QuotaOverrideRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(quota_overrides::table
+                        .find(subject)
+                        .select(QuotaOverrideRow::as_select())
+                        .first(&mut *conn)
+                        .await
+                        .optional()?)
+                }))
+            }
+
+            fn list_overrides(&self) -> BoxFuture<'_, StoreResult<Vec<QuotaOverrideRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(quota_overrides::table
+                        .select(QuotaOverrideRow::as_select())
+                        .order(quota_overrides::subject.asc())
+                        .load(&mut *conn)
+                        .await?)
+                }))
+            }
+
+            fn delete_override(&self, subject: String) -> BoxFuture<'_, StoreResult<bool>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let n = diesel::delete(quota_overrides::table.find(subject))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(n > 0)
+                }))
+            }
+        }
+
+        impl RequestLogStore for $store {
+            fn insert_log(&self, rows: Vec<LogRow>) -> BoxFuture<'_, StoreResult<usize>> {
+                Box::pin(self.timed(async move {
+                    if rows.is_empty() {
+                        return Ok(0);
+                    }
+                    let mut conn = self.conn().await?;
+                    $crate::store::queries::insert_many!($batch, &mut *conn, rows, |rows, conn| {
+                        diesel::insert_into(request_log::table)
+                            .values(rows)
+                            .on_conflict_do_nothing()
+                            .execute(conn)
+                            .await?
+                    })
+                }))
+            }
+
+            fn prune_log(&self, before: i64) -> BoxFuture<'_, StoreResult<usize>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(diesel::delete(
+                        request_log::table.filter(request_log::created_at.lt(before)),
+                    )
+                    .execute(&mut *conn)
+                    .await?)
+                }))
+            }
+
+            fn usage_by_model(
+                &self,
+                filter: UsageFilter,
+            ) -> BoxFuture<'_, StoreResult<Vec<ModelUsage>>> {
+                Box::pin(self.timed(async move {
+                    use diesel::dsl::{count_star, sql};
+                    use diesel::sql_types::BigInt;
+                    let mut conn = self.conn().await?;
+                    let mut q = request_log::table
+                        .group_by(request_log::model)
+                        .select((
+                            request_log::model,
+                            count_star(),
+                            sql::<BigInt>(ERRORS_SQL),
+                            sql::<BigInt>(PROMPT_SQL),
+                            sql::<BigInt>(COMPLETION_SQL),
+                            sql::<BigInt>(TOTAL_SQL),
+                        ))
+                        .order(request_log::model.asc())
+                        .into_boxed();
+                    if let Some(user) = filter.user {
+                        q = q.filter(request_log::user_id.eq(user));
+                    }
+                    if let Some(org) = filter.org {
+                        q = q.filter(request_log::org_id.eq(org));
+                    }
+                    if let Some(model) = filter.model {
+                        q = q.filter(request_log::model.eq(model));
+                    }
+                    if let Some(since) = filter.since {
+                        q = q.filter(request_log::created_at.ge(since));
+                    }
+                    if let Some(until) = filter.until {
+                        q = q.filter(request_log::created_at.lt(until));
+                    }
+                    let rows: Vec<(String, i64, i64, i64, i64, i64)> = q.load(&mut *conn).await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(
+                            |(model, requests, errors, prompt, completion, total)| ModelUsage {
+                                model,
+                                requests,
+                                errors,
+                                prompt_tokens: prompt,
+                                completion_tokens: completion,
+                                total_tokens: total,
+                            },
+                        )
+                        .collect())
+                }))
+            }
+
+            fn list_log(
+                &self,
+                filter: UsageFilter,
+                limit: i64,
+            ) -> BoxFuture<'_, StoreResult<Vec<LogRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let mut q = request_log::table
+                        .select(LogRow::as_select())
+                        .order((request_log::created_at.asc(), request_log::id.asc()))
+                        .limit(limit)
+                        .into_boxed();
+                    if let Some(user) = filter.user {
+                        q = q.filter(request_log::user_id.eq(user));
+                    }
+                    if let Some(org) = filter.org {
+                        q = q.filter(request_log::org_id.eq(org));
+                    }
+                    if let Some(model) = filter.model {
+                        q = q.filter(request_log::model.eq(model));
+                    }
+                    if let Some(since) = filter.since {
+                        q = q.filter(request_log::created_at.ge(since));
+                    }
+                    if let Some(until) = filter.until {
+                        q = q.filter(request_log::created_at.lt(until));
+                    }
+                    Ok(q.load(&mut *conn).await?)
+                }))
+            }
+        }
+
+        impl BackendStore for $store {
+            fn replace_catalog(
+                &self,
+                backend_entries: Vec<CatalogEntry>,
+                federated: Vec<CatalogEntry>,
+                at: i64,
+            ) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let b: Vec<_> = backend_entries
+                        .into_iter()
+                        .map(|e| {
+                            (
+                                backends::id.eq(e.key),
+                                backends::spec.eq(e.spec),
+                                backends::updated_at.eq(at),
+                            )
+                        })
+                        .collect();
+                    let f: Vec<_> = federated
+                        .into_iter()
+                        .map(|e| {
+                            (
+                                federated_models::name.eq(e.key),
+                                federated_models::spec.eq(e.spec),
+                                federated_models::updated_at.eq(at),
+                            )
+                        })
+                        .collect();
+                    conn.transaction::<_, StoreError, _>(|conn| {
+                        async move {
+                            diesel::delete(backends::table).execute(conn).await?;
+                            diesel::delete(federated_models::table)
+                                .execute(conn)
+                                .await?;
+                            $crate::store::queries::insert_many!(
+                                $batch,
+                                &mut *conn,
+                                b,
+                                |rows, conn| diesel::insert_into(backends::table)
+                                    .values(rows)
+                                    .execute(conn)
+                                    .await?
+                            )?;
+                            $crate::store::queries::insert_many!(
+                                $batch,
+                                &mut *conn,
+                                f,
+                                |rows, conn| diesel::insert_into(federated_models::table)
+                                    .values(rows)
+                                    .execute(conn)
+                                    .await?
+                            )?;
+                            Ok(())
+                        }
+                        .scope_boxed()
+                    })
+                    .await
+                }))
+            }
+
+            fn put_backend(&self, entry: CatalogEntry, at: i64) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    diesel::insert_into(backends::table)
+                        .values((
+                            backends::id.eq(&entry.key),
+                            backends::spec.eq(&entry.spec),
+                            backends::updated_at.eq(at),
+                        ))
+                        .on_conflict(backends::id)
+                        .do_update()
+                        .set((backends::spec.eq(&entry.spec), backends::updated_at.eq(at)))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }))
+            }
+
+            fn delete_backend(&self, id: String) -> BoxFuture<'_, StoreResult<bool>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let n = diesel::delete(backends::table.find(id))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(n > 0)
+                }))
+            }
+
+            fn list_backends(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let rows: Vec<(String, String)> = backends::table
+                        .select((backends::id, backends::spec))
+                        .order(backends::id.asc())
+                        .load(&mut *conn)
+                        .await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(key, spec)| CatalogEntry { key, spec })
+                        .collect())
+                }))
+            }
+
+            fn list_federated(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let rows: Vec<(String, String)> = federated_models::table
+                        .select((federated_models::name, federated_models::spec))
+                        .order(federated_models::name.asc())
+                        .load(&mut *conn)
+                        .await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(key, spec)| CatalogEntry { key, spec })
+                        .collect())
+                }))
+            }
+        }
+    };
+}
+
+/// Inserts `rows` (a Vec) with `$insert` (an expression of `rows` and `conn`): in one
+/// multi-row statement (`batch`, PostgreSQL), or row by row inside one transaction
+/// (`per_row`, SQLite, where diesel builds no multi-row INSERT for async connections).
+/// Evaluates to `Result<usize, StoreError>`, the rows inserted.
+macro_rules! insert_many {
+    (batch, $conn:expr, $rows:expr, |$r:ident, $c:ident| $insert:expr) => {{
+        let rows = $rows;
+        let $c = $conn;
+        let result: StoreResult<usize> = if rows.is_empty() {
+            Ok(0)
+        } else {
+            async {
+                let $r = &rows;
+                Ok::<usize, StoreError>($insert)
+            }
+            .await
+        };
+        result
+    }};
+    (per_row, $conn:expr, $rows:expr, |$r:ident, $c:ident| $insert:expr) => {{
+        let rows = $rows;
+        let conn = $conn;
+        let result: StoreResult<usize> = if rows.is_empty() {
+            Ok(0)
+        } else {
+            conn.transaction::<_, StoreError, _>(|$c| {
+                async move {
+                    let mut n = 0;
+                    for row in &rows {
+                        let $r = row;
+                        n += $insert;
+                    }
+                    Ok(n)
+                }
+                .scope_boxed()
+            })
+            .await
+        };
+        result
+    }};
+}
+
+pub(super) use impl_stores;
+pub(super) use insert_many;

@@ -1,0 +1,105 @@
+//! The tables, as diesel sees them. One schema serves both backends: the two migration
+//! trees create the same columns with the same types (a test compares them), and times are
+//! unix milliseconds (`BIGINT`) so queries are the same on PostgreSQL and SQLite.
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        user_id -> Text,
+        org_id -> Text,
+        role -> Text,
+        hash -> Text,
+        prefix -> Text,
+        created_at -> BigInt,
+        expires_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+        allowed_models -> Text,
+    }
+}
+
+diesel::table! {
+    usage_counters (subject, window_kind, window_start) {
+        subject -> Text,
+        window_kind -> Text,
+        window_start -> BigInt,
+        requests -> BigInt,
+        tokens -> BigInt,
+    }
+}
+
+diesel::table! {
+    quota_overrides (subject) {
+        subject -> Text,
+        rps -> Nullable<Double>,
+        burst -> Nullable<BigInt>,
+        max_in_flight -> Nullable<BigInt>,
+        daily_requests -> Nullable<BigInt>,
+        daily_tokens -> Nullable<BigInt>,
+        monthly_tokens -> Nullable<BigInt>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    request_log (id) {
+        id -> Text,
+        request_id -> Text,
+        created_at -> BigInt,
+        user_id -> Text,
+        org_id -> Text,
+        model -> Text,
+        cluster -> Text,
+        framework -> Text,
+        target -> Text,
+        route -> Text,
+        status -> Integer,
+        error_code -> Nullable<Text>,
+        prompt_tokens -> BigInt,
+        completion_tokens -> BigInt,
+        total_tokens -> BigInt,
+        tokens_estimated -> Bool,
+        latency_ms -> Double,
+        ttft_ms -> Nullable<Double>,
+        client_ip -> Nullable<Text>,
+        stream -> Bool,
+        attempts -> Integer,
+        ending -> Text,
+        prompt -> Nullable<Text>,
+        completion -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    backends (id) {
+        id -> Text,
+        spec -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    federated_models (name) {
+        name -> Text,
+        spec -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    usage_counters,
+    quota_overrides,
+    request_log,
+    backends,
+    federated_models,
+);
+
+/// Every table the migrations create (both trees), for tests and `migrate` output.
+pub const TABLES: [&str; 6] = [
+    "api_keys",
+    "usage_counters",
+    "quota_overrides",
+    "request_log",
+    "backends",
+    "federated_models",
+];

@@ -1,0 +1,54 @@
+//! The SQLite stores: one connection (WAL, busy timeout) behind diesel-async's
+//! `SyncConnectionWrapper`, which runs each query on tokio's blocking pool. Queries are
+//! serialized by an async mutex; SQLite has one writer anyway.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::migrate::{open_sqlite, SQLITE_PRAGMAS};
+
+type Conn = SyncConnectionWrapper<SqliteConnection>;
+
+pub struct SqliteStore {
+    conn: Mutex<Conn>,
+    timeout: Duration,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file at `path` with the gateway's pragmas.
+    pub fn open(path: &Path, timeout: Duration) -> super::StoreResult<SqliteStore> {
+        let mut conn = open_sqlite(path, true)?;
+        conn.batch_execute(SQLITE_PRAGMAS)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(SyncConnectionWrapper::new(conn)),
+            timeout,
+        })
+    }
+
+    async fn conn(&self) -> super::StoreResult<MutexGuard<'_, Conn>> {
+        Ok(self.conn.lock().await)
+    }
+
+    async fn timed<T>(
+        &self,
+        work: impl Future<Output = super::StoreResult<T>>,
+    ) -> super::StoreResult<T> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| super::StoreError::Timeout(self.timeout))?
+    }
+}
+
+impl super::Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+super::queries::impl_stores!(SqliteStore, per_row);
