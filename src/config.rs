@@ -586,11 +586,89 @@ mod tests {
             ),
             ("GATEWAY__HEALTH__PATH", "health", "health.path"),
             ("GATEWAY__LOGGING__LEVEL", "loud", "logging.level"),
+            ("GATEWAY__DATABASE__URL", "mysql://h/db", "database.url"),
+            (
+                "GATEWAY__DATABASE__URL",
+                "/no/such/gateway.db",
+                "database.url",
+            ),
+            ("GATEWAY__DATABASE__POOL_SIZE", "0", "database.pool_size"),
+            (
+                "GATEWAY__DATABASE__TIMEOUT_SECS",
+                "0",
+                "database.timeout_secs",
+            ),
+            ("GATEWAY__STORAGE__DATA_DIR", "", "storage.data_dir"),
+            ("GATEWAY__LOGGING__BATCH_SIZE", "0", "logging.batch_size"),
+            ("GATEWAY__LOGGING__BATCH_SIZE", "5000", "logging.batch_size"),
+            (
+                "GATEWAY__LOGGING__QUEUE_CAPACITY",
+                "10",
+                "logging.queue_capacity",
+            ),
+            (
+                "GATEWAY__LOGGING__FLUSH_INTERVAL_MS",
+                "0",
+                "logging.flush_interval_ms",
+            ),
+            (
+                "GATEWAY__LOGGING__RETRY_INTERVAL_SECS",
+                "0",
+                "logging.retry_interval_secs",
+            ),
         ];
         for (var, value, key) in cases {
             let err = Settings::load_from(None, None, env(&[(var, value)])).unwrap_err();
             assert_eq!(err.key, key, "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn storage_defaults_and_the_data_dir() {
+        let s = Settings::load_from(None, None, Vec::new()).unwrap();
+        assert_eq!(s.database.url, "");
+        assert_eq!(s.data_dir(), PathBuf::from("data"));
+        assert_eq!(s.spill_dir(), PathBuf::from("data/log-spill"));
+        assert!(s.logging.request_log && !s.logging.store_payloads);
+        assert_eq!(s.logging.retention_days, 30);
+        assert_eq!(
+            crate::store::DatabaseUrl::from_settings(&s).unwrap(),
+            crate::store::DatabaseUrl::Sqlite {
+                path: PathBuf::from("data/gateway.db"),
+                create: true
+            }
+        );
+        // Under systemd a relative data_dir lives in the unit's StateDirectory.
+        let s = Settings::load_from(
+            None,
+            None,
+            env(&[
+                ("STATE_DIRECTORY", "/var/lib/inference-gateway"),
+                ("GATEWAY__DATABASE__URL", "postgres://igw:pw@db/igw"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.data_dir(),
+            PathBuf::from("/var/lib/inference-gateway/data")
+        );
+        assert_eq!(s.database.url, "postgres://igw:pw@db/igw");
+        assert!(
+            !format!("{:?}", s.database).contains("pw"),
+            "no password in Debug"
+        );
+        let s = Settings::load_from(
+            None,
+            None,
+            env(&[
+                ("STATE_DIRECTORY", "/var/lib/inference-gateway"),
+                ("GATEWAY__STORAGE__DATA_DIR", "/srv/igw"),
+                ("GATEWAY__LOGGING__SPILL_DIR", "/srv/spill"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.data_dir(), PathBuf::from("/srv/igw"));
+        assert_eq!(s.spill_dir(), PathBuf::from("/srv/spill"));
     }
 
     #[test]

@@ -1,15 +1,17 @@
-//! The `inference-gateway` command: serve (the default) and check-config.
+//! The `inference-gateway` command: serve (the default), check-config and migrate.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use inference_gateway::clock::SystemClock;
 use inference_gateway::config::Settings;
 use inference_gateway::fixtures::{self, Catalog};
 use inference_gateway::login::{self, LoginSettings};
+use inference_gateway::store::{self, DatabaseUrl};
 use inference_gateway::{logging, server};
 
 /// mimalloc: the proxy path allocates many small, short-lived buffers, where glibc's
@@ -39,6 +41,8 @@ enum Command {
     CheckConfig,
     /// Get Globus tokens for calling a gateway (the role of FIRST's inference-auth-token.py).
     Auth(AuthArgs),
+    /// Apply pending database migrations (`database.url`) and exit. `serve` does it too.
+    Migrate,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +98,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Some(Command::Migrate)) {
+        return migrate(&settings);
+    }
     let catalog = match Catalog::load(&settings.fixtures.dir) {
         Ok(c) => c,
         Err(e) => {
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => check_config(&settings, &catalog),
         Command::Serve | Command::Auth(_) => serve(settings, catalog),
+        Command::Migrate => migrate(&settings),
     }
 }
 
@@ -165,6 +173,34 @@ fn auth(args: AuthArgs) -> ExitCode {
     }
 }
 
+/// Applies pending migrations on a sync connection (before any actix system exists).
+/// Returns the database (printable: no password) and the versions applied.
+fn migrate_database(settings: &Settings) -> Result<(DatabaseUrl, Vec<String>), String> {
+    let url = DatabaseUrl::from_settings(settings).map_err(|e| e.to_string())?;
+    match store::migrate::run(&url) {
+        Ok(applied) => Ok((url, applied)),
+        Err(e) => Err(format!("database.url ({url}): {e}")),
+    }
+}
+
+fn migrate(settings: &Settings) -> ExitCode {
+    match migrate_database(settings) {
+        Ok((url, applied)) => {
+            let mut out = std::io::stdout().lock();
+            if applied.is_empty() {
+                let _ = writeln!(out, "database {url}: up to date");
+            } else {
+                let _ = writeln!(out, "database {url}: applied {}", applied.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migration error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let mut problems = Vec::new();
@@ -197,6 +233,12 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
         "config: ok (server.bind = {bind}, auth.mode = {:?})",
         settings.auth.mode
     );
+    match DatabaseUrl::from_settings(settings) {
+        Ok(url) => {
+            let _ = writeln!(out, "database: {url}");
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
     let _ = writeln!(
         out,
         "fixtures: ok ({} targets, {} models, {} clusters) from {}",
@@ -231,6 +273,17 @@ fn serve(settings: Settings, catalog: Catalog) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let level = logging::parse_level(&settings.logging.level).unwrap_or(slog::Level::Info);
     let (log, guard) = logging::json_stdout(level);
+    match migrate_database(&settings) {
+        Ok((url, applied)) => slog::info!(log, "database ready";
+            "database" => url.to_string(), "migrations_applied" => applied.join(",")),
+        Err(e) => {
+            slog::crit!(log, "database migration failed"; "error" => &e);
+            eprintln!("error: {e}");
+            drop(log);
+            drop(guard);
+            return ExitCode::from(1);
+        }
+    }
     let system = actix_rt::System::new();
     let result = system.block_on(run(settings, catalog, log.clone()));
     let code = match result {
@@ -249,11 +302,13 @@ fn serve(settings: Settings, catalog: Catalog) -> ExitCode {
 async fn run(settings: Settings, catalog: Catalog, log: slog::Logger) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let grace = settings.server.shutdown_grace_secs;
+    let flush_timeout = Duration::from_secs(settings.database.timeout_secs + 5);
     let running = server::start(settings, catalog, Arc::new(SystemClock), log.clone(), None)?;
     for addr in &running.addrs {
         slog::info!(log, "listening"; "addr" => addr.to_string());
     }
     let handle = running.server.handle();
+    let log_writer = running.log_writer.clone();
     let mut server = actix_rt::spawn(running.server);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -266,6 +321,15 @@ async fn run(settings: Settings, catalog: Catalog, log: slog::Logger) -> std::io
     }
     handle.stop(true).await;
     let _ = server.await;
+    if let Some(writer) = log_writer {
+        // Every request has ended: write out the rows still queued (or spill them).
+        use inference_gateway::actors::log_writer::Flush;
+        match actix_rt::time::timeout(flush_timeout, writer.send(Flush)).await {
+            Ok(Ok(())) => slog::info!(log, "request log flushed"),
+            _ => slog::error!(log, "request log flush did not finish; queued rows are lost";
+                "timeout_secs" => flush_timeout.as_secs()),
+        }
+    }
     slog::info!(log, "stopped");
     Ok(())
 }

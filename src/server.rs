@@ -12,6 +12,7 @@ use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
 use crate::actors::gateway::{Directory, Gateway};
+use crate::actors::log_writer::{LogSink, LogStats, LogWriter, LogWriterConfig};
 use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::auth::globus::{GlobusAuth, GlobusClient};
@@ -24,6 +25,10 @@ use crate::fixtures::Catalog;
 use crate::proxy::forward::Upstream;
 use crate::routes;
 use crate::state::AppState;
+use crate::store::{self, DatabaseUrl, Store};
+
+/// PostgreSQL connections the request log's writer keeps (it writes one batch at a time).
+const LOG_WRITER_POOL: usize = 2;
 
 /// A started gateway. The server future must be polled (awaited or spawned) to serve.
 pub struct Running {
@@ -31,10 +36,17 @@ pub struct Running {
     pub server: Server,
     pub gateway: Addr<Gateway>,
     pub directory: Arc<ArcSwap<Directory>>,
+    pub store: Arc<dyn Store>,
+    /// The request log's writer (None when `logging.request_log = false`); the shutdown
+    /// path sends it `Flush` after the server stopped.
+    pub log_writer: Option<Addr<LogWriter>>,
+    pub log_stats: Option<Arc<LogStats>>,
 }
 
 /// Starts the actor tree and binds the HTTP server (on `listener` when given, else on
-/// `server.bind`). Must run inside an actix system.
+/// `server.bind`). Must run inside an actix system. The database must be migrated already
+/// (`store::migrate::run`, on a sync connection before the system starts); opening the
+/// store makes no connection.
 pub fn start(
     settings: Settings,
     catalog: Catalog,
@@ -62,6 +74,33 @@ pub fn start(
             .enabled
             .then(|| OidcAuth::start(settings.auth.oidc.clone(), log.clone())),
     };
+    let db_url = DatabaseUrl::from_settings(&settings).map_err(invalid)?;
+    let db_timeout = Duration::from_secs(settings.database.timeout_secs);
+    let store = store::open(&db_url, settings.database.pool_size, db_timeout)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let (log_sink, log_writer, log_stats) = if settings.logging.request_log {
+        // PostgreSQL: the writer gets its own small pool, on this (the system's) thread, so
+        // its connections outlive the HTTP workers for the flush at shutdown.
+        let writer_store = match &db_url {
+            DatabaseUrl::Postgres(_) => store::open(&db_url, LOG_WRITER_POOL, db_timeout)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+            DatabaseUrl::Sqlite { .. } => Arc::clone(&store),
+        };
+        let writer = LogWriter::new(
+            writer_store,
+            LogWriterConfig::from_settings(&settings),
+            log.clone(),
+        );
+        let stats = writer.stats();
+        let addr = writer.start();
+        (
+            LogSink::new(addr.clone(), &settings.logging),
+            Some(addr),
+            Some(stats),
+        )
+    } else {
+        (LogSink::disabled(), None, None)
+    };
     let settings = Arc::new(settings);
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let gateway = Gateway::new(
@@ -80,6 +119,8 @@ pub fn start(
         auth,
         admin_keys,
         started_at: SystemTime::now(),
+        store: Arc::clone(&store),
+        log_sink,
     });
     let routes = routes::inference_routes(&settings);
     let upstream_settings = settings.upstream.clone();
@@ -121,5 +162,8 @@ pub fn start(
         server: server.run(),
         gateway,
         directory,
+        store,
+        log_writer,
+        log_stats,
     })
 }

@@ -1,5 +1,6 @@
-//! What handlers share: settings, the published directory, the supervisor's address and
-//! the logger. Passed explicitly with `web::Data`; no global registries.
+//! What handlers share: settings, the published directory, the supervisor's address, the
+//! logger, the store and the request log's sink. Passed explicitly with `web::Data`; no
+//! global registries.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -8,9 +9,11 @@ use actix::Addr;
 use arc_swap::ArcSwap;
 
 use crate::actors::gateway::{Directory, Gateway};
+use crate::actors::log_writer::LogSink;
 use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::config::Settings;
+use crate::store::Store;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -23,4 +26,8 @@ pub struct AppState {
     pub admin_keys: AdminKeys,
     /// When this process started (the `created` of listed models).
     pub started_at: SystemTime,
+    /// The database (its own PostgreSQL pool; SQLite's one connection is shared).
+    pub store: Arc<dyn Store>,
+    /// Where request records send their row (disabled when `logging.request_log = false`).
+    pub log_sink: LogSink,
 }

@@ -4,9 +4,11 @@
 //! Gateway (root supervisor: builds the tree from the catalog, rebuilds dead children)
 //! ├── BackendActor          one per target: health checks, circuit breaker, latency
 //! └── FederatedRouterActor  one per model: ranks the model's targets, answers Pick
+//! LogWriter                 request-log rows to the database in batches, spill file when down
 //! ```
 
 pub mod backend;
 pub mod breaker;
 pub mod gateway;
+pub mod log_writer;
 pub mod router;

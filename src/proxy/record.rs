@@ -1,10 +1,14 @@
 //! The record of one proxied request: filled in as the request goes, written once when it
-//! ends (after the last byte, or when the client went away). Today it goes to the JSON log;
-//! the request-log table is fed from the same record.
+//! ends (after the last byte, or when the client went away): one JSON log line, and one
+//! request-log row handed to the `LogWriter` (a fire-and-forget send; never a wait).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
+
+use crate::actors::log_writer::LogSink;
 use crate::proxy::usage::Usage;
+use crate::store::{unix_ms, LogRow};
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,19 @@ pub struct RequestRecord {
     pub ttft: Option<Duration>,
     pub client_ip: Option<String>,
     pub ending: Ending,
+    /// Wall-clock start (the row's `created_at`).
+    pub started_at: SystemTime,
+    /// The authenticated caller (empty until auth names one).
+    pub user: String,
+    pub org: String,
+    /// Size of the request body, for a token estimate when the upstream reports no usage.
+    pub request_bytes: usize,
+    /// Where the row goes.
+    pub sink: LogSink,
+    /// The request body, kept only when payloads are stored.
+    pub prompt: Option<Bytes>,
+    /// The response body as relayed, collected (bounded) only when payloads are stored.
+    pub completion: Option<Vec<u8>>,
 }
 
 impl RequestRecord {
@@ -72,11 +89,99 @@ impl RequestRecord {
             ttft: None,
             client_ip: None,
             ending: Ending::Complete,
+            started_at: SystemTime::now(),
+            user: String::new(),
+            org: String::new(),
+            request_bytes: 0,
+            sink: LogSink::disabled(),
+            prompt: None,
+            completion: None,
         }
     }
 
-    /// Writes the record: one JSON log line.
+    /// Sends rows to `sink`; starts collecting the completion when payloads are stored.
+    pub fn log_to(&mut self, sink: LogSink) {
+        if sink.payload_limit().is_some() {
+            self.completion = Some(Vec::new());
+        }
+        self.sink = sink;
+    }
+
+    /// Keeps the request body as the prompt, when payloads are stored.
+    pub fn keep_prompt(&mut self, body: &Bytes) {
+        self.request_bytes = body.len();
+        if let Some(limit) = self.sink.payload_limit() {
+            self.prompt = Some(body.slice(..body.len().min(limit)));
+        }
+    }
+
+    /// Adds relayed bytes to the completion (up to the payload limit), when collecting.
+    pub fn capture(&mut self, chunk: &[u8]) {
+        if let (Some(buf), Some(limit)) = (&mut self.completion, self.sink.payload_limit()) {
+            let room = limit.saturating_sub(buf.len());
+            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+    }
+
+    /// Tokens for the row: the upstream's own usage when it reported some (exact); else,
+    /// for a relayed answer, an estimate (prompt: request bytes / 4; completion: one token
+    /// per streamed event); else none. The bool says whether they are estimated.
+    pub fn tokens(&self) -> (u64, u64, u64, bool) {
+        if let Some(u) = self.usage {
+            return (u.prompt_tokens, u.completion_tokens, u.total(), false);
+        }
+        let relayed = (200..300).contains(&self.status) && self.target.is_some();
+        if !relayed {
+            return (0, 0, 0, false);
+        }
+        let prompt = (self.request_bytes as u64).div_ceil(4);
+        let completion = self.events;
+        (prompt, completion, prompt + completion, true)
+    }
+
+    /// The request-log row of this record.
+    pub fn to_row(&self) -> LogRow {
+        let (prompt_tokens, completion_tokens, total_tokens, tokens_estimated) = self.tokens();
+        let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        LogRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            request_id: self.request_id.clone(),
+            created_at: unix_ms(self.started_at),
+            user_id: self.user.clone(),
+            org_id: self.org.clone(),
+            model: self.model.clone(),
+            cluster: self.cluster.clone().unwrap_or_default(),
+            framework: self.framework.clone().unwrap_or_default(),
+            target: self.target.clone().unwrap_or_default(),
+            route: self.route.to_string(),
+            status: i32::from(self.status),
+            error_code: self.error_code.map(str::to_string),
+            prompt_tokens: to_i64(prompt_tokens),
+            completion_tokens: to_i64(completion_tokens),
+            total_tokens: to_i64(total_tokens),
+            tokens_estimated,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            ttft_ms: self.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            client_ip: self.client_ip.clone(),
+            stream: self.stream,
+            attempts: i32::try_from(self.attempts).unwrap_or(i32::MAX),
+            ending: self.ending.name().to_string(),
+            prompt: self
+                .prompt
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            completion: self
+                .completion
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+        }
+    }
+
+    /// Writes the record: one JSON log line, and one row to the request log.
     pub fn finish(self, log: &slog::Logger) {
+        if self.sink.is_enabled() {
+            self.sink.send(self.to_row());
+        }
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let usage = self.usage.unwrap_or_default();
         slog::info!(log, "request";
@@ -100,5 +205,66 @@ impl RequestRecord {
             "duration_ms" => duration_ms,
             "client_ip" => self.client_ip.as_deref().unwrap_or(""),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> RequestRecord {
+        let mut r = RequestRecord::new("rid".into(), "chat", Instant::now());
+        r.model = "llama".into();
+        r.request_bytes = 41;
+        r
+    }
+
+    #[test]
+    fn reported_usage_is_exact() {
+        let mut r = record();
+        r.status = 200;
+        r.target = Some("t".into());
+        r.usage = Some(Usage {
+            prompt_tokens: 5,
+            completion_tokens: 7,
+            total_tokens: 0,
+        });
+        assert_eq!(r.tokens(), (5, 7, 12, false));
+        let row = r.to_row();
+        assert_eq!(
+            (row.prompt_tokens, row.completion_tokens, row.total_tokens),
+            (5, 7, 12)
+        );
+        assert!(!row.tokens_estimated);
+        assert_eq!(
+            (row.model.as_str(), row.target.as_str(), row.status),
+            ("llama", "t", 200)
+        );
+    }
+
+    #[test]
+    fn relayed_answers_without_usage_are_estimated_and_rejections_count_nothing() {
+        let mut r = record();
+        r.status = 200;
+        r.target = Some("t".into());
+        r.events = 9;
+        assert_eq!(r.tokens(), (11, 9, 20, true));
+        let mut rejected = record();
+        rejected.status = 404;
+        rejected.error_code = Some("model_not_found");
+        assert_eq!(rejected.tokens(), (0, 0, 0, false));
+        let row = rejected.to_row();
+        assert_eq!(row.error_code.as_deref(), Some("model_not_found"));
+        assert_eq!(row.target, "");
+    }
+
+    #[test]
+    fn payloads_are_kept_only_when_asked_and_bounded() {
+        let mut r = record();
+        r.keep_prompt(&Bytes::from_static(b"{\"model\":\"llama\"}"));
+        r.capture(b"data: hi");
+        let row = r.to_row();
+        assert_eq!((row.prompt, row.completion), (None, None));
+        assert_eq!(r.request_bytes, 17);
     }
 }

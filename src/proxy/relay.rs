@@ -134,6 +134,13 @@ fn complete(mut finish: Finish, meter: &UsageMeter, ending: Ending, verdict: Ver
     record.finish(&log);
 }
 
+/// Adds bytes sent to the client to the record's completion (when payloads are stored).
+fn capture(finish: &mut Option<Finish>, out: &Bytes) {
+    if let Some(f) = finish {
+        f.record.capture(out);
+    }
+}
+
 /// The final event of a stream the upstream broke: an OpenAI error object, which the SDKs
 /// raise as an exception.
 fn sse_error_event(message: &str, code: &str) -> Bytes {
@@ -184,6 +191,7 @@ where
         }
         if let Some(first) = this.first.take() {
             if let Some(out) = Self::accept(this.framing, this.meter, first) {
+                capture(this.finish, &out);
                 return Poll::Ready(Some(Ok(out)));
             }
         }
@@ -194,6 +202,7 @@ where
                         .as_mut()
                         .reset(Instant::now() + *this.idle_timeout);
                     if let Some(out) = Self::accept(this.framing, this.meter, chunk) {
+                        capture(this.finish, &out);
                         return Poll::Ready(Some(Ok(out)));
                     }
                     // Only part of an event: wait for the rest.
@@ -252,6 +261,9 @@ where
                             Ending::UpstreamBroke,
                             format!("upstream {cause}"),
                         ));
+                    }
+                    if let Some(tail) = &tail {
+                        capture(this.finish, tail);
                     }
                     if let Some(finish) = this.finish.take() {
                         let ttfb = finish.record.ttft.unwrap_or_default();

@@ -155,6 +155,7 @@ pub async fn handle(
     let request_id = request_id(&req);
     let mut record = RequestRecord::new(request_id.clone(), route.name, started);
     record.client_ip = req.peer_addr().map(|a| a.ip().to_string());
+    record.log_to(state.log_sink.clone());
 
     let call = match prepare(
         &req,
@@ -207,6 +208,7 @@ async fn prepare(
         return Err(ApiError::LoopDetected);
     }
     let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
+    record.keep_prompt(&body);
     let (model, stream) = parse_head(&body)?;
     record.model = model.clone();
     record.stream = stream;

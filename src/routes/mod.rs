@@ -98,6 +98,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
             .default_service(web::to(method_not_allowed)),
     );
     cfg.service(
+        web::resource("/admin/usage")
+            .route(web::get().to(admin::usage))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
         web::resource("/health/detailed")
             .route(web::get().to(health::detailed))
             .default_service(web::to(method_not_allowed)),

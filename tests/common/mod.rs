@@ -2,6 +2,7 @@
 //! driven by a real HTTP client. Time-based actor state uses a manual clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chaos;
 pub mod db;
 
 use std::net::TcpListener;
@@ -11,10 +12,12 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::dev::ServerHandle;
 use inference_gateway::actors::gateway::{Gateway, TickAll};
+use inference_gateway::actors::log_writer::{Flush, LogStats, LogWriter};
 use inference_gateway::clock::ManualClock;
 use inference_gateway::config::Settings;
 use inference_gateway::fixtures::Catalog;
 use inference_gateway::server;
+use inference_gateway::store::{self, Store};
 use serde_json::{json, Value};
 use slog::Drain;
 
@@ -45,6 +48,9 @@ pub struct TestGateway {
     pub gateway: Addr<Gateway>,
     pub clock: Arc<ManualClock>,
     logs: Arc<std::sync::Mutex<Vec<u8>>>,
+    pub store: Arc<dyn Store>,
+    pub log_writer: Option<Addr<LogWriter>>,
+    pub log_stats: Option<Arc<LogStats>>,
     handle: ServerHandle,
     _dir: tempfile::TempDir,
 }
@@ -130,9 +136,43 @@ impl TestGateway {
         self.gateway.do_send(TickAll);
     }
 
+    /// Waits until the request log has written out every row queued so far.
+    pub async fn flush_log(&self) {
+        if let Some(writer) = &self.log_writer {
+            writer.send(Flush).await.unwrap();
+        }
+    }
+
+    /// GET with the bootstrap admin key (see [`ADMIN_KEY`]).
+    pub async fn get_admin(&self, path: &str) -> (u16, Value) {
+        let mut res = self
+            .client()
+            .get(self.at(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("request failed");
+        let bytes = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// The admin key a test gateway accepts when started with `GATEWAY__AUTH__ADMIN_KEY_FILE`
+/// set to [`admin_key_file`].
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+/// Writes [`ADMIN_KEY`] to a file in `dir` and returns its path.
+pub fn admin_key_file(dir: &std::path::Path) -> String {
+    let path = dir.join("admin.key");
+    std::fs::write(&path, ADMIN_KEY).unwrap();
+    path.display().to_string()
 }
 
 pub fn chat(model: &str) -> Value {
@@ -207,7 +247,12 @@ pub async fn start_raw(
     }
     let fixtures_dir = dir.path().display().to_string();
     let mut env: Vec<(String, String)> = vec![
-        ("GATEWAY__FIXTURES__DIR".into(), fixtures_dir),
+        ("GATEWAY__FIXTURES__DIR".into(), fixtures_dir.clone()),
+        // The default SQLite database and the spill file live in the test's temp dir.
+        (
+            "GATEWAY__STORAGE__DATA_DIR".into(),
+            dir.path().join("data").display().to_string(),
+        ),
         ("GATEWAY__SERVER__WORKERS".into(), "2".into()),
         ("GATEWAY__HEALTH__PATH".into(), "".into()),
         ("GATEWAY__UPSTREAM__RETRY_BACKOFF_MS".into(), "1".into()),
@@ -216,6 +261,9 @@ pub async fn start_raw(
         env.push((k.to_string(), v.to_string()));
     }
     let settings = Settings::load_from(config_file.as_deref(), None, env).expect("settings");
+    // As `serve` does: migrate on a sync connection before the server starts.
+    let db_url = store::DatabaseUrl::from_settings(&settings).expect("database.url");
+    store::migrate::run(&db_url).expect("migrations");
     let catalog = Catalog::load(dir.path()).expect("catalog");
     let clock = Arc::new(ManualClock::default());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -234,6 +282,9 @@ pub async fn start_raw(
         gateway: running.gateway,
         clock,
         logs,
+        store: running.store,
+        log_writer: running.log_writer,
+        log_stats: running.log_stats,
         handle,
         _dir: dir,
     }

@@ -318,6 +318,8 @@ class GatewayFactory:
             # Fast health checks so that targets are known healthy soon after start.
             "GATEWAY__HEALTH__INTERVAL_SECS": "1",
             "GATEWAY__LOGGING__LEVEL": "info",
+            # Each gateway's SQLite request log (and spill file) in its own directory.
+            "GATEWAY__STORAGE__DATA_DIR": str(self.work_dir / f"data-{port}"),
             "RUST_BACKTRACE": "1",
         })
         env.update(extra_env or {})
