@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod logging;
 pub mod login;
 pub mod proxy;
+pub mod quota;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -23,6 +23,8 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::fixtures::Catalog;
 use crate::proxy::forward::Upstream;
+use crate::quota::actor::QuotaSupervisor;
+use crate::quota::QuotaRegistry;
 use crate::routes;
 use crate::state::AppState;
 use crate::store::{self, DatabaseUrl, Store};
@@ -41,6 +43,9 @@ pub struct Running {
     /// path sends it `Flush` after the server stopped.
     pub log_writer: Option<Addr<LogWriter>>,
     pub log_stats: Option<Arc<LogStats>>,
+    pub quotas: Arc<QuotaRegistry>,
+    /// Flushed (`FlushAll`) by the shutdown path after the server stopped.
+    pub quota_supervisor: Addr<QuotaSupervisor>,
 }
 
 /// Starts the actor tree and binds the HTTP server (on `listener` when given, else on
@@ -101,6 +106,12 @@ pub fn start(
     } else {
         (LogSink::disabled(), None, None)
     };
+    let quotas = Arc::new(QuotaRegistry::new(
+        &settings.quotas,
+        Arc::clone(&store),
+        log.clone(),
+    ));
+    let quota_supervisor = QuotaSupervisor::start(Arc::clone(&quotas), &settings.quotas);
     let settings = Arc::new(settings);
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let gateway = Gateway::new(
@@ -121,6 +132,8 @@ pub fn start(
         started_at: SystemTime::now(),
         store: Arc::clone(&store),
         log_sink,
+        quotas: Arc::clone(&quotas),
+        quota_supervisor: quota_supervisor.clone(),
     });
     let routes = routes::inference_routes(&settings);
     let upstream_settings = settings.upstream.clone();
@@ -165,5 +178,7 @@ pub fn start(
         store,
         log_writer,
         log_stats,
+        quotas,
+        quota_supervisor,
     })
 }

@@ -13,6 +13,8 @@ use crate::actors::log_writer::LogSink;
 use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::config::Settings;
+use crate::quota::actor::QuotaSupervisor;
+use crate::quota::QuotaRegistry;
 use crate::store::Store;
 
 pub struct AppState {
@@ -30,4 +32,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Where request records send their row (disabled when `logging.request_log = false`).
     pub log_sink: LogSink,
+    /// Live quota states of users, orgs and models.
+    pub quotas: Arc<QuotaRegistry>,
+    pub quota_supervisor: Addr<QuotaSupervisor>,
 }

@@ -198,6 +198,8 @@ async fn quota_overrides_put_get_list_delete() {
             daily_tokens: None,
             monthly_tokens: Some(1_000_000),
             updated_at: 1,
+            tokens_per_minute: Some(20_000),
+            max_batches: None,
         };
         s.put_override(o.clone()).await.unwrap();
         assert_eq!(

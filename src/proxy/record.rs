@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::actors::log_writer::LogSink;
 use crate::proxy::usage::Usage;
+use crate::quota::Admission;
 use crate::store::{unix_ms, LogRow};
 
 /// How a request ended.
@@ -37,7 +38,7 @@ impl Ending {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RequestRecord {
     pub request_id: String,
     pub route: &'static str,
@@ -68,6 +69,9 @@ pub struct RequestRecord {
     pub prompt: Option<Bytes>,
     /// The response body as relayed, collected (bounded) only when payloads are stored.
     pub completion: Option<Vec<u8>>,
+    /// The quota admission: its in-flight slots are held until the record is finished
+    /// (or dropped), and its subjects are charged the request's tokens.
+    pub quota: Option<Admission>,
 }
 
 impl RequestRecord {
@@ -96,6 +100,7 @@ impl RequestRecord {
             sink: LogSink::disabled(),
             prompt: None,
             completion: None,
+            quota: None,
         }
     }
 
@@ -177,8 +182,12 @@ impl RequestRecord {
         }
     }
 
-    /// Writes the record: one JSON log line, and one row to the request log.
-    pub fn finish(self, log: &slog::Logger) {
+    /// Writes the record: one JSON log line, and one row to the request log; charges the
+    /// tokens (reported, else estimated) to the quota subjects and frees their slots.
+    pub fn finish(mut self, log: &slog::Logger) {
+        if let Some(admission) = self.quota.take() {
+            admission.charge(self.tokens().2);
+        }
         if self.sink.is_enabled() {
             self.sink.send(self.to_row());
         }

@@ -17,6 +17,7 @@ use crate::auth::caller::Caller;
 use crate::error::ApiError;
 use crate::proxy::forward::{self, passed_headers, Call, Upstream, HOPS_HEADER, REQUEST_ID_HEADER};
 use crate::proxy::record::{Ending, RequestRecord};
+use crate::quota::{rate_limit_headers, Kind, Subject};
 use crate::state::AppState;
 
 /// One inference route: the path clients call and the path sent upstream.
@@ -31,12 +32,13 @@ pub struct InferenceRoute {
 }
 
 pub const CHAT: &str = "/v1/chat/completions";
+pub const COMPLETIONS: &str = "/v1/completions";
 
 /// The built-in routes; config adds chat-shaped aliases.
 pub fn builtin() -> Vec<InferenceRoute> {
     [
         ("chat", CHAT),
-        ("completions", "/v1/completions"),
+        ("completions", COMPLETIONS),
         ("embeddings", "/v1/embeddings"),
         ("rerank", "/v1/rerank"),
         ("responses", "/v1/responses"),
@@ -59,6 +61,25 @@ struct Head<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// What the gateway reads of a request body.
+#[derive(Debug, PartialEq, Eq)]
+struct Parsed {
+    model: String,
+    stream: bool,
+    /// The client set `stream_options.include_usage` to true.
+    include_usage: bool,
+    /// The body has a `stream_options` member at all.
+    has_stream_options: bool,
 }
 
 /// Request id from `x-request-id` when it is sane, else a new one.
@@ -108,7 +129,7 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
+fn parse_head(body: &[u8]) -> Result<Parsed, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_none() {
         return Err(ApiError::InvalidJson(
@@ -137,7 +158,58 @@ fn parse_head(body: &[u8]) -> Result<(String, bool), ApiError> {
         }
         None => return Err(ApiError::invalid_param("model", "`model` is required.")),
     };
-    Ok((model, head.stream.unwrap_or(false)))
+    Ok(Parsed {
+        model,
+        stream: head.stream.unwrap_or(false),
+        include_usage: head
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        has_stream_options: head.stream_options.is_some(),
+    })
+}
+
+/// Asks the backend for usage in a stream: adds `"stream_options":{"include_usage":true}`.
+/// Without `stream_options` in the body, the member is spliced in before the closing brace,
+/// so every other byte stays as it was; otherwise the object is re-serialised with its
+/// field order kept.
+fn add_include_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, ApiError> {
+    if !has_stream_options {
+        let end = body
+            .iter()
+            .rposition(|b| *b == b'}')
+            .ok_or(ApiError::Internal)?;
+        let empty = body[..end]
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        let mut out = BytesMut::with_capacity(body.len() + 40);
+        out.extend_from_slice(&body[..end]);
+        if !empty {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+        out.extend_from_slice(&body[end..]);
+        return Ok(out.freeze());
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    match value.get_mut("stream_options") {
+        Some(serde_json::Value::Object(o)) => {
+            o.insert("include_usage".into(), serde_json::Value::Bool(true));
+        }
+        _ => {
+            return Err(ApiError::invalid_param(
+                "stream_options",
+                "`stream_options` must be an object.",
+            ))
+        }
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::Internal)
 }
 
 /// Handles one inference request on `route`; `pinned` routes carry cluster and framework
@@ -157,25 +229,43 @@ pub async fn handle(
     record.client_ip = req.peer_addr().map(|a| a.ip().to_string());
     record.log_to(state.log_sink.clone());
 
-    let call = match prepare(
+    let Caller(identity) = caller;
+    record.user = identity.id.clone();
+    record.org = identity.org.clone().unwrap_or_default();
+    // The user's quota state: its limits go into every answer's x-ratelimit headers.
+    let user_quota = if state.quotas.enabled {
+        Some(
+            state
+                .quotas
+                .state(Subject::new(Kind::User, &identity.id))
+                .await,
+        )
+    } else {
+        None
+    };
+    let mut response = match prepare(
         &req,
-        caller,
+        identity,
+        user_quota.as_ref(),
         payload,
         &state,
         &route,
         pinned,
         &request_id,
-        &mut record,
+        record,
     )
     .await
     {
-        Ok(call) => call,
-        Err(error) => return reject(error, record, &state.log),
-    };
-    match forward::forward(&upstream, call, record, &state.log).await {
-        Ok(response) => response,
+        Ok((call, record)) => match forward::forward(&upstream, call, record, &state.log).await {
+            Ok(response) => response,
+            Err((error, record)) => reject(error, record, &state.log),
+        },
         Err((error, record)) => reject(error, record, &state.log),
+    };
+    if let Some(user) = &user_quota {
+        rate_limit_headers(response.headers_mut(), user);
     }
+    response
 }
 
 fn reject(error: ApiError, mut record: RequestRecord, log: &slog::Logger) -> HttpResponse {
@@ -187,10 +277,43 @@ fn reject(error: ApiError, mut record: RequestRecord, log: &slog::Logger) -> Htt
     response
 }
 
+/// Checks the request and admits it against the quotas; the record comes back with the
+/// error so the caller can write it.
 #[allow(clippy::too_many_arguments)]
 async fn prepare(
     req: &HttpRequest,
-    Caller(caller): Caller,
+    caller: Arc<crate::auth::identity::Identity>,
+    user_quota: Option<&Arc<crate::quota::SubjectState>>,
+    payload: web::Payload,
+    state: &AppState,
+    route: &InferenceRoute,
+    pinned: bool,
+    request_id: &str,
+    mut record: RequestRecord,
+) -> Result<(Call, RequestRecord), (ApiError, RequestRecord)> {
+    match check(
+        req,
+        caller,
+        user_quota,
+        payload,
+        state,
+        route,
+        pinned,
+        request_id,
+        &mut record,
+    )
+    .await
+    {
+        Ok(call) => Ok((call, record)),
+        Err(e) => Err((e, record)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check(
+    req: &HttpRequest,
+    caller: Arc<crate::auth::identity::Identity>,
+    user_quota: Option<&Arc<crate::quota::SubjectState>>,
     payload: web::Payload,
     state: &AppState,
     route: &InferenceRoute,
@@ -209,7 +332,8 @@ async fn prepare(
     }
     let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
     record.keep_prompt(&body);
-    let (model, stream) = parse_head(&body)?;
+    let parsed = parse_head(&body)?;
+    let (model, stream) = (parsed.model.clone(), parsed.stream);
     record.model = model.clone();
     record.stream = stream;
 
@@ -257,9 +381,26 @@ async fn prepare(
             refusal.unwrap_or_default()
         )));
     }
+    let mut body = body;
+    let mut hide_usage = false;
+    if let Some(user) = user_quota {
+        let mut subjects = vec![Arc::clone(user)];
+        if let Some(org) = caller.org.as_deref().filter(|o| !o.is_empty()) {
+            subjects.push(state.quotas.state(Subject::new(Kind::Org, org)).await);
+        }
+        subjects.push(state.quotas.state(Subject::new(Kind::Model, &model)).await);
+        record.quota = Some(state.quotas.admit(&subjects).await?);
+        // Tokens are charged from the stream's usage: ask for it when the client did not.
+        let chat_shaped = matches!(route.upstream_path, CHAT | COMPLETIONS);
+        if stream && chat_shaped && !parsed.include_usage {
+            body = add_include_usage(&body, parsed.has_stream_options)?;
+            hide_usage = true;
+        }
+    }
     Ok(Call {
         model: entry,
         upstream_path: route.upstream_path,
+        hide_usage,
         body,
         requested_model: model,
         pin,
@@ -277,10 +418,34 @@ mod tests {
 
     #[test]
     fn head_reads_model_and_stream_and_ignores_the_rest() {
-        let (m, s) = parse_head(br#"{"model":"x","stream":true,"whatever":[1,2]}"#).unwrap();
-        assert_eq!((m.as_str(), s), ("x", true));
-        let (_, s) = parse_head(br#" {"model":"x"}"#).unwrap();
-        assert!(!s);
+        let p = parse_head(br#"{"model":"x","stream":true,"whatever":[1,2]}"#).unwrap();
+        assert_eq!((p.model.as_str(), p.stream), ("x", true));
+        assert!(!p.include_usage && !p.has_stream_options);
+        let p = parse_head(br#" {"model":"x"}"#).unwrap();
+        assert!(!p.stream);
+        let p = parse_head(br#"{"model":"x","stream_options":{"include_usage":true}}"#).unwrap();
+        assert!(p.include_usage && p.has_stream_options);
+    }
+
+    #[test]
+    fn include_usage_is_added_touching_nothing_else() {
+        let body = Bytes::from_static(b"{\"model\":\"x\", \"n\":1.50,\"stream\":true}\n");
+        assert_eq!(
+            &add_include_usage(&body, false).unwrap()[..],
+            &b"{\"model\":\"x\", \"n\":1.50,\"stream\":true,\"stream_options\":{\"include_usage\":true}}\n"[..]
+        );
+        let body = Bytes::from_static(
+            br#"{"model":"x","stream_options":{"include_usage":false,"other":1},"stream":true}"#,
+        );
+        assert_eq!(
+            &add_include_usage(&body, true).unwrap()[..],
+            &br#"{"model":"x","stream_options":{"include_usage":true,"other":1},"stream":true}"#[..]
+        );
+        let bad = Bytes::from_static(br#"{"model":"x","stream_options":3}"#);
+        assert_eq!(
+            add_include_usage(&bad, true).unwrap_err().code(),
+            "invalid_request"
+        );
     }
 
     #[test]
