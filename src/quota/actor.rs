@@ -6,7 +6,7 @@
 //! crash loses nothing, and the new actor resumes the flushes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -134,7 +134,8 @@ impl Handler<FlushNow> for QuotaActor {
 
 pub struct QuotaSupervisor {
     registry: Arc<QuotaRegistry>,
-    actors: HashMap<Subject, (Arc<SubjectState>, Addr<QuotaActor>)>,
+    /// Weak: the registry and the actor hold the state; the supervisor only watches.
+    actors: HashMap<Subject, (Weak<SubjectState>, Addr<QuotaActor>)>,
     flush_every: Duration,
     idle_ms: i64,
     /// Actors rebuilt after a crash.
@@ -176,7 +177,7 @@ impl QuotaSupervisor {
             if addr.connected() {
                 continue;
             }
-            if self.registry.holds(state) {
+            if state.upgrade().is_some_and(|s| self.registry.holds(&s)) {
                 crashed.push(subject.clone());
             } else {
                 gone.push(subject.clone());
@@ -186,13 +187,14 @@ impl QuotaSupervisor {
             self.actors.remove(&subject);
         }
         for subject in crashed {
-            if let Some((state, _)) = self.actors.remove(&subject) {
-                slog::error!(self.registry.log, "quota actor died; rebuilding it";
-                    "subject" => subject.key());
-                self.restarts += 1;
-                let addr = self.spawn_actor(Arc::clone(&state));
-                self.actors.insert(subject, (state, addr));
-            }
+            let Some(state) = self.actors.remove(&subject).and_then(|(w, _)| w.upgrade()) else {
+                continue;
+            };
+            slog::error!(self.registry.log, "quota actor died; rebuilding it";
+                "subject" => subject.key());
+            self.restarts += 1;
+            let addr = self.spawn_actor(Arc::clone(&state));
+            self.actors.insert(subject, (Arc::downgrade(&state), addr));
         }
     }
 }
@@ -214,8 +216,10 @@ impl Handler<Spawn> for QuotaSupervisor {
     type Result = ();
 
     fn handle(&mut self, Spawn(state): Spawn, _: &mut Context<Self>) {
-        let addr = self.spawn_actor(Arc::clone(&state));
-        self.actors.insert(state.subject.clone(), (state, addr));
+        let weak = Arc::downgrade(&state);
+        let subject = state.subject.clone();
+        let addr = self.spawn_actor(state);
+        self.actors.insert(subject, (weak, addr));
     }
 }
 

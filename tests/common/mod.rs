@@ -51,6 +51,8 @@ pub struct TestGateway {
     pub store: Arc<dyn Store>,
     pub log_writer: Option<Addr<LogWriter>>,
     pub log_stats: Option<Arc<LogStats>>,
+    pub quotas: Arc<inference_gateway::quota::QuotaRegistry>,
+    pub quota_supervisor: Addr<inference_gateway::quota::actor::QuotaSupervisor>,
     handle: ServerHandle,
     _dir: tempfile::TempDir,
 }
@@ -285,6 +287,8 @@ pub async fn start_raw(
         store: running.store,
         log_writer: running.log_writer,
         log_stats: running.log_stats,
+        quotas: running.quotas,
+        quota_supervisor: running.quota_supervisor,
         handle,
         _dir: dir,
     }
