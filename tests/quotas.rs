@@ -245,7 +245,7 @@ async fn streams_are_charged_from_usage_the_client_did_not_see() {
     assert!(charged >= prompt + 5, "charged {charged}");
     assert_eq!(
         r.header("x-ratelimit-remaining-tokens"),
-        Some((10_000_000 - 0).to_string()),
+        Some("10000000".to_string()),
         "headers are set when the answer starts, before its tokens are known"
     );
 
