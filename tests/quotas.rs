@@ -530,3 +530,54 @@ async fn batches_per_user_are_capped() {
     assert!(state.try_start_batch().is_some());
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_client_that_goes_away_gives_its_slot_back_and_pays_for_what_it_got() {
+    use futures_util::StreamExt;
+    let mock = MockUpstream::start(Behavior {
+        chunks: 200,
+        chunk_delay: Duration::from_millis(20),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &mock,
+        &keys,
+        &[
+            ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "1"),
+            ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "0"),
+        ],
+    )
+    .await;
+    let mut body = chat("llama");
+    body["stream"] = json!(true);
+    let mut res = gw
+        .client()
+        .post(gw.at("/v1/chat/completions"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    let first = res.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    // The one slot is taken: a second request is refused at once.
+    assert_eq!(send(&gw, &chat("llama")).await.status, 429);
+    drop(res);
+    let state = gw
+        .quotas
+        .get(&Subject::new(Kind::User, "anonymous"))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while state.in_flight() > 0 {
+        assert!(std::time::Instant::now() < deadline, "slot never released");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let charged = state
+        .snapshot(inference_gateway::store::now_ms())
+        .day
+        .tokens;
+    assert!(charged > 0, "the partial stream is charged (estimated)");
+    assert_eq!(send(&gw, &chat("llama")).await.status, 200);
+    gw.stop().await;
+}
