@@ -33,8 +33,8 @@ pub struct QuotaRegistry {
     pub(super) log: slog::Logger,
 }
 
-/// An admitted request: its in-flight slots (one per subject with a cap... and a handle on
-/// every subject, to charge tokens when it ends). Dropping it frees the slots.
+/// An admitted request: one in-flight slot per subject, which also names the subject to
+/// charge tokens to when the request ends. Dropping it frees the slots.
 #[derive(Debug)]
 pub struct Admission {
     permits: Vec<Permit>,
