@@ -28,6 +28,7 @@ pub struct Settings {
     pub routes: Routes,
     pub database: Database,
     pub storage: Storage,
+    pub quotas: Quotas,
     /// `$STATE_DIRECTORY` when systemd set it (relative `storage.data_dir` resolves there).
     #[serde(skip)]
     pub state_directory: Option<PathBuf>,
@@ -429,6 +430,43 @@ impl ClusterSettings {
     }
 }
 
+/// `[quotas]`: rate limits and usage quotas (see `quota/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    pub enabled: bool,
+    /// How long a request waits for an in-flight slot before it gets 429.
+    pub queue_timeout_ms: u64,
+    /// A subject unused this long has its `QuotaActor` stopped (counters flushed first).
+    pub idle_secs: u64,
+    /// How often day and month counters are written to the database.
+    pub flush_interval_ms: u64,
+    /// Active batches per user (`MAX_BATCHES_PER_USER`; 0 = no limit).
+    pub max_batches_per_user: u64,
+    pub user: LimitSettings,
+    pub org: LimitSettings,
+    pub model: LimitSettings,
+}
+
+impl Quotas {
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+}
+
+/// The default limits of one kind of subject; 0 disables a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub requests_per_second: f64,
+    pub burst: u64,
+    pub max_in_flight: u64,
+    pub tokens_per_minute: u64,
+    pub requests_per_day: u64,
+    pub tokens_per_day: u64,
+    pub tokens_per_month: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Routes {
@@ -751,6 +789,27 @@ impl Settings {
                 }
             }
         }
+        positive("quotas.idle_secs", self.quotas.idle_secs)?;
+        positive("quotas.flush_interval_ms", self.quotas.flush_interval_ms)?;
+        for (kind, l) in [
+            ("user", &self.quotas.user),
+            ("org", &self.quotas.org),
+            ("model", &self.quotas.model),
+        ] {
+            let rps = l.requests_per_second;
+            if !rps.is_finite() || rps < 0.0 {
+                return Err(ConfigError::new(
+                    format!("quotas.{kind}.requests_per_second"),
+                    "must be a number >= 0 (0 = no limit)",
+                ));
+            }
+            if rps > 0.0 && l.burst == 0 {
+                return Err(ConfigError::new(
+                    format!("quotas.{kind}.burst"),
+                    "must be at least 1 when requests_per_second is set",
+                ));
+            }
+        }
         for (i, alias) in self.routes.chat_aliases.iter().enumerate() {
             let key = format!("routes.chat_aliases[{i}].path");
             if !alias.path.starts_with("/v1/") || alias.path.contains(['{', '}', ' ']) {
@@ -929,6 +988,13 @@ mod tests {
                 "database.timeout_secs",
             ),
             ("GATEWAY__STORAGE__DATA_DIR", "", "storage.data_dir"),
+            ("GATEWAY__QUOTAS__IDLE_SECS", "0", "quotas.idle_secs"),
+            (
+                "GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND",
+                "-1",
+                "quotas.user.requests_per_second",
+            ),
+            ("GATEWAY__QUOTAS__USER__BURST", "0", "quotas.user.burst"),
             ("GATEWAY__LOGGING__BATCH_SIZE", "0", "logging.batch_size"),
             ("GATEWAY__LOGGING__BATCH_SIZE", "5000", "logging.batch_size"),
             (

@@ -19,6 +19,7 @@ pub mod code {
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const LOOP_DETECTED: &str = "loop_detected";
     pub const RATE_LIMITED: &str = "rate_limit_exceeded";
+    pub const INSUFFICIENT_QUOTA: &str = "insufficient_quota";
     pub const UPSTREAM_ERROR: &str = "upstream_error";
     pub const NO_AVAILABLE_TARGET: &str = "no_available_target";
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
@@ -54,6 +55,12 @@ pub enum ApiError {
     /// Every target answered 429.
     #[error("{message}")]
     RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// A day or month budget of the caller (or its org or model) is used up.
+    #[error("{message}")]
+    QuotaExceeded {
         message: String,
         retry_after: Option<Duration>,
     },
@@ -137,6 +144,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => code::PAYLOAD_TOO_LARGE,
             ApiError::LoopDetected => code::LOOP_DETECTED,
             ApiError::RateLimited { .. } => code::RATE_LIMITED,
+            ApiError::QuotaExceeded { .. } => code::INSUFFICIENT_QUOTA,
             ApiError::AllTargetsFailed(_) => code::UPSTREAM_ERROR,
             ApiError::NoAvailableTarget(_) => code::NO_AVAILABLE_TARGET,
             ApiError::UpstreamTimeout(_) => code::UPSTREAM_TIMEOUT,
@@ -156,6 +164,7 @@ impl ApiError {
             403 => "permission_error",
             404 if matches!(self, ApiError::ModelNotFound(_)) => "invalid_request_error",
             404 => "not_found_error",
+            429 if matches!(self, ApiError::QuotaExceeded { .. }) => "insufficient_quota",
             429 => "rate_limit_error",
             400..=499 => "invalid_request_error",
             _ => "server_error",
@@ -198,7 +207,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::LoopDetected => StatusCode::LOOP_DETECTED,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::AllTargetsFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::NoAvailableTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -217,6 +228,10 @@ impl ResponseError for ApiError {
         res.content_type("application/json");
         match self {
             ApiError::RateLimited {
+                retry_after: Some(after),
+                ..
+            }
+            | ApiError::QuotaExceeded {
                 retry_after: Some(after),
                 ..
             } => {
@@ -315,6 +330,22 @@ mod tests {
     }
 
     #[test]
+    fn quota_exceeded_is_openai_insufficient_quota() {
+        let e = ApiError::QuotaExceeded {
+            message: "used up".into(),
+            retry_after: Some(Duration::from_secs(3600)),
+        };
+        let res = e.error_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers().get(RETRY_AFTER).unwrap(), "3600");
+        assert_eq!(
+            body_of(&e),
+            serde_json::json!({"error":{"message":"used up","type":"insufficient_quota",
+                "param":null,"code":"insufficient_quota"}})
+        );
+    }
+
+    #[test]
     fn each_variant_has_its_status() {
         let cases: Vec<(ApiError, u16)> = vec![
             (ApiError::InvalidJson("x".into()), 400),
@@ -342,6 +373,13 @@ mod tests {
                     retry_after: Duration::from_secs(30),
                 },
                 503,
+            ),
+            (
+                ApiError::QuotaExceeded {
+                    message: "x".into(),
+                    retry_after: None,
+                },
+                429,
             ),
         ];
         for (e, status) in cases {

@@ -14,6 +14,7 @@ pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod routes;
 pub mod scheduler;

@@ -453,6 +453,7 @@ async fn run(
     let handle = running.server.handle();
     let log_writer = running.log_writer.clone();
     let reloader = Arc::clone(&running.reloader);
+    let quota_supervisor = running.quota_supervisor.clone();
     let mut server = actix_rt::spawn(running.server);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -486,6 +487,15 @@ async fn run(
     // Stop accepting at once; in-flight requests and streams get up to the grace period.
     handle.stop(true).await;
     let _ = server.await;
+    // Every request has ended: write the quota counters so a restart keeps them.
+    use inference_gateway::quota::actor::FlushAll;
+    if actix_rt::time::timeout(flush_timeout, quota_supervisor.send(FlushAll))
+        .await
+        .is_err()
+    {
+        slog::error!(log, "quota counters not flushed in time";
+            "timeout_secs" => flush_timeout.as_secs());
+    }
     if let Some(writer) = log_writer {
         // Every request has ended: write out the rows still queued (or spill them).
         use inference_gateway::actors::log_writer::Flush;

@@ -222,6 +222,26 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         json!({"delete": json_op("admin", "Revoke an API key.", &revoke_errors)}),
     );
     paths.insert(
+        "/admin/quotas".into(),
+        json!({"get": json_op("admin", "Every subject with its usage and limits, paged (?limit=&after=).", &ADMIN_ERRORS)}),
+    );
+    let mut quota_errors = ADMIN_ERRORS.to_vec();
+    quota_errors.push((
+        "400",
+        "A bad subject, or a bad or unknown limit field; the message names it.",
+    ));
+    paths.insert(
+        "/admin/quota/{subject}".into(),
+        json!({
+            "get": json_op("admin", "One subject (user:ID, org:ID or model:NAME): usage, limits, override.", &quota_errors),
+            "put": json_op("admin", "Set the subject's overrides (a JSON object of limit fields; null = the default, {} = none). Takes effect at once.", &quota_errors),
+        }),
+    );
+    paths.insert(
+        "/admin/quota/{subject}/reset".into(),
+        json!({"post": json_op("admin", "Forget the subject's usage in every window.", &quota_errors)}),
+    );
+    paths.insert(
         "/status".into(),
         json_get(
             "hpc",

@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 use crate::openapi::{self, OpenApi};
 use crate::proxy::forward::Upstream;
 use crate::proxy::globus_compute::GlobusShared;
+use crate::quota::actor::QuotaSupervisor;
+use crate::quota::QuotaRegistry;
 use crate::routes;
 use crate::state::AppState;
 use crate::store::{self, DatabaseUrl, Store};
@@ -55,6 +57,9 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The listener speaks TLS.
     pub tls: bool,
+    pub quotas: Arc<QuotaRegistry>,
+    /// Flushed (`FlushAll`) by the shutdown path after the server stopped.
+    pub quota_supervisor: Addr<QuotaSupervisor>,
 }
 
 /// Starts the actor tree and binds the HTTP server (on `listener` when given, else on
@@ -144,6 +149,12 @@ pub fn start_with_source(
     } else {
         (LogSink::disabled(), None, None)
     };
+    let quotas = Arc::new(QuotaRegistry::new(
+        &settings.quotas,
+        Arc::clone(&store),
+        log.clone(),
+    ));
+    let quota_supervisor = QuotaSupervisor::start(Arc::clone(&quotas), &settings.quotas);
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::new());
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
@@ -207,6 +218,8 @@ pub fn start_with_source(
         metrics: Arc::clone(&metrics),
         cache,
         reloader: Arc::clone(&reloader),
+        quotas: Arc::clone(&quotas),
+        quota_supervisor: quota_supervisor.clone(),
     });
     let routes = routes::inference_routes(&settings);
     metrics.init_routes(routes.iter().map(|r| r.name));
@@ -287,5 +300,7 @@ pub fn start_with_source(
         reloader,
         metrics,
         tls: is_tls,
+        quotas,
+        quota_supervisor,
     })
 }

@@ -15,6 +15,8 @@ use crate::auth::caller::Authenticator;
 use crate::cache::ResponseCache;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::quota::actor::QuotaSupervisor;
+use crate::quota::QuotaRegistry;
 use crate::reload::Reloader;
 use crate::store::Store;
 use crate::streaming::StreamHub;
@@ -45,4 +47,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<ResponseCache>,
     pub reloader: Arc<Reloader>,
+    /// Live quota states of users, orgs and models.
+    pub quotas: Arc<QuotaRegistry>,
+    pub quota_supervisor: Addr<QuotaSupervisor>,
 }

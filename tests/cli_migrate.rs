@@ -34,7 +34,10 @@ fn migrate_applies_once_then_is_up_to_date() {
     let db = data.join("gateway.db");
     assert!(out.contains(&format!("sqlite://{}", db.display())), "{out}");
     assert!(
-        out.contains("applied 20261123000001, 20261123000002, 20261123000003, 20261123000004"),
+        out.contains(
+            "applied 20261123000001, 20261123000002, 20261123000003, 20261123000004, \
+             20261123000005"
+        ),
         "{out}"
     );
     assert!(db.is_file());

@@ -51,6 +51,8 @@ fn spawn(targets: &[T<'_>], env: &[(&str, String)]) -> Gateway {
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         .env("GATEWAY__FIXTURES__DIR", dir.path())
+        // Each process its own database: never the work tree's ./data.
+        .env("GATEWAY__STORAGE__DATA_DIR", dir.path().join("data"))
         .env("GATEWAY__SERVER__BIND", format!("127.0.0.1:{port}"))
         .env("GATEWAY__SERVER__WORKERS", "1")
         .env("GATEWAY__SERVER__SHUTDOWN_GRACE_SECS", "10")

@@ -198,6 +198,8 @@ async fn quota_overrides_put_get_list_delete() {
             daily_tokens: None,
             monthly_tokens: Some(1_000_000),
             updated_at: 1,
+            tokens_per_minute: Some(20_000),
+            max_batches: None,
         };
         s.put_override(o.clone()).await.unwrap();
         assert_eq!(
@@ -419,7 +421,7 @@ fn every_migration_goes_up_down_and_up_again() {
         let b = db.name();
         let mut conn = SyncConn::connect(&db.url()).unwrap();
         let total = conn.migration_count();
-        assert_eq!(total, 4, "{b}");
+        assert_eq!(total, 5, "{b}");
         let mut seen = Vec::new();
         for step in 0..total {
             let before = shape(&mut conn);

@@ -82,6 +82,8 @@ pub struct Call {
     /// Who is asking: only targets they may use are picked.
     pub caller: Arc<crate::auth::identity::Identity>,
     pub stream: bool,
+    /// The gateway added `stream_options.include_usage`: hide the usage-only event.
+    pub hide_usage: bool,
     pub request_id: String,
     pub hops: u32,
     pub client_headers: Vec<(HeaderName, HeaderValue)>,
@@ -457,7 +459,8 @@ fn respond(
         metrics: Arc::clone(&call.metrics),
         cache,
     };
-    let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish);
+    let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish)
+        .hide_usage_event(call.hide_usage);
     builder.streaming(relay)
 }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::actors::log_writer::LogSink;
 use crate::metrics::Metrics;
 use crate::proxy::usage::Usage;
+use crate::quota::Admission;
 use crate::store::{unix_ms, LogRow};
 
 /// The caller identity before authentication exists (also the response-cache tenant).
@@ -79,6 +80,9 @@ pub struct RequestRecord {
     pub cached: bool,
     /// Counts the request in flight until the record is written or dropped.
     pub in_flight: Option<crate::metrics::InFlight>,
+    /// The quota admission: its in-flight slots are held until the record is finished
+    /// (or dropped), and its subjects are charged the request's tokens.
+    pub quota: Option<Admission>,
 }
 
 impl RequestRecord {
@@ -110,6 +114,7 @@ impl RequestRecord {
             completion: None,
             cached: false,
             in_flight: None,
+            quota: None,
         }
     }
 
@@ -192,10 +197,14 @@ impl RequestRecord {
     }
 
     /// Writes the record: counts it in the metrics, writes one JSON log line on the
-    /// request's own logger (which carries `request_id`), and sends one row to the request
-    /// log.
-    pub fn finish(self, log: &slog::Logger, metrics: &Metrics) {
+    /// request's own logger (which carries `request_id`), sends one row to the request log,
+    /// and charges the tokens (reported, else estimated) to the quota subjects, freeing
+    /// their slots.
+    pub fn finish(mut self, log: &slog::Logger, metrics: &Metrics) {
         metrics.observe_request(&self);
+        if let Some(admission) = self.quota.take() {
+            admission.charge(self.tokens().2);
+        }
         if self.sink.is_enabled() {
             self.sink.send(self.to_row());
         }

@@ -91,6 +91,7 @@ pin_project! {
         meter: UsageMeter,
         finish: Option<Finish>,
         done: bool,
+        hide_usage: bool,
     }
 
     impl<S> PinnedDrop for Relay<S> {
@@ -127,8 +128,68 @@ where
             meter: UsageMeter::default(),
             finish: Some(finish),
             done: false,
+            hide_usage: false,
         }
     }
+
+    /// Drops the usage-only event (`"choices":[]` with `usage`) from what the client gets:
+    /// the gateway asked for it (`stream_options.include_usage`) to charge tokens, the
+    /// client did not. It is still metered.
+    pub fn hide_usage_event(mut self, hide: bool) -> Self {
+        self.hide_usage = hide;
+        self
+    }
+}
+
+/// True for the usage-only chunk of an OpenAI stream: `"choices":[]` and a `usage` object.
+fn is_usage_only(data: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow)]
+        choices: Option<Vec<&'a serde_json::value::RawValue>>,
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<Chunk>(data).is_ok_and(|c| {
+        c.choices.is_some_and(|ch| ch.is_empty()) && c.usage.is_some_and(|u| u.get() != "null")
+    })
+}
+
+/// Length of the first event in `buf`, its blank line ("\n\n" or "\n\r\n") included.
+fn event_end(buf: &[u8]) -> usize {
+    for i in 0..buf.len() {
+        if buf[i] != b'\n' {
+            continue;
+        }
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => return i + 2,
+            (Some(b'\r'), Some(b'\n')) => return i + 3,
+            _ => {}
+        }
+    }
+    buf.len()
+}
+
+/// Whole SSE events without the usage-only ones; `None` when nothing is left. Events
+/// without `"usage"` in them pass with no parse and no copy.
+fn drop_usage_only_events(events: Bytes) -> Option<Bytes> {
+    if !crate::proxy::usage::contains(&events, b"\"usage\"") {
+        return Some(events);
+    }
+    let mut kept = bytes::BytesMut::with_capacity(events.len());
+    let mut rest: &[u8] = &events;
+    while !rest.is_empty() {
+        let end = event_end(rest);
+        let (event, tail) = rest.split_at(end);
+        rest = tail;
+        let usage_only = event.split(|b| *b == b'\n').any(|line| {
+            line.strip_prefix(b"data:")
+                .is_some_and(|d| is_usage_only(d.trim_ascii()))
+        });
+        if !usage_only {
+            kept.extend_from_slice(event);
+        }
+    }
+    (!kept.is_empty()).then(|| kept.freeze())
 }
 
 /// Releases the lease with its verdict and writes the record.
@@ -170,12 +231,21 @@ fn sse_error_event(message: &str, code: &str) -> Bytes {
 
 impl<S> Relay<S> {
     /// Meters one chunk and decides what of it to send now.
-    fn accept(framing: &mut Framing, meter: &mut UsageMeter, chunk: Bytes) -> Option<Bytes> {
+    fn accept(
+        framing: &mut Framing,
+        meter: &mut UsageMeter,
+        hide_usage: bool,
+        chunk: Bytes,
+    ) -> Option<Bytes> {
         match framing {
             Framing::Sse(splitter) => {
                 let events = splitter.push(chunk)?;
                 meter.observe_events(&events);
-                Some(events)
+                if hide_usage {
+                    drop_usage_only_events(events)
+                } else {
+                    Some(events)
+                }
             }
             Framing::Json {
                 parts,
@@ -210,7 +280,7 @@ where
             return Poll::Ready(None);
         }
         if let Some(first) = this.first.take() {
-            if let Some(out) = Self::accept(this.framing, this.meter, first) {
+            if let Some(out) = Self::accept(this.framing, this.meter, *this.hide_usage, first) {
                 capture(this.finish, &out);
                 return Poll::Ready(Some(Ok(out)));
             }
@@ -221,7 +291,9 @@ where
                     this.idle
                         .as_mut()
                         .reset(Instant::now() + *this.idle_timeout);
-                    if let Some(out) = Self::accept(this.framing, this.meter, chunk) {
+                    if let Some(out) =
+                        Self::accept(this.framing, this.meter, *this.hide_usage, chunk)
+                    {
                         capture(this.finish, &out);
                         return Poll::Ready(Some(Ok(out)));
                     }
@@ -523,6 +595,45 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert!(items.iter().all(|i| i.is_ok()));
         assert_eq!(target.failures_total(), 0);
+    }
+
+    #[test]
+    fn only_the_usage_only_event_is_hidden() {
+        let content = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n";
+        let usage = "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n";
+        let done = "data: [DONE]\n\n";
+        let all = Bytes::from(format!("{content}{usage}{done}"));
+        assert_eq!(
+            drop_usage_only_events(all).unwrap(),
+            Bytes::from(format!("{content}{done}"))
+        );
+        assert_eq!(drop_usage_only_events(Bytes::from(usage)), None);
+        let plain = Bytes::from(content);
+        assert_eq!(drop_usage_only_events(plain.clone()).unwrap(), plain);
+        let crlf = content.replace("\n\n", "\r\n\r\n");
+        let all = Bytes::from(format!("{crlf}{}", usage.replace("\n\n", "\r\n\r\n")));
+        assert_eq!(drop_usage_only_events(all).unwrap(), Bytes::from(crlf));
+    }
+
+    #[tokio::test]
+    async fn the_relay_drops_the_hidden_usage_event() {
+        let (_target, lease) = lease();
+        let upstream = stream::iter(vec![Ok::<_, PayloadError>(Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5,\"total_tokens\":9}}\n\ndata: [DONE]\n\n",
+        ))]);
+        let relay = Relay::new(
+            upstream,
+            None,
+            Framing::new("text/event-stream", None),
+            Duration::from_secs(5),
+            finish(lease),
+        )
+        .hide_usage_event(true);
+        let body: Vec<u8> = relay.map(|b| b.unwrap().to_vec()).concat().await;
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n"
+        );
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use crate::metrics::InFlight;
 use crate::proxy::cold_start;
 use crate::proxy::forward::{self, passed_headers, Call, Upstream, HOPS_HEADER, REQUEST_ID_HEADER};
 use crate::proxy::record::{Ending, RequestRecord};
+use crate::quota::{rate_limit_headers, Kind, Subject, SubjectState};
 use crate::state::AppState;
 
 /// One inference route: the path clients call and the path sent upstream.
@@ -34,6 +35,7 @@ pub struct InferenceRoute {
 }
 
 pub const CHAT: &str = "/v1/chat/completions";
+pub const COMPLETIONS: &str = "/v1/completions";
 
 /// The built-in routes; config adds chat-shaped aliases.
 pub fn builtin() -> Vec<InferenceRoute> {
@@ -66,6 +68,14 @@ struct Head<'a> {
     /// another type is the target's to refuse.
     #[serde(borrow, default)]
     temperature: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 /// What the gateway reads from a request body.
@@ -74,6 +84,10 @@ struct Parsed {
     model: String,
     stream: bool,
     temperature: Option<f64>,
+    /// The client set `stream_options.include_usage` to true.
+    include_usage: bool,
+    /// The body has a `stream_options` member at all.
+    has_stream_options: bool,
 }
 
 /// Request id from `x-request-id` when it is sane, else a new one.
@@ -158,18 +172,105 @@ fn parse_head(body: &[u8]) -> Result<Parsed, ApiError> {
         temperature: head
             .temperature
             .and_then(|t| t.get().trim().parse::<f64>().ok()),
+        include_usage: head
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        has_stream_options: head.stream_options.is_some(),
     })
+}
+
+/// Asks the backend for usage in a stream: adds `"stream_options":{"include_usage":true}`.
+/// Without `stream_options` in the body, the member is spliced in before the closing brace,
+/// so every other byte stays as it was; otherwise the object is re-serialised with its
+/// field order kept.
+fn add_include_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, ApiError> {
+    if !has_stream_options {
+        let end = body
+            .iter()
+            .rposition(|b| *b == b'}')
+            .ok_or(ApiError::Internal)?;
+        let empty = body[..end]
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        let mut out = BytesMut::with_capacity(body.len() + 40);
+        out.extend_from_slice(&body[..end]);
+        if !empty {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+        out.extend_from_slice(&body[end..]);
+        return Ok(out.freeze());
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    match value.get_mut("stream_options") {
+        Some(serde_json::Value::Object(o)) => {
+            o.insert("include_usage".into(), serde_json::Value::Bool(true));
+        }
+        _ => {
+            return Err(ApiError::invalid_param(
+                "stream_options",
+                "`stream_options` must be an object.",
+            ))
+        }
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::Internal)
 }
 
 /// Handles one inference request on `route`; `pinned` routes carry cluster and framework
 /// in the path.
 pub async fn handle(
     req: HttpRequest,
-    caller: Caller,
+    Caller(caller): Caller,
     payload: web::Payload,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
     route: Arc<InferenceRoute>,
+    pinned: bool,
+) -> HttpResponse {
+    // The user's quota state: its limits go into every answer's x-ratelimit headers.
+    let user_quota = if state.quotas.enabled {
+        Some(
+            state
+                .quotas
+                .state(Subject::new(Kind::User, &caller.id))
+                .await,
+        )
+    } else {
+        None
+    };
+    let mut response = serve(
+        req,
+        caller,
+        user_quota.as_ref(),
+        payload,
+        &state,
+        &upstream,
+        &route,
+        pinned,
+    )
+    .await;
+    if let Some(user) = &user_quota {
+        rate_limit_headers(response.headers_mut(), user);
+    }
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    req: HttpRequest,
+    caller: Arc<crate::auth::identity::Identity>,
+    user_quota: Option<&Arc<SubjectState>>,
+    payload: web::Payload,
+    state: &web::Data<AppState>,
+    upstream: &web::Data<Upstream>,
+    route: &Arc<InferenceRoute>,
     pinned: bool,
 ) -> HttpResponse {
     let started = Instant::now();
@@ -184,9 +285,10 @@ pub async fn handle(
     let (mut call, temperature) = match prepare(
         &req,
         caller,
+        user_quota,
         payload,
-        &state,
-        &route,
+        state,
+        route,
         pinned,
         &request_id,
         &mut record,
@@ -194,7 +296,7 @@ pub async fn handle(
     .await
     {
         Ok(call) => call,
-        Err(error) => return reject(error, record, &state, &log),
+        Err(error) => return reject(error, record, state, &log),
     };
     if state.cache.enabled() {
         let mode = CacheMode::from_header(req.headers().get(cache::HEADER).map(|v| v.as_bytes()));
@@ -243,11 +345,11 @@ pub async fn handle(
         .await
     };
     if let Err(error) = preflight {
-        return reject(error, record, &state, &log);
+        return reject(error, record, state, &log);
     }
-    match forward::forward(&upstream, call, record, &log).await {
+    match forward::forward(upstream, call, record, &log).await {
         Ok(response) => response,
-        Err((error, record)) => reject(error, record, &state, &log),
+        Err((error, record)) => reject(error, record, state, &log),
     }
 }
 
@@ -268,7 +370,8 @@ fn reject(
 #[allow(clippy::too_many_arguments)]
 async fn prepare(
     req: &HttpRequest,
-    Caller(caller): Caller,
+    caller: Arc<crate::auth::identity::Identity>,
+    user_quota: Option<&Arc<SubjectState>>,
     payload: web::Payload,
     state: &AppState,
     route: &InferenceRoute,
@@ -290,11 +393,8 @@ async fn prepare(
     record.user.clone_from(&caller.id);
     record.org = caller.org.clone().unwrap_or_default();
     record.keep_prompt(&body);
-    let Parsed {
-        model,
-        stream,
-        temperature,
-    } = parse_head(&body)?;
+    let parsed = parse_head(&body)?;
+    let (model, stream, temperature) = (parsed.model.clone(), parsed.stream, parsed.temperature);
     record.model = model.clone();
     record.stream = stream;
 
@@ -348,9 +448,26 @@ async fn prepare(
             refusal.unwrap_or_default()
         )));
     }
+    let mut body = body;
+    let mut hide_usage = false;
+    if let Some(user) = user_quota {
+        let mut subjects = vec![Arc::clone(user)];
+        if let Some(org) = caller.org.as_deref().filter(|o| !o.is_empty()) {
+            subjects.push(state.quotas.state(Subject::new(Kind::Org, org)).await);
+        }
+        subjects.push(state.quotas.state(Subject::new(Kind::Model, &model)).await);
+        record.quota = Some(state.quotas.admit(&subjects).await?);
+        // Tokens are charged from the stream's usage: ask for it when the client did not.
+        let chat_shaped = matches!(route.upstream_path, CHAT | COMPLETIONS);
+        if stream && chat_shaped && !parsed.include_usage {
+            body = add_include_usage(&body, parsed.has_stream_options)?;
+            hide_usage = true;
+        }
+    }
     let call = Call {
         model: entry,
         upstream_path: route.upstream_path,
+        hide_usage,
         body,
         requested_model: model,
         pin,
@@ -382,6 +499,27 @@ mod tests {
         // A temperature of another type is the target's to refuse, not ours.
         let p = parse_head(br#"{"model":"x","temperature":"hot"}"#).unwrap();
         assert_eq!(p.temperature, None);
+    }
+
+    #[test]
+    fn include_usage_is_added_touching_nothing_else() {
+        let body = Bytes::from_static(b"{\"model\":\"x\", \"n\":1.50,\"stream\":true}\n");
+        assert_eq!(
+            &add_include_usage(&body, false).unwrap()[..],
+            &b"{\"model\":\"x\", \"n\":1.50,\"stream\":true,\"stream_options\":{\"include_usage\":true}}\n"[..]
+        );
+        let body = Bytes::from_static(
+            br#"{"model":"x","stream_options":{"include_usage":false,"other":1},"stream":true}"#,
+        );
+        assert_eq!(
+            &add_include_usage(&body, true).unwrap()[..],
+            &br#"{"model":"x","stream_options":{"include_usage":true,"other":1},"stream":true}"#[..]
+        );
+        let bad = Bytes::from_static(br#"{"model":"x","stream_options":3}"#);
+        assert_eq!(
+            add_include_usage(&bad, true).unwrap_err().code(),
+            "invalid_request"
+        );
     }
 
     #[test]

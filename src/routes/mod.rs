@@ -9,6 +9,7 @@ pub mod health;
 pub mod inference;
 pub mod keys_admin;
 pub mod ops;
+pub mod quota_admin;
 pub mod streaming;
 
 use std::collections::HashSet;
@@ -115,6 +116,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
     cfg.service(
         web::resource("/admin/usage")
             .route(web::get().to(admin::usage))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/quotas")
+            .route(web::get().to(quota_admin::list))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/quota/{subject}")
+            .route(web::get().to(quota_admin::get))
+            .route(web::put().to(quota_admin::put))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/quota/{subject}/reset")
+            .route(web::post().to(quota_admin::reset))
             .default_service(web::to(method_not_allowed)),
     );
     cfg.service(

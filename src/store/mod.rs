@@ -118,6 +118,8 @@ pub struct QuotaOverrideRow {
     pub daily_tokens: Option<i64>,
     pub monthly_tokens: Option<i64>,
     pub updated_at: i64,
+    pub tokens_per_minute: Option<i64>,
+    pub max_batches: Option<i64>,
 }
 
 pub trait CounterStore: Send + Sync {

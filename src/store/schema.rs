@@ -37,6 +37,8 @@ diesel::table! {
         daily_tokens -> Nullable<BigInt>,
         monthly_tokens -> Nullable<BigInt>,
         updated_at -> BigInt,
+        tokens_per_minute -> Nullable<BigInt>,
+        max_batches -> Nullable<BigInt>,
     }
 }
 

@@ -53,6 +53,8 @@ pub struct TestGateway {
     pub log_writer: Option<Addr<LogWriter>>,
     pub log_stats: Option<Arc<LogStats>>,
     pub reloader: Arc<Reloader>,
+    pub quotas: Arc<inference_gateway::quota::QuotaRegistry>,
+    pub quota_supervisor: Addr<inference_gateway::quota::actor::QuotaSupervisor>,
     handle: ServerHandle,
     pub dir: tempfile::TempDir,
 }
@@ -305,6 +307,8 @@ pub async fn start_fixtures(
         log_writer: running.log_writer,
         log_stats: running.log_stats,
         reloader: running.reloader,
+        quotas: running.quotas,
+        quota_supervisor: running.quota_supervisor,
         handle,
         dir,
     }

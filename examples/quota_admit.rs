@@ -1,0 +1,102 @@
+//! The quota path of one request, measured alone: the registry lookups of the user and the
+//! model, `admit` (budgets, token bucket, in-flight slot, counting), the `x-ratelimit-*`
+//! headers, and charging tokens at the end. Two threads (like two HTTP workers) hammer the
+//! same user and model, so the shared locks are contended.
+//!
+//! cargo run --release --example quota_admit [iterations per thread]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::HeaderMap;
+use inference_gateway::config::Settings;
+use inference_gateway::quota::{rate_limit_headers, Kind, QuotaRegistry, Subject};
+use inference_gateway::{logging, store};
+
+const THREADS: usize = 2;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let iterations: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(200_000);
+    let dir = tempfile::tempdir()?;
+    let big = "1000000000000";
+    let env: Vec<(String, String)> = [
+        (
+            "GATEWAY__STORAGE__DATA_DIR",
+            dir.path().to_str().unwrap_or("."),
+        ),
+        ("GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND", big),
+        ("GATEWAY__QUOTAS__USER__BURST", big),
+        ("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", big),
+        ("GATEWAY__QUOTAS__USER__TOKENS_PER_DAY", big),
+        ("GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH", big),
+        ("GATEWAY__QUOTAS__USER__TOKENS_PER_MINUTE", big),
+        ("GATEWAY__QUOTAS__MODEL__TOKENS_PER_MINUTE", big),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let settings = Settings::load_from(None, None, env)?;
+    let url = store::DatabaseUrl::from_settings(&settings)?;
+    store::migrate::run(&url)?;
+    let store = store::open(&url, 1, Duration::from_secs(10))?;
+    let registry = Arc::new(QuotaRegistry::new(
+        &settings.quotas,
+        store,
+        logging::discard(),
+    ));
+
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let registry = Arc::clone(&registry);
+            std::thread::spawn(move || -> Vec<Duration> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let Ok(rt) = rt else { return Vec::new() };
+                rt.block_on(async {
+                    let mut times = Vec::with_capacity(iterations);
+                    for _ in 0..iterations {
+                        let t0 = Instant::now();
+                        let user = registry.state(Subject::new(Kind::User, "bench")).await;
+                        let model = registry.state(Subject::new(Kind::Model, "m")).await;
+                        let Ok(admission) = registry.admit(&[Arc::clone(&user), model]).await
+                        else {
+                            continue;
+                        };
+                        let mut headers = HeaderMap::new();
+                        rate_limit_headers(&mut headers, &user);
+                        admission.charge(30);
+                        drop(admission);
+                        times.push(t0.elapsed());
+                    }
+                    times
+                })
+            })
+        })
+        .collect();
+    let mut times: Vec<Duration> = Vec::new();
+    for t in threads {
+        times.extend(t.join().unwrap_or_default());
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
+    let mut out = std::io::stdout().lock();
+    if times.is_empty() {
+        writeln!(out, "nothing measured")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "quota path, {THREADS} threads x {iterations}: p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs, max {:.1} µs",
+        at(0.50),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    )?;
+    Ok(())
+}
