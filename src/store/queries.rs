@@ -243,14 +243,7 @@ macro_rules! impl_stores {
                     if rows.is_empty() {
                         return Ok(0);
                     }
-                    let mut conn = self.conn().await?;
-                    $crate::store::queries::insert_many!($batch, &mut *conn, rows, |rows, conn| {
-                        diesel::insert_into(request_log::table)
-                            .values(rows)
-                            .on_conflict_do_nothing()
-                            .execute(conn)
-                            .await?
-                    })
+                    self.insert_log_rows(rows).await
                 }))
             }
 
