@@ -248,7 +248,7 @@ async fn old_rows_are_pruned_at_start() {
         old.created_at = store::now_ms() - 3 * 86_400_000;
         let mut recent = template_row("recent");
         recent.created_at = store::now_ms() - 3_600_000;
-        s.insert_log(vec![old, recent]).await.unwrap();
+        s.insert_log(vec![old, recent].into()).await.unwrap();
     }
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let config_url = format!("sqlite://{}", path.display());

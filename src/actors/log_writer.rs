@@ -167,7 +167,7 @@ impl LogWriter {
         }
         if self.queue.len() > self.cfg.queue_capacity {
             // The database is slow or down: keep memory bounded.
-            let overflow = self.take(self.cfg.batch_size);
+            let overflow = self.take(self.cfg.batch_size).into();
             self.spill_rows(overflow, ctx, false);
         }
     }
@@ -190,7 +190,7 @@ impl LogWriter {
         if self.busy || self.queue.is_empty() {
             return;
         }
-        let batch = self.take(self.cfg.batch_size);
+        let batch: Arc<[LogRow]> = self.take(self.cfg.batch_size).into();
         self.busy = true;
         self.ops += 1;
         if self.db_down {
@@ -199,7 +199,7 @@ impl LogWriter {
         }
         let store = Arc::clone(&self.store);
         let work = async move {
-            let result = store.insert_log(batch.clone()).await;
+            let result = store.insert_log(Arc::clone(&batch)).await;
             (result, batch)
         };
         ctx.spawn(work.into_actor(self).map(|(result, batch), act, ctx| {
@@ -231,7 +231,7 @@ impl LogWriter {
     /// Appends rows to the spill file on the blocking pool. `owned` = this is the busy
     /// operation (an insert that failed, or a batch while the database is down); its `ops`
     /// count was taken by the caller.
-    fn spill_rows(&mut self, rows: Vec<LogRow>, ctx: &mut Context<Self>, owned: bool) {
+    fn spill_rows(&mut self, rows: Arc<[LogRow]>, ctx: &mut Context<Self>, owned: bool) {
         if !owned {
             self.ops += 1;
         }
@@ -288,7 +288,7 @@ impl LogWriter {
             };
             let mut inserted = 0;
             for chunk in rows.chunks(batch) {
-                match store.insert_log(chunk.to_vec()).await {
+                match store.insert_log(chunk.to_vec().into()).await {
                     Ok(n) => inserted += n,
                     Err(e) => return Replayed::DbDown(e),
                 }

@@ -34,11 +34,14 @@ impl PgStore {
     }
 
     /// One multi-row INSERT; ids already stored are skipped.
-    async fn insert_log_rows(&self, rows: Vec<super::LogRow>) -> super::StoreResult<usize> {
+    async fn insert_log_rows(
+        &self,
+        rows: std::sync::Arc<[super::LogRow]>,
+    ) -> super::StoreResult<usize> {
         use diesel_async::RunQueryDsl;
         let mut conn = self.conn().await?;
         Ok(diesel::insert_into(super::schema::request_log::table)
-            .values(&rows)
+            .values(&rows[..])
             .on_conflict_do_nothing()
             .execute(&mut *conn)
             .await?)

@@ -238,7 +238,10 @@ macro_rules! impl_stores {
         }
 
         impl RequestLogStore for $store {
-            fn insert_log(&self, rows: Vec<LogRow>) -> BoxFuture<'_, StoreResult<usize>> {
+            fn insert_log(
+                &self,
+                rows: std::sync::Arc<[LogRow]>,
+            ) -> BoxFuture<'_, StoreResult<usize>> {
                 Box::pin(self.timed(async move {
                     if rows.is_empty() {
                         return Ok(0);

@@ -37,14 +37,17 @@ impl SqliteStore {
 
     /// The whole batch in one blocking task and one transaction, on the sync connection:
     /// one hop to the blocking pool per batch instead of one per row.
-    async fn insert_log_rows(&self, rows: Vec<super::LogRow>) -> super::StoreResult<usize> {
+    async fn insert_log_rows(
+        &self,
+        rows: std::sync::Arc<[super::LogRow]>,
+    ) -> super::StoreResult<usize> {
         use diesel::Connection;
         let mut conn = self.conn().await?;
         let inserted = conn
             .spawn_blocking(move |c| {
                 c.transaction(|c| {
                     let mut n = 0;
-                    for row in &rows {
+                    for row in rows.iter() {
                         let insert = diesel::insert_into(super::schema::request_log::table)
                             .values(row)
                             .on_conflict_do_nothing();
