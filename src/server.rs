@@ -140,9 +140,10 @@ pub fn start_with_source(
             log.clone(),
         );
         let stats = writer.stats();
+        let tx = writer.sender();
         let addr = writer.start();
         (
-            LogSink::new(addr.clone(), &settings.logging),
+            LogSink::new(addr.clone(), tx, &settings.logging),
             Some(addr),
             Some(stats),
         )

@@ -251,7 +251,7 @@ async fn old_rows_are_pruned_at_start() {
         old.created_at = store::now_ms() - 3 * 86_400_000;
         let mut recent = template_row("recent");
         recent.created_at = store::now_ms() - 3_600_000;
-        s.insert_log(vec![old, recent]).await.unwrap();
+        s.insert_log(vec![old, recent].into()).await.unwrap();
     }
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let config_url = format!("sqlite://{}", path.display());
@@ -427,4 +427,35 @@ async fn nothing_is_lost_while_postgres_is_unreachable() {
     assert!(LogStats::get(&stats.replayed) >= 21);
     gw.stop().await;
     drop(proxy);
+}
+
+/// Rows a previous run spilled (database down at its shutdown) are stored at the next start.
+#[actix_rt::test]
+async fn a_previous_runs_spill_file_is_replayed_at_start() {
+    let spill_dir = tempfile::tempdir().unwrap();
+    let spill = Spill::new(spill_dir.path().to_path_buf());
+    spill
+        .append(&[template_row("left-1"), template_row("left-2")])
+        .unwrap();
+    let spill_path = spill_dir.path().display().to_string();
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[target("a", "llama", mock.url())],
+        &[("GATEWAY__LOGGING__SPILL_DIR", &spill_path)],
+    )
+    .await;
+    let stats = gw.log_stats.clone().unwrap();
+    wait_until("the replay at start", || {
+        LogStats::get(&stats.replayed) == 2
+    })
+    .await;
+    let mut ids: Vec<String> = rows(&gw).await.into_iter().map(|r| r.id).collect();
+    ids.sort();
+    assert_eq!(ids, ["left-1", "left-2"]);
+    assert_eq!(
+        spill.pending().unwrap(),
+        0,
+        "the spill file is gone once stored"
+    );
+    gw.stop().await;
 }

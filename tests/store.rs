@@ -244,13 +244,13 @@ async fn request_log_insert_is_idempotent_and_aggregates() {
             row("c", "bob", "llama", 3000, 200, (7, 3)),
             row("d", "alice", "qwen", 4000, 200, (1, 1)),
         ];
-        assert_eq!(s.insert_log(rows.clone()).await.unwrap(), 4, "{b}");
+        assert_eq!(s.insert_log(rows.clone().into()).await.unwrap(), 4, "{b}");
         assert_eq!(
-            s.insert_log(rows.clone()).await.unwrap(),
+            s.insert_log(rows.clone().into()).await.unwrap(),
             0,
             "{b}: replayed rows are skipped"
         );
-        assert_eq!(s.insert_log(Vec::new()).await.unwrap(), 0, "{b}");
+        assert_eq!(s.insert_log(Vec::new().into()).await.unwrap(), 0, "{b}");
         let stored = s.list_log(UsageFilter::default(), 100).await.unwrap();
         assert_eq!(stored, rows, "{b}: every column round-trips");
 

@@ -1,8 +1,10 @@
 //! `LogWriter`: writes request-log rows to the database in batches, off the request path.
 //!
-//! Handlers hand over one row per request with a fire-and-forget `do_send` (through
-//! [`LogSink`]); nothing on the request path waits for the database. Rows wait in a bounded
-//! in-memory queue and are inserted `batch_size` at a time, or every `flush_interval`.
+//! Handlers hand over one row per request through [`LogSink`]: a push onto a bounded
+//! lock-free channel the writer drains every `flush_interval` (no wake-up of the writer's
+//! thread per request), falling back to a fire-and-forget `do_send` when the channel is
+//! full; nothing on the request path waits for the database. Rows wait in a bounded
+//! in-memory queue and are inserted `batch_size` at a time.
 //!
 //! Nothing is lost: when an insert fails, the batch is appended to a JSON-lines spill file
 //! (fsync'd) and the writer counts the database as down: further batches go straight to the
@@ -17,6 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,6 +103,9 @@ pub struct Retry;
 
 pub struct LogWriter {
     store: Arc<dyn Store>,
+    /// Rows pushed by handlers, drained on every tick and after every write.
+    rx: Receiver<LogRow>,
+    tx: SyncSender<LogRow>,
     cfg: LogWriterConfig,
     queue: VecDeque<LogRow>,
     /// An insert, spill of a failed batch, or replay is running (one at a time).
@@ -118,8 +124,11 @@ pub struct LogWriter {
 impl LogWriter {
     pub fn new(store: Arc<dyn Store>, cfg: LogWriterConfig, log: slog::Logger) -> Self {
         let spill = Arc::new(Spill::new(cfg.spill_dir.clone()));
+        let (tx, rx) = sync_channel(cfg.queue_capacity.max(1));
         LogWriter {
             store,
+            rx,
+            tx,
             cfg,
             queue: VecDeque::new(),
             busy: false,
@@ -135,6 +144,32 @@ impl LogWriter {
 
     pub fn stats(&self) -> Arc<LogStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The sending end of the row channel, for [`LogSink`].
+    pub fn sender(&self) -> SyncSender<LogRow> {
+        self.tx.clone()
+    }
+
+    /// Moves rows from the channel into the queue; beyond `queue_capacity`, the oldest
+    /// batch goes to the spill file so memory stays bounded.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Ok(row) = self.rx.try_recv() {
+            self.push(row, ctx);
+        }
+        self.set_queued();
+    }
+
+    fn push(&mut self, row: LogRow, ctx: &mut Context<Self>) {
+        self.queue.push_back(row);
+        if self.queue.len() >= self.cfg.batch_size {
+            self.flush(ctx);
+        }
+        if self.queue.len() > self.cfg.queue_capacity {
+            // The database is slow or down: keep memory bounded.
+            let overflow = self.take(self.cfg.batch_size).into();
+            self.spill_rows(overflow, ctx, false);
+        }
     }
 
     fn set_queued(&self) {
@@ -155,7 +190,7 @@ impl LogWriter {
         if self.busy || self.queue.is_empty() {
             return;
         }
-        let batch = self.take(self.cfg.batch_size);
+        let batch: Arc<[LogRow]> = self.take(self.cfg.batch_size).into();
         self.busy = true;
         self.ops += 1;
         if self.db_down {
@@ -164,7 +199,7 @@ impl LogWriter {
         }
         let store = Arc::clone(&self.store);
         let work = async move {
-            let result = store.insert_log(batch.clone()).await;
+            let result = store.insert_log(Arc::clone(&batch)).await;
             (result, batch)
         };
         ctx.spawn(work.into_actor(self).map(|(result, batch), act, ctx| {
@@ -196,7 +231,7 @@ impl LogWriter {
     /// Appends rows to the spill file on the blocking pool. `owned` = this is the busy
     /// operation (an insert that failed, or a batch while the database is down); its `ops`
     /// count was taken by the caller.
-    fn spill_rows(&mut self, rows: Vec<LogRow>, ctx: &mut Context<Self>, owned: bool) {
+    fn spill_rows(&mut self, rows: Arc<[LogRow]>, ctx: &mut Context<Self>, owned: bool) {
         if !owned {
             self.ops += 1;
         }
@@ -253,7 +288,7 @@ impl LogWriter {
             };
             let mut inserted = 0;
             for chunk in rows.chunks(batch) {
-                match store.insert_log(chunk.to_vec()).await {
+                match store.insert_log(chunk.to_vec().into()).await {
                     Ok(n) => inserted += n,
                     Err(e) => return Replayed::DbDown(e),
                 }
@@ -339,6 +374,7 @@ impl LogWriter {
 
     /// After any operation: keep draining, and answer `Flush` once everything is out.
     fn after_op(&mut self, ctx: &mut Context<Self>) {
+        self.drain(ctx);
         let flushing = !self.flush_waiters.is_empty();
         if flushing || self.queue.len() >= self.cfg.batch_size {
             self.flush(ctx);
@@ -366,7 +402,10 @@ impl Actor for LogWriter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.cfg.flush_interval, |act, ctx| act.flush(ctx));
+        ctx.run_interval(self.cfg.flush_interval, |act, ctx| {
+            act.drain(ctx);
+            act.flush(ctx);
+        });
         ctx.run_interval(self.cfg.retry_interval, |act, ctx| {
             if act.db_down || act.spill_dirty {
                 act.replay(ctx);
@@ -383,15 +422,9 @@ impl Handler<Row> for LogWriter {
     type Result = ();
 
     fn handle(&mut self, Row(row): Row, ctx: &mut Context<Self>) {
-        self.queue.push_back(row);
-        if self.queue.len() >= self.cfg.batch_size {
-            self.flush(ctx);
-        }
-        if self.queue.len() > self.cfg.queue_capacity {
-            // The database is slow or down: keep memory bounded.
-            let overflow = self.take(self.cfg.batch_size);
-            self.spill_rows(overflow, ctx, false);
-        }
+        // The channel was full: take everything now.
+        self.drain(ctx);
+        self.push(row, ctx);
         self.set_queued();
     }
 }
@@ -537,6 +570,7 @@ pub struct LogSink {
 }
 
 struct SinkInner {
+    tx: SyncSender<LogRow>,
     addr: Addr<LogWriter>,
     store_payloads: bool,
     payload_max_bytes: usize,
@@ -552,9 +586,15 @@ impl std::fmt::Debug for LogSink {
 }
 
 impl LogSink {
-    pub fn new(addr: Addr<LogWriter>, logging: &crate::config::Logging) -> Self {
+    /// `tx` is [`LogWriter::sender`] of the writer at `addr`.
+    pub fn new(
+        addr: Addr<LogWriter>,
+        tx: SyncSender<LogRow>,
+        logging: &crate::config::Logging,
+    ) -> Self {
         LogSink {
             inner: Some(Arc::new(SinkInner {
+                tx,
                 addr,
                 store_payloads: logging.store_payloads,
                 payload_max_bytes: logging.payload_max_bytes,
@@ -580,7 +620,13 @@ impl LogSink {
 
     pub fn send(&self, row: LogRow) {
         if let Some(inner) = &self.inner {
-            inner.addr.do_send(Row(row));
+            match inner.tx.try_send(row) {
+                Ok(()) => {}
+                // Full (the writer is behind): the mailbox takes it, and the writer spills.
+                Err(TrySendError::Full(row)) | Err(TrySendError::Disconnected(row)) => {
+                    inner.addr.do_send(Row(row));
+                }
+            }
         }
     }
 }

@@ -2,6 +2,8 @@
 //! ends (after the last byte, or when the client went away): one JSON log line, and one
 //! request-log row handed to the `LogWriter` (a fire-and-forget send; never a wait).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,6 +16,15 @@ use crate::store::{unix_ms, LogRow};
 
 /// The caller identity before authentication exists (also the response-cache tenant).
 pub const ANONYMOUS: &str = "anonymous";
+
+/// A request-log row id, unique across processes and replicas: a random 128-bit prefix
+/// drawn once per process, and a counter (cheaper than a UUID per request).
+fn row_id() -> String {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+    format!("{prefix}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +174,7 @@ impl RequestRecord {
         let (prompt_tokens, completion_tokens, total_tokens, tokens_estimated) = self.tokens();
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         LogRow {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: row_id(),
             request_id: self.request_id.clone(),
             created_at: unix_ms(self.started_at),
             user_id: self.user.clone(),

@@ -207,7 +207,8 @@ pub struct ModelUsage {
 
 pub trait RequestLogStore: Send + Sync {
     /// Inserts rows; rows whose id is already stored are skipped. Returns rows inserted.
-    fn insert_log(&self, rows: Vec<LogRow>) -> BoxFuture<'_, StoreResult<usize>>;
+    /// Shared, so the caller keeps the batch (to spill it if the insert fails) without a copy.
+    fn insert_log(&self, rows: Arc<[LogRow]>) -> BoxFuture<'_, StoreResult<usize>>;
     /// Deletes rows created before `before`; returns how many.
     fn prune_log(&self, before: i64) -> BoxFuture<'_, StoreResult<usize>>;
     /// Per-model aggregates of the rows matching `filter`, by model name.

@@ -33,6 +33,20 @@ impl PgStore {
             .map_err(|e| super::StoreError::Connection(redact(&e.to_string())))
     }
 
+    /// One multi-row INSERT; ids already stored are skipped.
+    async fn insert_log_rows(
+        &self,
+        rows: std::sync::Arc<[super::LogRow]>,
+    ) -> super::StoreResult<usize> {
+        use diesel_async::RunQueryDsl;
+        let mut conn = self.conn().await?;
+        Ok(diesel::insert_into(super::schema::request_log::table)
+            .values(&rows[..])
+            .on_conflict_do_nothing()
+            .execute(&mut *conn)
+            .await?)
+    }
+
     async fn timed<T>(
         &self,
         work: impl Future<Output = super::StoreResult<T>>,

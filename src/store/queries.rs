@@ -238,19 +238,15 @@ macro_rules! impl_stores {
         }
 
         impl RequestLogStore for $store {
-            fn insert_log(&self, rows: Vec<LogRow>) -> BoxFuture<'_, StoreResult<usize>> {
+            fn insert_log(
+                &self,
+                rows: std::sync::Arc<[LogRow]>,
+            ) -> BoxFuture<'_, StoreResult<usize>> {
                 Box::pin(self.timed(async move {
                     if rows.is_empty() {
                         return Ok(0);
                     }
-                    let mut conn = self.conn().await?;
-                    $crate::store::queries::insert_many!($batch, &mut *conn, rows, |rows, conn| {
-                        diesel::insert_into(request_log::table)
-                            .values(rows)
-                            .on_conflict_do_nothing()
-                            .execute(conn)
-                            .await?
-                    })
+                    self.insert_log_rows(rows).await
                 }))
             }
 

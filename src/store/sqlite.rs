@@ -35,6 +35,31 @@ impl SqliteStore {
         Ok(self.conn.lock().await)
     }
 
+    /// The whole batch in one blocking task and one transaction, on the sync connection:
+    /// one hop to the blocking pool per batch instead of one per row.
+    async fn insert_log_rows(
+        &self,
+        rows: std::sync::Arc<[super::LogRow]>,
+    ) -> super::StoreResult<usize> {
+        use diesel::Connection;
+        let mut conn = self.conn().await?;
+        let inserted = conn
+            .spawn_blocking(move |c| {
+                c.transaction(|c| {
+                    let mut n = 0;
+                    for row in rows.iter() {
+                        let insert = diesel::insert_into(super::schema::request_log::table)
+                            .values(row)
+                            .on_conflict_do_nothing();
+                        n += diesel::RunQueryDsl::execute(insert, c)?;
+                    }
+                    Ok(n)
+                })
+            })
+            .await?;
+        Ok(inserted)
+    }
+
     async fn timed<T>(
         &self,
         work: impl Future<Output = super::StoreResult<T>>,

@@ -28,6 +28,6 @@ CREATE TABLE request_log (
     prompt            TEXT,
     completion        TEXT
 );
+-- One secondary index only: the log is written on every request and read rarely (usage
+-- reports and retention both select by time). Each extra index cost measurable CPU per row.
 CREATE INDEX request_log_created_at ON request_log (created_at);
-CREATE INDEX request_log_user_created_at ON request_log (user_id, created_at);
-CREATE INDEX request_log_model_created_at ON request_log (model, created_at);
