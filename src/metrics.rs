@@ -436,6 +436,49 @@ impl Metrics {
         }
     }
 
+    /// The request log writer's queue depth and spills, read at scrape time.
+    pub fn refresh_log(&self, stats: &crate::actors::log_writer::LogStats) {
+        use std::sync::atomic::Ordering;
+        self.log_queue_depth
+            .set(i64::try_from(stats.queued.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let spilled = stats.spilled.load(Ordering::Relaxed);
+        let counted = self.log_spills.get();
+        if spilled > counted {
+            self.log_spills.inc_by(spilled - counted);
+        }
+    }
+
+    /// Counts a refused credential by a bounded reason.
+    pub fn auth_failure(&self, error: &crate::error::ApiError) {
+        use crate::error::ApiError;
+        let reason = match error {
+            ApiError::Unauthorized(m) if m.starts_with("Missing") => "missing_token",
+            ApiError::Unauthorized(m) if m.starts_with("Malformed") => "malformed_header",
+            ApiError::Unauthorized(m) if m.contains("expired") => "expired",
+            ApiError::Unauthorized(_) => "invalid_token",
+            ApiError::Forbidden(_) => "policy",
+            ApiError::AuthUnavailable => "provider_unavailable",
+            _ => "other",
+        };
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a request refused by a quota or rate limit (by its error code).
+    pub fn quota_refusal(&self, error: &crate::error::ApiError) {
+        use crate::error::ApiError;
+        match error {
+            ApiError::QuotaExceeded { .. } => self
+                .quota_rejections
+                .with_label_values(&[error.code()])
+                .inc(),
+            ApiError::RateLimited { .. } => self
+                .rate_limit_rejections
+                .with_label_values(&[error.code()])
+                .inc(),
+            _ => {}
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::with_capacity(16 * 1024);

@@ -103,10 +103,16 @@ pub fn start_with_source(
     let hsts = tls.as_ref().map(|_| settings.server.tls.hsts_max_age_secs);
     let invalid =
         |e: crate::config::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+    let metrics = Arc::new(Metrics::new());
     let globus = if settings.auth.globus.enabled {
         let client = GlobusClient::from_config(&settings.auth.globus).map_err(invalid)?;
         let rules = Rules::from_config(&settings.auth.globus);
-        Some(GlobusAuth::start(client, rules, log.clone()))
+        Some(GlobusAuth::start(
+            client,
+            rules,
+            log.clone(),
+            metrics.introspection_cache.clone(),
+        ))
     } else {
         None
     };
@@ -157,7 +163,6 @@ pub fn start_with_source(
     ));
     let quota_supervisor = QuotaSupervisor::start(Arc::clone(&quotas), &settings.quotas);
     let settings = Arc::new(settings);
-    let metrics = Arc::new(Metrics::new());
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let cache = Arc::new(ResponseCache::new(
         &settings.cache,
@@ -217,6 +222,7 @@ pub fn start_with_source(
         store: Arc::clone(&store),
         log_sink,
         metrics: Arc::clone(&metrics),
+        log_stats: log_stats.clone(),
         cache,
         reloader: Arc::clone(&reloader),
         quotas: Arc::clone(&quotas),

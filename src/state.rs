@@ -44,6 +44,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Where request records send their row (disabled when `logging.request_log = false`).
     pub log_sink: LogSink,
+    /// The request log writer's counters (queue depth, spills), for `/metrics`.
+    pub log_stats: Option<Arc<crate::actors::log_writer::LogStats>>,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<ResponseCache>,
     pub reloader: Arc<Reloader>,

@@ -313,6 +313,27 @@ async fn introspection_is_cached_and_single_flight() {
         assert_eq!(call(&gw, "/whoami", Some("tok-unknown"), None).await.0, 401);
     }
     assert_eq!(fake.introspections.lock().unwrap()["tok-unknown"], 1);
+    assert_eq!(call(&gw, "/whoami", None, None).await.0, 401);
+
+    // All of it shows in the metrics.
+    let mut res = gw.client().get(gw.at("/metrics")).send().await.unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let value = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing"))
+    };
+    assert_eq!(
+        value("gateway_auth_failures_total{reason=\"invalid_token\"}"),
+        3
+    );
+    assert_eq!(
+        value("gateway_auth_failures_total{reason=\"missing_token\"}"),
+        1
+    );
+    assert!(value("gateway_introspection_cache_total{result=\"hit\"}") >= 7);
+    assert!(value("gateway_introspection_cache_total{result=\"miss\"}") >= 2);
     gw.stop().await;
 }
 

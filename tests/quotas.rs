@@ -127,6 +127,18 @@ async fn daily_request_quota_counts_down_in_headers_then_refuses() {
     );
     // A model that does not exist is refused before the quota: nothing counted.
     assert_eq!(send(&gw, &chat("nope")).await.status, 404);
+    let mut res = gw.client().get(gw.at("/metrics")).send().await.unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains("gateway_quota_rejections_total{reason=\"insufficient_quota\"} 1"),
+        "the refusal is counted"
+    );
+    let timed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway_queue_wait_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert_eq!(timed, 4, "every admission is timed, the refused one too");
     gw.stop().await;
 }
 

@@ -86,12 +86,18 @@ impl FromRequest for Caller {
                 } else {
                     "Missing bearer token: send `Authorization: Bearer <token>`."
                 };
-                return Either::Left(ready(Err(ApiError::Unauthorized(message.into()))));
+                let error = ApiError::Unauthorized(message.into());
+                state.metrics.auth_failure(&error);
+                return Either::Left(ready(Err(error)));
             }
         };
         let state = state.clone();
         Either::Right(Box::pin(async move {
-            state.auth.resolve(&token).await.map(Caller)
+            let resolved = state.auth.resolve(&token).await;
+            if let Err(e) = &resolved {
+                state.metrics.auth_failure(e);
+            }
+            resolved.map(Caller)
         }))
     }
 }

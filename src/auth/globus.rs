@@ -135,11 +135,18 @@ impl GlobusClient {
 pub struct GlobusAuth {
     cache: Arc<IdentityCache>,
     introspector: Addr<Introspector>,
+    /// `gateway_introspection_cache_total{result}`.
+    lookups: prometheus::IntCounterVec,
 }
 
 impl GlobusAuth {
     /// Starts the introspector actor (on the current arbiter).
-    pub fn start(client: GlobusClient, rules: Rules, log: slog::Logger) -> GlobusAuth {
+    pub fn start(
+        client: GlobusClient,
+        rules: Rules,
+        log: slog::Logger,
+        lookups: prometheus::IntCounterVec,
+    ) -> GlobusAuth {
         let cache = Arc::new(IdentityCache::default());
         let introspector = Introspector {
             client,
@@ -153,6 +160,7 @@ impl GlobusAuth {
         GlobusAuth {
             cache,
             introspector,
+            lookups,
         }
     }
 
@@ -163,8 +171,10 @@ impl GlobusAuth {
     pub async fn resolve(&self, token: &str) -> Outcome {
         let key = sha256(token);
         if let Some(hit) = self.cache.get(&key, Instant::now()) {
+            self.lookups.with_label_values(&["hit"]).inc();
             return hit;
         }
+        self.lookups.with_label_values(&["miss"]).inc();
         let receiver = self
             .introspector
             .send(Resolve {

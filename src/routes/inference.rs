@@ -456,7 +456,13 @@ async fn prepare(
             subjects.push(state.quotas.state(Subject::new(Kind::Org, org)).await);
         }
         subjects.push(state.quotas.state(Subject::new(Kind::Model, &model)).await);
-        record.quota = Some(state.quotas.admit(&subjects).await?);
+        let waited = Instant::now();
+        let admitted = state.quotas.admit(&subjects).await;
+        state
+            .metrics
+            .queue_wait
+            .observe(waited.elapsed().as_secs_f64());
+        record.quota = Some(admitted.inspect_err(|e| state.metrics.quota_refusal(e))?);
         // Tokens are charged from the stream's usage: ask for it when the client did not.
         let chat_shaped = matches!(route.upstream_path, CHAT | COMPLETIONS);
         if stream && chat_shaped && !parsed.include_usage {

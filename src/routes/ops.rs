@@ -9,6 +9,9 @@ use crate::state::AppState;
 
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     state.metrics.refresh_targets(&state.directory.load());
+    if let Some(stats) = &state.log_stats {
+        state.metrics.refresh_log(stats);
+    }
     match state.metrics.render() {
         Ok(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
