@@ -146,10 +146,21 @@ async fn metrics_are_fed_by_real_traffic() {
     );
     assert!(text.contains(r#"gateway_target_up{target="dead"}"#));
     assert_eq!(sample(&text, "gateway_requests_in_flight"), 0.0);
-    // Fed by components that do not exist yet: present, at zero.
-    assert_eq!(sample(&text, "gateway_queue_wait_seconds_count"), 0.0);
-    assert_eq!(sample(&text, "gateway_log_queue_depth"), 0.0);
-    assert_eq!(sample(&text, "gateway_log_spills_total"), 0.0);
+    // Fed by the quota, auth and storage components.
+    assert!(
+        sample(&text, "gateway_queue_wait_seconds_count") >= 3.0,
+        "every admitted request's quota wait is timed"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gateway_log_queue_depth ")),
+        "the log writer's queue depth is exported"
+    );
+    assert_eq!(
+        sample(&text, "gateway_log_spills_total"),
+        0.0,
+        "the database is up: nothing spilled"
+    );
     gw.stop().await;
 }
 

@@ -234,23 +234,8 @@ impl Gateway {
         }
         let targets = self.directory.load().targets.clone();
         for target in targets {
-            let settings = self.backend_settings(target.spec.health_path.as_deref());
             let routers = model_routers.remove(target.slug()).unwrap_or_default();
-            let addr = BackendActor::new(
-                Arc::clone(&target),
-                settings.clone(),
-                Arc::clone(&self.clock),
-                self.router_addrs(&routers),
-                false,
-                &self.metrics,
-            )
-            .start();
-            self.backends.push(BackendSlot {
-                target,
-                settings,
-                routers,
-                addr,
-            });
+            self.start_backend(target, routers);
         }
         let clusters: Vec<Arc<ClusterState>> =
             self.directory.load().clusters.values().cloned().collect();
@@ -284,6 +269,26 @@ impl Gateway {
             self.log.new(slog::o!("actor" => "scheduler_probe")),
         )
         .start()
+    }
+
+    /// Starts a target's `BackendActor`, pushing to the routers of `routers` (model names).
+    fn start_backend(&mut self, target: Arc<Target>, routers: Vec<String>) {
+        let settings = self.backend_settings(target.spec.health_path.as_deref());
+        let addr = BackendActor::new(
+            Arc::clone(&target),
+            settings.clone(),
+            Arc::clone(&self.clock),
+            self.router_addrs(&routers),
+            false,
+            &self.metrics,
+        )
+        .start();
+        self.backends.push(BackendSlot {
+            target,
+            settings,
+            routers,
+            addr,
+        });
     }
 
     fn router_addrs(&self, models: &[String]) -> Vec<Addr<FederatedRouterActor>> {
@@ -454,23 +459,8 @@ impl Gateway {
             self.backends.push(slot);
         }
         for target in fresh {
-            let settings = self.backend_settings(target.spec.health_path.as_deref());
             let routers = model_routers.remove(target.slug()).unwrap_or_default();
-            let addr = BackendActor::new(
-                Arc::clone(&target),
-                settings.clone(),
-                Arc::clone(&self.clock),
-                self.router_addrs(&routers),
-                false,
-                &self.metrics,
-            )
-            .start();
-            self.backends.push(BackendSlot {
-                target,
-                settings,
-                routers,
-                addr,
-            });
+            self.start_backend(target, routers);
         }
         // Keep catalog order (listings and /health/detailed follow it).
         let order: HashMap<String, usize> = self
