@@ -1,6 +1,6 @@
 //! OIDC/JWT bearer tokens, for sites without Globus: signatures checked against the keys
 //! of a JWKS URL, plus issuer, audience and expiry. Keys are fetched at start, refreshed
-//! periodically and when a token names an unknown key id (at most every 10 s). Handlers
+//! periodically and when a token names an unknown key id (each unknown id at most every 10 s). Handlers
 //! verify on their own thread; only a key refresh goes through the `JwksActor`.
 
 use std::collections::HashMap;
@@ -53,8 +53,9 @@ impl OidcAuth {
             url: settings.jwks_url.clone(),
             refresh_every: Duration::from_secs(settings.jwks_refresh_secs),
             keys: Arc::clone(&keys),
-            last_forced: None,
+            forced: HashMap::new(),
             waiting: Vec::new(),
+            waiting_next: Vec::new(),
             fetching: false,
             http: None,
             log,
@@ -76,7 +77,7 @@ impl OidcAuth {
             Some(key) => key,
             None => {
                 // A key rotated in since the last fetch: refresh once and look again.
-                if let Ok(done) = self.jwks.send(Refresh).await {
+                if let Ok(done) = self.jwks.send(Refresh { kid: kid.clone() }).await {
                     let _ = done.await;
                 }
                 self.keys.load().get(&kid).cloned().ok_or_else(|| {
@@ -160,9 +161,13 @@ pub struct JwksActor {
     url: String,
     refresh_every: Duration,
     keys: Arc<ArcSwap<HashMap<String, Arc<Key>>>>,
-    /// When a refresh was last forced by an unknown key id (rate limited).
-    last_forced: Option<Instant>,
+    /// When each unknown key id last forced a refresh (rate limited per id, bounded).
+    forced: HashMap<String, Instant>,
+    /// Answered when the fetch in flight ends.
     waiting: Vec<oneshot::Sender<()>>,
+    /// Answered after one more fetch: they asked while a fetch was already in flight,
+    /// whose answer may predate the key they need.
+    waiting_next: Vec<oneshot::Sender<()>>,
     fetching: bool,
     http: Option<awc::Client>,
     log: slog::Logger,
@@ -190,7 +195,7 @@ impl JwksActor {
                 .map_err(|e| e.to_string())?;
             serde_json::from_slice::<JwkSet>(&body).map_err(|e| e.to_string())
         };
-        ctx.spawn(call.into_actor(self).map(|result, act, _| {
+        ctx.spawn(call.into_actor(self).map(|result, act, ctx| {
             act.fetching = false;
             match result {
                 Ok(set) => {
@@ -230,6 +235,10 @@ impl JwksActor {
             for waiter in act.waiting.drain(..) {
                 let _ = waiter.send(());
             }
+            if !act.waiting_next.is_empty() {
+                act.waiting = std::mem::take(&mut act.waiting_next);
+                act.fetch(ctx);
+            }
         }));
     }
 }
@@ -248,25 +257,40 @@ impl Actor for JwksActor {
     }
 }
 
-/// Refresh the keys now (unless a refresh was forced in the last 10 s); answers when done.
+/// Refresh the keys now, because a token named the unknown key id `kid` (unless that id
+/// forced a refresh in the last 10 s); answers when done.
 #[derive(Message)]
 #[rtype(result = "oneshot::Receiver<()>")]
-struct Refresh;
+struct Refresh {
+    kid: String,
+}
+
+/// Unknown key ids remembered for the rate limit; past this, every id shares one limit.
+const MAX_FORCED_KIDS: usize = 256;
 
 impl Handler<Refresh> for JwksActor {
     type Result = MessageResult<Refresh>;
 
-    fn handle(&mut self, _: Refresh, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Refresh, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        let recent = self
-            .last_forced
-            .is_some_and(|t| t.elapsed() < MIN_REFRESH_GAP);
-        if recent && !self.fetching {
-            let _ = tx.send(());
+        let now = Instant::now();
+        self.forced
+            .retain(|_, t| now.duration_since(*t) < MIN_REFRESH_GAP);
+        // Past the bound (many made-up ids), all share one entry and so one limit.
+        let kid = if self.forced.len() >= MAX_FORCED_KIDS {
+            String::from("\0many")
         } else {
-            if !self.fetching {
-                self.last_forced = Some(Instant::now());
-            }
+            msg.kid
+        };
+        if self.forced.contains_key(&kid) {
+            let _ = tx.send(());
+            return MessageResult(rx);
+        }
+        self.forced.insert(kid, now);
+        if self.fetching {
+            // The fetch in flight may have left before the key was published.
+            self.waiting_next.push(tx);
+        } else {
             self.waiting.push(tx);
             self.fetch(ctx);
         }
