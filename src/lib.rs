@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod logging;
 pub mod login;
 pub mod metrics;
+pub mod normalize_path;
 pub mod openapi;
 pub mod proxy;
 pub mod quota;

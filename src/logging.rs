@@ -1,12 +1,22 @@
-//! slog JSON logs on stdout (journald under systemd), written off the request path by
-//! slog-async. Records carry dotted keys with units in names (`duration_ms`).
+//! slog JSON logs on stdout (journald under systemd). Records carry dotted keys with
+//! units in names (`duration_ms`).
 //!
-//! Every line passes through [`Redactor`] on the log-writer thread before it is written:
-//! values of secret-looking keys, bearer tokens, API-key-shaped strings and e-mail
-//! addresses are replaced, wherever they appear (a message, an error, a URL).
+//! A record is formatted where it is logged (a mutex around the JSON drain: a few µs) and
+//! passes through [`Redactor`] there: values of secret-looking keys, bearer tokens,
+//! API-key-shaped strings and e-mail addresses are replaced, wherever they appear (a
+//! message, an error, a URL). Whole lines then wait in a [`Batched`] buffer that the
+//! `log-flush` thread writes out with one `write` every [`FLUSH_EVERY`] (sooner once
+//! [`FLUSH_BYTES`] are waiting). No request thread ever writes to stdout or waits for it,
+//! and no thread is woken per line: a stalled stdout fills the buffer up to
+//! [`MAX_PENDING`], past which lines are dropped and counted (one line says how many). A
+//! clean exit (the [`LogGuard`] dropped) writes what is left; a `kill -9` may lose the
+//! last [`FLUSH_EVERY`] of lines (the request log table keeps every request).
 
 use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
+use memchr::memmem;
 use serde_json::Value;
 use slog::{o, Drain, Level, Logger};
 
@@ -23,25 +33,169 @@ pub fn parse_level(name: &str) -> Option<Level> {
     }
 }
 
-/// The process logger and the guard that flushes it when dropped (keep it until exit).
-pub fn json_stdout(level: Level) -> (Logger, slog_async::AsyncGuard) {
-    json_to(Redactor::new(io::stdout()), level)
+/// How long a logged line may wait before it is written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Waiting bytes that wake the flush thread before its time.
+pub const FLUSH_BYTES: usize = 64 * 1024;
+/// Waiting bytes past which new lines are dropped (stdout is not keeping up).
+pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+
+/// The process logger and the guard that writes out what is left when dropped (keep it
+/// until exit).
+pub fn json_stdout(level: Level) -> (Logger, LogGuard) {
+    json_to(io::stdout(), level)
 }
 
 /// Like [`json_stdout`], into any writer (tests read what was written).
-pub fn json_to<W: Write + Send + 'static>(
-    out: W,
-    level: Level,
-) -> (Logger, slog_async::AsyncGuard) {
-    let json = slog_json::Json::new(out).add_default_keys().build().fuse();
-    let (drain, guard) = slog_async::Async::new(json)
-        .chan_size(16 * 1024)
-        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
-        .thread_name("log-writer".into())
-        .build_with_guard();
-    let drain = drain.filter_level(level).fuse();
+pub fn json_to<W: Write + Send + 'static>(out: W, level: Level) -> (Logger, LogGuard) {
+    let batched = Batched::start(out, FLUSH_EVERY, MAX_PENDING);
+    let guard = batched.guard();
+    let json = slog_json::Json::new(Redactor::new(batched))
+        .add_default_keys()
+        .set_flush(true)
+        .build();
+    let drain = Mutex::new(json).filter_level(level).fuse();
     let log = Logger::root(drain, o!("service" => "inference-gateway"));
     (log, guard)
+}
+
+struct Pending {
+    buf: Vec<u8>,
+    /// Lines dropped since the last write (the buffer was full).
+    dropped: u64,
+    closed: bool,
+}
+
+struct Shared<W> {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Held while a batch is written, so batches keep their order.
+    out: Mutex<W>,
+    max_pending: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain buffers: a panic while holding one leaves nothing inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<W: Write> Shared<W> {
+    /// Writes what is waiting (and a line counting dropped ones); returns whether the
+    /// writer was closed.
+    fn write_pending(&self) -> bool {
+        let mut out = lock(&self.out);
+        let (batch, dropped, closed) = {
+            let mut p = lock(&self.pending);
+            let batch = std::mem::take(&mut p.buf);
+            (batch, std::mem::take(&mut p.dropped), p.closed)
+        };
+        // Nowhere to report a failed write to stdout; the next batch tries again.
+        if !batch.is_empty() {
+            let _ = out.write_all(&batch);
+        }
+        if dropped > 0 {
+            let line = serde_json::json!({
+                "msg": "log lines dropped: stdout is not keeping up",
+                "level": "WARN",
+                "service": "inference-gateway",
+                "dropped": dropped,
+            });
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+        closed
+    }
+}
+
+/// Keeps the flush thread's buffer; dropping it writes out what is left and ends the
+/// thread.
+pub struct LogGuard {
+    close: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        (self.close)();
+    }
+}
+
+/// A writer taking whole lines into a buffer that the `log-flush` thread writes out
+/// every `every` (see the module docs). Without the thread, lines are written at once.
+pub struct Batched<W: Write + Send + 'static> {
+    shared: Arc<Shared<W>>,
+    threaded: bool,
+}
+
+impl<W: Write + Send + 'static> Batched<W> {
+    pub fn start(out: W, every: Duration, max_pending: usize) -> Batched<W> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                buf: Vec::with_capacity(FLUSH_BYTES),
+                dropped: 0,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            out: Mutex::new(out),
+            max_pending,
+        });
+        let worker = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || loop {
+                {
+                    let p = lock(&worker.pending);
+                    if !p.closed && p.buf.len() < FLUSH_BYTES {
+                        let _ = worker.wake.wait_timeout(p, every);
+                    }
+                }
+                if worker.write_pending() {
+                    return;
+                }
+            });
+        Batched {
+            shared,
+            threaded: spawned.is_ok(),
+        }
+    }
+
+    /// The guard that closes this writer (writing what is left) when dropped.
+    pub fn guard(&self) -> LogGuard {
+        let shared = Arc::clone(&self.shared);
+        LogGuard {
+            close: Box::new(move || {
+                lock(&shared.pending).closed = true;
+                shared.wake.notify_one();
+                shared.write_pending();
+            }),
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for Batched<W> {
+    /// Takes whole lines (the [`Redactor`] only hands over whole lines).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let wake = {
+            let mut p = lock(&self.shared.pending);
+            if p.buf.len() + buf.len() > self.shared.max_pending {
+                p.dropped += 1;
+                return Ok(buf.len());
+            }
+            let before = p.buf.len();
+            p.buf.extend_from_slice(buf);
+            before < FLUSH_BYTES && p.buf.len() >= FLUSH_BYTES
+        };
+        if !self.threaded {
+            self.shared.write_pending();
+        } else if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    /// Lines are written by the flush thread; nothing to do per record.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A logger that drops everything (tests that don't look at logs).
@@ -201,17 +355,25 @@ const SUSPECT: [&str; 13] = [
     "token\"",
 ];
 
+/// Whether a line holds any [`SUSPECT`] fragment, in any case: the line lower-cased into
+/// `lower`, then a SIMD substring search (prebuilt) per fragment.
 fn suspect(line: &[u8], lower: &mut Vec<u8>) -> bool {
+    static FINDERS: OnceLock<Vec<memmem::Finder<'static>>> = OnceLock::new();
     lower.clear();
     lower.extend(line.iter().map(u8::to_ascii_lowercase));
-    match std::str::from_utf8(lower) {
-        Ok(text) => SUSPECT.iter().any(|needle| text.contains(needle)),
-        Err(_) => true,
-    }
+    FINDERS
+        .get_or_init(|| {
+            SUSPECT
+                .iter()
+                .map(|n| memmem::Finder::new(n.as_bytes()))
+                .collect()
+        })
+        .iter()
+        .any(|f| f.find(lower).is_some())
 }
 
-/// A writer that redacts every JSON line before passing it on. It runs on the log-writer
-/// thread (slog-async), off the request path.
+/// A writer that redacts every JSON line before passing it on, on the thread that logs
+/// it (a few µs only for the rare line that needs it).
 pub struct Redactor<W: Write> {
     inner: W,
     line: Vec<u8>,
@@ -251,21 +413,18 @@ impl<W: Write> Redactor<W> {
 }
 
 impl<W: Write> Write for Redactor<W> {
+    /// Gathers a record; the JSON drain calls `flush` at the end of each one.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        for &b in buf {
-            self.line.push(b);
-            if b == b'\n' {
-                self.emit()?;
-            }
-        }
+        self.line.extend_from_slice(buf);
         Ok(buf.len())
     }
 
+    /// Passes on the gathered record (one line: the drain ends each with a newline).
     fn flush(&mut self) -> io::Result<()> {
-        if !self.line.is_empty() {
-            self.emit()?;
+        if self.line.is_empty() {
+            return Ok(());
         }
-        self.inner.flush()
+        self.emit()
     }
 }
 
@@ -328,7 +487,7 @@ mod tests {
     #[test]
     fn log_lines_are_redacted_and_token_counts_kept() {
         let sink = Sink::default();
-        let (log, guard) = json_to(Redactor::new(sink.clone()), Level::Info);
+        let (log, guard) = json_to(sink.clone(), Level::Info);
         let child = log.new(o!("request_id" => "r1"));
         slog::info!(child, "request";
             "user" => "bob@example.com",
@@ -356,5 +515,65 @@ mod tests {
             !text.contains("secret") && !text.contains("example"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn batched_lines_arrive_whole_and_in_order_and_the_guard_writes_the_rest() {
+        let sink = Sink::default();
+        // A long interval: only the guard can have written these.
+        let mut out = Batched::start(sink.clone(), Duration::from_secs(3600), 1 << 20);
+        let guard = out.guard();
+        for i in 0..1000 {
+            out.write_all(format!("{{\"n\":{i}}}\n").as_bytes())
+                .unwrap();
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let got: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_buffer_drops_lines_and_says_how_many() {
+        let sink = Sink::default();
+        let mut out = Batched::start(sink.clone(), Duration::from_secs(3600), 100);
+        let guard = out.guard();
+        let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(30));
+        for _ in 0..5 {
+            out.write_all(line.as_bytes()).unwrap();
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // 100 bytes hold two 41-byte lines; the other three are counted.
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[2]["dropped"], 3);
+        assert_eq!(lines[2]["level"], "WARN");
+    }
+
+    #[test]
+    fn the_flush_thread_writes_without_being_asked() {
+        let sink = Sink::default();
+        let mut out = Batched::start(sink.clone(), Duration::from_millis(5), 1 << 20);
+        let _guard = out.guard();
+        out.write_all(b"{\"a\":1}\n").unwrap();
+        // Bounded wait for the thread (it writes every 5 ms).
+        for _ in 0..2000 {
+            if !sink.0.lock().unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(&sink.0.lock().unwrap()[..], b"{\"a\":1}\n");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::{Actor, Addr};
 use actix_web::dev::Server;
-use actix_web::middleware::{from_fn, Compress, Condition, NormalizePath, TrailingSlash};
+use actix_web::middleware::{from_fn, Compress, Condition};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
@@ -260,7 +260,8 @@ pub fn start_with_source(
                 web::PathConfig::default()
                     .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
             )
-            .wrap(NormalizePath::new(TrailingSlash::Trim))
+            // `/v1//models/` is `/v1/models` (merged and trimmed slashes).
+            .wrap(from_fn(crate::normalize_path::middleware))
             // gzip by Accept-Encoding, except SSE and small bodies, which say
             // `Content-Encoding: identity` (Compress leaves those alone).
             .wrap(Condition::new(gzip, from_fn(security::skip_small_bodies)))

@@ -154,8 +154,9 @@ pub trait CounterStore: Send + Sync {
 // --------------------------------------------------------------------------- request log
 
 /// One request-log row. `id` is made by the gateway, so a replayed row lands once.
+/// `None` inserts NULL (not DEFAULT): a simpler statement for diesel to bind.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize, Deserialize)]
-#[diesel(table_name = schema::request_log)]
+#[diesel(table_name = schema::request_log, treat_none_as_default_value = false)]
 pub struct LogRow {
     pub id: String,
     pub request_id: String,

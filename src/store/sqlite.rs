@@ -48,9 +48,12 @@ impl SqliteStore {
                 c.transaction(|c| {
                     let mut n = 0;
                     for row in rows.iter() {
-                        let insert = diesel::insert_into(super::schema::request_log::table)
-                            .values(row)
-                            .on_conflict_do_nothing();
+                        // `OR IGNORE`: a row whose id is stored already is skipped. Unlike
+                        // `ON CONFLICT DO NOTHING` the statement has a static query id, so
+                        // diesel reuses the prepared statement without rebuilding its SQL.
+                        let insert =
+                            diesel::insert_or_ignore_into(super::schema::request_log::table)
+                                .values(row);
                         n += diesel::RunQueryDsl::execute(insert, c)?;
                     }
                     Ok(n)
