@@ -15,8 +15,10 @@ pub mod actor;
 pub mod limits;
 pub mod math;
 pub mod registry;
+pub mod shared;
 pub mod state;
 
 pub use limits::{Kind, Limits, Subject};
 pub use registry::{rate_limit_headers, Admission, QuotaRegistry};
+pub use shared::QuotaRedis;
 pub use state::{BatchGuard, Permit, SubjectState};
