@@ -112,6 +112,10 @@ struct Change {
     subject: String,
     /// The sender (which applied it already).
     replica: String,
+    /// `override`: the new override as a `PUT` body (`null`: removed), so replicas apply
+    /// it without a database read.
+    #[serde(default)]
+    limits: serde_json::Value,
 }
 
 /// What a Redis admission said.
@@ -493,11 +497,24 @@ impl QuotaRedis {
 
     /// Tells every other replica that a subject's override changed (`override`) or its
     /// usage was reset (`reset`).
-    pub async fn publish(&self, op: &str, subject: &Subject) -> RResult<()> {
+    pub async fn publish(
+        &self,
+        op: &str,
+        subject: &Subject,
+        limits: Option<&crate::store::QuotaOverrideRow>,
+    ) -> RResult<()> {
+        let limits = match limits.map(super::limits::override_json) {
+            Some(serde_json::Value::Object(mut o)) => {
+                o.remove("updated_at");
+                serde_json::Value::Object(o)
+            }
+            _ => serde_json::Value::Null,
+        };
         let message = serde_json::to_string(&Change {
             op: op.to_string(),
             subject: subject.key().to_string(),
             replica: self.replica.clone(),
+            limits,
         })
         .map_err(err)?;
         self.timed(async {
@@ -535,7 +552,13 @@ impl QuotaRedis {
                 continue;
             };
             match change.op.as_str() {
-                "override" => registry.reload_override(&subject).await,
+                "override" if change.limits.is_null() => registry.apply_override(&subject, None),
+                "override" => {
+                    match super::limits::parse_override(&subject, &change.limits, now_ms()) {
+                        Ok(row) => registry.apply_override(&subject, Some(&row)),
+                        Err(_) => registry.reload_override(&subject).await,
+                    }
+                }
                 "reset" => {
                     if let Some(s) = registry.get(&subject) {
                         s.reset(now_ms());

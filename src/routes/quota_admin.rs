@@ -39,9 +39,14 @@ fn internal(state: &AppState, what: &str, e: crate::store::StoreError) -> ApiErr
 
 /// Redis mode: tells the other replicas (they reload the override or reset their state).
 /// Redis down: logged; those replicas pick overrides up when their subscriber reconnects.
-async fn notify(state: &AppState, op: &str, subject: &Subject) {
+async fn notify(
+    state: &AppState,
+    op: &str,
+    subject: &Subject,
+    limits: Option<&QuotaOverrideRow>,
+) {
     if let Some(redis) = state.quotas.redis() {
-        if let Err(e) = redis.publish(op, subject).await {
+        if let Err(e) = redis.publish(op, subject, limits).await {
             slog::warn!(state.log, "quota change not sent to other replicas";
                 "op" => op, "subject" => subject.key(), "error" => e);
         }
@@ -251,7 +256,7 @@ pub async fn put(
         Some(row)
     };
     state.quotas.apply_override(&subject, stored.as_ref());
-    notify(&state, "override", &subject).await;
+    notify(&state, "override", &subject, stored.as_ref()).await;
     slog::info!(state.log, "quota override set"; "subject" => subject.key(), "removed" => empty);
     Ok(HttpResponse::Ok().json(describe(&state, &subject, stored).await?))
 }
@@ -273,7 +278,7 @@ pub async fn reset(
                 "subject" => subject.key(), "error" => e);
         }
     }
-    notify(&state, "reset", &subject).await;
+    notify(&state, "reset", &subject, None).await;
     let windows = state
         .store
         .reset_usage(subject.key().to_string())
