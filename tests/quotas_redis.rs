@@ -114,8 +114,8 @@ async fn hget(conn: &mut redis::aio::MultiplexedConnection, key: &str, field: &s
 
 #[actix_rt::test]
 async fn script_counts_add_up_across_replicas_and_keys_expire_at_window_end() {
-    let Some(url) = redis_url("script_counts_add_up_across_replicas_and_keys_expire_at_window_end")
-        .await
+    let Some(url) =
+        redis_url("script_counts_add_up_across_replicas_and_keys_expire_at_window_end").await
     else {
         return;
     };
@@ -216,7 +216,10 @@ async fn redis_admission_holds_the_daily_budget_and_the_shared_bucket() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(ttl > 0 && ttl <= 3000, "the bucket expires once full: {ttl}");
+    assert!(
+        ttl > 0 && ttl <= 3000,
+        "the bucket expires once full: {ttl}"
+    );
 }
 
 struct Reply {
@@ -287,7 +290,12 @@ async fn replica(
 
 /// Sends `count` requests through `gw`, `concurrency` at a time, stopping at `until`;
 /// returns how many were admitted (200) and refused (429).
-async fn hammer(gw: &TestGateway, count: usize, concurrency: usize, until: Instant) -> (usize, usize) {
+async fn hammer(
+    gw: &TestGateway,
+    count: usize,
+    concurrency: usize,
+    until: Instant,
+) -> (usize, usize) {
     let sent = std::sync::atomic::AtomicUsize::new(0);
     let results = futures_util::future::join_all((0..concurrency).map(|_| async {
         let (mut ok, mut limited) = (0, 0);
@@ -328,18 +336,21 @@ async fn two_replicas_hold_a_shared_daily_limit_within_ten_percent() {
     let a = replica(&mock, &keys, &url, &prefix, &settings).await;
     let b = replica(&mock, &keys, &url, &prefix, &settings).await;
     let until = Instant::now() + Duration::from_secs(30);
-    let ((ok_a, no_a), (ok_b, no_b)) = futures_util::future::join(
-        hammer(&a, 300, 8, until),
-        hammer(&b, 300, 8, until),
-    )
-    .await;
+    let ((ok_a, no_a), (ok_b, no_b)) =
+        futures_util::future::join(hammer(&a, 300, 8, until), hammer(&b, 300, 8, until)).await;
     let admitted = ok_a + ok_b;
-    eprintln!("admitted a {ok_a} + b {ok_b} = {admitted}; refused {}", no_a + no_b);
+    eprintln!(
+        "admitted a {ok_a} + b {ok_b} = {admitted}; refused {}",
+        no_a + no_b
+    );
     assert!(
         (200..=220).contains(&admitted),
         "shared limit 200 held within 10%: {admitted} admitted"
     );
-    assert!(ok_a > 20 && ok_b > 20, "both replicas served: {ok_a} {ok_b}");
+    assert!(
+        ok_a > 20 && ok_b > 20,
+        "both replicas served: {ok_a} {ok_b}"
+    );
     // The admin API of either replica shows the shared usage.
     let (status, body) = admin(&b, "GET", "/admin/quota/user:anonymous", None).await;
     assert_eq!(status, 200);
@@ -367,25 +378,33 @@ async fn two_replicas_hold_a_shared_request_rate_within_ten_percent() {
     let b = replica(&mock, &keys, &url, &prefix, &settings).await;
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(3);
-    let ((ok_a, _), (ok_b, _)) = futures_util::future::join(
-        hammer(&a, 20_000, 6, until),
-        hammer(&b, 20_000, 6, until),
-    )
-    .await;
+    let ((ok_a, no_a), (ok_b, no_b)) =
+        futures_util::future::join(hammer(&a, 20_000, 6, until), hammer(&b, 20_000, 6, until))
+            .await;
     let elapsed = t0.elapsed().as_secs_f64();
     let admitted = (ok_a + ok_b) as f64;
     // What one bucket of 40/s with a burst of 20 allows over the run.
     let allowed = 20.0 + 40.0 * elapsed;
-    eprintln!("admitted a {ok_a} + b {ok_b} = {admitted} in {elapsed:.2} s; bucket allows {allowed:.0}");
+    let offered = admitted + (no_a + no_b) as f64;
+    eprintln!("admitted a {ok_a} + b {ok_b} = {admitted} of {offered} in {elapsed:.2} s; bucket allows {allowed:.0}");
     assert!(
         admitted <= allowed * 1.1,
         "shared rate held within 10%: {admitted} > {allowed:.0}"
     );
+    // A loaded machine may not offer enough requests to use the rate; only then is the
+    // lower bound meaningless.
+    if offered >= allowed * 1.5 {
+        assert!(
+            admitted >= allowed * 0.9,
+            "the shared rate is not undercut by more than 10%: {admitted} < {allowed:.0}"
+        );
+    } else {
+        eprintln!("only {offered} requests offered: lower bound not checked");
+    }
     assert!(
-        admitted >= allowed * 0.9,
-        "the shared rate is not undercut by more than 10%: {admitted} < {allowed:.0}"
+        ok_a > 10 && ok_b > 10,
+        "both replicas served: {ok_a} {ok_b}"
     );
-    assert!(ok_a > 10 && ok_b > 10, "both replicas served: {ok_a} {ok_b}");
     a.stop().await;
     b.stop().await;
 }

@@ -34,10 +34,15 @@ use crate::store::now_ms;
 /// The one script. KEYS: minute, day, month, bucket. ARGV: 1-3 window ends (ms), 4-9
 /// deltas (minute r t, day r t, month r t), 10-15 seeds (same order, used only when the
 /// key is missing), 16 bucket takes, 17 rate, 18 burst, 19 admit (1/0), 20 requests per
-/// day, 21 tokens per day, 22 tokens per month, 23 tokens per minute.
+/// day, 21 tokens per day, 22 tokens per month, 23 tokens per minute, 24 leased requests
+/// to release (used, now in the deltas), 25 replicas, 26 this replica's unused lease.
 /// Returns {status, minute r, minute t, day r, day t, month r, month t, bucket level (a
-/// string), retry ms}; status 0 synced, 1 admitted, 2 day requests, 3 day tokens, 4 month
-/// tokens, 5 minute tokens, 6 rate.
+/// string), retry ms, granted lease}; status 0 synced, 1 admitted, 2 day requests, 3 day
+/// tokens, 4 month tokens, 5 minute tokens, 6 rate.
+///
+/// The day hash's `l` is the requests leased to replicas and not yet pushed as used: a
+/// replica admits locally only from its lease, and Redis admits only while `r + l` (less
+/// the caller's own lease) is under the limit, so the requests per day never go over.
 pub const SCRIPT: &str = r#"
 local totals = {}
 for i = 1, 3 do
@@ -68,14 +73,19 @@ if rate > 0 then
   end
   level = math.max(tok - tonumber(ARGV[16]), -burst)
 end
+local rpd = tonumber(ARGV[20])
+local lease = 0
+local mine = tonumber(ARGV[26])
+if rpd > 0 then
+  lease = math.max(0, tonumber(redis.call('HGET', KEYS[2], 'l') or '0') - tonumber(ARGV[24]))
+end
 local status = 0
 local retry = 0
 if ARGV[19] == '1' then
-  local rpd = tonumber(ARGV[20])
   local tpd = tonumber(ARGV[21])
   local tpm = tonumber(ARGV[22])
   local tpmin = tonumber(ARGV[23])
-  if rpd > 0 and totals[3] >= rpd then
+  if rpd > 0 and totals[3] + lease - mine >= rpd then
     status = 2
   elseif tpd > 0 and totals[4] >= tpd then
     status = 3
@@ -94,12 +104,20 @@ if ARGV[19] == '1' then
     level = level - 1
   end
 end
+local grant = 0
+if rpd > 0 then
+  local free = rpd - totals[3] - lease
+  if free > 0 then
+    grant = math.max(0, math.floor(free / (2 * tonumber(ARGV[25]))) - mine)
+  end
+  redis.call('HSET', KEYS[2], 'l', lease + grant)
+end
 if rate > 0 then
   redis.call('HSET', KEYS[4], 'tok', tostring(level), 'ts', now)
   redis.call('PEXPIRE', KEYS[4], math.ceil(burst / rate * 1000) + 1000)
 end
 return {status, totals[1], totals[2], totals[3], totals[4], totals[5], totals[6],
-  tostring(level), retry}
+  tostring(level), retry, grant}
 "#;
 
 /// A replica counts as sharing the limits this long after its last sync.
@@ -298,7 +316,10 @@ impl QuotaRedis {
             .arg(limits.requests_per_day)
             .arg(limits.tokens_per_day)
             .arg(limits.tokens_per_month)
-            .arg(limits.tokens_per_minute);
+            .arg(limits.tokens_per_minute)
+            .arg(push.lease_release)
+            .arg(push.replicas)
+            .arg(push.lease_unused);
         cmd
     }
 
@@ -482,6 +503,8 @@ impl QuotaRedis {
                     .arg(0)
                     .arg("t")
                     .arg(0)
+                    .arg("l")
+                    .arg(0)
                     .ignore()
                     .cmd("PEXPIREAT")
                     .arg(&key)
@@ -573,11 +596,11 @@ impl QuotaRedis {
 
 /// Status, the six counts (minute r t, day r t, month r t) with the bucket level, and the
 /// retry in milliseconds.
-fn parse_reply(v: &Value) -> RResult<(i64, (Vec<u64>, f64), i64)> {
+fn parse_reply(v: &Value) -> RResult<(i64, (Vec<u64>, f64, u64), i64)> {
     let Value::Array(items) = v else {
         return Err("unexpected script reply".into());
     };
-    if items.len() != 9 {
+    if items.len() != 10 {
         return Err("unexpected script reply".into());
     }
     let int = |v: &Value| redis::from_redis_value::<i64>(v).map_err(err);
@@ -588,11 +611,12 @@ fn parse_reply(v: &Value) -> RResult<(i64, (Vec<u64>, f64), i64)> {
         .collect::<RResult<Vec<u64>>>()?;
     let level: String = redis::from_redis_value(&items[7]).map_err(err)?;
     let level = level.parse::<f64>().unwrap_or(0.0);
-    Ok((status, (counts, level), int(&items[8])?))
+    let grant = u64::try_from(int(&items[9])?).unwrap_or(0);
+    Ok((status, (counts, level, grant), int(&items[8])?))
 }
 
-fn with_starts(parsed: (Vec<u64>, f64), push: &Push, replicas: Option<u64>) -> Totals {
-    let (c, bucket) = parsed;
+fn with_starts(parsed: (Vec<u64>, f64, u64), push: &Push, replicas: Option<u64>) -> Totals {
+    let (c, bucket, grant) = parsed;
     let w = |i: usize, start: i64| WindowCount {
         start,
         requests: c.get(2 * i).copied().unwrap_or(0),
@@ -604,6 +628,7 @@ fn with_starts(parsed: (Vec<u64>, f64), push: &Push, replicas: Option<u64>) -> T
         month: w(2, push.delta.month.start),
         bucket,
         replicas,
+        grant,
     }
 }
 

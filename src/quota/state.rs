@@ -59,6 +59,8 @@ pub struct Totals {
     /// Replicas that synced recently, read by the periodic sync (`None` from a Redis
     /// admission: the last count stays, and so does the growth estimate).
     pub replicas: Option<u64>,
+    /// Requests of the day's budget newly leased to this replica (its local allowance).
+    pub grant: u64,
 }
 
 /// One push to Redis: the counts to add and, for a key Redis lost (restarted empty), the
@@ -67,6 +69,13 @@ pub struct Totals {
 pub struct Push {
     pub delta: Unsynced,
     pub seed: [WindowCount; 3],
+    /// Leased requests used since the last push (counted in `delta` now, so released
+    /// from the lease in Redis).
+    pub lease_release: u64,
+    /// Leased requests still unused after this push.
+    pub lease_unused: u64,
+    /// Replicas sharing the limits, as last heard.
+    pub replicas: u64,
 }
 
 /// How a subject's admission is decided in Redis mode.
@@ -91,9 +100,13 @@ pub struct SharedPolicy {
 struct Shared {
     unsynced: Unsynced,
     synced_at_ms: Option<i64>,
-    /// Local admissions left against requests_per_day before the next sync: a share
-    /// (1 / 2N of N replicas) of what was left at the last sync.
+    /// Local admissions left against requests_per_day: the unused part of this replica's
+    /// lease of the day's budget (granted by Redis, 1/2N of what was free, counted there
+    /// so no other replica can spend it).
     allowance_requests: u64,
+    /// The lease held in Redis (used and unused), and the day it belongs to.
+    lease: u64,
+    lease_day: i64,
     /// The same for the shared token bucket (a share of its level).
     allowance_bucket: u64,
     /// Tokens the whole cluster used in the last sync interval (day window).
@@ -197,6 +210,12 @@ impl SubjectState {
         let mut inner = self.lock();
         inner.limits = limits;
         inner.bucket.tokens = inner.bucket.tokens.min(limits.burst as f64);
+        if let Some(shared) = inner.shared.as_mut() {
+            // Allowances were sized for the old limits: decide in Redis until the next
+            // sync, and give the whole lease back with the next push.
+            shared.allowance_requests = 0;
+            shared.allowance_bucket = 0;
+        }
         drop(inner);
         // A raised in-flight cap may free waiters.
         self.released.notify_waiters();
@@ -457,6 +476,21 @@ impl SubjectState {
         Self::roll(inner, now_ms);
         let view = [inner.minute, inner.day, inner.month];
         let shared = inner.shared.as_mut()?;
+        if shared.lease_day != view[1].start {
+            // A lease of a past day: that key expires; nothing to release.
+            shared.lease = 0;
+            shared.allowance_requests = 0;
+            shared.lease_day = view[1].start;
+        }
+        if shared.lease > 0 && shared.lease == shared.allowance_requests {
+            // Unused since the last push: give it all back (others may need it; a new
+            // share comes with the reply).
+            shared.allowance_requests = 0;
+        }
+        let lease_release = shared.lease.saturating_sub(shared.allowance_requests);
+        shared.lease -= lease_release;
+        let lease_unused = shared.allowance_requests;
+        let replicas = shared.replicas.max(1);
         let taken = shared.unsynced;
         let mut delta = Unsynced {
             bucket_takes: taken.bucket_takes,
@@ -497,7 +531,13 @@ impl SubjectState {
             },
             bucket_takes: 0,
         };
-        Some(Push { delta, seed })
+        Some(Push {
+            delta,
+            seed,
+            lease_release,
+            lease_unused,
+            replicas,
+        })
     }
 
     /// Puts back counts whose push failed (Redis down): they go with the next one.
@@ -521,6 +561,10 @@ impl SubjectState {
             }
         }
         u.bucket_takes += p.delta.bucket_takes;
+        if shared.lease_day == p.delta.day.start {
+            // Redis still holds the whole lease.
+            shared.lease += p.lease_release;
+        }
     }
 
     /// Redis mode: the shared totals read back; the view becomes them plus what was counted
@@ -561,10 +605,10 @@ impl SubjectState {
         }
         let n = shared.replicas.max(1);
         shared.synced_at_ms = Some(now_ms);
-        shared.allowance_requests = allowance(
-            l.requests_per_day.saturating_sub(inner.day.requests) as f64,
-            n,
-        );
+        if l.requests_per_day > 0 && t.day.start == shared.lease_day {
+            shared.lease += t.grant;
+            shared.allowance_requests += t.grant;
+        }
         shared.allowance_bucket = allowance(t.bucket, n).saturating_sub(u.bucket_takes);
     }
 
@@ -686,7 +730,9 @@ fn needs_remote(
     if now_ms - at > policy.stale_ms {
         return true;
     }
-    if l.requests_per_day > 0 && shared.allowance_requests == 0 {
+    if l.requests_per_day > 0
+        && (shared.allowance_requests == 0 || shared.lease_day != view[1].start)
+    {
         return true;
     }
     if l.requests_per_second > 0.0 && shared.allowance_bucket == 0 {

@@ -39,12 +39,7 @@ fn internal(state: &AppState, what: &str, e: crate::store::StoreError) -> ApiErr
 
 /// Redis mode: tells the other replicas (they reload the override or reset their state).
 /// Redis down: logged; those replicas pick overrides up when their subscriber reconnects.
-async fn notify(
-    state: &AppState,
-    op: &str,
-    subject: &Subject,
-    limits: Option<&QuotaOverrideRow>,
-) {
+async fn notify(state: &AppState, op: &str, subject: &Subject, limits: Option<&QuotaOverrideRow>) {
     if let Some(redis) = state.quotas.redis() {
         if let Err(e) = redis.publish(op, subject, limits).await {
             slog::warn!(state.log, "quota change not sent to other replicas";
