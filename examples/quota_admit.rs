@@ -3,7 +3,11 @@
 //! headers, and charging tokens at the end. Two threads (like two HTTP workers) hammer the
 //! same user and model, so the shared locks are contended.
 //!
-//! cargo run --release --example quota_admit [iterations per thread]
+//! With `--redis URL` the registry runs in Redis mode (a key prefix of its own, the sync
+//! task pushing every `quotas.redis_sync_ms` on a third thread), so the number includes
+//! the shared-view bookkeeping; far from the limits no request awaits Redis.
+//!
+//! cargo run --release --example quota_admit [iterations per thread] [--redis URL]
 
 use std::io::Write;
 use std::sync::Arc;
@@ -11,14 +15,20 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderMap;
 use inference_gateway::config::Settings;
-use inference_gateway::quota::{rate_limit_headers, Kind, QuotaRegistry, Subject};
+use inference_gateway::quota::{rate_limit_headers, Kind, QuotaRedis, QuotaRegistry, Subject};
 use inference_gateway::{logging, store};
 
 const THREADS: usize = 2;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let iterations: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let redis_url = args
+        .iter()
+        .position(|a| a == "--redis")
+        .and_then(|i| args.get(i + 1).cloned());
+    let iterations: usize = args
+        .iter()
+        .find(|a| a.parse::<usize>().is_ok())
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(200_000);
@@ -50,6 +60,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         logging::discard(),
     ));
 
+    if let Some(url) = &redis_url {
+        let prefix = format!("igw-bench-{}:", uuid::Uuid::new_v4().simple());
+        let redis = Arc::new(QuotaRedis::new(
+            url,
+            &prefix,
+            &settings.quotas,
+            prometheus::IntGauge::new("up", "up")?,
+            prometheus::IntCounter::new("fallback", "fallback")?,
+            logging::discard(),
+        )?);
+        registry.set_redis(Arc::clone(&redis));
+        let (r, reg) = (redis, Arc::clone(&registry));
+        std::thread::spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                inference_gateway::quota::shared::spawn_sync(r, reg);
+                actix_rt::time::sleep(Duration::from_secs(3600)).await;
+            });
+        });
+    }
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
             let registry = Arc::clone(&registry);
@@ -92,7 +122,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     writeln!(
         out,
-        "quota path, {THREADS} threads x {iterations}: p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs, max {:.1} µs",
+        "quota path ({}), {THREADS} threads x {iterations}: p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs, max {:.1} µs",
+        if redis_url.is_some() { "redis mode" } else { "embedded" },
         at(0.50),
         at(0.99),
         at(0.999),

@@ -885,6 +885,137 @@ mod tests {
         assert_eq!(s.in_flight(), 0);
     }
 
+    fn totals(s: &SubjectState, now: i64, day_requests: u64, bucket: f64, grant: u64) -> Totals {
+        let snap = s.snapshot(now);
+        Totals {
+            minute: WindowCount {
+                requests: day_requests,
+                ..snap.minute
+            },
+            day: WindowCount {
+                requests: day_requests,
+                ..snap.day
+            },
+            month: WindowCount {
+                requests: day_requests,
+                ..snap.month
+            },
+            bucket,
+            replicas: Some(2),
+            grant,
+        }
+    }
+
+    const POLICY: SharedPolicy = SharedPolicy {
+        near_fraction: 0.1,
+        stale_ms: 1000,
+    };
+
+    #[test]
+    fn shared_mode_decides_in_redis_until_synced_then_on_its_lease() {
+        let s = state(Limits {
+            requests_per_day: 100,
+            ..limits()
+        });
+        s.enable_shared();
+        // Never synced: Redis decides.
+        assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
+        // Redis down (no policy): local, as in embedded mode.
+        assert_eq!(s.check_shared(NOW, None), Ok(Route::Local));
+        let push = s.take_push(NOW).unwrap();
+        assert_eq!((push.lease_release, push.lease_unused), (0, 0));
+        // Redis leased 3 requests to this replica: three local admissions, then Redis.
+        s.apply_totals(&totals(&s, NOW, 40, 0.0, 3), NOW);
+        assert_eq!(s.snapshot(NOW).day.requests, 40, "the shared total is the view");
+        for _ in 0..3 {
+            assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Local));
+            s.count_request(NOW);
+        }
+        assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
+        assert_eq!(s.snapshot(NOW).day.requests, 43);
+        // The push carries the three, and releases their lease.
+        let push = s.take_push(NOW).unwrap();
+        assert_eq!(push.delta.day.requests, 3);
+        assert_eq!((push.lease_release, push.lease_unused), (3, 0));
+        assert_eq!(push.seed[1].requests, 40, "seed: what the replica knew before");
+        // A view too old is not trusted.
+        s.apply_totals(&totals(&s, NOW, 43, 0.0, 5), NOW);
+        assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Local));
+        assert_eq!(
+            s.check_shared(NOW + 1001, Some(&POLICY)),
+            Ok(Route::Remote)
+        );
+    }
+
+    #[test]
+    fn a_failed_push_comes_back_whole_and_an_idle_lease_is_given_back() {
+        let s = state(Limits {
+            requests_per_day: 100,
+            ..limits()
+        });
+        s.enable_shared();
+        let _ = s.take_push(NOW);
+        s.apply_totals(&totals(&s, NOW, 0, 0.0, 10), NOW);
+        s.check_shared(NOW, Some(&POLICY)).unwrap();
+        s.count_request(NOW);
+        s.charge_tokens(NOW, 25);
+        let push = s.take_push(NOW).unwrap();
+        assert_eq!((push.delta.day.requests, push.delta.day.tokens), (1, 25));
+        assert_eq!(push.lease_release, 1);
+        // Redis down: everything is pushed again next time, the lease release too.
+        s.restore_unsynced(&push);
+        s.count_request(NOW);
+        let again = s.take_push(NOW).unwrap();
+        assert_eq!((again.delta.day.requests, again.delta.day.tokens), (2, 25));
+        assert_eq!(again.lease_release, 1, "the fallback request is not leased");
+        // Nothing used since the last push: the whole unused lease goes back.
+        let idle = s.take_push(NOW).unwrap();
+        assert_eq!((idle.lease_release, idle.lease_unused), (9, 0));
+        assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
+    }
+
+    #[test]
+    fn the_shared_bucket_allowance_is_a_share_of_its_level() {
+        let s = state(Limits {
+            requests_per_second: 10.0,
+            burst: 100,
+            ..limits()
+        });
+        s.enable_shared();
+        let _ = s.take_push(NOW);
+        // 40 left in the shared bucket, 2 replicas: 10 each before going to Redis.
+        s.apply_totals(&totals(&s, NOW, 0, 40.0, 0), NOW);
+        for _ in 0..10 {
+            assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Local));
+        }
+        assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
+        s.refund(Route::Remote);
+        assert_eq!(s.take_push(NOW).unwrap().delta.bucket_takes, 10);
+        // New limits: the allowances were sized for the old ones.
+        s.apply_totals(&totals(&s, NOW, 0, 40.0, 0), NOW);
+        s.set_limits(Limits {
+            requests_per_second: 1.0,
+            burst: 1,
+            ..limits()
+        });
+        assert_eq!(s.check_shared(NOW + 10_000, Some(&POLICY)), Ok(Route::Remote));
+    }
+
+    #[test]
+    fn token_budgets_near_their_limit_go_to_redis() {
+        let s = state(Limits {
+            tokens_per_day: 1000,
+            ..limits()
+        });
+        s.enable_shared();
+        let _ = s.take_push(NOW);
+        s.apply_totals(&totals(&s, NOW, 0, 0.0, 0), NOW);
+        assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Local));
+        // 10% of the limit left (the near fraction): Redis decides.
+        s.charge_tokens(NOW, 900);
+        assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
+    }
+
     #[test]
     fn batches_are_capped_and_released_on_drop() {
         let s = state(Limits {
