@@ -83,6 +83,11 @@ impl QuotaRegistry {
         let _ = self.shared.set(redis);
     }
 
+    /// Redis mode: how long a view is trusted for local decisions.
+    pub fn stale_ms(&self) -> i64 {
+        self.policy.stale_ms
+    }
+
     /// The Redis side, in Redis mode.
     pub fn redis(&self) -> Option<&Arc<QuotaRedis>> {
         self.shared.get()

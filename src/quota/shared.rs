@@ -35,7 +35,7 @@ use crate::store::now_ms;
 /// deltas (minute r t, day r t, month r t), 10-15 seeds (same order, used only when the
 /// key is missing), 16 bucket takes, 17 rate, 18 burst, 19 admit (1/0), 20 requests per
 /// day, 21 tokens per day, 22 tokens per month, 23 tokens per minute, 24 leased requests
-/// to release (used, now in the deltas), 25 replicas, 26 this replica's unused lease.
+/// to release (used, now in the deltas), 25 replicas (0: grant no new lease), 26 this replica's unused lease.
 /// Returns {status, minute r, minute t, day r, day t, month r, month t, bucket level (a
 /// string), retry ms, granted lease}; status 0 synced, 1 admitted, 2 day requests, 3 day
 /// tokens, 4 month tokens, 5 minute tokens, 6 rate.
@@ -107,7 +107,7 @@ end
 local grant = 0
 if rpd > 0 then
   local free = rpd - totals[3] - lease
-  if free > 0 then
+  if free > 0 and tonumber(ARGV[25]) > 0 then
     grant = math.max(0, math.floor(free / (2 * tonumber(ARGV[25]))) - mine)
   end
   redis.call('HSET', KEYS[2], 'l', lease + grant)
@@ -336,7 +336,7 @@ impl QuotaRedis {
     /// `Err` when Redis is unreachable (the caller decides locally).
     pub async fn admit(&self, state: &SubjectState) -> RResult<Verdict> {
         let now = now_ms();
-        let Some(push) = state.take_push(now) else {
+        let Some(push) = state.take_push(now, true) else {
             return Ok(Verdict::Admitted);
         };
         let limits = state.limits();
@@ -365,16 +365,15 @@ impl QuotaRedis {
             }
         };
         self.set_up(true, "");
-        let (status, totals, retry) = reply;
-        state.apply_totals(&with_starts(totals, &push, None), now);
-        let exceeded = match status {
+        state.apply_totals(&reply.totals(&push, None), now);
+        let exceeded = match reply.status {
             1 | 0 => return Ok(Verdict::Admitted),
             2 => Exceeded::DayRequests,
             3 => Exceeded::DayTokens,
             4 => Exceeded::MonthTokens,
             5 => Exceeded::MinuteTokens,
             _ => Exceeded::Rate {
-                retry_after_ms: retry.max(1),
+                retry_after_ms: reply.retry_ms.max(1),
             },
         };
         Ok(Verdict::Refused(state.denial(exceeded, &limits, now)))
@@ -387,7 +386,7 @@ impl QuotaRedis {
         let pushes: Vec<(Arc<SubjectState>, Push, Limits)> = states
             .iter()
             .filter_map(|s| {
-                let push = s.take_push(now)?;
+                let push = s.take_push(now, false)?;
                 Some((Arc::clone(s), push, s.limits()))
             })
             .collect();
@@ -445,9 +444,7 @@ impl QuotaRedis {
         let replicas = redis::from_redis_value::<u64>(&values[0]).unwrap_or(1);
         for ((s, push, _), v) in pushes.iter().zip(&values[1..]) {
             match parse_reply(v) {
-                Ok((_, totals, _)) => {
-                    s.apply_totals(&with_starts(totals, push, Some(replicas)), now);
-                }
+                Ok(reply) => s.apply_totals(&reply.totals(push, Some(replicas)), now),
                 Err(_) => s.restore_unsynced(push),
             }
         }
@@ -594,9 +591,17 @@ impl QuotaRedis {
     }
 }
 
-/// Status, the six counts (minute r t, day r t, month r t) with the bucket level, and the
-/// retry in milliseconds.
-fn parse_reply(v: &Value) -> RResult<(i64, (Vec<u64>, f64, u64), i64)> {
+/// One script reply.
+struct Reply {
+    status: i64,
+    /// minute r t, day r t, month r t.
+    counts: Vec<u64>,
+    level: f64,
+    retry_ms: i64,
+    grant: u64,
+}
+
+fn parse_reply(v: &Value) -> RResult<Reply> {
     let Value::Array(items) = v else {
         return Err("unexpected script reply".into());
     };
@@ -604,31 +609,35 @@ fn parse_reply(v: &Value) -> RResult<(i64, (Vec<u64>, f64, u64), i64)> {
         return Err("unexpected script reply".into());
     }
     let int = |v: &Value| redis::from_redis_value::<i64>(v).map_err(err);
-    let status = int(&items[0])?;
     let counts = items[1..7]
         .iter()
         .map(|v| int(v).map(|n| u64::try_from(n).unwrap_or(0)))
         .collect::<RResult<Vec<u64>>>()?;
     let level: String = redis::from_redis_value(&items[7]).map_err(err)?;
-    let level = level.parse::<f64>().unwrap_or(0.0);
-    let grant = u64::try_from(int(&items[9])?).unwrap_or(0);
-    Ok((status, (counts, level, grant), int(&items[8])?))
+    Ok(Reply {
+        status: int(&items[0])?,
+        counts,
+        level: level.parse::<f64>().unwrap_or(0.0),
+        retry_ms: int(&items[8])?,
+        grant: u64::try_from(int(&items[9])?).unwrap_or(0),
+    })
 }
 
-fn with_starts(parsed: (Vec<u64>, f64, u64), push: &Push, replicas: Option<u64>) -> Totals {
-    let (c, bucket, grant) = parsed;
-    let w = |i: usize, start: i64| WindowCount {
-        start,
-        requests: c.get(2 * i).copied().unwrap_or(0),
-        tokens: c.get(2 * i + 1).copied().unwrap_or(0),
-    };
-    Totals {
-        minute: w(0, push.delta.minute.start),
-        day: w(1, push.delta.day.start),
-        month: w(2, push.delta.month.start),
-        bucket,
-        replicas,
-        grant,
+impl Reply {
+    fn totals(&self, push: &Push, replicas: Option<u64>) -> Totals {
+        let w = |i: usize, start: i64| WindowCount {
+            start,
+            requests: self.counts.get(2 * i).copied().unwrap_or(0),
+            tokens: self.counts.get(2 * i + 1).copied().unwrap_or(0),
+        };
+        Totals {
+            minute: w(0, push.delta.minute.start),
+            day: w(1, push.delta.day.start),
+            month: w(2, push.delta.month.start),
+            bucket: self.level,
+            replicas,
+            grant: self.grant,
+        }
     }
 }
 
@@ -643,7 +652,12 @@ pub fn spawn_sync(redis: Arc<QuotaRedis>, registry: Arc<QuotaRegistry>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let states: Vec<_> = reg.live().into_iter().filter(|s| s.is_shared()).collect();
+            let now = now_ms();
+            let states: Vec<_> = reg
+                .live()
+                .into_iter()
+                .filter(|s| s.wants_sync(now, reg.stale_ms()))
+                .collect();
             let run = std::panic::AssertUnwindSafe(r.sync(&states)).catch_unwind();
             if run.await.is_err() {
                 slog::error!(r.log, "quota sync panicked; continuing");

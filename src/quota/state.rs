@@ -74,7 +74,7 @@ pub struct Push {
     pub lease_release: u64,
     /// Leased requests still unused after this push.
     pub lease_unused: u64,
-    /// Replicas sharing the limits, as last heard.
+    /// Replicas sharing the limits, as last heard; 0 asks for no new lease.
     pub replicas: u64,
 }
 
@@ -470,7 +470,7 @@ impl SubjectState {
     /// Redis mode: takes the counts to push now (current windows only) with the seeds for
     /// keys Redis lost; [`SubjectState::apply_totals`] or, when the push failed,
     /// [`SubjectState::restore_unsynced`] follows.
-    pub fn take_push(&self, now_ms: i64) -> Option<Push> {
+    pub fn take_push(&self, now_ms: i64, admitting: bool) -> Option<Push> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         Self::roll(inner, now_ms);
@@ -482,15 +482,21 @@ impl SubjectState {
             shared.allowance_requests = 0;
             shared.lease_day = view[1].start;
         }
-        if shared.lease > 0 && shared.lease == shared.allowance_requests {
-            // Unused since the last push: give it all back (others may need it; a new
-            // share comes with the reply).
+        let used = shared.lease.saturating_sub(shared.allowance_requests);
+        if shared.lease > 0 && used == 0 {
+            // Unused since the last push: give it all back (others may need it).
             shared.allowance_requests = 0;
         }
         let lease_release = shared.lease.saturating_sub(shared.allowance_requests);
         shared.lease -= lease_release;
         let lease_unused = shared.allowance_requests;
-        let replicas = shared.replicas.max(1);
+        // A new share only for a subject that is spending its lease (or being admitted
+        // in Redis): an idle one keeps none.
+        let replicas = if admitting || used > 0 {
+            shared.replicas.max(1)
+        } else {
+            0
+        };
         let taken = shared.unsynced;
         let mut delta = Unsynced {
             bucket_takes: taken.bucket_takes,
@@ -615,6 +621,18 @@ impl SubjectState {
     /// Redis mode: when this replica last heard the shared totals.
     pub fn synced_at_ms(&self) -> Option<i64> {
         self.lock().shared.and_then(|s| s.synced_at_ms)
+    }
+
+    /// Redis mode: whether the sync task should push and read this subject now: it was
+    /// used within `recent_ms` (its view must stay fresh, an idle lease must go back), or
+    /// it has counts or a lease to push. Others wait: their next request goes to Redis
+    /// (their view is stale by then).
+    pub fn wants_sync(&self, now_ms: i64, recent_ms: i64) -> bool {
+        let inner = self.lock();
+        let Some(shared) = inner.shared.as_ref() else {
+            return false;
+        };
+        now_ms - self.last_used_ms() <= recent_ms || !shared.unsynced.is_empty() || shared.lease > 0
     }
 
     /// Redis mode: counts not pushed yet.
@@ -922,11 +940,15 @@ mod tests {
         assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
         // Redis down (no policy): local, as in embedded mode.
         assert_eq!(s.check_shared(NOW, None), Ok(Route::Local));
-        let push = s.take_push(NOW).unwrap();
+        let push = s.take_push(NOW, false).unwrap();
         assert_eq!((push.lease_release, push.lease_unused), (0, 0));
         // Redis leased 3 requests to this replica: three local admissions, then Redis.
         s.apply_totals(&totals(&s, NOW, 40, 0.0, 3), NOW);
-        assert_eq!(s.snapshot(NOW).day.requests, 40, "the shared total is the view");
+        assert_eq!(
+            s.snapshot(NOW).day.requests,
+            40,
+            "the shared total is the view"
+        );
         for _ in 0..3 {
             assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Local));
             s.count_request(NOW);
@@ -934,17 +956,17 @@ mod tests {
         assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
         assert_eq!(s.snapshot(NOW).day.requests, 43);
         // The push carries the three, and releases their lease.
-        let push = s.take_push(NOW).unwrap();
+        let push = s.take_push(NOW, false).unwrap();
         assert_eq!(push.delta.day.requests, 3);
         assert_eq!((push.lease_release, push.lease_unused), (3, 0));
-        assert_eq!(push.seed[1].requests, 40, "seed: what the replica knew before");
+        assert_eq!(
+            push.seed[1].requests, 40,
+            "seed: what the replica knew before"
+        );
         // A view too old is not trusted.
         s.apply_totals(&totals(&s, NOW, 43, 0.0, 5), NOW);
         assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Local));
-        assert_eq!(
-            s.check_shared(NOW + 1001, Some(&POLICY)),
-            Ok(Route::Remote)
-        );
+        assert_eq!(s.check_shared(NOW + 1001, Some(&POLICY)), Ok(Route::Remote));
     }
 
     #[test]
@@ -954,22 +976,22 @@ mod tests {
             ..limits()
         });
         s.enable_shared();
-        let _ = s.take_push(NOW);
+        let _ = s.take_push(NOW, false);
         s.apply_totals(&totals(&s, NOW, 0, 0.0, 10), NOW);
         s.check_shared(NOW, Some(&POLICY)).unwrap();
         s.count_request(NOW);
         s.charge_tokens(NOW, 25);
-        let push = s.take_push(NOW).unwrap();
+        let push = s.take_push(NOW, false).unwrap();
         assert_eq!((push.delta.day.requests, push.delta.day.tokens), (1, 25));
         assert_eq!(push.lease_release, 1);
         // Redis down: everything is pushed again next time, the lease release too.
         s.restore_unsynced(&push);
         s.count_request(NOW);
-        let again = s.take_push(NOW).unwrap();
+        let again = s.take_push(NOW, false).unwrap();
         assert_eq!((again.delta.day.requests, again.delta.day.tokens), (2, 25));
         assert_eq!(again.lease_release, 1, "the fallback request is not leased");
         // Nothing used since the last push: the whole unused lease goes back.
-        let idle = s.take_push(NOW).unwrap();
+        let idle = s.take_push(NOW, false).unwrap();
         assert_eq!((idle.lease_release, idle.lease_unused), (9, 0));
         assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
     }
@@ -982,7 +1004,7 @@ mod tests {
             ..limits()
         });
         s.enable_shared();
-        let _ = s.take_push(NOW);
+        let _ = s.take_push(NOW, false);
         // 40 left in the shared bucket, 2 replicas: 10 each before going to Redis.
         s.apply_totals(&totals(&s, NOW, 0, 40.0, 0), NOW);
         for _ in 0..10 {
@@ -990,7 +1012,7 @@ mod tests {
         }
         assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
         s.refund(Route::Remote);
-        assert_eq!(s.take_push(NOW).unwrap().delta.bucket_takes, 10);
+        assert_eq!(s.take_push(NOW, false).unwrap().delta.bucket_takes, 10);
         // New limits: the allowances were sized for the old ones.
         s.apply_totals(&totals(&s, NOW, 0, 40.0, 0), NOW);
         s.set_limits(Limits {
@@ -998,7 +1020,10 @@ mod tests {
             burst: 1,
             ..limits()
         });
-        assert_eq!(s.check_shared(NOW + 10_000, Some(&POLICY)), Ok(Route::Remote));
+        assert_eq!(
+            s.check_shared(NOW + 10_000, Some(&POLICY)),
+            Ok(Route::Remote)
+        );
     }
 
     #[test]
@@ -1008,7 +1033,7 @@ mod tests {
             ..limits()
         });
         s.enable_shared();
-        let _ = s.take_push(NOW);
+        let _ = s.take_push(NOW, false);
         s.apply_totals(&totals(&s, NOW, 0, 0.0, 0), NOW);
         assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Local));
         // 10% of the limit left (the near fraction): Redis decides.
