@@ -1026,6 +1026,31 @@ mod tests {
             ("GATEWAY__STORAGE__DATA_DIR", "", "storage.data_dir"),
             ("GATEWAY__QUOTAS__IDLE_SECS", "0", "quotas.idle_secs"),
             (
+                "GATEWAY__QUOTAS__REDIS_SYNC_MS",
+                "0",
+                "quotas.redis_sync_ms",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_SYNC_MS",
+                "60000",
+                "quotas.redis_sync_ms",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_TIMEOUT_MS",
+                "0",
+                "quotas.redis_timeout_ms",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_NEAR_FRACTION",
+                "1",
+                "quotas.redis_near_fraction",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_NEAR_FRACTION",
+                "-0.1",
+                "quotas.redis_near_fraction",
+            ),
+            (
                 "GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND",
                 "-1",
                 "quotas.user.requests_per_second",
