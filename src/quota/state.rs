@@ -742,6 +742,15 @@ fn needs_remote(
     policy: &SharedPolicy,
     now_ms: i64,
 ) -> bool {
+    let shared_limits = l.requests_per_day > 0
+        || l.requests_per_second > 0.0
+        || l.tokens_per_minute > 0
+        || l.tokens_per_day > 0
+        || l.tokens_per_month > 0;
+    if !shared_limits {
+        // Nothing shared to hold: counting (pushed by the sync) is all Redis needs.
+        return false;
+    }
     let Some(at) = shared.synced_at_ms else {
         return true;
     };
