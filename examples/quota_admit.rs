@@ -7,7 +7,11 @@
 //! task pushing every `quotas.redis_sync_ms` on a third thread), so the number includes
 //! the shared-view bookkeeping; far from the limits no request awaits Redis.
 //!
-//! cargo run --release --example quota_admit [iterations per thread] [--redis URL]
+//! `--near` (with `--redis`) sets `quotas.redis_near_fraction = 0.99`, so every token
+//! budget counts as near its limit and every admission is decided in Redis: the cost of
+//! the near-limit path (one awaited script call).
+//!
+//! cargo run --release --example quota_admit [iterations per thread] [--redis URL [--near]]
 
 use std::io::Write;
 use std::sync::Arc;
@@ -34,7 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(200_000);
     let dir = tempfile::tempdir()?;
     let big = "1000000000000";
-    let env: Vec<(String, String)> = [
+    let near = args.iter().any(|a| a == "--near");
+    let mut env: Vec<(String, String)> = [
         (
             "GATEWAY__STORAGE__DATA_DIR",
             dir.path().to_str().unwrap_or("."),
@@ -50,6 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    if near {
+        env.push(("GATEWAY__QUOTAS__REDIS_NEAR_FRACTION".into(), "0.99".into()));
+    }
     let settings = Settings::load_from(None, None, env)?;
     let url = store::DatabaseUrl::from_settings(&settings)?;
     store::migrate::run(&url)?;
@@ -123,7 +131,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writeln!(
         out,
         "quota path ({}), {THREADS} threads x {iterations}: p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs, max {:.1} µs",
-        if redis_url.is_some() { "redis mode" } else { "embedded" },
+        match (&redis_url, near) {
+            (Some(_), true) => "redis mode, every admission in redis",
+            (Some(_), false) => "redis mode",
+            _ => "embedded",
+        },
         at(0.50),
         at(0.99),
         at(0.999),
