@@ -56,7 +56,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     if near {
+        // 1e8 tokens a day, 2e6 of them used (charged below): within 99 % of the limit.
         env.push(("GATEWAY__QUOTAS__REDIS_NEAR_FRACTION".into(), "0.99".into()));
+        for (k, v) in env.iter_mut() {
+            if k == "GATEWAY__QUOTAS__USER__TOKENS_PER_DAY" {
+                *v = "100000000".into();
+            }
+        }
     }
     let settings = Settings::load_from(None, None, env)?;
     let url = store::DatabaseUrl::from_settings(&settings)?;
@@ -68,25 +74,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         logging::discard(),
     ));
 
+    let prefix = format!("igw-bench-{}:", uuid::Uuid::new_v4().simple());
+    let up = prometheus::IntGauge::new("up", "up")?;
+    let fallbacks = prometheus::IntCounter::new("fallback", "fallback")?;
+    let mut sync_system = None;
     if let Some(url) = &redis_url {
-        let prefix = format!("igw-bench-{}:", uuid::Uuid::new_v4().simple());
         let redis = Arc::new(QuotaRedis::new(
             url,
             &prefix,
             &settings.quotas,
-            prometheus::IntGauge::new("up", "up")?,
-            prometheus::IntCounter::new("fallback", "fallback")?,
+            up.clone(),
+            fallbacks.clone(),
             logging::discard(),
         )?);
         registry.set_redis(Arc::clone(&redis));
         let (r, reg) = (redis, Arc::clone(&registry));
-        std::thread::spawn(move || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
             let system = actix_rt::System::new();
+            let _ = tx.send(actix_rt::System::current());
             system.block_on(async move {
                 inference_gateway::quota::shared::spawn_sync(r, reg);
-                actix_rt::time::sleep(Duration::from_secs(3600)).await;
             });
+            let _ = system.run();
         });
+        sync_system = Some((rx.recv()?, thread));
     }
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
@@ -97,6 +109,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .build();
                 let Ok(rt) = rt else { return Vec::new() };
                 rt.block_on(async {
+                    if near {
+                        let user = registry.state(Subject::new(Kind::User, "bench")).await;
+                        user.charge_tokens(inference_gateway::store::now_ms(), 1_000_000);
+                    }
                     let mut times = Vec::with_capacity(iterations);
                     for _ in 0..iterations {
                         let t0 = Instant::now();
@@ -121,6 +137,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for t in threads {
         times.extend(t.join().unwrap_or_default());
     }
+    if let Some((system, thread)) = sync_system {
+        system.stop();
+        let _ = thread.join();
+    }
+    if let Some(url) = &redis_url {
+        // Leave nothing behind in the shared Redis.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let mut conn = redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            Ok::<(), redis::RedisError>(())
+        })?;
+    }
     times.sort();
     let at = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6;
     let mut out = std::io::stdout().lock();
@@ -141,5 +183,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         at(0.999),
         at(1.0)
     )?;
+    if redis_url.is_some() {
+        writeln!(
+            out,
+            "redis up at the end: {}, admissions on local limits because redis failed: {}",
+            up.get(),
+            fallbacks.get()
+        )?;
+    }
     Ok(())
 }

@@ -63,6 +63,24 @@ fn prefix() -> String {
     format!("igw-test-{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// Deletes every key under a test's prefix (the month keys would live until the month's
+/// end otherwise).
+async fn cleanup(url: &str, prefix: &str) {
+    let mut conn = raw(url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 fn quota_settings() -> inference_gateway::config::Quotas {
     Settings::load_from(None, None, Vec::new()).unwrap().quotas
 }
@@ -167,6 +185,7 @@ async fn script_counts_add_up_across_replicas_and_keys_expire_at_window_end() {
     // Usage as the admin API reads it.
     let [_, day, month] = b.usage(&subject).await.unwrap();
     assert_eq!((day.requests, month.requests), (5, 5));
+    cleanup(&url, &prefix).await;
 }
 
 #[actix_rt::test]
@@ -358,6 +377,7 @@ async fn two_replicas_hold_a_shared_daily_limit_within_ten_percent() {
     assert_eq!(body["usage"]["day"]["requests"], admitted as u64, "{body}");
     a.stop().await;
     b.stop().await;
+    cleanup(&url, &prefix).await;
 }
 
 #[actix_rt::test]
@@ -455,6 +475,7 @@ async fn an_override_put_on_one_replica_is_enforced_by_the_other_at_once() {
     assert_eq!(send(&a).await.status, 200);
     a.stop().await;
     b.stop().await;
+    cleanup(&url, &prefix).await;
 }
 
 /// A private `redis-server` on a free loopback port (never the shared one).
