@@ -63,6 +63,19 @@ fn prefix() -> String {
     format!("igw-test-{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// Stops the replicas' sync tasks (so nothing re-creates keys), then deletes the keys.
+async fn stop_all(url: &str, prefix: &str, gws: Vec<TestGateway>) {
+    for gw in gws {
+        if let Some(redis) = gw.quotas.redis() {
+            redis.shutdown(&gw.quotas.live()).await;
+        }
+        gw.stop().await;
+    }
+    // A sync round already under way ends within its timeout.
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    cleanup(url, prefix).await;
+}
+
 /// Deletes every key under a test's prefix (the month keys would live until the month's
 /// end otherwise).
 async fn cleanup(url: &str, prefix: &str) {
@@ -227,7 +240,7 @@ async fn redis_admission_holds_the_daily_budget_and_the_shared_bucket() {
         "{}",
         d.retry_after_ms
     );
-    // Local takes pushed by a sync come off the shared bucket too.
+    // The bucket's key expires once it would be full again (burst / rate + 1 s).
     let bucket = a.bucket_key(&Subject::new(Kind::User, "erin"));
     let mut conn = raw(&url).await;
     let ttl: i64 = redis::cmd("PTTL")
@@ -239,6 +252,7 @@ async fn redis_admission_holds_the_daily_budget_and_the_shared_bucket() {
         ttl > 0 && ttl <= 3000,
         "the bucket expires once full: {ttl}"
     );
+    cleanup(&url, &prefix).await;
 }
 
 struct Reply {
@@ -375,9 +389,7 @@ async fn two_replicas_hold_a_shared_daily_limit_within_ten_percent() {
     assert_eq!(status, 200);
     assert_eq!(body["usage"]["source"], "redis", "{body}");
     assert_eq!(body["usage"]["day"]["requests"], admitted as u64, "{body}");
-    a.stop().await;
-    b.stop().await;
-    cleanup(&url, &prefix).await;
+    stop_all(&url, &prefix, vec![a, b]).await;
 }
 
 #[actix_rt::test]
@@ -425,8 +437,7 @@ async fn two_replicas_hold_a_shared_request_rate_within_ten_percent() {
         ok_a > 10 && ok_b > 10,
         "both replicas served: {ok_a} {ok_b}"
     );
-    a.stop().await;
-    b.stop().await;
+    stop_all(&url, &prefix, vec![a, b]).await;
 }
 
 #[actix_rt::test]
@@ -473,9 +484,7 @@ async fn an_override_put_on_one_replica_is_enforced_by_the_other_at_once() {
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(send(&a).await.status, 200);
-    a.stop().await;
-    b.stop().await;
-    cleanup(&url, &prefix).await;
+    stop_all(&url, &prefix, vec![a, b]).await;
 }
 
 /// A private `redis-server` on a free loopback port (never the shared one).

@@ -151,6 +151,8 @@ pub struct QuotaRedis {
     replica: String,
     sha: Mutex<Option<String>>,
     up: AtomicBool,
+    /// Set by [`QuotaRedis::shutdown`]: the sync task stops.
+    stopped: AtomicBool,
     timeout: Duration,
     pub(super) sync_every: Duration,
     up_gauge: IntGauge,
@@ -194,6 +196,7 @@ impl QuotaRedis {
             replica: Uuid::new_v4().simple().to_string(),
             sha: Mutex::new(None),
             up: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
             timeout,
             sync_every: settings.redis_sync(),
             up_gauge,
@@ -221,6 +224,16 @@ impl QuotaRedis {
                 slog::warn!(self.log, "redis unreachable: quotas fall back to local limits";
                     "error" => why);
             }
+        }
+    }
+
+    /// Stops the sync task and pushes what the `states` counted last (shutdown: nothing
+    /// counted here is lost in Redis).
+    pub async fn shutdown(&self, states: &[Arc<SubjectState>]) {
+        self.stopped.store(true, Ordering::Relaxed);
+        let shared: Vec<_> = states.iter().filter(|s| s.is_shared()).cloned().collect();
+        if let Err(e) = self.sync(&shared).await {
+            slog::warn!(self.log, "last quota counts not pushed to redis"; "error" => e);
         }
     }
 
@@ -652,6 +665,9 @@ pub fn spawn_sync(redis: Arc<QuotaRedis>, registry: Arc<QuotaRegistry>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if r.stopped.load(Ordering::Relaxed) {
+                break;
+            }
             let now = now_ms();
             let states: Vec<_> = reg
                 .live()
