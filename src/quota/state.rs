@@ -1002,7 +1002,14 @@ mod tests {
         // Nothing used since the last push: the whole unused lease goes back.
         let idle = s.take_push(NOW, false).unwrap();
         assert_eq!((idle.lease_release, idle.lease_unused), (9, 0));
+        assert_eq!(idle.replicas, 0, "an idle subject asks for no new lease");
         assert_eq!(s.check_shared(NOW, Some(&POLICY)), Ok(Route::Remote));
+        // Synced while used lately or while holding something to push; not once idle.
+        assert!(s.wants_sync(NOW + 500, 1000));
+        let _ = s.take_push(NOW, false);
+        assert!(!s.wants_sync(NOW + 5000, 1000));
+        s.charge_tokens(NOW + 5000, 1);
+        assert!(s.wants_sync(NOW + 5000, 1000), "tokens to push");
     }
 
     #[test]
