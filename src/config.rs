@@ -443,6 +443,15 @@ pub struct Quotas {
     pub flush_interval_ms: u64,
     /// Active batches per user (`MAX_BATCHES_PER_USER`; 0 = no limit).
     pub max_batches_per_user: u64,
+    /// Redis mode (`redis.url` set): how often each replica pushes its counts to Redis and
+    /// reads back the shared totals (milliseconds).
+    pub redis_sync_ms: u64,
+    /// Redis mode: a token budget closer to its limit than this fraction of it (or than
+    /// twice what the cluster used in one sync interval) is checked in Redis per request.
+    pub redis_near_fraction: f64,
+    /// Redis mode: longest wait for one Redis round trip before the replica falls back to
+    /// its local limits (milliseconds).
+    pub redis_timeout_ms: u64,
     pub user: LimitSettings,
     pub org: LimitSettings,
     pub model: LimitSettings,
@@ -451,6 +460,14 @@ pub struct Quotas {
 impl Quotas {
     pub fn queue_timeout(&self) -> Duration {
         Duration::from_millis(self.queue_timeout_ms)
+    }
+
+    pub fn redis_sync(&self) -> Duration {
+        Duration::from_millis(self.redis_sync_ms)
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
     }
 }
 
@@ -791,6 +808,25 @@ impl Settings {
         }
         positive("quotas.idle_secs", self.quotas.idle_secs)?;
         positive("quotas.flush_interval_ms", self.quotas.flush_interval_ms)?;
+        if !(1..=10_000).contains(&self.quotas.redis_sync_ms) {
+            return Err(ConfigError::new(
+                "quotas.redis_sync_ms",
+                "must be between 1 and 10000 (milliseconds)",
+            ));
+        }
+        if !(1..=60_000).contains(&self.quotas.redis_timeout_ms) {
+            return Err(ConfigError::new(
+                "quotas.redis_timeout_ms",
+                "must be between 1 and 60000 (milliseconds)",
+            ));
+        }
+        let near = self.quotas.redis_near_fraction;
+        if !near.is_finite() || !(0.0..1.0).contains(&near) {
+            return Err(ConfigError::new(
+                "quotas.redis_near_fraction",
+                "must be a number >= 0 and < 1",
+            ));
+        }
         for (kind, l) in [
             ("user", &self.quotas.user),
             ("org", &self.quotas.org),
@@ -989,6 +1025,31 @@ mod tests {
             ),
             ("GATEWAY__STORAGE__DATA_DIR", "", "storage.data_dir"),
             ("GATEWAY__QUOTAS__IDLE_SECS", "0", "quotas.idle_secs"),
+            (
+                "GATEWAY__QUOTAS__REDIS_SYNC_MS",
+                "0",
+                "quotas.redis_sync_ms",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_SYNC_MS",
+                "60000",
+                "quotas.redis_sync_ms",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_TIMEOUT_MS",
+                "0",
+                "quotas.redis_timeout_ms",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_NEAR_FRACTION",
+                "1",
+                "quotas.redis_near_fraction",
+            ),
+            (
+                "GATEWAY__QUOTAS__REDIS_NEAR_FRACTION",
+                "-0.1",
+                "quotas.redis_near_fraction",
+            ),
             (
                 "GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND",
                 "-1",

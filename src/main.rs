@@ -454,6 +454,7 @@ async fn run(
     let log_writer = running.log_writer.clone();
     let reloader = Arc::clone(&running.reloader);
     let quota_supervisor = running.quota_supervisor.clone();
+    let quotas = Arc::clone(&running.quotas);
     let mut server = actix_rt::spawn(running.server);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -495,6 +496,10 @@ async fn run(
     {
         slog::error!(log, "quota counters not flushed in time";
             "timeout_secs" => flush_timeout.as_secs());
+    }
+    // Redis mode: push the last counts (bounded by quotas.redis_timeout_ms).
+    if let Some(redis) = quotas.redis() {
+        redis.shutdown(&quotas.live()).await;
     }
     if let Some(writer) = log_writer {
         // Every request has ended: write out the rows still queued (or spill them).

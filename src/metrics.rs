@@ -88,6 +88,10 @@ pub struct Metrics {
     pub introspection_cache: IntCounterVec,
     pub log_queue_depth: IntGauge,
     pub log_spills: IntCounter,
+    /// Redis mode: 1 while Redis answers the quota component, 0 while it falls back.
+    pub quota_redis_up: IntGauge,
+    /// Redis mode: admissions decided on local limits because Redis was unreachable.
+    pub quota_redis_fallback: IntCounter,
     pub cache: IntCounterVec,
     pub cache_entries: IntGauge,
     pub reloads: IntCounterVec,
@@ -285,6 +289,26 @@ impl Metrics {
         )
         .unwrap_or_else(|e| bad("gateway_log_spills_total", e));
         register(&r, "gateway_log_spills_total", Box::new(log_spills.clone()));
+        let quota_redis_up = IntGauge::new(
+            "gateway_quota_redis_up",
+            "Redis mode: 1 while Redis answers the quota component, 0 while quotas fall back to local limits (0 without redis.url).",
+        )
+        .unwrap_or_else(|e| bad("gateway_quota_redis_up", e));
+        register(
+            &r,
+            "gateway_quota_redis_up",
+            Box::new(quota_redis_up.clone()),
+        );
+        let quota_redis_fallback = IntCounter::new(
+            "gateway_quota_redis_fallback_total",
+            "Redis mode: requests admitted on local limits because Redis was unreachable.",
+        )
+        .unwrap_or_else(|e| bad("gateway_quota_redis_fallback_total", e));
+        register(
+            &r,
+            "gateway_quota_redis_fallback_total",
+            Box::new(quota_redis_fallback.clone()),
+        );
         let cache = counter(
             &r,
             "gateway_cache_requests_total",
@@ -342,6 +366,8 @@ impl Metrics {
             introspection_cache,
             log_queue_depth,
             log_spills,
+            quota_redis_up,
+            quota_redis_fallback,
             cache,
             cache_entries,
             reloads,
@@ -592,6 +618,8 @@ mod tests {
             "gateway_introspection_cache_total",
             "gateway_log_queue_depth",
             "gateway_log_spills_total",
+            "gateway_quota_redis_up",
+            "gateway_quota_redis_fallback_total",
             "gateway_cache_requests_total",
             "gateway_cache_entries",
         ] {

@@ -30,7 +30,7 @@ use crate::openapi::{self, OpenApi};
 use crate::proxy::forward::Upstream;
 use crate::proxy::globus_compute::GlobusShared;
 use crate::quota::actor::QuotaSupervisor;
-use crate::quota::QuotaRegistry;
+use crate::quota::{QuotaRedis, QuotaRegistry};
 use crate::routes;
 use crate::state::AppState;
 use crate::store::{self, DatabaseUrl, Store};
@@ -162,6 +162,20 @@ pub fn start_with_source(
         log.clone(),
     ));
     let quota_supervisor = QuotaSupervisor::start(Arc::clone(&quotas), &settings.quotas);
+    if !settings.redis.url.is_empty() {
+        let redis = QuotaRedis::new(
+            &settings.redis.url,
+            &settings.redis.key_prefix,
+            &settings.quotas,
+            metrics.quota_redis_up.clone(),
+            metrics.quota_redis_fallback.clone(),
+            log.clone(),
+        )
+        .map(Arc::new)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("redis.url: {e}")))?;
+        quotas.set_redis(Arc::clone(&redis));
+        crate::quota::shared::spawn_sync(redis, Arc::clone(&quotas));
+    }
     let settings = Arc::new(settings);
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let cache = Arc::new(ResponseCache::new(

@@ -9,14 +9,18 @@
 //! ```
 //!
 //! The decision is made by the handler on the subject's shared state (`state.rs`) under a
-//! short lock; the arithmetic is pure functions of `now` (`math.rs`).
+//! short lock; the arithmetic is pure functions of `now` (`math.rs`). In Redis mode
+//! (`shared.rs`) that state is a view of the counters all replicas share, kept fresh by a
+//! sync task; only a subject near a limit is decided in Redis, one script call.
 
 pub mod actor;
 pub mod limits;
 pub mod math;
 pub mod registry;
+pub mod shared;
 pub mod state;
 
 pub use limits::{Kind, Limits, Subject};
 pub use registry::{rate_limit_headers, Admission, QuotaRegistry};
+pub use shared::QuotaRedis;
 pub use state::{BatchGuard, Permit, SubjectState};

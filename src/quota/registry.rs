@@ -17,7 +17,8 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::actor::{QuotaSupervisor, Spawn};
 use super::limits::{Defaults, Kind, Limits, Subject};
 use super::math::{format_reset, retry_after_secs, Window, WindowCount};
-use super::state::{Denial, Permit, SubjectState};
+use super::shared::{QuotaRedis, Verdict};
+use super::state::{Denial, Permit, Route, SharedPolicy, SubjectState};
 use crate::error::ApiError;
 use crate::store::{now_ms, Store};
 
@@ -31,6 +32,9 @@ pub struct QuotaRegistry {
     queue_timeout: Duration,
     pub enabled: bool,
     pub(super) log: slog::Logger,
+    /// Redis mode: the shared counters (set once, before the first request).
+    shared: OnceLock<Arc<QuotaRedis>>,
+    policy: SharedPolicy,
 }
 
 /// An admitted request: one in-flight slot per subject, which also names the subject to
@@ -64,6 +68,47 @@ impl QuotaRegistry {
             queue_timeout: settings.queue_timeout(),
             enabled: settings.enabled,
             log,
+            shared: OnceLock::new(),
+            policy: SharedPolicy {
+                near_fraction: settings.redis_near_fraction,
+                // Ten sync rounds without news (at least a second): decide in Redis.
+                stale_ms: i64::try_from(settings.redis_sync_ms.saturating_mul(10).max(1000))
+                    .unwrap_or(i64::MAX),
+            },
+        }
+    }
+
+    /// Redis mode: states created from now on share their counters through `redis`.
+    pub fn set_redis(&self, redis: Arc<QuotaRedis>) {
+        let _ = self.shared.set(redis);
+    }
+
+    /// Redis mode: how long a view is trusted for local decisions.
+    pub fn stale_ms(&self) -> i64 {
+        self.policy.stale_ms
+    }
+
+    /// The Redis side, in Redis mode.
+    pub fn redis(&self) -> Option<&Arc<QuotaRedis>> {
+        self.shared.get()
+    }
+
+    /// Re-reads a live subject's override from the database (another replica changed it).
+    pub async fn reload_override(&self, subject: &Subject) {
+        if self.get(subject).is_none() {
+            return;
+        }
+        match self.store.get_override(subject.key().to_string()).await {
+            Ok(o) => self.apply_override(subject, o.as_ref()),
+            Err(e) => slog::warn!(self.log, "quota override not reloaded";
+                "subject" => subject.key(), "error" => e.to_string()),
+        }
+    }
+
+    /// Re-reads every live subject's override (after missed change messages).
+    pub async fn reload_overrides(&self) {
+        for s in self.live() {
+            self.reload_override(&s.subject).await;
         }
     }
 
@@ -117,6 +162,9 @@ impl QuotaRegistry {
             } else {
                 let limits = self.defaults.of(subject.kind);
                 let s = Arc::new(SubjectState::new(subject.clone(), limits, now_ms()));
+                if self.shared.get().is_some() {
+                    s.enable_shared();
+                }
                 shard.insert(subject, Arc::clone(&s));
                 if let Some(sup) = self.supervisor.get() {
                     sup.do_send(Spawn(Arc::clone(&s)));
@@ -134,7 +182,7 @@ impl QuotaRegistry {
     /// Reads a subject's persisted day and month counters and its override. A database
     /// that fails leaves the subject on its defaults from zero (logged): limits keep
     /// working, with what this process counts.
-    async fn load(&self, state: &SubjectState) {
+    async fn load(&self, state: &Arc<SubjectState>) {
         let now = now_ms();
         let key = state.subject.key().to_string();
         let day_start = Window::Day.start(now);
@@ -159,6 +207,11 @@ impl QuotaRegistry {
             }
             Err(e) => slog::warn!(self.log, "quota state not loaded; counting from zero";
                 "subject" => key, "error" => e.to_string()),
+        }
+        // Redis mode: the shared totals replace the database's (which seed keys Redis
+        // does not have).
+        if let Some(redis) = self.shared.get() {
+            let _ = redis.sync(&[Arc::clone(state)]).await;
         }
     }
 
@@ -189,13 +242,19 @@ impl QuotaRegistry {
     /// Admits a request against every subject (the user first), or refuses it with the
     /// tightest refusal. Budgets and buckets are checked without waiting; then an in-flight
     /// slot is taken on each subject, waiting up to `quotas.queue_timeout_ms` in all.
+    ///
+    /// Redis mode: far from every limit the decision is local (as in embedded mode, on the
+    /// shared view); a subject near a limit is decided in Redis after the in-flight slot
+    /// is taken, one awaited script call. With Redis down every decision is local.
     pub async fn admit(&self, states: &[Arc<SubjectState>]) -> Result<Admission, ApiError> {
         let now = now_ms();
+        let redis = self.shared.get();
+        let policy = redis.filter(|r| r.is_up()).map(|_| &self.policy);
         let mut denial: Option<Denial> = None;
         let mut taken = Vec::with_capacity(states.len());
         for s in states {
-            match s.check(now) {
-                Ok(()) => taken.push(s),
+            match s.check_shared(now, policy) {
+                Ok(route) => taken.push((s, route)),
                 Err(d) => {
                     // The tightest refusal: the one that lasts longest.
                     if denial
@@ -208,7 +267,7 @@ impl QuotaRegistry {
             }
         }
         if let Some(d) = denial {
-            taken.iter().for_each(|s| s.refund());
+            taken.iter().for_each(|(s, route)| s.refund(*route));
             return Err(refusal(d));
         }
         let deadline = tokio::time::Instant::now() + self.queue_timeout;
@@ -219,7 +278,7 @@ impl QuotaRegistry {
                 Some(p) => permits.push(p),
                 None => {
                     drop(permits);
-                    states.iter().for_each(|s| s.refund());
+                    taken.iter().for_each(|(s, route)| s.refund(*route));
                     return Err(ApiError::RateLimited {
                         message: format!(
                             "Too many requests in flight for {} (limit {}); try again shortly.",
@@ -231,8 +290,32 @@ impl QuotaRegistry {
                 }
             }
         }
+        let mut in_redis = vec![false; taken.len()];
+        if let Some(redis) = redis {
+            let mut fell_back = policy.is_none();
+            for (i, (s, route)) in taken.iter().enumerate() {
+                if *route != Route::Remote {
+                    continue;
+                }
+                match redis.admit(s).await {
+                    Ok(Verdict::Admitted) => in_redis[i] = true,
+                    Ok(Verdict::Refused(d)) => {
+                        drop(permits);
+                        taken.iter().for_each(|(s, route)| s.refund(*route));
+                        return Err(refusal(d));
+                    }
+                    // Redis just went away: this replica's view decided (it passed).
+                    Err(_) => fell_back = true,
+                }
+            }
+            if fell_back {
+                redis.count_fallback();
+            }
+        }
         let now = now_ms();
-        states.iter().for_each(|s| s.count_request(now));
+        for ((s, _), counted) in taken.iter().zip(in_redis) {
+            s.count_request_remote(now, counted);
+        }
         Ok(Admission { permits })
     }
 

@@ -3,7 +3,8 @@
 //! shows one; `PUT /admin/quota/{subject}` sets its overrides (a JSON object of limit
 //! fields, `null` = default); `POST /admin/quota/{subject}/reset` forgets its usage.
 //! Subjects are written `user:<id>`, `org:<name>`, `model:<name>`. Changes apply at once
-//! to the live state.
+//! to the live state; in Redis mode also on every other replica (a message on
+//! `{prefix}quota:changes`), and usage is the shared usage read from Redis.
 
 use std::collections::BTreeSet;
 
@@ -36,6 +37,17 @@ fn internal(state: &AppState, what: &str, e: crate::store::StoreError) -> ApiErr
     ApiError::Internal
 }
 
+/// Redis mode: tells the other replicas (they reload the override or reset their state).
+/// Redis down: logged; those replicas pick overrides up when their subscriber reconnects.
+async fn notify(state: &AppState, op: &str, subject: &Subject, limits: Option<&QuotaOverrideRow>) {
+    if let Some(redis) = state.quotas.redis() {
+        if let Err(e) = redis.publish(op, subject, limits).await {
+            slog::warn!(state.log, "quota change not sent to other replicas";
+                "op" => op, "subject" => subject.key(), "error" => e);
+        }
+    }
+}
+
 /// One subject's limits (in force), override and usage. Live subjects report their
 /// in-memory counters (which include what is not yet written); others the database's.
 async fn describe(
@@ -45,11 +57,38 @@ async fn describe(
 ) -> Result<Value, ApiError> {
     let now = now_ms();
     let limits = state.quotas.defaults(subject.kind).with(stored.as_ref());
-    let usage = match state.quotas.get(subject) {
-        Some(live) => {
+    let redis = state.quotas.redis();
+    let live = state.quotas.get(subject);
+    if let (Some(redis), Some(live)) = (redis, live.as_ref()) {
+        // Push this replica's counts and read the shared totals back first.
+        let _ = redis.sync(std::slice::from_ref(live)).await;
+    }
+    // Redis mode, a subject not live here: the shared counters as Redis has them.
+    let shared = match (redis, &live) {
+        (Some(redis), None) => redis.usage(subject).await.ok(),
+        _ => None,
+    };
+    let source = match (redis, &live, &shared) {
+        (Some(r), Some(_), _) if r.is_up() => "redis",
+        (Some(_), None, Some(_)) => "redis",
+        (_, Some(_), _) => "local",
+        _ => "database",
+    };
+    let usage = match (live, shared) {
+        (None, Some([minute, day, month])) => json!({
+            "live": false,
+            "source": source,
+            "in_flight": 0,
+            "active_batches": 0,
+            "minute": {"requests": minute.requests, "tokens": minute.tokens},
+            "day": {"requests": day.requests, "tokens": day.tokens},
+            "month": {"requests": month.requests, "tokens": month.tokens},
+        }),
+        (Some(live), _) => {
             let s = live.snapshot(now);
             json!({
                 "live": true,
+                "source": source,
                 "in_flight": s.in_flight,
                 "active_batches": s.batches,
                 "minute": {"requests": s.minute.requests, "tokens": s.minute.tokens},
@@ -57,7 +96,7 @@ async fn describe(
                 "month": {"requests": s.month.requests, "tokens": s.month.tokens},
             })
         }
-        None => {
+        (None, None) => {
             let key = subject.key().to_string();
             let day = state
                 .store
@@ -71,6 +110,7 @@ async fn describe(
                 .map_err(|e| internal(state, "usage", e))?;
             json!({
                 "live": false,
+                "source": source,
                 "in_flight": 0,
                 "active_batches": 0,
                 "day": {"requests": day.requests, "tokens": day.tokens},
@@ -211,6 +251,7 @@ pub async fn put(
         Some(row)
     };
     state.quotas.apply_override(&subject, stored.as_ref());
+    notify(&state, "override", &subject, stored.as_ref()).await;
     slog::info!(state.log, "quota override set"; "subject" => subject.key(), "removed" => empty);
     Ok(HttpResponse::Ok().json(describe(&state, &subject, stored).await?))
 }
@@ -226,6 +267,13 @@ pub async fn reset(
     if let Some(live) = state.quotas.get(&subject) {
         live.reset(now_ms());
     }
+    if let Some(redis) = state.quotas.redis() {
+        if let Err(e) = redis.reset(&subject).await {
+            slog::warn!(state.log, "shared quota counters not reset in redis";
+                "subject" => subject.key(), "error" => e);
+        }
+    }
+    notify(&state, "reset", &subject, None).await;
     let windows = state
         .store
         .reset_usage(subject.key().to_string())
