@@ -104,8 +104,10 @@ pub struct Retry;
 pub struct LogWriter {
     store: Arc<dyn Store>,
     /// Rows pushed by handlers, drained on every tick and after every write.
-    rx: Receiver<LogRow>,
-    tx: SyncSender<LogRow>,
+    /// Boxed rows: the channel allocates all its slots up front, and a slot of a
+    /// pointer (not a 400-byte row) keeps an idle gateway's memory small.
+    rx: Receiver<Box<LogRow>>,
+    tx: SyncSender<Box<LogRow>>,
     cfg: LogWriterConfig,
     queue: VecDeque<LogRow>,
     /// An insert, spill of a failed batch, or replay is running (one at a time).
@@ -147,7 +149,7 @@ impl LogWriter {
     }
 
     /// The sending end of the row channel, for [`LogSink`].
-    pub fn sender(&self) -> SyncSender<LogRow> {
+    pub fn sender(&self) -> SyncSender<Box<LogRow>> {
         self.tx.clone()
     }
 
@@ -155,7 +157,7 @@ impl LogWriter {
     /// batch goes to the spill file so memory stays bounded.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         while let Ok(row) = self.rx.try_recv() {
-            self.push(row, ctx);
+            self.push(*row, ctx);
         }
         self.set_queued();
     }
@@ -570,7 +572,7 @@ pub struct LogSink {
 }
 
 struct SinkInner {
-    tx: SyncSender<LogRow>,
+    tx: SyncSender<Box<LogRow>>,
     addr: Addr<LogWriter>,
     store_payloads: bool,
     payload_max_bytes: usize,
@@ -589,7 +591,7 @@ impl LogSink {
     /// `tx` is [`LogWriter::sender`] of the writer at `addr`.
     pub fn new(
         addr: Addr<LogWriter>,
-        tx: SyncSender<LogRow>,
+        tx: SyncSender<Box<LogRow>>,
         logging: &crate::config::Logging,
     ) -> Self {
         LogSink {
@@ -620,11 +622,11 @@ impl LogSink {
 
     pub fn send(&self, row: LogRow) {
         if let Some(inner) = &self.inner {
-            match inner.tx.try_send(row) {
+            match inner.tx.try_send(Box::new(row)) {
                 Ok(()) => {}
                 // Full (the writer is behind): the mailbox takes it, and the writer spills.
                 Err(TrySendError::Full(row)) | Err(TrySendError::Disconnected(row)) => {
-                    inner.addr.do_send(Row(row));
+                    inner.addr.do_send(Row(*row));
                 }
             }
         }
