@@ -81,6 +81,7 @@ pub fn confine(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::ResponseError;
 
     #[test]
     fn only_paths_under_the_roots_pass() {
