@@ -325,7 +325,11 @@ impl Metrics {
             "Batches this process is running now.",
         )
         .unwrap_or_else(|e| bad("gateway_batches_active", e));
-        register(&r, "gateway_batches_active", Box::new(batches_active.clone()));
+        register(
+            &r,
+            "gateway_batches_active",
+            Box::new(batches_active.clone()),
+        );
         for result in ["completed", "failed"] {
             batch_lines.with_label_values(&[result]);
         }

@@ -80,8 +80,10 @@ async fn upload(url: &str, key: Option<&str>, purpose: &str, bytes: &[u8]) -> (u
     let boundary = "igw-test-boundary-7d1f";
     let mut body = Vec::new();
     body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n")
-            .as_bytes(),
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
+        )
+        .as_bytes(),
     );
     body.extend_from_slice(
         format!(
@@ -116,14 +118,22 @@ async fn create_batch(url: &str, key: Option<&str>, file_id: &str) -> (u16, Valu
         "POST",
         "/v1/batches",
         key,
-        Some(json!({"input_file_id": file_id, "endpoint": EP, "completion_window": "24h",
-                    "metadata": {"purpose": "test"}})),
+        Some(
+            json!({"input_file_id": file_id, "endpoint": EP, "completion_window": "24h",
+                    "metadata": {"purpose": "test"}}),
+        ),
     )
     .await
 }
 
 /// Polls a batch (bounded) until `done` holds.
-async fn wait_batch(url: &str, key: Option<&str>, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_batch(
+    url: &str,
+    key: Option<&str>,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let (status, b) = json_call(url, "GET", &format!("/v1/batches/{id}"), key, None).await;
@@ -131,7 +141,10 @@ async fn wait_batch(url: &str, key: Option<&str>, id: &str, within: Duration, do
         if done(&b) {
             return b;
         }
-        assert!(Instant::now() < deadline, "batch never reached the expected state: {b}");
+        assert!(
+            Instant::now() < deadline,
+            "batch never reached the expected state: {b}"
+        );
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -144,7 +157,14 @@ fn terminal(b: &Value) -> bool {
 }
 
 async fn content_lines(url: &str, key: Option<&str>, file_id: &str) -> Vec<Value> {
-    let (status, bytes) = call(url, "GET", &format!("/v1/files/{file_id}/content"), key, None).await;
+    let (status, bytes) = call(
+        url,
+        "GET",
+        &format!("/v1/files/{file_id}/content"),
+        key,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     String::from_utf8(bytes)
         .unwrap()
@@ -155,7 +175,10 @@ async fn content_lines(url: &str, key: Option<&str>, file_id: &str) -> Vec<Value
 
 /// Every custom id `req-0..n` appears exactly once across `lines`.
 fn exactly_once(lines: &[Value], n: usize) {
-    let ids: Vec<&str> = lines.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
     let unique: HashSet<&str> = ids.iter().copied().collect();
     assert_eq!(ids.len(), unique.len(), "a custom_id appears twice");
     let expected: HashSet<String> = (0..n).map(|i| format!("req-{i}")).collect();
@@ -164,7 +187,14 @@ fn exactly_once(lines: &[Value], n: usize) {
 }
 
 async fn user_key(url: &str, bootstrap: &str, user: &str) -> String {
-    let (status, v) = json_call(url, "POST", "/admin/keys", Some(bootstrap), Some(json!({"user": user}))).await;
+    let (status, v) = json_call(
+        url,
+        "POST",
+        "/admin/keys",
+        Some(bootstrap),
+        Some(json!({"user": user})),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     v["key"].as_str().unwrap().to_string()
 }
@@ -202,9 +232,23 @@ async fn files_crud_ownership_and_size_limit() {
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     assert_eq!(list["data"][0]["id"], id.as_str());
     assert_eq!(list["has_more"], false);
-    let (status, got) = json_call(&gw.url, "GET", &format!("/v1/files/{id}"), Some(&alice), None).await;
+    let (status, got) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/files/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!((status, got["id"].as_str()), (200, Some(id.as_str())));
-    let (status, content) = call(&gw.url, "GET", &format!("/v1/files/{id}/content"), Some(&alice), None).await;
+    let (status, content) = call(
+        &gw.url,
+        "GET",
+        &format!("/v1/files/{id}/content"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(content, bytes);
 
@@ -235,10 +279,24 @@ async fn files_crud_ownership_and_size_limit() {
     let (status, _) = upload(&gw.url, None, "batch", &bytes).await;
     assert_eq!(status, 401);
 
-    let (status, del) = json_call(&gw.url, "DELETE", &format!("/v1/files/{id}"), Some(&alice), None).await;
+    let (status, del) = json_call(
+        &gw.url,
+        "DELETE",
+        &format!("/v1/files/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(del, json!({"id": id, "object": "file", "deleted": true}));
-    let (status, _) = json_call(&gw.url, "GET", &format!("/v1/files/{id}"), Some(&alice), None).await;
+    let (status, _) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/files/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
     assert!(!gw.dir.path().join("data/files").join(&id).exists());
     gw.stop().await;
@@ -270,7 +328,10 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
     let id = b["id"].as_str().unwrap().to_string();
     let b = wait_batch(&gw.url, None, &id, Duration::from_secs(30), terminal).await;
     assert_eq!(b["status"], "completed", "{b}");
-    assert_eq!(b["request_counts"], json!({"total": n, "completed": n - 2, "failed": 2}));
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": n, "completed": n - 2, "failed": 2})
+    );
     for at in ["in_progress_at", "finalizing_at", "completed_at"] {
         assert!(b[at].is_i64(), "{at}: {b}");
     }
@@ -297,8 +358,17 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
         .iter()
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .collect();
-    assert!(bodies.iter().all(|b| b["model"] == "m" && b["max_tokens"] == 4));
-    let (_, out_file) = json_call(&gw.url, "GET", &format!("/v1/files/{}", b["output_file_id"].as_str().unwrap()), None, None).await;
+    assert!(bodies
+        .iter()
+        .all(|b| b["model"] == "m" && b["max_tokens"] == 4));
+    let (_, out_file) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/files/{}", b["output_file_id"].as_str().unwrap()),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(out_file["purpose"], "batch_output");
 
     // Paging: newest first, `after` continues.
@@ -307,32 +377,71 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
     let (_, page) = json_call(&gw.url, "GET", "/v1/batches?limit=1", None, None).await;
     assert_eq!(page["data"][0]["id"], b2["id"]);
     assert_eq!(page["has_more"], true);
-    let (_, page) = json_call(&gw.url, "GET", &format!("/v1/batches?limit=1&after={}", b2["id"].as_str().unwrap()), None, None).await;
+    let (_, page) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/batches?limit=1&after={}", b2["id"].as_str().unwrap()),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(page["data"][0]["id"], id.as_str());
     assert_eq!(page["has_more"], false);
-    wait_batch(&gw.url, None, b2["id"].as_str().unwrap(), Duration::from_secs(30), terminal).await;
+    wait_batch(
+        &gw.url,
+        None,
+        b2["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+        terminal,
+    )
+    .await;
 
     let (_, metrics) = call(&gw.url, "GET", "/metrics", None, None).await;
     let metrics = String::from_utf8(metrics).unwrap();
-    assert!(metrics.contains(&format!("gateway_batch_lines_total{{result=\"completed\"}} {}", n - 1)), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "gateway_batch_lines_total{{result=\"completed\"}} {}",
+            n - 1
+        )),
+        "{metrics}"
+    );
     assert!(metrics.contains("gateway_batch_lines_total{result=\"failed\"} 2"));
     assert!(metrics.contains("gateway_batches_active 0"));
 
     let (status, err) = json_call(&gw.url, "POST", "/v1/batches", None,
         Some(json!({"input_file_id": "file-x", "endpoint": "/v1/rerank", "completion_window": "24h"}))).await;
-    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("endpoint")));
-    let (status, err) = json_call(&gw.url, "POST", "/v1/batches", None,
-        Some(json!({"input_file_id": f2["id"], "endpoint": EP, "completion_window": "1h"}))).await;
-    assert_eq!((status, err["error"]["param"].as_str()), (400, Some("completion_window")));
+    assert_eq!(
+        (status, err["error"]["param"].as_str()),
+        (400, Some("endpoint"))
+    );
+    let (status, err) = json_call(
+        &gw.url,
+        "POST",
+        "/v1/batches",
+        None,
+        Some(json!({"input_file_id": f2["id"], "endpoint": EP, "completion_window": "1h"})),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["param"].as_str()),
+        (400, Some("completion_window"))
+    );
     let (status, err) = json_call(&gw.url, "GET", "/v1/batches/batch_nope", None, None).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     gw.stop().await;
 }
 
 #[actix_rt::test]
 async fn bad_lines_fail_validation_with_an_error_file() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50")]).await;
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50")],
+    )
+    .await;
     let text = [
         line("a", "m"),
         "{not json".to_string(),
@@ -345,7 +454,14 @@ async fn bad_lines_fail_validation_with_an_error_file() {
     .join("\n");
     let (_, f) = upload(&gw.url, None, "batch", text.as_bytes()).await;
     let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
-    let b = wait_batch(&gw.url, None, b["id"].as_str().unwrap(), Duration::from_secs(30), terminal).await;
+    let b = wait_batch(
+        &gw.url,
+        None,
+        b["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+        terminal,
+    )
+    .await;
     assert_eq!(b["status"], "failed", "{b}");
     assert!(b["failed_at"].is_i64());
     assert!(b["output_file_id"].is_null());
@@ -353,8 +469,13 @@ async fn bad_lines_fail_validation_with_an_error_file() {
     assert_eq!(b["errors"]["object"], "list");
     let numbers: Vec<i64> = errors.iter().map(|e| e["line"].as_i64().unwrap()).collect();
     assert_eq!(numbers, vec![2, 3, 4, 5, 6]);
-    assert!(errors.iter().all(|e| e["code"] == "invalid_line" && e["message"].is_string()));
-    assert!(errors[3]["message"].as_str().unwrap().contains("/v1/embeddings"));
+    assert!(errors
+        .iter()
+        .all(|e| e["code"] == "invalid_line" && e["message"].is_string()));
+    assert!(errors[3]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/embeddings"));
     let lines = content_lines(&gw.url, None, b["error_file_id"].as_str().unwrap()).await;
     assert_eq!(lines.len(), 5);
     assert_eq!(lines[1]["custom_id"], "a");
@@ -384,10 +505,23 @@ async fn cancel_keeps_the_finished_lines() {
     let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
     let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
     let id = b["id"].as_str().unwrap().to_string();
-    wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| b["request_counts"]["completed"].as_i64() >= Some(4)).await;
-    let (status, c) = json_call(&gw.url, "POST", &format!("/v1/batches/{id}/cancel"), None, None).await;
+    wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| {
+        b["request_counts"]["completed"].as_i64() >= Some(4)
+    })
+    .await;
+    let (status, c) = json_call(
+        &gw.url,
+        "POST",
+        &format!("/v1/batches/{id}/cancel"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{c}");
-    assert!(matches!(c["status"].as_str(), Some("cancelling" | "cancelled")), "{c}");
+    assert!(
+        matches!(c["status"].as_str(), Some("cancelling" | "cancelled")),
+        "{c}"
+    );
     let b = wait_batch(&gw.url, None, &id, Duration::from_secs(30), terminal).await;
     assert_eq!(b["status"], "cancelled", "{b}");
     assert!(b["cancelled_at"].is_i64() && b["cancelling_at"].is_i64());
@@ -395,15 +529,31 @@ async fn cancel_keeps_the_finished_lines() {
     assert!(done >= 4 && done < n, "{b}");
     let out = content_lines(&gw.url, None, b["output_file_id"].as_str().unwrap()).await;
     assert_eq!(out.len(), done);
-    let ids: HashSet<&str> = out.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
+    let ids: HashSet<&str> = out
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), done);
     // Nothing more goes upstream after the cancel.
     let sent = mock.request_count();
     actix_rt::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(mock.request_count(), sent);
-    assert!(sent <= done + 2, "{sent} sent, {done} done (at most the 2 in flight were dropped)");
-    let (status, err) = json_call(&gw.url, "POST", &format!("/v1/batches/{id}/cancel"), None, None).await;
-    assert_eq!(status, 200, "cancelling a cancelled batch is a no-op: {err}");
+    assert!(
+        sent <= done + 2,
+        "{sent} sent, {done} done (at most the 2 in flight were dropped)"
+    );
+    let (status, err) = json_call(
+        &gw.url,
+        "POST",
+        &format!("/v1/batches/{id}/cancel"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "cancelling a cancelled batch is a no-op: {err}"
+    );
     gw.stop().await;
 }
 
@@ -425,32 +575,66 @@ async fn first_path_form_is_confined_to_the_allowed_roots() {
     // FIRST's lines may leave the model out: the batch's model fills it in.
     let mut text = String::new();
     for i in 0..5 {
-        text.push_str(&json!({"custom_id": format!("req-{i}"), "method": "POST", "url": EP,
-            "body": {"messages": [{"role": "user", "content": "hi"}]}}).to_string());
+        text.push_str(
+            &json!({"custom_id": format!("req-{i}"), "method": "POST", "url": EP,
+            "body": {"messages": [{"role": "user", "content": "hi"}]}})
+            .to_string(),
+        );
         text.push('\n');
     }
     std::fs::write(&in_path, &text).unwrap();
     let out_dir = root.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let body = json!({"input_file": in_path, "model": "m", "output_folder_path": out_dir});
-    let (status, b) = json_call(&gw.url, "POST", "/resource_server/local/vllm/v1/batches", None, Some(body)).await;
+    let (status, b) = json_call(
+        &gw.url,
+        "POST",
+        "/resource_server/local/vllm/v1/batches",
+        None,
+        Some(body),
+    )
+    .await;
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["model"], "m");
     assert_eq!(b["cluster"], "local");
     let id = b["id"].as_str().unwrap().to_string();
-    let (status, err) = json_call(&gw.url, "GET", &format!("/v1/batches/{id}/result"), None, None).await;
+    let (status, err) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/batches/{id}/result"),
+        None,
+        None,
+    )
+    .await;
     if status != 200 {
-        assert_eq!((status, err["error"]["code"].as_str()), (409, Some("conflict")));
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (409, Some("conflict"))
+        );
     }
     let b = wait_batch(&gw.url, None, &id, Duration::from_secs(30), terminal).await;
     assert_eq!(b["status"], "completed", "{b}");
-    let (status, result) = call(&gw.url, "GET", &format!("/resource_server/v1/batches/{id}/result"), None, None).await;
+    let (status, result) = call(
+        &gw.url,
+        "GET",
+        &format!("/resource_server/v1/batches/{id}/result"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let lines: Vec<Value> = String::from_utf8(result).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = String::from_utf8(result)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     exactly_once(&lines, 5);
     let written = std::fs::read_to_string(out_dir.join(format!("{id}_output.jsonl"))).unwrap();
     assert_eq!(written.lines().count(), 5);
-    assert!(mock.requests().iter().all(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["model"] == "m"));
+    assert!(mock
+        .requests()
+        .iter()
+        .all(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["model"] == "m"));
 
     // Everything outside the roots is a 400 naming the field.
     let secret = outside.path().join("secret.jsonl");
@@ -459,31 +643,69 @@ async fn first_path_form_is_confined_to_the_allowed_roots() {
     std::os::unix::fs::symlink(&secret, &link).unwrap();
     let link_dir = root.path().join("escape");
     std::os::unix::fs::symlink(outside.path(), &link_dir).unwrap();
-    let dotdot = format!("{}/../{}/secret.jsonl", root.path().display(), outside.path().file_name().unwrap().to_string_lossy());
+    let dotdot = format!(
+        "{}/../{}/secret.jsonl",
+        root.path().display(),
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
     for (body, param) in [
         (json!({"input_file": secret, "model": "m"}), "input_file"),
         (json!({"input_file": dotdot, "model": "m"}), "input_file"),
         (json!({"input_file": link, "model": "m"}), "input_file"),
-        (json!({"input_file": "in.jsonl", "model": "m"}), "input_file"),
-        (json!({"input_file": in_path, "model": "m", "output_folder_path": link_dir}), "output_folder_path"),
-        (json!({"input_file": in_path, "model": "m", "output_folder_path": format!("{}/out/..", root.path().display())}), "output_folder_path"),
+        (
+            json!({"input_file": "in.jsonl", "model": "m"}),
+            "input_file",
+        ),
+        (
+            json!({"input_file": in_path, "model": "m", "output_folder_path": link_dir}),
+            "output_folder_path",
+        ),
+        (
+            json!({"input_file": in_path, "model": "m", "output_folder_path": format!("{}/out/..", root.path().display())}),
+            "output_folder_path",
+        ),
     ] {
-        let (status, err) = json_call(&gw.url, "POST", "/resource_server/local/vllm/v1/batches", None, Some(body.clone())).await;
+        let (status, err) = json_call(
+            &gw.url,
+            "POST",
+            "/resource_server/local/vllm/v1/batches",
+            None,
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, 400, "{body}: {err}");
         assert_eq!(err["error"]["code"], "path_not_allowed", "{body}");
         assert_eq!(err["error"]["param"], param);
         assert_eq!(err["error"]["type"], "invalid_request_error");
     }
-    let (status, err) = json_call(&gw.url, "POST", "/resource_server/elsewhere/vllm/v1/batches", None,
-        Some(json!({"input_file": in_path, "model": "m"}))).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let (status, err) = json_call(
+        &gw.url,
+        "POST",
+        "/resource_server/elsewhere/vllm/v1/batches",
+        None,
+        Some(json!({"input_file": in_path, "model": "m"})),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
     gw.stop().await;
 
     // No roots configured: the path form is off.
     let gw = start(&[target("a", "m", mock.url())], &[]).await;
-    let (status, err) = json_call(&gw.url, "POST", "/resource_server/local/vllm/v1/batches", None,
-        Some(json!({"input_file": in_path, "model": "m"}))).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (400, Some("path_not_allowed")));
+    let (status, err) = json_call(
+        &gw.url,
+        "POST",
+        "/resource_server/local/vllm/v1/batches",
+        None,
+        Some(json!({"input_file": in_path, "model": "m"})),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (400, Some("path_not_allowed"))
+    );
     gw.stop().await;
 }
 
@@ -537,13 +759,19 @@ async fn batches_finish_after_the_batch_actor_crashes() {
     let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
     let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
     let id = b["id"].as_str().unwrap().to_string();
-    wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| b["request_counts"]["completed"].as_i64() >= Some(20)).await;
+    wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| {
+        b["request_counts"]["completed"].as_i64() >= Some(20)
+    })
+    .await;
     let sup = gw.batches.clone().unwrap();
     let actor = sup.send(ActorAddr).await.unwrap();
     let _ = actor.send(Crash).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while sup.send(Restarts).await.unwrap() == 0 {
-        assert!(Instant::now() < deadline, "the supervisor never rebuilt the actor");
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor never rebuilt the actor"
+        );
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
     let b = wait_batch(&gw.url, None, &id, Duration::from_secs(60), terminal).await;
@@ -564,7 +792,11 @@ struct Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> Proc {
@@ -614,7 +846,11 @@ impl Proc {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "gateway never became ready: {}", String::from_utf8_lossy(&self.stdout.lock().unwrap()));
+            assert!(
+                Instant::now() < deadline,
+                "gateway never became ready: {}",
+                String::from_utf8_lossy(&self.stdout.lock().unwrap())
+            );
             actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -661,7 +897,10 @@ async fn a_batch_resumes_after_kill_9_with_every_line_once() {
     let (_, f) = upload(&first.url, None, "batch", &input(n, "m")).await;
     let (_, b) = create_batch(&first.url, None, f["id"].as_str().unwrap()).await;
     let id = b["id"].as_str().unwrap().to_string();
-    let part = wait_batch(&first.url, None, &id, Duration::from_secs(30), |b| b["request_counts"]["completed"].as_i64() >= Some(60)).await;
+    let part = wait_batch(&first.url, None, &id, Duration::from_secs(30), |b| {
+        b["request_counts"]["completed"].as_i64() >= Some(60)
+    })
+    .await;
     first.kill9();
     let done_before = part["request_counts"]["completed"].as_u64().unwrap() as usize;
     assert!(done_before < n, "killed too late to test a resume: {part}");
@@ -671,13 +910,19 @@ async fn a_batch_resumes_after_kill_9_with_every_line_once() {
     second.wait_ready().await;
     let b = wait_batch(&second.url, None, &id, Duration::from_secs(60), terminal).await;
     assert_eq!(b["status"], "completed", "{b}");
-    assert_eq!(b["request_counts"], json!({"total": n, "completed": n, "failed": 0}));
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": n, "completed": n, "failed": 0})
+    );
     let out = content_lines(&second.url, None, b["output_file_id"].as_str().unwrap()).await;
     exactly_once(&out, n);
     // The resumed run skipped what was stored: only the lines in flight or not yet written
     // at the kill ran twice.
     let again = mock.request_count() - sent_before;
-    assert!(again <= n - done_before, "{again} lines sent after the restart, {done_before} were done");
+    assert!(
+        again <= n - done_before,
+        "{again} lines sent after the restart, {done_before} were done"
+    );
     let logs = String::from_utf8_lossy(&second.stdout.lock().unwrap()).into_owned();
     assert!(!logs.contains("\"level\":\"ERRO\""), "{logs}");
 }
@@ -725,7 +970,11 @@ async fn two_gateways_on_postgres_share_batches_without_double_work() {
         let row = a.store.get_batch(id.clone()).await.unwrap().unwrap();
         owners.insert(row.lease_owner.unwrap());
     }
-    assert_eq!(mock.request_count(), batches * n, "no line was processed twice");
+    assert_eq!(
+        mock.request_count(),
+        batches * n,
+        "no line was processed twice"
+    );
     assert_eq!(owners.len(), 2, "both gateways ran batches: {owners:?}");
     a.stop().await;
     b.stop().await;

@@ -112,7 +112,8 @@ impl Actor for BatchSupervisor {
             if !sup.actor.connected() {
                 slog::error!(sup.deps.log, "batch actor died; rebuilding it");
                 sup.restarts += 1;
-                sup.actor = BatchActor::start_on(&sup.arbiter, sup.deps.clone(), sup.worker.clone());
+                sup.actor =
+                    BatchActor::start_on(&sup.arbiter, sup.deps.clone(), sup.worker.clone());
             }
         });
     }
@@ -174,8 +175,10 @@ pub struct BatchActor {
 impl BatchActor {
     fn start_on(arbiter: &ArbiterHandle, deps: BatchDeps, worker: String) -> Addr<BatchActor> {
         BatchActor::start_in_arbiter(arbiter, move |_| {
-            let upstream = Upstream::new(&deps.settings.upstream).with_globus(Arc::clone(&deps.globus));
-            let permits = usize::try_from(deps.settings.batches.max_concurrency).unwrap_or(usize::MAX);
+            let upstream =
+                Upstream::new(&deps.settings.upstream).with_globus(Arc::clone(&deps.globus));
+            let permits =
+                usize::try_from(deps.settings.batches.max_concurrency).unwrap_or(usize::MAX);
             BatchActor {
                 upstream: Rc::new(upstream),
                 global: Arc::new(Semaphore::new(permits)),
@@ -329,7 +332,8 @@ impl Runner {
     async fn drive(&self, mut row: BatchRow, log: &slog::Logger) -> RunResult {
         loop {
             let now = now_ms();
-            let expired = now >= row.expires_at && matches!(row.status.as_str(), "validating" | "in_progress");
+            let expired = now >= row.expires_at
+                && matches!(row.status.as_str(), "validating" | "in_progress");
             let next = if expired {
                 self.finish(&row, "expired", log).await?
             } else {
@@ -345,7 +349,10 @@ impl Runner {
                 return Ok(());
             }
             match self.reload(&row.id).await? {
-                Some(r) if !is_terminal(&r.status) && r.lease_owner.as_deref() == Some(&self.worker) => {
+                Some(r)
+                    if !is_terminal(&r.status)
+                        && r.lease_owner.as_deref() == Some(&self.worker) =>
+                {
                     row = r
                 }
                 _ => return Ok(()),
@@ -376,7 +383,10 @@ impl Runner {
         let endpoint = row.endpoint.clone();
         let model = row.model.clone();
         let parsed = tokio::task::spawn_blocking(move || {
-            let total = input.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).count();
+            let total = input
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .count();
             (lines::parse(&input, &endpoint, model.as_deref()), total)
         })
         .await
@@ -413,7 +423,9 @@ impl Runner {
             ));
             text.push('\n');
         }
-        let error_file = self.put_batch_file(row, 'e', "errors", text.into_bytes()).await?;
+        let error_file = self
+            .put_batch_file(row, 'e', "errors", text.into_bytes())
+            .await?;
         let now = now_ms();
         let patch = BatchPatch {
             status: Some("failed".into()),
@@ -428,9 +440,19 @@ impl Runner {
     }
 
     /// A conditional write (holding the lease, status one of `from`).
-    async fn update(&self, row: &BatchRow, from: &[&str], patch: BatchPatch) -> Result<bool, String> {
+    async fn update(
+        &self,
+        row: &BatchRow,
+        from: &[&str],
+        patch: BatchPatch,
+    ) -> Result<bool, String> {
         self.store()
-            .update_batch(row.id.clone(), Some(self.worker.clone()), owned(from), patch)
+            .update_batch(
+                row.id.clone(),
+                Some(self.worker.clone()),
+                owned(from),
+                patch,
+            )
             .await
             .map_err(|e| e.to_string())
     }
@@ -519,12 +541,18 @@ impl Runner {
         let output_file_id = if out.is_empty() {
             None
         } else {
-            Some(self.put_batch_file(row, 'o', "output", out.into_bytes()).await?)
+            Some(
+                self.put_batch_file(row, 'o', "output", out.into_bytes())
+                    .await?,
+            )
         };
         let error_file_id = if err.is_empty() {
             None
         } else {
-            Some(self.put_batch_file(row, 'e', "errors", err.into_bytes()).await?)
+            Some(
+                self.put_batch_file(row, 'e', "errors", err.into_bytes())
+                    .await?,
+            )
         };
         let now = now_ms();
         let mut patch = BatchPatch {
@@ -553,10 +581,11 @@ impl Runner {
         let input = self.input(row).await?;
         let endpoint = row.endpoint.clone();
         let model = row.model.clone();
-        let parsed = tokio::task::spawn_blocking(move || lines::parse(&input, &endpoint, model.as_deref()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|_| "the input file changed after validation".to_string())?;
+        let parsed =
+            tokio::task::spawn_blocking(move || lines::parse(&input, &endpoint, model.as_deref()))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|_| "the input file changed after validation".to_string())?;
         let identity: Arc<Identity> = Arc::new(
             serde_json::from_str(&row.identity).map_err(|e| format!("stored identity: {e}"))?,
         );
@@ -601,7 +630,9 @@ impl Runner {
                 let Ok(permit) = Arc::clone(&self.global).try_acquire_owned() else {
                     break;
                 };
-                let Some(line) = pending.pop_front() else { break };
+                let Some(line) = pending.pop_front() else {
+                    break;
+                };
                 let ctx = LineCtx {
                     batch_id: row.id.clone(),
                     endpoint: row.endpoint.clone(),
@@ -644,9 +675,7 @@ impl Runner {
                 self.finish(row, "completed", log).await
             }
             Some(Stop::Cancel) => Ok(true),
-            Some(Stop::Expire) => {
-                self.finish(row, "expired", log).await
-            }
+            Some(Stop::Expire) => self.finish(row, "expired", log).await,
             Some(Stop::Lost) => Ok(false),
         }
     }
@@ -682,7 +711,9 @@ impl Runner {
             return Ok(None);
         }
         Ok(Some(match self.reload(&row.id).await? {
-            Some(r) if r.status == "cancelling" && r.lease_owner.as_deref() == Some(&self.worker) => {
+            Some(r)
+                if r.status == "cancelling" && r.lease_owner.as_deref() == Some(&self.worker) =>
+            {
                 Stop::Cancel
             }
             _ => Stop::Lost,
@@ -724,7 +755,10 @@ impl Runner {
             match self.attempt(ctx, &line, entry, &request_id, log).await {
                 Ok((status, body)) => {
                     let ok = (200..300).contains(&status);
-                    break (ok, lines::response_line(&line.custom_id, status, &request_id, &body));
+                    break (
+                        ok,
+                        lines::response_line(&line.custom_id, status, &request_id, &body),
+                    );
                 }
                 Err(ApiError::RateLimited { retry_after, .. })
                 | Err(ApiError::QuotaExceeded { retry_after, .. }) => {
@@ -732,10 +766,12 @@ impl Runner {
                     let pause = retry_after.unwrap_or(Duration::from_secs(1)).min(MAX_DELAY);
                     actix_rt::time::sleep(pause.max(Duration::from_millis(50))).await;
                 }
-                Err(e @ (ApiError::NoAvailableTarget(_)
-                | ApiError::AllTargetsFailed(_)
-                | ApiError::UpstreamTimeout(_)
-                | ApiError::ModelStarting { .. })) => {
+                Err(
+                    e @ (ApiError::NoAvailableTarget(_)
+                    | ApiError::AllTargetsFailed(_)
+                    | ApiError::UpstreamTimeout(_)
+                    | ApiError::ModelStarting { .. }),
+                ) => {
                     failures += 1;
                     if failures >= tries {
                         break (false, gateway_error(&line, &request_id, &e));
@@ -781,7 +817,8 @@ impl Runner {
             Err(e)
         };
         if !caller.may_name(&line.model) {
-            let e = ApiError::Forbidden(format!("This API key may not use model `{}`.", line.model));
+            let e =
+                ApiError::Forbidden(format!("This API key may not use model `{}`.", line.model));
             return refuse(e, record);
         }
         if let Some(pin) = &ctx.pin {
@@ -847,9 +884,13 @@ fn gateway_error(line: &Line, request_id: &str, e: &ApiError) -> String {
     let body = serde_json::json!({"error": {"message": e.to_string(), "type": e.kind(),
         "param": null, "code": e.code()}});
     let _ = request_id;
-    let mut v: serde_json::Value =
-        serde_json::from_str(&lines::error_line(Some(&line.custom_id), e.code(), &e.to_string(), None))
-            .unwrap_or_default();
+    let mut v: serde_json::Value = serde_json::from_str(&lines::error_line(
+        Some(&line.custom_id),
+        e.code(),
+        &e.to_string(),
+        None,
+    ))
+    .unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
             "response".into(),

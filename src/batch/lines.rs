@@ -31,7 +31,11 @@ pub const MAX_LISTED_ERRORS: usize = 1000;
 
 /// Parses and checks every line. `model` (FIRST's form) fills in a missing body `model`
 /// and must equal a present one. Blank lines are skipped (their numbers still count).
-pub fn parse(input: &[u8], endpoint: &str, model: Option<&str>) -> Result<Vec<Line>, Vec<LineError>> {
+pub fn parse(
+    input: &[u8],
+    endpoint: &str,
+    model: Option<&str>,
+) -> Result<Vec<Line>, Vec<LineError>> {
     let mut lines = Vec::new();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
@@ -92,7 +96,12 @@ fn parse_line(
     };
     let custom_id = match obj.get("custom_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err((None, "`custom_id` is required and must be a non-empty string.".into())),
+        _ => {
+            return Err((
+                None,
+                "`custom_id` is required and must be a non-empty string.".into(),
+            ))
+        }
     };
     let cid = Some(custom_id.clone());
     if obj.get("method").and_then(Value::as_str) != Some("POST") {
@@ -126,7 +135,12 @@ fn parse_line(
             body.insert("model".into(), Value::String(bm.to_string()));
             bm.to_string()
         }
-        _ => return Err((cid, "`body.model` is required and must be a non-empty string.".into())),
+        _ => {
+            return Err((
+                cid,
+                "`body.model` is required and must be a non-empty string.".into(),
+            ))
+        }
     };
     let bytes = serde_json::to_vec(&obj["body"]).map_err(|e| (cid.clone(), e.to_string()))?;
     Ok((custom_id, model, Bytes::from(bytes)))
@@ -161,7 +175,12 @@ pub fn response_line(custom_id: &str, status: u16, request_id: &str, body: &[u8]
 }
 
 /// A line that got no answer (validation, or the gateway could not deliver it).
-pub fn error_line(custom_id: Option<&str>, code: &str, message: &str, line: Option<usize>) -> String {
+pub fn error_line(
+    custom_id: Option<&str>,
+    code: &str,
+    message: &str,
+    line: Option<usize>,
+) -> String {
     let mut error = json!({"code": code, "message": message});
     if let (Some(line), Some(obj)) = (line, error.as_object_mut()) {
         obj.insert("line".into(), json!(line));
@@ -232,7 +251,8 @@ mod tests {
 
     #[test]
     fn the_batch_model_fills_in_and_must_match() {
-        let no_model = json!({"custom_id": "a", "method": "POST", "url": EP, "body": {"messages": []}});
+        let no_model =
+            json!({"custom_id": "a", "method": "POST", "url": EP, "body": {"messages": []}});
         let lines = parse(no_model.to_string().as_bytes(), EP, Some("m")).unwrap();
         let body: Value = serde_json::from_slice(&lines[0].body).unwrap();
         assert_eq!(body["model"], "m");
@@ -241,7 +261,8 @@ mod tests {
 
     #[test]
     fn output_lines_have_openais_shape() {
-        let ok: Value = serde_json::from_str(&response_line("a", 200, "r1", br#"{"x":1}"#)).unwrap();
+        let ok: Value =
+            serde_json::from_str(&response_line("a", 200, "r1", br#"{"x":1}"#)).unwrap();
         assert_eq!(ok["custom_id"], "a");
         assert_eq!(ok["response"]["status_code"], 200);
         assert_eq!(ok["response"]["body"]["x"], 1);

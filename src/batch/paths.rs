@@ -58,9 +58,9 @@ pub fn confine(
             format!("`{param}` (`{shown}`) does not exist or cannot be read."),
         )
     })?;
-    let inside = roots.iter().any(|root| {
-        std::fs::canonicalize(root).is_ok_and(|r| canonical.starts_with(&r))
-    });
+    let inside = roots
+        .iter()
+        .any(|root| std::fs::canonicalize(root).is_ok_and(|r| canonical.starts_with(&r)));
     if !inside {
         return Err(outside());
     }
@@ -95,14 +95,20 @@ mod tests {
         let ok = confine(inside.to_str().unwrap(), &roots, Kind::File, "input_file").unwrap();
         assert!(ok.ends_with("in.jsonl"));
         let code = |p: &str, k| confine(p, &roots, k, "input_file").unwrap_err().code();
-        assert_eq!(code(secret.to_str().unwrap(), Kind::File), "path_not_allowed");
+        assert_eq!(
+            code(secret.to_str().unwrap(), Kind::File),
+            "path_not_allowed"
+        );
         let dotdot = format!("{}/../{}", root.path().display(), secret.display());
         assert_eq!(code(&dotdot, Kind::File), "path_not_allowed");
         assert_eq!(code("relative.jsonl", Kind::File), "path_not_allowed");
         let link = root.path().join("link.jsonl");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
         assert_eq!(code(link.to_str().unwrap(), Kind::File), "path_not_allowed");
-        assert_eq!(code(root.path().to_str().unwrap(), Kind::File), "path_not_allowed");
+        assert_eq!(
+            code(root.path().to_str().unwrap(), Kind::File),
+            "path_not_allowed"
+        );
         assert!(confine(root.path().to_str().unwrap(), &roots, Kind::Dir, "d").is_ok());
         assert_eq!(
             confine(inside.to_str().unwrap(), &[], Kind::File, "input_file")

@@ -73,7 +73,11 @@ pub async fn upload(
     respond(&req, &state, r)
 }
 
-async fn upload_inner(owner: String, mut form: Multipart, state: &AppState) -> Result<HttpResponse> {
+async fn upload_inner(
+    owner: String,
+    mut form: Multipart,
+    state: &AppState,
+) -> Result<HttpResponse> {
     let limit = usize::try_from(state.settings.batches.max_file_bytes).unwrap_or(usize::MAX);
     let mut purpose: Option<String> = None;
     let mut file: Option<(String, Vec<u8>)> = None;
@@ -110,7 +114,10 @@ async fn upload_inner(owner: String, mut form: Multipart, state: &AppState) -> R
         Some(other) => {
             return Err(ApiError::invalid_param(
                 "purpose",
-                format!("`purpose` must be \"batch\"; got \"{}\".", other.chars().take(50).collect::<String>()),
+                format!(
+                    "`purpose` must be \"batch\"; got \"{}\".",
+                    other.chars().take(50).collect::<String>()
+                ),
             ))
         }
         None => return Err(ApiError::invalid_param("purpose", "`purpose` is required.")),
@@ -412,7 +419,10 @@ pub async fn create(
             .map_err(|_| {
                 ApiError::invalid_param(
                     "input_file_id",
-                    format!("No such file: `{}`.", body.input_file_id.chars().take(100).collect::<String>()),
+                    format!(
+                        "No such file: `{}`.",
+                        body.input_file_id.chars().take(100).collect::<String>()
+                    ),
                 )
             })?;
         if file.purpose != "batch" {
@@ -496,7 +506,9 @@ pub async fn create_from_path(
             message: "`input_file` could not be read.".into(),
             param: "input_file",
         })?
-        .ok_or(ApiError::PayloadTooLarge(usize::try_from(limit).unwrap_or(usize::MAX)))?;
+        .ok_or(ApiError::PayloadTooLarge(
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        ))?;
         let filename = input
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -331,7 +331,8 @@ pub struct ItemRow {
 
 /// Batch states a batch is still being worked on in (counted for `MAX_BATCHES_PER_USER`,
 /// claimed by runners).
-pub const ACTIVE_BATCH_STATES: [&str; 4] = ["validating", "in_progress", "finalizing", "cancelling"];
+pub const ACTIVE_BATCH_STATES: [&str; 4] =
+    ["validating", "in_progress", "finalizing", "cancelling"];
 
 pub trait BatchStore: Send + Sync {
     fn create_file(&self, row: FileRow) -> BoxFuture<'_, StoreResult<()>>;

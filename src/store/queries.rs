@@ -562,16 +562,13 @@ macro_rules! impl_stores {
             fn insert_items(&self, rows: Vec<ItemRow>) -> BoxFuture<'_, StoreResult<usize>> {
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
-                    $crate::store::queries::insert_many!(
-                        $batch,
-                        &mut *conn,
-                        rows,
-                        |rows, conn| diesel::insert_into(batch_items::table)
+                    $crate::store::queries::insert_many!($batch, &mut *conn, rows, |rows, conn| {
+                        diesel::insert_into(batch_items::table)
                             .values(rows)
                             .on_conflict_do_nothing()
                             .execute(conn)
                             .await?
-                    )
+                    })
                 }))
             }
 
@@ -587,10 +584,7 @@ macro_rules! impl_stores {
                 }))
             }
 
-            fn done_items(
-                &self,
-                batch_id: String,
-            ) -> BoxFuture<'_, StoreResult<Vec<(i64, bool)>>> {
+            fn done_items(&self, batch_id: String) -> BoxFuture<'_, StoreResult<Vec<(i64, bool)>>> {
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     Ok(batch_items::table
@@ -779,5 +773,5 @@ macro_rules! lock_rows {
 }
 
 pub(super) use impl_stores;
-pub(super) use lock_rows;
 pub(super) use insert_many;
+pub(super) use lock_rows;
