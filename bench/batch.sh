@@ -32,7 +32,8 @@ command -v python3 >/dev/null || die "python3 is needed"
 
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     log "building release binaries"
-    (cd "$ROOT" && timeout 1800 cargo build --release --bin inference-gateway --bin mock-upstream >&2) ||
+    (cd "$ROOT" && timeout 1800 cargo build --release --bin inference-gateway >&2 &&
+        timeout 1800 cargo build --release -p mock-upstream --bin mock-upstream >&2) ||
         die "build failed"
 fi
 [[ -x $GW_BIN && -x $MOCK_BIN ]] || die "release binaries missing under $TARGET_DIR/release"
