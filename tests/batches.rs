@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use common::db::TestDb;
 use common::*;
+use futures_util::StreamExt;
 use inference_gateway::batch::actor::{ActorAddr, Crash, Restarts};
+use inference_gateway::quota::{Kind, Subject};
+use inference_gateway::store::now_ms;
 use serde_json::{json, Value};
 
 const EP: &str = "/v1/chat/completions";
@@ -396,6 +399,13 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
     )
     .await;
 
+    // Every line was charged to its owner's quota.
+    let user = gw
+        .quotas
+        .get(&Subject::new(Kind::User, "anonymous"))
+        .expect("the owner's quota state");
+    assert!(user.snapshot(now_ms()).day.requests >= n as u64);
+
     let (_, metrics) = call(&gw.url, "GET", "/metrics", None, None).await;
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(
@@ -736,6 +746,97 @@ async fn max_batches_per_user_is_429() {
     // runner finishes it, which still counts as active.
     let (_, list) = json_call(&gw.url, "GET", "/v1/batches", None, None).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn batch_lines_wait_while_interactive_requests_are_in_flight() {
+    let mock = MockUpstream::start(Behavior {
+        chunks: 10,
+        chunk_delay: Duration::from_millis(100),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__YIELD_ABOVE_INTERACTIVE", "1"),
+        ],
+    )
+    .await;
+    // One interactive stream in flight for about a second.
+    let mut body = chat("m");
+    body["stream"] = json!(true);
+    let mut stream = gw
+        .client()
+        .post(gw.at("/v1/chat/completions"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let (_, f) = upload(&gw.url, None, "batch", &input(5, "m")).await;
+    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let id = b["id"].as_str().unwrap().to_string();
+    wait_batch(&gw.url, None, &id, Duration::from_secs(10), |b| {
+        b["status"] == "in_progress"
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "no batch line started beside the interactive stream"
+    );
+    while let Some(chunk) = stream.next().await {
+        chunk.unwrap();
+    }
+    let b = wait_batch(&gw.url, None, &id, Duration::from_secs(30), terminal).await;
+    assert_eq!(b["request_counts"]["completed"], 5, "{b}");
+    assert_eq!(mock.request_count(), 6);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn quota_refusals_delay_lines_without_failing_them() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            // The model admits 20 requests a second, one at a time: most lines get a 429
+            // from quotas first.
+            ("GATEWAY__QUOTAS__MODEL__REQUESTS_PER_SECOND", "20"),
+            ("GATEWAY__QUOTAS__MODEL__BURST", "1"),
+        ],
+    )
+    .await;
+    let n = 20;
+    let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
+    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let b = wait_batch(
+        &gw.url,
+        None,
+        b["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+        terminal,
+    )
+    .await;
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": n, "completed": n, "failed": 0}),
+        "{b}"
+    );
+    assert_eq!(mock.request_count(), n);
+    let (_, metrics) = call(&gw.url, "GET", "/metrics", None, None).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_rate_limit_rejections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused > 0.0, "the quota did refuse lines: {metrics}");
     gw.stop().await;
 }
 

@@ -740,6 +740,33 @@ impl Runner {
         total.saturating_sub(ours) < limit
     }
 
+    /// Keeps half of the owner's own request bucket and in-flight slots for their
+    /// interactive requests: while a batch line would eat into that half, it waits for
+    /// the returned time instead of taking a slot.
+    async fn owner_reserve(&self, owner: &Identity) -> Option<Duration> {
+        if !self.deps.quotas.enabled {
+            return None;
+        }
+        let user = self
+            .deps
+            .quotas
+            .state(Subject::new(Kind::User, &owner.id))
+            .await;
+        let snap = user.snapshot(now_ms());
+        let l = snap.limits;
+        if l.requests_per_second > 0.0
+            && l.burst > 1
+            && snap.bucket_available < l.burst as f64 / 2.0
+        {
+            let refill = Duration::from_secs_f64((1.0 / l.requests_per_second).min(1.0));
+            return Some(refill.max(Duration::from_millis(10)));
+        }
+        if l.max_in_flight > 1 && snap.in_flight >= l.max_in_flight / 2 {
+            return Some(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// One line to its result, retrying what may pass later.
     async fn run_line(&self, ctx: &LineCtx, line: Line, log: &slog::Logger) -> ItemRow {
         let _load = LoadGuard::new(&self.load, &line.model);
@@ -747,6 +774,10 @@ impl Runner {
         let mut failures = 0;
         let request_id = format!("{}-{}", ctx.batch_id, line.index);
         let (ok, result) = loop {
+            if let Some(pause) = self.owner_reserve(&ctx.identity).await {
+                actix_rt::time::sleep(pause).await;
+                continue;
+            }
             let entry = self.deps.directory.load().model(&line.model).cloned();
             let Some(entry) = entry else {
                 let e = ApiError::ModelNotFound(line.model.clone());
@@ -762,9 +793,16 @@ impl Runner {
                 }
                 Err(ApiError::RateLimited { retry_after, .. })
                 | Err(ApiError::QuotaExceeded { retry_after, .. }) => {
-                    // A 429 delays the line; it never fails it.
-                    let pause = retry_after.unwrap_or(Duration::from_secs(1)).min(MAX_DELAY);
-                    actix_rt::time::sleep(pause.max(Duration::from_millis(50))).await;
+                    // A 429 delays the line; it never fails it. Retry-After is in whole
+                    // seconds: short refusals (a request bucket) are retried sooner, at a
+                    // random point so the batch's waiting lines do not all wake at once.
+                    let after = retry_after.unwrap_or(Duration::from_secs(1));
+                    let pause = if after <= Duration::from_secs(1) {
+                        Duration::from_millis(10 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]))
+                    } else {
+                        after.min(MAX_DELAY)
+                    };
+                    actix_rt::time::sleep(pause).await;
                 }
                 Err(
                     e @ (ApiError::NoAvailableTarget(_)
@@ -836,8 +874,10 @@ impl Runner {
             match quotas.admit(&subjects).await {
                 Ok(admission) => record.quota = Some(admission),
                 Err(e) => {
+                    // Counted, but no request record: the line waits and tries again, and
+                    // the request log gets one row for the attempt that is let through.
                     self.deps.metrics.quota_refusal(&e);
-                    return refuse(e, record);
+                    return Err(e);
                 }
             }
         }
