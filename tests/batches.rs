@@ -568,6 +568,55 @@ async fn cancel_keeps_the_finished_lines() {
 }
 
 #[actix_rt::test]
+async fn a_batch_past_its_window_expires_keeping_the_finished_lines() {
+    let mock = MockUpstream::start(Behavior {
+        latency: Duration::from_millis(100),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "2"),
+        ],
+    )
+    .await;
+    let n = 100;
+    let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
+    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let id = b["id"].as_str().unwrap().to_string();
+    wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| {
+        b["request_counts"]["completed"].as_i64() >= Some(4)
+    })
+    .await;
+    // The 24 h window ends now (moved in the database rather than waited for).
+    {
+        use diesel::prelude::*;
+        let path = gw.dir.path().join("data/gateway.db");
+        let mut conn = diesel::sqlite::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        diesel::sql_query("PRAGMA busy_timeout = 5000")
+            .execute(&mut conn)
+            .unwrap();
+        diesel::sql_query(format!(
+            "UPDATE batches SET expires_at = {} WHERE id = '{id}'",
+            now_ms()
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    }
+    let b = wait_batch(&gw.url, None, &id, Duration::from_secs(30), terminal).await;
+    assert_eq!(b["status"], "expired", "{b}");
+    assert!(b["expired_at"].is_i64());
+    let done = b["request_counts"]["completed"].as_u64().unwrap() as usize;
+    assert!(done >= 4 && done < n, "{b}");
+    let out = content_lines(&gw.url, None, b["output_file_id"].as_str().unwrap()).await;
+    assert_eq!(out.len(), done);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
 async fn first_path_form_is_confined_to_the_allowed_roots() {
     let root = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();

@@ -621,6 +621,8 @@ impl Runner {
         let mut buffer: Vec<ItemRow> = Vec::new();
         let mut last_write = Instant::now();
         let mut stop: Option<Stop> = None;
+        let mut expires_at = row.expires_at;
+        let mut last_look = Instant::now();
         loop {
             while stop.is_none() && inflight.len() < per_batch {
                 let Some(line) = pending.front() else { break };
@@ -659,8 +661,18 @@ impl Runner {
                 }
             };
             if write && stop.is_none() {
+                if last_look.elapsed() >= HEARTBEAT {
+                    // The stored row decides the deadline (an operator may move it).
+                    last_look = Instant::now();
+                    if let Some(r) = self.reload(&row.id).await? {
+                        expires_at = r.expires_at;
+                    }
+                }
                 last_write = Instant::now();
-                if let Some(s) = self.write(row, &mut buffer, completed, failed).await? {
+                if let Some(s) = self
+                    .write(row, expires_at, &mut buffer, completed, failed)
+                    .await?
+                {
                     stop = Some(s);
                     // Lines in flight are dropped (their requests cancelled): a cancelled
                     // or expired batch keeps only what is stored; a lost lease leaves the
@@ -671,7 +683,8 @@ impl Runner {
         }
         match stop {
             None => {
-                self.write(row, &mut buffer, completed, failed).await?;
+                self.write(row, expires_at, &mut buffer, completed, failed)
+                    .await?;
                 self.finish(row, "completed", log).await
             }
             Some(Stop::Cancel) => Ok(true),
@@ -685,6 +698,7 @@ impl Runner {
     async fn write(
         &self,
         row: &BatchRow,
+        expires_at: i64,
         buffer: &mut Vec<ItemRow>,
         completed: i64,
         failed: i64,
@@ -698,7 +712,7 @@ impl Runner {
             }
         }
         let now = now_ms();
-        if now >= row.expires_at {
+        if now >= expires_at {
             return Ok(Some(Stop::Expire));
         }
         let patch = BatchPatch {
