@@ -221,10 +221,15 @@ impl BatchActor {
         }));
     }
 
+    fn publish_active(&self) {
+        let n = i64::try_from(self.running.len()).unwrap_or(i64::MAX);
+        self.deps.metrics.batches_active.set(n);
+    }
+
     fn run(&mut self, row: BatchRow, ctx: &mut Context<Self>) {
         let id = row.id.clone();
         self.running.insert(id.clone());
-        self.deps.metrics.batches_active.inc();
+        self.publish_active();
         let runner = Runner {
             deps: self.deps.clone(),
             worker: self.worker.clone(),
@@ -243,7 +248,7 @@ impl BatchActor {
             .into_actor(self)
             .map(move |_, act, ctx| {
                 act.running.remove(&id);
-                act.deps.metrics.batches_active.dec();
+                act.publish_active();
                 act.claim(ctx);
             }),
         );
@@ -254,14 +259,16 @@ impl Actor for BatchActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // A rebuilt actor starts from nothing (a dead one never ran `stopped`).
+        self.publish_active();
         let every = Duration::from_millis(self.deps.settings.batches.poll_interval_ms);
         ctx.run_interval(every, |act, ctx| act.claim(ctx));
         self.claim(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        let n = i64::try_from(self.running.len()).unwrap_or(0);
-        self.deps.metrics.batches_active.sub(n);
+        self.running.clear();
+        self.publish_active();
     }
 }
 
