@@ -40,6 +40,44 @@ pub struct Settings {
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSettings>,
     pub cache: Cache,
+    pub batches: Batches,
+}
+
+/// `[batches]`: the Files and Batch APIs and the `BatchActor` that runs batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batches {
+    /// Run batches in this process (a replica may serve the API only).
+    pub enabled: bool,
+    /// Largest file `POST /v1/files` (and FIRST's path form) accepts.
+    pub max_file_bytes: u64,
+    /// Lines of one batch in flight at once.
+    pub concurrency_per_batch: u64,
+    /// Lines of all batches in flight at once in this process.
+    pub max_concurrency: u64,
+    /// Batches this process runs at once.
+    pub max_running: u64,
+    /// A line starts only while fewer interactive requests than this are in flight on
+    /// the model's targets (0 = batches never yield).
+    pub yield_above_interactive: u64,
+    /// Seconds a claim on a batch holds; renewed every third of it while it runs.
+    pub lease_secs: u64,
+    /// Milliseconds between looks for runnable batches.
+    pub poll_interval_ms: u64,
+    /// Finished lines are written in transactions of at most this many lines...
+    pub flush_lines: u64,
+    /// ...or after this many milliseconds, whichever comes first.
+    pub flush_interval_ms: u64,
+    /// Tries per line when every target failed or none was available.
+    pub line_attempts: u64,
+    /// Directories FIRST's path form may read from and write to (empty = path form off).
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+impl Batches {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -560,6 +598,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("routes.chat_aliases")
+                .with_list_parse_key("batches.allowed_roots")
                 .source(Some(env_map)),
         );
         let raw = builder
@@ -704,6 +743,31 @@ impl Settings {
             return Err(ConfigError::new("storage.data_dir", "must not be empty"));
         }
         positive("database.pool_size", self.database.pool_size as u64)?;
+        positive("batches.max_file_bytes", self.batches.max_file_bytes)?;
+        positive(
+            "batches.concurrency_per_batch",
+            self.batches.concurrency_per_batch,
+        )?;
+        positive("batches.max_concurrency", self.batches.max_concurrency)?;
+        positive("batches.max_running", self.batches.max_running)?;
+        positive("batches.poll_interval_ms", self.batches.poll_interval_ms)?;
+        positive("batches.flush_lines", self.batches.flush_lines)?;
+        positive("batches.flush_interval_ms", self.batches.flush_interval_ms)?;
+        positive("batches.line_attempts", self.batches.line_attempts)?;
+        if self.batches.lease_secs < 3 {
+            return Err(ConfigError::new("batches.lease_secs", "at least 3"));
+        }
+        if self.batches.flush_lines > 1000 {
+            return Err(ConfigError::new("batches.flush_lines", "at most 1000"));
+        }
+        for root in &self.batches.allowed_roots {
+            if !root.is_absolute() {
+                return Err(ConfigError::new(
+                    "batches.allowed_roots",
+                    format!("{} is not an absolute path", root.display()),
+                ));
+            }
+        }
         positive("database.timeout_secs", self.database.timeout_secs)?;
         crate::store::DatabaseUrl::from_settings(self)?;
         positive("logging.batch_size", self.logging.batch_size as u64)?;

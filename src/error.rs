@@ -31,6 +31,9 @@ pub mod code {
     pub const AUTH_UNAVAILABLE: &str = "auth_unavailable";
     pub const CLUSTER_MAINTENANCE: &str = "cluster_maintenance";
     pub const MODEL_STARTING: &str = "model_starting";
+    pub const CONFLICT: &str = "conflict";
+    pub const TOO_MANY_BATCHES: &str = "too_many_batches";
+    pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,18 @@ pub enum ApiError {
         model: String,
         phase: &'static str,
         retry_after: Duration,
+    },
+    /// The resource is not in a state that allows this (e.g. cancelling a finished batch).
+    #[error("{0}")]
+    Conflict(String),
+    /// The user has `MAX_BATCHES_PER_USER` active batches.
+    #[error("You have {0} active batches, the most allowed; wait for one to finish.")]
+    TooManyBatches(u64),
+    /// A FIRST path outside `batches.allowed_roots` (or none configured).
+    #[error("{message}")]
+    PathNotAllowed {
+        message: String,
+        param: &'static str,
     },
     /// The cause is logged where it happens; the client sees only this.
     #[error("internal error")]
@@ -153,6 +168,9 @@ impl ApiError {
             ApiError::AuthUnavailable => code::AUTH_UNAVAILABLE,
             ApiError::Maintenance { .. } => code::CLUSTER_MAINTENANCE,
             ApiError::ModelStarting { .. } => code::MODEL_STARTING,
+            ApiError::Conflict(_) => code::CONFLICT,
+            ApiError::TooManyBatches(_) => code::TOO_MANY_BATCHES,
+            ApiError::PathNotAllowed { .. } => code::PATH_NOT_ALLOWED,
             ApiError::Internal => code::INTERNAL,
         }
     }
@@ -175,6 +193,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { param, .. } => *param,
             ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::PathNotAllowed { param, .. } => Some(*param),
             _ => None,
         }
     }
@@ -219,6 +238,9 @@ impl ResponseError for ApiError {
             ApiError::Maintenance { .. } | ApiError::ModelStarting { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyBatches(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PathNotAllowed { .. } => StatusCode::BAD_REQUEST,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

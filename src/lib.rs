@@ -3,6 +3,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod batch;
 pub mod cache;
 pub mod clock;
 pub mod cluster;

@@ -96,6 +96,10 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// Batch lines finished, by result: completed (2xx), failed.
+    pub batch_lines: IntCounterVec,
+    /// Batches this process is running now.
+    pub batches_active: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -334,6 +338,25 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let batch_lines = counter(
+            &r,
+            "gateway_batch_lines_total",
+            "Batch lines finished by this process, by result: completed (2xx answer), failed.",
+            &["result"],
+        );
+        let batches_active = IntGauge::new(
+            "gateway_batches_active",
+            "Batches this process is running now.",
+        )
+        .unwrap_or_else(|e| bad("gateway_batches_active", e));
+        register(
+            &r,
+            "gateway_batches_active",
+            Box::new(batches_active.clone()),
+        );
+        for result in ["completed", "failed"] {
+            batch_lines.with_label_values(&[result]);
+        }
         // Series whose label values are a fixed set start at zero, so dashboards and
         // alerts see them (and rate() works) before the first event.
         for result in ["ok", "failed"] {
@@ -372,6 +395,8 @@ impl Metrics {
             cache_entries,
             reloads,
             build_info,
+            batch_lines,
+            batches_active,
         }
     }
 

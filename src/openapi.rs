@@ -277,6 +277,7 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
             )}),
         );
     }
+    batch_paths(&mut paths);
     // Every path answers wrong methods with 405 in the same envelope.
     for item in paths.values_mut() {
         if let Some(ops) = item.as_object_mut() {
@@ -308,6 +309,109 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
             }}
         }}}
     })
+}
+
+/// The Files and Batch APIs (OpenAI's) and FIRST's path batches.
+fn batch_paths(paths: &mut Map<String, Value>) {
+    let op = |summary: &str, errors: &[(&str, &str)]| {
+        get_op("batches", summary, "application/json", errors)
+    };
+    let not_found = (
+        "404",
+        "No such file or batch (or it belongs to another user).",
+    );
+    paths.insert(
+        "/v1/files".into(),
+        json!({
+            "post": {
+                "tags": ["batches"],
+                "summary": "Upload a file (multipart: `file`, `purpose=batch`), owned by the caller.",
+                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file", "purpose"],
+                    "properties": {"file": {"type": "string", "format": "binary"},
+                                   "purpose": {"type": "string", "enum": ["batch"]}}}}}},
+                "responses": with_ok(error_responses(&[
+                    ("400", "No `file`, or `purpose` is not `batch`."),
+                    ("413", "File larger than `batches.max_file_bytes`."),
+                ]), "The file object."),
+            },
+            "get": op("The caller's files, newest first (?limit=&after=).", &[("400", "Bad `limit`.")]),
+        }),
+    );
+    paths.insert(
+        "/v1/files/{id}".into(),
+        json!({
+            "get": op("One file object.", &[not_found]),
+            "delete": op("Delete a file and its bytes.", &[not_found]),
+        }),
+    );
+    paths.insert(
+        "/v1/files/{id}/content".into(),
+        json!({"get": get_op("batches", "The file's bytes.", "application/octet-stream", &[not_found])}),
+    );
+    paths.insert(
+        "/v1/batches".into(),
+        json!({
+            "post": op(
+                "Create a batch ({input_file_id, endpoint, completion_window: \"24h\", metadata?}).",
+                &[
+                    ("400", "Bad endpoint, window, metadata or input file; the message names it."),
+                    ("429", "The caller has MAX_BATCHES_PER_USER active batches (`too_many_batches`)."),
+                ],
+            ),
+            "get": op("The caller's batches, newest first (?limit=&after=; `has_more`).", &[("400", "Bad `limit`.")]),
+        }),
+    );
+    paths.insert(
+        "/v1/batches/{id}".into(),
+        json!({"get": op("One batch: status, request_counts, output_file_id, error_file_id, errors.", &[not_found])}),
+    );
+    paths.insert(
+        "/v1/batches/{id}/cancel".into(),
+        json!({"post": op(
+            "Cancel a validating or in-progress batch (→ cancelling → cancelled; finished lines are kept).",
+            &[not_found, ("409", "The batch is already finished (`conflict`).")],
+        )}),
+    );
+    paths.insert(
+        "/v1/batches/{id}/result".into(),
+        json!({"get": get_op(
+            "batches",
+            "FIRST: the finished batch's output lines, then its error lines (JSONL).",
+            "application/jsonl",
+            &[not_found, ("409", "The batch is not finished yet (`conflict`).")],
+        )}),
+    );
+    let mut first = op(
+        "FIRST's path batch ({input_file, model, output_folder_path?, endpoint?}): lines pinned to the cluster and framework; paths must lie under `batches.allowed_roots`.",
+        &[
+            ("400", "A path outside the allowed roots, with `..`, through a symlink that leaves them, or no roots configured (`path_not_allowed`)."),
+            ("404", "The model has no target in this cluster and framework."),
+            ("413", "Input file larger than `batches.max_file_bytes`."),
+            ("429", "The caller has MAX_BATCHES_PER_USER active batches."),
+        ],
+    );
+    if let Some(obj) = first.as_object_mut() {
+        obj.insert(
+            "parameters".into(),
+            json!([
+                {"name": "cluster", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "framework", "in": "path", "required": true, "schema": {"type": "string"}}
+            ]),
+        );
+    }
+    paths.insert(
+        "/{cluster}/{framework}/v1/batches".into(),
+        json!({"post": first}),
+    );
+}
+
+fn with_ok(mut responses: Map<String, Value>, what: &str) -> Map<String, Value> {
+    responses.insert(
+        "200".into(),
+        json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}}),
+    );
+    responses
 }
 
 /// The serialised document, built once at start.

@@ -20,6 +20,7 @@ use crate::auth::identity::Identity;
 use crate::auth::keys::ApiKeys;
 use crate::auth::oidc::OidcAuth;
 use crate::auth::policy::Rules;
+use crate::batch::actor::{BatchDeps, BatchSupervisor};
 use crate::cache::ResponseCache;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -60,6 +61,8 @@ pub struct Running {
     pub quotas: Arc<QuotaRegistry>,
     /// Flushed (`FlushAll`) by the shutdown path after the server stopped.
     pub quota_supervisor: Addr<QuotaSupervisor>,
+    /// The batch runner's supervisor (`None` when `batches.enabled = false`).
+    pub batches: Option<Addr<BatchSupervisor>>,
 }
 
 /// Starts the actor tree and binds the HTTP server (on `listener` when given, else on
@@ -215,6 +218,18 @@ pub fn start_with_source(
         Some(redis)
     };
     let globus = Arc::new(globus);
+    let batches = settings.batches.enabled.then(|| {
+        BatchSupervisor::start(BatchDeps {
+            settings: Arc::clone(&settings),
+            store: Arc::clone(&store),
+            directory: Arc::clone(&directory),
+            metrics: Arc::clone(&metrics),
+            quotas: Arc::clone(&quotas),
+            log_sink: log_sink.clone(),
+            globus: Arc::clone(&globus),
+            log: log.new(slog::o!("component" => "batches")),
+        })
+    });
     let reloader = Arc::new(Reloader::new(
         source,
         Arc::clone(&settings),
@@ -241,6 +256,7 @@ pub fn start_with_source(
         reloader: Arc::clone(&reloader),
         quotas: Arc::clone(&quotas),
         quota_supervisor: quota_supervisor.clone(),
+        batches: batches.clone(),
     });
     let routes = routes::inference_routes(&settings);
     metrics.init_routes(routes.iter().map(|r| r.name));
@@ -324,5 +340,6 @@ pub fn start_with_source(
         tls: is_tls,
         quotas,
         quota_supervisor,
+        batches,
     })
 }

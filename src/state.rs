@@ -52,4 +52,6 @@ pub struct AppState {
     /// Live quota states of users, orgs and models.
     pub quotas: Arc<QuotaRegistry>,
     pub quota_supervisor: Addr<QuotaSupervisor>,
+    /// Runs batches (`None` when `batches.enabled = false`); handlers send it `Wake`.
+    pub batches: Option<Addr<crate::batch::actor::BatchSupervisor>>,
 }

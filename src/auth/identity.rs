@@ -1,11 +1,11 @@
 //! Who a caller is, once authenticated, and what targets they may use.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fixtures::TargetSpec;
 
 /// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// `auth.mode = "none"`: nobody is checked.
@@ -20,7 +20,7 @@ pub enum Method {
     ApiKey,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub id: String,
     pub username: String,
@@ -35,10 +35,10 @@ pub struct Identity {
     /// Carries the admin role (API keys with role `admin`).
     pub admin: bool,
     /// Models this caller may use; `None` = every model its access lists allow.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
     /// The API key used, if any (its id, never the secret).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
 }
 

@@ -3,6 +3,7 @@
 //! methods a 405, both in the OpenAI error envelope.
 
 pub mod admin;
+pub mod batches;
 pub mod catalog;
 pub mod clusters;
 pub mod health;
@@ -77,6 +78,50 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
             );
         }
     }
+    cfg.service(
+        web::resource("/v1/files")
+            .route(web::post().to(batches::upload))
+            .route(web::get().to(batches::list_files))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/v1/files/{id}")
+            .route(web::get().to(batches::get_file))
+            .route(web::delete().to(batches::delete_file))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/v1/files/{id}/content")
+            .route(web::get().to(batches::file_content))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/v1/batches")
+            .route(web::post().to(batches::create))
+            .route(web::get().to(batches::list))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/v1/batches/{id}")
+            .route(web::get().to(batches::get))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/v1/batches/{id}/cancel")
+            .route(web::post().to(batches::cancel))
+            .default_service(web::to(method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/v1/batches/{id}/result")
+            .route(web::get().to(batches::result))
+            .default_service(web::to(method_not_allowed)),
+    );
+    // FIRST's path form, pinned to a cluster and framework.
+    cfg.service(
+        web::resource("/{cluster}/{framework}/v1/batches")
+            .route(web::post().to(batches::create_from_path))
+            .default_service(web::to(method_not_allowed)),
+    );
     cfg.service(
         web::resource("/v1/models")
             .route(web::get().to(catalog::models))

@@ -242,8 +242,153 @@ pub trait BackendStore: Send + Sync {
     fn list_federated(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>>;
 }
 
+// ------------------------------------------------------------------------ files, batches
+
+/// An uploaded (or batch-made) file; its bytes are at `{data_dir}/files/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schema::files)]
+pub struct FileRow {
+    pub id: String,
+    pub owner: String,
+    pub filename: String,
+    pub purpose: String,
+    pub bytes: i64,
+    pub created_at: i64,
+}
+
+/// One batch. `status` is one of OpenAI's batch states.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schema::batches)]
+pub struct BatchRow {
+    pub id: String,
+    pub owner: String,
+    /// The owner's identity (JSON): lines are routed with their permissions.
+    pub identity: String,
+    pub endpoint: String,
+    pub input_file_id: String,
+    pub completion_window: String,
+    pub status: String,
+    /// JSON object, or NULL.
+    pub metadata: Option<String>,
+    /// FIRST's form: the batch's model and the cluster/framework its lines are pinned to.
+    pub model: Option<String>,
+    pub cluster: Option<String>,
+    pub framework: Option<String>,
+    /// FIRST's form: where the output file is also written (a confined path).
+    pub output_folder: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    /// JSON array of `{code, message, param, line}` (validation errors).
+    pub errors: Option<String>,
+    pub total: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub created_at: i64,
+    pub in_progress_at: Option<i64>,
+    pub finalizing_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub expires_at: i64,
+    pub expired_at: Option<i64>,
+    pub cancelling_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+}
+
+/// A change to a batch: `None` fields are left as they are.
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = schema::batches)]
+pub struct BatchPatch {
+    pub status: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub errors: Option<String>,
+    pub total: Option<i64>,
+    pub completed: Option<i64>,
+    pub failed: Option<i64>,
+    pub in_progress_at: Option<i64>,
+    pub finalizing_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub expired_at: Option<i64>,
+    pub cancelling_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub lease_until: Option<i64>,
+}
+
+/// The result of one input line.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schema::batch_items)]
+pub struct ItemRow {
+    pub batch_id: String,
+    pub line_index: i64,
+    pub custom_id: String,
+    /// 2xx: goes to the output file; else to the error file.
+    pub ok: bool,
+    /// The whole output line (JSON).
+    pub result: String,
+}
+
+/// Batch states a batch is still being worked on in (counted for `MAX_BATCHES_PER_USER`,
+/// claimed by runners).
+pub const ACTIVE_BATCH_STATES: [&str; 4] =
+    ["validating", "in_progress", "finalizing", "cancelling"];
+
+pub trait BatchStore: Send + Sync {
+    fn create_file(&self, row: FileRow) -> BoxFuture<'_, StoreResult<()>>;
+    /// Creates or replaces a file row (a batch's output file, written again on resume).
+    fn put_file(&self, row: FileRow) -> BoxFuture<'_, StoreResult<()>>;
+    fn get_file(&self, id: String) -> BoxFuture<'_, StoreResult<Option<FileRow>>>;
+    /// The owner's files, newest first, ids below `after` when given, at most `limit`.
+    fn list_files(
+        &self,
+        owner: String,
+        after: Option<String>,
+        limit: i64,
+    ) -> BoxFuture<'_, StoreResult<Vec<FileRow>>>;
+    fn delete_file(&self, id: String) -> BoxFuture<'_, StoreResult<bool>>;
+
+    fn create_batch(&self, row: BatchRow) -> BoxFuture<'_, StoreResult<()>>;
+    fn get_batch(&self, id: String) -> BoxFuture<'_, StoreResult<Option<BatchRow>>>;
+    /// The owner's batches, newest first, ids below `after` when given, at most `limit`.
+    fn list_batches(
+        &self,
+        owner: String,
+        after: Option<String>,
+        limit: i64,
+    ) -> BoxFuture<'_, StoreResult<Vec<BatchRow>>>;
+    /// How many of the owner's batches are in an [`ACTIVE_BATCH_STATES`] state.
+    fn count_active_batches(&self, owner: String) -> BoxFuture<'_, StoreResult<i64>>;
+    /// Claims one active batch whose lease is free, expired, or already `worker`'s: sets
+    /// `lease_owner = worker`, `lease_until = until`. PostgreSQL picks candidates with
+    /// `FOR UPDATE SKIP LOCKED`; both backends then take it with a conditional UPDATE.
+    fn claim_batch(
+        &self,
+        worker: String,
+        now: i64,
+        until: i64,
+        skip: Vec<String>,
+    ) -> BoxFuture<'_, StoreResult<Option<BatchRow>>>;
+    /// Applies `patch` if `worker` holds the lease (when given) and the status is one of
+    /// `from`; false when the batch moved on (cancelled, or claimed elsewhere).
+    fn update_batch(
+        &self,
+        id: String,
+        worker: Option<String>,
+        from: Vec<String>,
+        patch: BatchPatch,
+    ) -> BoxFuture<'_, StoreResult<bool>>;
+    /// Stores line results; lines already stored are skipped. Returns rows inserted.
+    fn insert_items(&self, rows: Vec<ItemRow>) -> BoxFuture<'_, StoreResult<usize>>;
+    /// Every stored result of a batch, by line.
+    fn list_items(&self, batch_id: String) -> BoxFuture<'_, StoreResult<Vec<ItemRow>>>;
+    /// Line indexes with a stored result and whether each was ok.
+    fn done_items(&self, batch_id: String) -> BoxFuture<'_, StoreResult<Vec<(i64, bool)>>>;
+}
+
 /// Every concern, on one backend.
-pub trait Store: KeyStore + CounterStore + RequestLogStore + BackendStore {
+pub trait Store: KeyStore + CounterStore + RequestLogStore + BackendStore + BatchStore {
     fn backend(&self) -> &'static str;
 }
 

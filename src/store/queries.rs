@@ -23,11 +23,13 @@ macro_rules! impl_stores {
 
         use $crate::store::queries::{COMPLETION_SQL, ERRORS_SQL, PROMPT_SQL, TOTAL_SQL};
         use $crate::store::schema::{
-            api_keys, backends, federated_models, quota_overrides, request_log, usage_counters,
+            api_keys, backends, batch_items, batches, federated_models, files, quota_overrides,
+            request_log, usage_counters,
         };
         use $crate::store::{
-            ApiKeyRow, BackendStore, CatalogEntry, CounterRow, CounterStore, KeyStore, LogRow,
-            ModelUsage, QuotaOverrideRow, RequestLogStore, StoreError, StoreResult, UsageFilter,
+            ApiKeyRow, BackendStore, BatchPatch, BatchRow, BatchStore, CatalogEntry, CounterRow,
+            CounterStore, FileRow, ItemRow, KeyStore, LogRow, ModelUsage, QuotaOverrideRow,
+            RequestLogStore, StoreError, StoreResult, UsageFilter, ACTIVE_BATCH_STATES,
         };
 
         impl KeyStore for $store {
@@ -345,6 +347,255 @@ macro_rules! impl_stores {
             }
         }
 
+        impl BatchStore for $store {
+            fn create_file(&self, row: FileRow) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    diesel::insert_into(files::table)
+                        .values(&row)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }))
+            }
+
+            fn put_file(&self, row: FileRow) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    diesel::insert_into(files::table)
+                        .values(&row)
+                        .on_conflict(files::id)
+                        .do_update()
+                        .set((
+                            files::bytes.eq(row.bytes),
+                            files::filename.eq(&row.filename),
+                            files::created_at.eq(row.created_at),
+                        ))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }))
+            }
+
+            fn get_file(&self, id: String) -> BoxFuture<'_, StoreResult<Option<FileRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(files::table
+                        .find(id)
+                        .select(FileRow::as_select())
+                        .first(&mut *conn)
+                        .await
+                        .optional()?)
+                }))
+            }
+
+            fn list_files(
+                &self,
+                owner: String,
+                after: Option<String>,
+                limit: i64,
+            ) -> BoxFuture<'_, StoreResult<Vec<FileRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let mut q = files::table
+                        .filter(files::owner.eq(owner))
+                        .select(FileRow::as_select())
+                        .order(files::id.desc())
+                        .limit(limit)
+                        .into_boxed();
+                    if let Some(after) = after {
+                        q = q.filter(files::id.lt(after));
+                    }
+                    Ok(q.load(&mut *conn).await?)
+                }))
+            }
+
+            fn delete_file(&self, id: String) -> BoxFuture<'_, StoreResult<bool>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let n = diesel::delete(files::table.find(id))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(n > 0)
+                }))
+            }
+
+            fn create_batch(&self, row: BatchRow) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    diesel::insert_into(batches::table)
+                        .values(&row)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                }))
+            }
+
+            fn get_batch(&self, id: String) -> BoxFuture<'_, StoreResult<Option<BatchRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(batches::table
+                        .find(id)
+                        .select(BatchRow::as_select())
+                        .first(&mut *conn)
+                        .await
+                        .optional()?)
+                }))
+            }
+
+            fn list_batches(
+                &self,
+                owner: String,
+                after: Option<String>,
+                limit: i64,
+            ) -> BoxFuture<'_, StoreResult<Vec<BatchRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let mut q = batches::table
+                        .filter(batches::owner.eq(owner))
+                        .select(BatchRow::as_select())
+                        .order(batches::id.desc())
+                        .limit(limit)
+                        .into_boxed();
+                    if let Some(after) = after {
+                        q = q.filter(batches::id.lt(after));
+                    }
+                    Ok(q.load(&mut *conn).await?)
+                }))
+            }
+
+            fn count_active_batches(&self, owner: String) -> BoxFuture<'_, StoreResult<i64>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(batches::table
+                        .filter(batches::owner.eq(owner))
+                        .filter(batches::status.eq_any(ACTIVE_BATCH_STATES))
+                        .count()
+                        .get_result(&mut *conn)
+                        .await?)
+                }))
+            }
+
+            fn claim_batch(
+                &self,
+                worker: String,
+                now: i64,
+                until: i64,
+                skip: Vec<String>,
+            ) -> BoxFuture<'_, StoreResult<Option<BatchRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    conn.transaction::<_, StoreError, _>(|conn| {
+                        async move {
+                            let free = batches::lease_until
+                                .is_null()
+                                .or(batches::lease_until.lt(now))
+                                .or(batches::lease_owner.eq(&worker));
+                            let candidates = batches::table
+                                .select(batches::id)
+                                .filter(batches::status.eq_any(ACTIVE_BATCH_STATES))
+                                .filter(free)
+                                .filter(diesel::dsl::not(batches::id.eq_any(&skip)))
+                                .order(batches::id.asc())
+                                .limit(8);
+                            let ids: Vec<String> =
+                                $crate::store::queries::lock_rows!($batch, candidates)
+                                    .load(conn)
+                                    .await?;
+                            for id in ids {
+                                let n = diesel::update(
+                                    batches::table.filter(batches::id.eq(&id)).filter(
+                                        batches::lease_until
+                                            .is_null()
+                                            .or(batches::lease_until.lt(now))
+                                            .or(batches::lease_owner.eq(&worker)),
+                                    ),
+                                )
+                                .set((
+                                    batches::lease_owner.eq(Some(&worker)),
+                                    batches::lease_until.eq(Some(until)),
+                                ))
+                                .execute(conn)
+                                .await?;
+                                if n == 1 {
+                                    return Ok(batches::table
+                                        .find(&id)
+                                        .select(BatchRow::as_select())
+                                        .first(conn)
+                                        .await
+                                        .optional()?);
+                                }
+                            }
+                            Ok(None)
+                        }
+                        .scope_boxed()
+                    })
+                    .await
+                }))
+            }
+
+            fn update_batch(
+                &self,
+                id: String,
+                worker: Option<String>,
+                from: Vec<String>,
+                patch: BatchPatch,
+            ) -> BoxFuture<'_, StoreResult<bool>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    let base = batches::table
+                        .filter(batches::id.eq(id))
+                        .filter(batches::status.eq_any(from));
+                    let n = match worker {
+                        Some(w) => {
+                            diesel::update(base.filter(batches::lease_owner.eq(w)))
+                                .set(&patch)
+                                .execute(&mut *conn)
+                                .await?
+                        }
+                        None => diesel::update(base).set(&patch).execute(&mut *conn).await?,
+                    };
+                    Ok(n > 0)
+                }))
+            }
+
+            fn insert_items(&self, rows: Vec<ItemRow>) -> BoxFuture<'_, StoreResult<usize>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    $crate::store::queries::insert_many!($batch, &mut *conn, rows, |rows, conn| {
+                        diesel::insert_into(batch_items::table)
+                            .values(rows)
+                            .on_conflict_do_nothing()
+                            .execute(conn)
+                            .await?
+                    })
+                }))
+            }
+
+            fn list_items(&self, batch_id: String) -> BoxFuture<'_, StoreResult<Vec<ItemRow>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(batch_items::table
+                        .filter(batch_items::batch_id.eq(batch_id))
+                        .select(ItemRow::as_select())
+                        .order(batch_items::line_index.asc())
+                        .load(&mut *conn)
+                        .await?)
+                }))
+            }
+
+            fn done_items(&self, batch_id: String) -> BoxFuture<'_, StoreResult<Vec<(i64, bool)>>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    Ok(batch_items::table
+                        .filter(batch_items::batch_id.eq(batch_id))
+                        .select((batch_items::line_index, batch_items::ok))
+                        .load(&mut *conn)
+                        .await?)
+                }))
+            }
+        }
+
         impl BackendStore for $store {
             fn replace_catalog(
                 &self,
@@ -509,5 +760,18 @@ macro_rules! insert_many {
     }};
 }
 
+/// Locks the candidate rows a claim selects: `FOR UPDATE SKIP LOCKED` on PostgreSQL (so
+/// replicas claiming at once take different batches); SQLite has one writer, so the
+/// conditional UPDATE that follows is enough.
+macro_rules! lock_rows {
+    (batch, $q:expr) => {
+        $q.for_update().skip_locked()
+    };
+    (per_row, $q:expr) => {
+        $q
+    };
+}
+
 pub(super) use impl_stores;
 pub(super) use insert_many;
+pub(super) use lock_rows;

@@ -87,6 +87,61 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    files (id) {
+        id -> Text,
+        owner -> Text,
+        filename -> Text,
+        purpose -> Text,
+        bytes -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    batches (id) {
+        id -> Text,
+        owner -> Text,
+        identity -> Text,
+        endpoint -> Text,
+        input_file_id -> Text,
+        completion_window -> Text,
+        status -> Text,
+        metadata -> Nullable<Text>,
+        model -> Nullable<Text>,
+        cluster -> Nullable<Text>,
+        framework -> Nullable<Text>,
+        output_folder -> Nullable<Text>,
+        output_file_id -> Nullable<Text>,
+        error_file_id -> Nullable<Text>,
+        errors -> Nullable<Text>,
+        total -> BigInt,
+        completed -> BigInt,
+        failed -> BigInt,
+        created_at -> BigInt,
+        in_progress_at -> Nullable<BigInt>,
+        finalizing_at -> Nullable<BigInt>,
+        completed_at -> Nullable<BigInt>,
+        failed_at -> Nullable<BigInt>,
+        expires_at -> BigInt,
+        expired_at -> Nullable<BigInt>,
+        cancelling_at -> Nullable<BigInt>,
+        cancelled_at -> Nullable<BigInt>,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    batch_items (batch_id, line_index) {
+        batch_id -> Text,
+        line_index -> BigInt,
+        custom_id -> Text,
+        ok -> Bool,
+        result -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     usage_counters,
@@ -94,14 +149,20 @@ diesel::allow_tables_to_appear_in_same_query!(
     request_log,
     backends,
     federated_models,
+    files,
+    batches,
+    batch_items,
 );
 
 /// Every table the migrations create (both trees), for tests and `migrate` output.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 9] = [
     "api_keys",
     "usage_counters",
     "quota_overrides",
     "request_log",
     "backends",
     "federated_models",
+    "files",
+    "batches",
+    "batch_items",
 ];

@@ -55,6 +55,7 @@ pub struct TestGateway {
     pub reloader: Arc<Reloader>,
     pub quotas: Arc<inference_gateway::quota::QuotaRegistry>,
     pub quota_supervisor: Addr<inference_gateway::quota::actor::QuotaSupervisor>,
+    pub batches: Option<Addr<inference_gateway::batch::actor::BatchSupervisor>>,
     handle: ServerHandle,
     pub dir: tempfile::TempDir,
 }
@@ -309,6 +310,7 @@ pub async fn start_fixtures(
         reloader: running.reloader,
         quotas: running.quotas,
         quota_supervisor: running.quota_supervisor,
+        batches: running.batches,
         handle,
         dir,
     }

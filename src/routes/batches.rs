@@ -1,0 +1,652 @@
+//! The Files API (`/v1/files`) and the Batch API (`/v1/batches`, OpenAI's; and FIRST's
+//! `POST /{cluster}/{framework}/v1/batches` with paths). Files and batches belong to the
+//! caller who made them: anyone else gets 404. Handlers only store rows and files; the
+//! `BatchActor` does the work (woken with `Wake`).
+
+use actix_multipart::Multipart;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::caller::Caller;
+use crate::batch::actor::Wake;
+use crate::batch::{batch_json, files, is_terminal, paths, ENDPOINTS, WINDOW, WINDOW_MS};
+use crate::error::ApiError;
+use crate::quota::{Kind, Subject};
+use crate::routes::inference::{error_response, request_id};
+use crate::state::AppState;
+use crate::store::{now_ms, BatchPatch, BatchRow, FileRow};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn respond(req: &HttpRequest, state: &AppState, r: Result<HttpResponse>) -> HttpResponse {
+    r.unwrap_or_else(|e| {
+        if matches!(e, ApiError::Internal) {
+            slog::error!(state.log, "batch route failed"; "path" => req.path());
+        }
+        error_response(&e, &request_id(req))
+    })
+}
+
+fn internal(state: &AppState, what: &str, e: impl std::fmt::Display) -> ApiError {
+    slog::error!(state.log, "batch storage failed"; "what" => what, "error" => e.to_string());
+    ApiError::Internal
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+impl Page {
+    fn limit(&self, default: i64, max: i64) -> Result<i64> {
+        match self.limit {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::invalid_param(
+                "limit",
+                format!("`limit` must be between 1 and {max}."),
+            )),
+        }
+    }
+}
+
+fn list_json(data: Vec<Value>, has_more: bool) -> Value {
+    let first = data.first().and_then(|v| v.get("id")).cloned();
+    let last = data.last().and_then(|v| v.get("id")).cloned();
+    json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more})
+}
+
+// ---------------------------------------------------------------------------- files
+
+/// `POST /v1/files` (multipart: `file`, `purpose=batch`).
+pub async fn upload(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    payload: Multipart,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = upload_inner(caller.id.clone(), payload, &state).await;
+    respond(&req, &state, r)
+}
+
+async fn upload_inner(
+    owner: String,
+    mut form: Multipart,
+    state: &AppState,
+) -> Result<HttpResponse> {
+    let limit = usize::try_from(state.settings.batches.max_file_bytes).unwrap_or(usize::MAX);
+    let mut purpose: Option<String> = None;
+    let mut file: Option<(String, Vec<u8>)> = None;
+    while let Some(field) = form.next().await {
+        let mut field =
+            field.map_err(|e| ApiError::invalid(format!("Invalid multipart body: {e}")))?;
+        let name = field.name().unwrap_or_default().to_string();
+        let filename = field
+            .content_disposition()
+            .and_then(|d| d.get_filename())
+            .map(str::to_string);
+        let cap = if name == "file" { limit } else { 1024 };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::invalid(format!("Invalid multipart body: {e}")))?;
+            if bytes.len() + chunk.len() > cap {
+                return Err(if name == "file" {
+                    ApiError::PayloadTooLarge(limit)
+                } else {
+                    ApiError::invalid_param("purpose", "`purpose` is too long.")
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        match name.as_str() {
+            "purpose" => purpose = Some(String::from_utf8_lossy(&bytes).trim().to_string()),
+            "file" => file = Some((filename.unwrap_or_else(|| "upload.jsonl".into()), bytes)),
+            _ => {}
+        }
+    }
+    match purpose.as_deref() {
+        Some("batch") => {}
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "purpose",
+                format!(
+                    "`purpose` must be \"batch\"; got \"{}\".",
+                    other.chars().take(50).collect::<String>()
+                ),
+            ))
+        }
+        None => return Err(ApiError::invalid_param("purpose", "`purpose` is required.")),
+    }
+    let Some((filename, bytes)) = file else {
+        return Err(ApiError::invalid_param("file", "`file` is required."));
+    };
+    let row = store_file(state, owner, filename, bytes).await?;
+    Ok(HttpResponse::Ok().json(files::file_json(&row)))
+}
+
+async fn store_file(
+    state: &AppState,
+    owner: String,
+    filename: String,
+    bytes: Vec<u8>,
+) -> Result<FileRow> {
+    let row = FileRow {
+        id: files::new_file_id(),
+        owner,
+        filename: filename.chars().take(255).collect(),
+        purpose: "batch".into(),
+        bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+        created_at: now_ms(),
+    };
+    files::write(files::dir(&state.settings), row.id.clone(), bytes)
+        .await
+        .map_err(|e| internal(state, "writing a file", e))?;
+    state
+        .store
+        .create_file(row.clone())
+        .await
+        .map_err(|e| internal(state, "files row", e))?;
+    Ok(row)
+}
+
+/// The caller's file, or 404 (also for another user's file).
+async fn owned_file(state: &AppState, owner: &str, id: &str) -> Result<FileRow> {
+    let row = state
+        .store
+        .get_file(id.to_string())
+        .await
+        .map_err(|e| internal(state, "reading a file row", e))?;
+    match row {
+        Some(f) if f.owner == owner => Ok(f),
+        _ => Err(ApiError::NotFound(format!(
+            "No such file: `{}`.",
+            id.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+pub async fn list_files(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    page: web::Query<Page>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let limit = page.limit(10000, 10000)?;
+        let mut rows = state
+            .store
+            .list_files(caller.id.clone(), page.after.clone(), limit + 1)
+            .await
+            .map_err(|e| internal(&state, "listing files", e))?;
+        let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(HttpResponse::Ok().json(list_json(
+            rows.iter().map(files::file_json).collect(),
+            has_more,
+        )))
+    }
+    .await;
+    respond(&req, &state, r)
+}
+
+pub async fn get_file(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = owned_file(&state, &caller.id, &id)
+        .await
+        .map(|f| HttpResponse::Ok().json(files::file_json(&f)));
+    respond(&req, &state, r)
+}
+
+pub async fn file_content(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let f = owned_file(&state, &caller.id, &id).await?;
+        let bytes = files::read(files::dir(&state.settings), f.id.clone())
+            .await
+            .map_err(|e| internal(&state, "reading file bytes", e))?;
+        Ok(HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, "application/octet-stream"))
+            .body(bytes))
+    }
+    .await;
+    respond(&req, &state, r)
+}
+
+pub async fn delete_file(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let f = owned_file(&state, &caller.id, &id).await?;
+        state
+            .store
+            .delete_file(f.id.clone())
+            .await
+            .map_err(|e| internal(&state, "deleting a file row", e))?;
+        files::remove(files::dir(&state.settings), f.id.clone())
+            .await
+            .map_err(|e| internal(&state, "deleting file bytes", e))?;
+        Ok(HttpResponse::Ok().json(json!({"id": f.id, "object": "file", "deleted": true})))
+    }
+    .await;
+    respond(&req, &state, r)
+}
+
+// -------------------------------------------------------------------------- batches
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBatch {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePathBatch {
+    input_file: String,
+    model: String,
+    #[serde(default)]
+    output_folder_path: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    completion_window: Option<String>,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+fn check_endpoint(endpoint: &str) -> Result<()> {
+    if ENDPOINTS.contains(&endpoint) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_param(
+            "endpoint",
+            format!("`endpoint` must be one of {}.", ENDPOINTS.join(", ")),
+        ))
+    }
+}
+
+fn check_window(window: &str) -> Result<()> {
+    if window == WINDOW {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_param(
+            "completion_window",
+            "`completion_window` must be \"24h\".",
+        ))
+    }
+}
+
+/// OpenAI's metadata: at most 16 string values, keys up to 64 and values up to 512 chars.
+fn check_metadata(metadata: Option<Value>) -> Result<Option<String>> {
+    match metadata {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m))
+            if m.len() <= 16
+                && m.iter().all(|(k, v)| {
+                    k.chars().count() <= 64 && v.as_str().is_some_and(|s| s.chars().count() <= 512)
+                }) =>
+        {
+            Ok(Some(Value::Object(m).to_string()))
+        }
+        Some(_) => Err(ApiError::invalid_param(
+            "metadata",
+            "`metadata` must be an object of at most 16 string values (keys up to 64, values up to 512 characters).",
+        )),
+    }
+}
+
+/// Refuses a new batch when the owner has `MAX_BATCHES_PER_USER` active (counted in the
+/// database, so across replicas and restarts).
+async fn check_batch_limit(state: &AppState, owner: &str) -> Result<()> {
+    let limit = if state.quotas.enabled {
+        state
+            .quotas
+            .state(Subject::new(Kind::User, owner))
+            .await
+            .limits()
+            .max_batches
+    } else {
+        state.settings.quotas.max_batches_per_user
+    };
+    if limit == 0 {
+        return Ok(());
+    }
+    let active = state
+        .store
+        .count_active_batches(owner.to_string())
+        .await
+        .map_err(|e| internal(state, "counting batches", e))?;
+    if u64::try_from(active).unwrap_or(0) >= limit {
+        return Err(ApiError::TooManyBatches(limit));
+    }
+    Ok(())
+}
+
+struct NewBatch {
+    input_file_id: String,
+    endpoint: String,
+    window: String,
+    metadata: Option<String>,
+    model: Option<String>,
+    pin: Option<(String, String)>,
+    output_folder: Option<String>,
+}
+
+async fn insert_batch(
+    state: &AppState,
+    caller: &crate::auth::identity::Identity,
+    new: NewBatch,
+) -> Result<HttpResponse> {
+    let identity = serde_json::to_string(caller).map_err(|e| internal(state, "identity", e))?;
+    let now = now_ms();
+    let (cluster, framework) = new.pin.unzip();
+    let row = BatchRow {
+        id: files::new_batch_id(),
+        owner: caller.id.clone(),
+        identity,
+        endpoint: new.endpoint,
+        input_file_id: new.input_file_id,
+        completion_window: new.window,
+        status: "validating".into(),
+        metadata: new.metadata,
+        model: new.model,
+        cluster,
+        framework,
+        output_folder: new.output_folder,
+        output_file_id: None,
+        error_file_id: None,
+        errors: None,
+        total: 0,
+        completed: 0,
+        failed: 0,
+        created_at: now,
+        in_progress_at: None,
+        finalizing_at: None,
+        completed_at: None,
+        failed_at: None,
+        expires_at: now + WINDOW_MS,
+        expired_at: None,
+        cancelling_at: None,
+        cancelled_at: None,
+        lease_owner: None,
+        lease_until: None,
+    };
+    state
+        .store
+        .create_batch(row.clone())
+        .await
+        .map_err(|e| internal(state, "creating a batch", e))?;
+    if let Some(batches) = &state.batches {
+        batches.do_send(Wake);
+    }
+    Ok(HttpResponse::Ok().json(batch_json(&row)))
+}
+
+/// `POST /v1/batches`.
+pub async fn create(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    body: web::Json<CreateBatch>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let body = body.into_inner();
+        check_endpoint(&body.endpoint)?;
+        check_window(&body.completion_window)?;
+        let metadata = check_metadata(body.metadata)?;
+        let file = owned_file(&state, &caller.id, &body.input_file_id)
+            .await
+            .map_err(|_| {
+                ApiError::invalid_param(
+                    "input_file_id",
+                    format!(
+                        "No such file: `{}`.",
+                        body.input_file_id.chars().take(100).collect::<String>()
+                    ),
+                )
+            })?;
+        if file.purpose != "batch" {
+            return Err(ApiError::invalid_param(
+                "input_file_id",
+                "The input file must have been uploaded with purpose \"batch\".",
+            ));
+        }
+        check_batch_limit(&state, &caller.id).await?;
+        let new = NewBatch {
+            input_file_id: file.id,
+            endpoint: body.endpoint,
+            window: body.completion_window,
+            metadata,
+            model: None,
+            pin: None,
+            output_folder: None,
+        };
+        insert_batch(&state, &caller, new).await
+    }
+    .await;
+    respond(&req, &state, r)
+}
+
+/// FIRST's `POST /{cluster}/{framework}/v1/batches` with an input path.
+pub async fn create_from_path(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<CreatePathBatch>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let (cluster, framework) = path.into_inner();
+        let body = body.into_inner();
+        let endpoint = body.endpoint.unwrap_or_else(|| ENDPOINTS[0].to_string());
+        check_endpoint(&endpoint)?;
+        let window = body.completion_window.unwrap_or_else(|| WINDOW.to_string());
+        check_window(&window)?;
+        let metadata = check_metadata(body.metadata)?;
+        let roots = &state.settings.batches.allowed_roots;
+        let input = paths::confine(&body.input_file, roots, paths::Kind::File, "input_file")?;
+        let output_folder = match &body.output_folder_path {
+            Some(p) => Some(
+                paths::confine(p, roots, paths::Kind::Dir, "output_folder_path")?
+                    .display()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let model = body.model.trim().to_string();
+        if model.is_empty() {
+            return Err(ApiError::invalid_param("model", "`model` is required."));
+        }
+        let known = state.directory.load().model(&model).is_some_and(|entry| {
+            entry
+                .targets
+                .iter()
+                .any(|t| t.spec.cluster == cluster && t.spec.framework == framework)
+        });
+        if !known {
+            return Err(ApiError::ModelNotFound(model));
+        }
+        if !caller.may_name(&model) {
+            return Err(ApiError::Forbidden(format!(
+                "This API key may not use model `{model}`."
+            )));
+        }
+        check_batch_limit(&state, &caller.id).await?;
+        let limit = state.settings.batches.max_file_bytes;
+        let read = input.clone();
+        let bytes = files::blocking(move || {
+            let len = std::fs::metadata(&read)?.len();
+            if len > limit {
+                return Ok(None);
+            }
+            std::fs::read(&read).map(Some)
+        })
+        .await
+        .map_err(|_| ApiError::PathNotAllowed {
+            message: "`input_file` could not be read.".into(),
+            param: "input_file",
+        })?
+        .ok_or(ApiError::PayloadTooLarge(
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        ))?;
+        let filename = input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "input.jsonl".into());
+        // The batch runs from its own copy: a later change to the path changes nothing.
+        let file = store_file(&state, caller.id.clone(), filename, bytes).await?;
+        let new = NewBatch {
+            input_file_id: file.id,
+            endpoint,
+            window,
+            metadata,
+            model: Some(model),
+            pin: Some((cluster, framework)),
+            output_folder,
+        };
+        insert_batch(&state, &caller, new).await
+    }
+    .await;
+    respond(&req, &state, r)
+}
+
+async fn owned_batch(state: &AppState, owner: &str, id: &str) -> Result<BatchRow> {
+    let row = state
+        .store
+        .get_batch(id.to_string())
+        .await
+        .map_err(|e| internal(state, "reading a batch", e))?;
+    match row {
+        Some(b) if b.owner == owner => Ok(b),
+        _ => Err(ApiError::NotFound(format!(
+            "No such batch: `{}`.",
+            id.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+pub async fn list(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    page: web::Query<Page>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let limit = page.limit(20, 100)?;
+        let mut rows = state
+            .store
+            .list_batches(caller.id.clone(), page.after.clone(), limit + 1)
+            .await
+            .map_err(|e| internal(&state, "listing batches", e))?;
+        let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(HttpResponse::Ok().json(list_json(rows.iter().map(batch_json).collect(), has_more)))
+    }
+    .await;
+    respond(&req, &state, r)
+}
+
+pub async fn get(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = owned_batch(&state, &caller.id, &id)
+        .await
+        .map(|b| HttpResponse::Ok().json(batch_json(&b)));
+    respond(&req, &state, r)
+}
+
+/// `POST /v1/batches/{id}/cancel`: validating or in_progress → cancelling; the runner
+/// stops, keeps the lines done and writes their output (→ cancelled).
+pub async fn cancel(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let b = owned_batch(&state, &caller.id, &id).await?;
+        if matches!(b.status.as_str(), "validating" | "in_progress") {
+            let patch = BatchPatch {
+                status: Some("cancelling".into()),
+                cancelling_at: Some(now_ms()),
+                ..BatchPatch::default()
+            };
+            state
+                .store
+                .update_batch(
+                    b.id.clone(),
+                    None,
+                    vec!["validating".into(), "in_progress".into()],
+                    patch,
+                )
+                .await
+                .map_err(|e| internal(&state, "cancelling a batch", e))?;
+            if let Some(batches) = &state.batches {
+                batches.do_send(Wake);
+            }
+        }
+        let b = owned_batch(&state, &caller.id, &id).await?;
+        match b.status.as_str() {
+            "cancelling" | "cancelled" => Ok(HttpResponse::Ok().json(batch_json(&b))),
+            other => Err(ApiError::Conflict(format!(
+                "Batch `{}` is {other} and cannot be cancelled.",
+                b.id
+            ))),
+        }
+    }
+    .await;
+    respond(&req, &state, r)
+}
+
+/// `GET /v1/batches/{id}/result` (FIRST): the output lines, then the error lines, as JSONL.
+pub async fn result(
+    req: HttpRequest,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let r = async {
+        let b = owned_batch(&state, &caller.id, &id).await?;
+        if !is_terminal(&b.status) {
+            return Err(ApiError::Conflict(format!(
+                "Batch `{}` is {}; its result is ready when it is completed, failed, cancelled or expired.",
+                b.id, b.status
+            )));
+        }
+        let mut body = Vec::new();
+        for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
+            let bytes = files::read(files::dir(&state.settings), file.clone())
+                .await
+                .map_err(|e| internal(&state, "reading a result file", e))?;
+            body.extend_from_slice(&bytes);
+        }
+        Ok(HttpResponse::Ok()
+            .insert_header((CONTENT_TYPE, "application/jsonl"))
+            .body(body))
+    }
+    .await;
+    respond(&req, &state, r)
+}
