@@ -380,10 +380,9 @@ async fn two_replicas_hold_a_shared_daily_limit_within_ten_percent() {
         (200..=220).contains(&admitted),
         "shared limit 200 held within 10%: {admitted} admitted"
     );
-    assert!(
-        ok_a > 20 && ok_b > 20,
-        "both replicas served: {ok_a} {ok_b}"
-    );
+    // Both took part (how the 200 split depends on which one leased first and on
+    // scheduling: 192/8 has been seen on a loaded machine).
+    assert!(ok_a > 0 && ok_b > 0, "both replicas served: {ok_a} {ok_b}");
     // The admin API of either replica shows the shared usage.
     let (status, body) = admin(&b, "GET", "/admin/quota/user:anonymous", None).await;
     assert_eq!(status, 200);
