@@ -161,13 +161,18 @@ async fn owned_file(state: &AppState, owner: &str, id: &str) -> Result<FileRow> 
         .get_file(id.to_string())
         .await
         .map_err(|e| internal(state, "reading a file row", e))?;
-    match row {
-        Some(f) if f.owner == owner => Ok(f),
-        _ => Err(ApiError::NotFound(format!(
-            "No such file: `{}`.",
+    owned(row.filter(|f| f.owner == owner), "file", id)
+}
+
+/// The row when the caller owns it, else 404 naming `what` and the (truncated) id: another
+/// user's row is indistinguishable from a missing one.
+fn owned<T>(row: Option<T>, what: &str, id: &str) -> Result<T> {
+    row.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "No such {what}: `{}`.",
             id.chars().take(100).collect::<String>()
-        ))),
-    }
+        ))
+    })
 }
 
 pub async fn list_files(
@@ -536,13 +541,7 @@ async fn owned_batch(state: &AppState, owner: &str, id: &str) -> Result<BatchRow
         .get_batch(id.to_string())
         .await
         .map_err(|e| internal(state, "reading a batch", e))?;
-    match row {
-        Some(b) if b.owner == owner => Ok(b),
-        _ => Err(ApiError::NotFound(format!(
-            "No such batch: `{}`.",
-            id.chars().take(100).collect::<String>()
-        ))),
-    }
+    owned(row.filter(|b| b.owner == owner), "batch", id)
 }
 
 pub async fn list(
