@@ -1,7 +1,8 @@
 //! OIDC/JWT bearer tokens, for sites without Globus: signatures checked against the keys
 //! of a JWKS URL, plus issuer, audience and expiry. Keys are fetched at start, refreshed
-//! periodically and when a token names an unknown key id (each unknown id at most every 10 s). Handlers
-//! verify on their own thread; only a key refresh goes through the `JwksActor`.
+//! periodically and when a token names an unknown key id (each unknown id at most every
+//! 10 s). Handlers verify on their own thread; only a key refresh goes through the
+//! `JwksActor`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -283,7 +284,15 @@ impl Handler<Refresh> for JwksActor {
             msg.kid
         };
         if self.forced.contains_key(&kid) {
-            let _ = tx.send(());
+            // Refreshed for lately: wait for a fetch still to come (another request's
+            // refresh for the same id may be it), else answer at once.
+            if !self.waiting_next.is_empty() {
+                self.waiting_next.push(tx);
+            } else if self.fetching {
+                self.waiting.push(tx);
+            } else {
+                let _ = tx.send(());
+            }
             return MessageResult(rx);
         }
         self.forced.insert(kid, now);
