@@ -355,8 +355,8 @@ const SUSPECT: [&str; 13] = [
     "token\"",
 ];
 
-/// Whether a line holds any [`SUSPECT`] fragment, in any case: the line lower-cased into
-/// `lower`, then a SIMD substring search (prebuilt) per fragment.
+/// Whether a line holds any [`SUSPECT`] fragment, in any case (the line lower-cased into
+/// `lower`, then a SIMD substring search, prebuilt, per fragment), or is not UTF-8.
 fn suspect(line: &[u8], lower: &mut Vec<u8>) -> bool {
     static FINDERS: OnceLock<Vec<memmem::Finder<'static>>> = OnceLock::new();
     lower.clear();
@@ -370,6 +370,7 @@ fn suspect(line: &[u8], lower: &mut Vec<u8>) -> bool {
         })
         .iter()
         .any(|f| f.find(lower).is_some())
+        || std::str::from_utf8(line).is_err()
 }
 
 /// A writer that redacts every JSON line before passing it on, on the thread that logs
