@@ -26,7 +26,8 @@ pub fn normalized(path: &str) -> Option<String> {
     if out.is_empty() {
         out.push('/');
     }
-    (out != path).then_some(out)
+    // A trailing slash was trimmed or a double one merged: `out` differs from `path`.
+    Some(out)
 }
 
 /// The middleware (`from_fn(normalize_path::middleware)`).

@@ -104,8 +104,8 @@ pub struct Retry;
 pub struct LogWriter {
     store: Arc<dyn Store>,
     /// Rows pushed by handlers, drained on every tick and after every write.
-    /// Boxed rows: the channel allocates all its slots up front, and a slot of a
-    /// pointer (not a 400-byte row) keeps an idle gateway's memory small.
+    /// Boxed rows: the channel's 10,000 slots are allocated up front and stay resident
+    /// once traffic has passed through them, so each holds a pointer, not a 400-byte row.
     rx: Receiver<Box<LogRow>>,
     tx: SyncSender<Box<LogRow>>,
     cfg: LogWriterConfig,

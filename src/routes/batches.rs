@@ -54,7 +54,13 @@ impl Page {
     }
 }
 
-fn list_json(data: Vec<Value>, has_more: bool) -> Value {
+/// One page of an OpenAI list from `rows`, fetched with `limit + 1` so that the extra row
+/// tells whether there are more (`has_more`); the extra row is not shown.
+fn list_json<T>(mut rows: Vec<T>, limit: i64, to_json: impl Fn(&T) -> Value) -> Value {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    let data: Vec<Value> = rows.iter().map(to_json).collect();
     let first = data.first().and_then(|v| v.get("id")).cloned();
     let last = data.last().and_then(|v| v.get("id")).cloned();
     json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more})
@@ -183,17 +189,12 @@ pub async fn list_files(
 ) -> HttpResponse {
     let r = async {
         let limit = page.limit(10000, 10000)?;
-        let mut rows = state
+        let rows = state
             .store
             .list_files(caller.id.clone(), page.after.clone(), limit + 1)
             .await
             .map_err(|e| internal(&state, "listing files", e))?;
-        let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(HttpResponse::Ok().json(list_json(
-            rows.iter().map(files::file_json).collect(),
-            has_more,
-        )))
+        Ok(HttpResponse::Ok().json(list_json(rows, limit, files::file_json)))
     }
     .await;
     respond(&req, &state, r)
@@ -552,14 +553,12 @@ pub async fn list(
 ) -> HttpResponse {
     let r = async {
         let limit = page.limit(20, 100)?;
-        let mut rows = state
+        let rows = state
             .store
             .list_batches(caller.id.clone(), page.after.clone(), limit + 1)
             .await
             .map_err(|e| internal(&state, "listing batches", e))?;
-        let has_more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        Ok(HttpResponse::Ok().json(list_json(rows.iter().map(batch_json).collect(), has_more)))
+        Ok(HttpResponse::Ok().json(list_json(rows, limit, batch_json)))
     }
     .await;
     respond(&req, &state, r)
