@@ -365,10 +365,14 @@ struct Column {
     data_type: String,
     #[diesel(sql_type = Integer)]
     not_null: i32,
+    /// Position in the primary key (1-based), 0 when not part of it.
+    #[diesel(sql_type = Integer)]
+    pk: i32,
 }
 
-/// table → column → (normalised type, not null), excluding diesel's own table.
-type Shape = BTreeMap<String, BTreeMap<String, (String, bool)>>;
+/// table → column → (normalised type, not null, position in the primary key), excluding
+/// diesel's own table.
+type Shape = BTreeMap<String, BTreeMap<String, (String, bool, i32)>>;
 
 fn normalise(t: &str) -> String {
     match t.to_ascii_lowercase().as_str() {
@@ -386,14 +390,19 @@ fn shape(conn: &mut SyncConn) -> Shape {
     let cols: Vec<Column> = match conn {
         SyncConn::Pg(c) => diesel::sql_query(
             "SELECT table_name::text AS table_name, column_name::text AS column_name, \
-             data_type::text AS data_type, CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END AS not_null \
-             FROM information_schema.columns WHERE table_schema = 'public'",
+             data_type::text AS data_type, CASE WHEN is_nullable = 'NO' THEN 1 ELSE 0 END AS not_null, \
+             COALESCE((SELECT k.ordinal_position FROM information_schema.table_constraints t \
+               JOIN information_schema.key_column_usage k ON k.constraint_name = t.constraint_name \
+               AND k.table_schema = t.table_schema AND k.table_name = t.table_name \
+               WHERE t.constraint_type = 'PRIMARY KEY' AND t.table_schema = c.table_schema \
+               AND t.table_name = c.table_name AND k.column_name = c.column_name), 0)::int AS pk \
+             FROM information_schema.columns c WHERE table_schema = 'public'",
         )
         .load(c)
         .unwrap(),
         SyncConn::Sqlite(c) => diesel::sql_query(
             "SELECT m.name AS table_name, p.name AS column_name, p.type AS data_type, \
-             CAST(p.\"notnull\" AS INTEGER) AS not_null \
+             CAST(p.\"notnull\" AS INTEGER) AS not_null, CAST(p.pk AS INTEGER) AS pk \
              FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'",
         )
         .load(c)
@@ -404,9 +413,10 @@ fn shape(conn: &mut SyncConn) -> Shape {
         if c.table_name.starts_with("__diesel") || c.table_name.starts_with("sqlite_") {
             continue;
         }
-        out.entry(c.table_name)
-            .or_default()
-            .insert(c.column_name, (normalise(&c.data_type), c.not_null == 1));
+        out.entry(c.table_name).or_default().insert(
+            c.column_name,
+            (normalise(&c.data_type), c.not_null == 1, c.pk),
+        );
     }
     out
 }
@@ -421,7 +431,7 @@ fn every_migration_goes_up_down_and_up_again() {
         let b = db.name();
         let mut conn = SyncConn::connect(&db.url()).unwrap();
         let total = conn.migration_count();
-        assert_eq!(total, 6, "{b}");
+        assert_eq!(total, 7, "{b}");
         let mut seen = Vec::new();
         for step in 0..total {
             let before = shape(&mut conn);
@@ -461,7 +471,7 @@ fn both_trees_give_the_same_tables() {
     lite_conn.run_pending().unwrap();
     let lite_shape = shape(&mut lite_conn);
     for (table, cols) in &lite_shape {
-        for (col, (ty, _)) in cols {
+        for (col, (ty, _, _)) in cols {
             assert!(!ty.starts_with("unknown"), "sqlite {table}.{col}: {ty}");
         }
     }

@@ -169,57 +169,50 @@ impl RequestRecord {
         (prompt, completion, prompt + completion, true)
     }
 
-    /// The request-log row of this record.
-    pub fn to_row(&self) -> LogRow {
+    /// The request-log row of this record, built by moving its strings (no copies: the
+    /// record is finished with).
+    fn into_row(self, latency: Duration) -> LogRow {
         let (prompt_tokens, completion_tokens, total_tokens, tokens_estimated) = self.tokens();
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         LogRow {
             id: row_id(),
-            request_id: self.request_id.clone(),
             created_at: unix_ms(self.started_at),
-            user_id: self.user.clone(),
-            org_id: self.org.clone(),
-            model: self.model.clone(),
-            cluster: self.cluster.clone().unwrap_or_default(),
-            framework: self.framework.clone().unwrap_or_default(),
-            target: self.target.clone().unwrap_or_default(),
-            route: self.route.to_string(),
             status: i32::from(self.status),
             error_code: self.error_code.map(str::to_string),
             prompt_tokens: to_i64(prompt_tokens),
             completion_tokens: to_i64(completion_tokens),
             total_tokens: to_i64(total_tokens),
             tokens_estimated,
-            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: latency.as_secs_f64() * 1000.0,
             ttft_ms: self.ttft.map(|d| d.as_secs_f64() * 1000.0),
-            client_ip: self.client_ip.clone(),
             stream: self.stream,
             attempts: i32::try_from(self.attempts).unwrap_or(i32::MAX),
             ending: self.ending.name().to_string(),
-            prompt: self
-                .prompt
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned()),
-            completion: self
-                .completion
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            route: self.route.to_string(),
+            prompt: self.prompt.as_deref().map(text),
+            completion: self.completion.as_deref().map(text),
+            request_id: self.request_id,
+            user_id: self.user,
+            org_id: self.org,
+            model: self.model,
+            cluster: self.cluster.unwrap_or_default(),
+            framework: self.framework.unwrap_or_default(),
+            target: self.target.unwrap_or_default(),
+            client_ip: self.client_ip,
         }
     }
 
-    /// Writes the record: counts it in the metrics, writes one JSON log line on the
-    /// request's own logger (which carries `request_id`), sends one row to the request log,
-    /// and charges the tokens (reported, else estimated) to the quota subjects, freeing
-    /// their slots.
+    /// Writes the record: counts it in the metrics, charges the tokens (reported, else
+    /// estimated) to the quota subjects, freeing their slots, writes one JSON log line on
+    /// the request's own logger (which carries `request_id`), and sends one row to the
+    /// request log.
     pub fn finish(mut self, log: &slog::Logger, metrics: &Metrics) {
         metrics.observe_request(&self);
         if let Some(admission) = self.quota.take() {
             admission.charge(self.tokens().2);
         }
-        if self.sink.is_enabled() {
-            self.sink.send(self.to_row());
-        }
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let duration = self.started.elapsed();
         let usage = self.usage.unwrap_or_default();
         slog::info!(log, "request";
             "route" => self.route,
@@ -240,9 +233,13 @@ impl RequestRecord {
             "tokens.reported" => self.usage.is_some(),
             "events" => self.events,
             "ttft_ms" => self.ttft.map(|d| d.as_secs_f64() * 1000.0),
-            "duration_ms" => duration_ms,
+            "duration_ms" => duration.as_secs_f64() * 1000.0,
             "client_ip" => self.client_ip.as_deref().unwrap_or(""),
         );
+        let sink = std::mem::replace(&mut self.sink, LogSink::disabled());
+        if sink.is_enabled() {
+            sink.send(self.into_row(duration));
+        }
     }
 }
 
@@ -268,12 +265,13 @@ mod tests {
             total_tokens: 0,
         });
         assert_eq!(r.tokens(), (5, 7, 12, false));
-        let row = r.to_row();
+        let row = r.into_row(Duration::from_millis(3));
         assert_eq!(
             (row.prompt_tokens, row.completion_tokens, row.total_tokens),
             (5, 7, 12)
         );
         assert!(!row.tokens_estimated);
+        assert_eq!(row.latency_ms, 3.0);
         assert_eq!(
             (row.model.as_str(), row.target.as_str(), row.status),
             ("llama", "t", 200)
@@ -291,7 +289,7 @@ mod tests {
         rejected.status = 404;
         rejected.error_code = Some("model_not_found");
         assert_eq!(rejected.tokens(), (0, 0, 0, false));
-        let row = rejected.to_row();
+        let row = rejected.into_row(Duration::ZERO);
         assert_eq!(row.error_code.as_deref(), Some("model_not_found"));
         assert_eq!(row.target, "");
     }
@@ -301,8 +299,8 @@ mod tests {
         let mut r = record();
         r.keep_prompt(&Bytes::from_static(b"{\"model\":\"llama\"}"));
         r.capture(b"data: hi");
-        let row = r.to_row();
-        assert_eq!((row.prompt, row.completion), (None, None));
         assert_eq!(r.request_bytes, 17);
+        let row = r.into_row(Duration::ZERO);
+        assert_eq!((row.prompt, row.completion), (None, None));
     }
 }

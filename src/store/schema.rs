@@ -43,7 +43,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    request_log (id) {
+    request_log (created_at, id) {
         id -> Text,
         request_id -> Text,
         created_at -> BigInt,

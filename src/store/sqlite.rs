@@ -36,24 +36,33 @@ impl SqliteStore {
     }
 
     /// The whole batch in one blocking task and one transaction, on the sync connection:
-    /// one hop to the blocking pool per batch instead of one per row.
+    /// one hop to the blocking pool per batch instead of one per row. Rows go in
+    /// `INSERT_CHUNK` at a time through one statement of fixed shape (a fixed-size array
+    /// has a static query id, so diesel prepares it once per connection); the last few
+    /// one by one.
     async fn insert_log_rows(
         &self,
         rows: std::sync::Arc<[super::LogRow]>,
     ) -> super::StoreResult<usize> {
+        use super::schema::request_log::table;
         use diesel::Connection;
         let mut conn = self.conn().await?;
         let inserted = conn
             .spawn_blocking(move |c| {
                 c.transaction(|c| {
                     let mut n = 0;
-                    for row in rows.iter() {
-                        // `OR IGNORE`: a row whose id is stored already is skipped. Unlike
-                        // `ON CONFLICT DO NOTHING` the statement has a static query id, so
-                        // diesel reuses the prepared statement without rebuilding its SQL.
-                        let insert =
-                            diesel::insert_or_ignore_into(super::schema::request_log::table)
-                                .values(row);
+                    // `OR IGNORE`: a row whose key is stored already is skipped. Unlike
+                    // `ON CONFLICT DO NOTHING` the statement has a static query id, so
+                    // diesel reuses the prepared statement without rebuilding its SQL.
+                    let mut chunks = rows.chunks_exact(INSERT_CHUNK);
+                    for chunk in &mut chunks {
+                        let chunk: &[super::LogRow; INSERT_CHUNK] =
+                            chunk.try_into().expect("chunks_exact yields full chunks");
+                        let insert = diesel::insert_or_ignore_into(table).values(chunk);
+                        n += diesel::RunQueryDsl::execute(insert, c)?;
+                    }
+                    for row in chunks.remainder() {
+                        let insert = diesel::insert_or_ignore_into(table).values(row);
                         n += diesel::RunQueryDsl::execute(insert, c)?;
                     }
                     Ok(n)
@@ -72,6 +81,10 @@ impl SqliteStore {
             .map_err(|_| super::StoreError::Timeout(self.timeout))?
     }
 }
+
+/// Rows per multi-row request-log INSERT (24 values each: 384 parameters, far below
+/// SQLite's limit).
+const INSERT_CHUNK: usize = 16;
 
 impl super::Store for SqliteStore {
     fn backend(&self) -> &'static str {
