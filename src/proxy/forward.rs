@@ -185,9 +185,17 @@ pub async fn forward(
         let mut result = match &target.spec.transport {
             Transport::Http => send(upstream, &target, &call, body.clone(), &lease).await,
             Transport::GlobusCompute(g) => match &upstream.globus {
+                // Boxed: its future (about 7 KB) would otherwise size every HTTP request's.
                 Some(shared) => {
-                    globus_compute::send(&upstream.client, shared, &target, g, &call, body.clone())
-                        .await
+                    Box::pin(globus_compute::send(
+                        &upstream.client,
+                        shared,
+                        &target,
+                        g,
+                        &call,
+                        body.clone(),
+                    ))
+                    .await
                 }
                 None => Err(AttemptError::Connect(
                     "the Globus Compute transport is not enabled".into(),

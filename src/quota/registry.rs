@@ -175,7 +175,12 @@ impl QuotaRegistry {
         if state.loaded.initialized() {
             return state;
         }
-        state.loaded.get_or_init(|| self.load(&state)).await;
+        // Boxed: the load (database and Redis futures, about 14 KB) runs once per subject;
+        // inline, it would make every request's future that large.
+        state
+            .loaded
+            .get_or_init(|| Box::pin(self.load(&state)))
+            .await;
         state
     }
 
@@ -290,15 +295,18 @@ impl QuotaRegistry {
                 }
             }
         }
-        let mut in_redis = vec![false; taken.len()];
+        // Bit i: subject i was counted in Redis (a request has a handful of subjects).
+        debug_assert!(taken.len() <= 64);
+        let mut in_redis = 0u64;
         if let Some(redis) = redis {
             let mut fell_back = policy.is_none();
             for (i, (s, route)) in taken.iter().enumerate() {
                 if *route != Route::Remote {
                     continue;
                 }
-                match redis.admit(s).await {
-                    Ok(Verdict::Admitted) => in_redis[i] = true,
+                // Boxed for the same reason as the load: only requests near a limit go here.
+                match Box::pin(redis.admit(s)).await {
+                    Ok(Verdict::Admitted) => in_redis |= 1 << i,
                     Ok(Verdict::Refused(d)) => {
                         drop(permits);
                         taken.iter().for_each(|(s, route)| s.refund(*route));
@@ -313,8 +321,8 @@ impl QuotaRegistry {
             }
         }
         let now = now_ms();
-        for ((s, _), counted) in taken.iter().zip(in_redis) {
-            s.count_request_remote(now, counted);
+        for (i, (s, _)) in taken.iter().enumerate() {
+            s.count_request_remote(now, in_redis & (1 << i) != 0);
         }
         Ok(Admission { permits })
     }
