@@ -13,6 +13,8 @@
 #   BENCH_API_KEY                          sent as `Authorization: Bearer ...` when set
 #   GATEWAY_ARGS                           extra arguments for inference-gateway
 #   GATEWAY__...                           passed through to the gateway's config
+#   NGINX_WORKERS=1                        nginx's worker_processes (Debian's own default
+#                                          config says auto: one per core)
 #   BENCH_MAX_SECONDS=900                  no step starts later than this after the builds
 #   BENCH_QUIET_WAIT=0                     seconds, in all, to wait for other CPU load to end
 #   BENCH_SKIP_BUILD=1                     use the release binaries already built
@@ -374,6 +376,7 @@ if has_target nginx; then
     log "starting nginx on :$NGX_PORT and :$NGX_STREAM_PORT"
     sed -e "s|@TMP@|$TMP|g" -e "s|@PORT@|$NGX_PORT|g" -e "s|@STREAM_PORT@|$NGX_STREAM_PORT|g" \
         -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@MOCK_STREAM_PORT@|$MOCK_STREAM_PORT|g" \
+        -e "s|@WORKERS@|${NGINX_WORKERS:-1}|g" \
         "$BENCH_DIR/nginx.conf.tmpl" >"$TMP/nginx.conf"
     cp "$TMP/nginx.conf" "$OUT/nginx.conf"
     nginx -p "$TMP" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" -g 'daemon off;' \
