@@ -19,7 +19,41 @@ use crate::target::{SchedStatus, Target};
 /// How often a waiting request looks at its targets again.
 const WAIT_STEP: Duration = Duration::from_millis(50);
 
+/// Refuses a model whose eligible targets are all in maintenance, and wakes one whose
+/// routable targets are all cold (see the module docs); anything else passes at once.
 pub async fn preflight(
+    entry: &ModelEntry,
+    pin: Option<&Pin>,
+    model: &str,
+    directory: &Directory,
+    cold: &ColdStart,
+    redis: Option<&RedisStreams>,
+    log: &slog::Logger,
+) -> Result<(), ApiError> {
+    if warm(entry, pin) {
+        return Ok(());
+    }
+    // Boxed: the cold path's future (scheduler and Redis calls, about 7 KB) would
+    // otherwise be part of every request's.
+    Box::pin(start_cold(entry, pin, model, directory, cold, redis, log)).await
+}
+
+/// The fast path, without allocating: true when an eligible target is neither in
+/// maintenance nor cold, or when none is eligible under this pin (routing answers that).
+/// False means every eligible target is in maintenance or cold: the slow path decides.
+fn warm(entry: &ModelEntry, pin: Option<&Pin>) -> bool {
+    let mut eligible = entry
+        .targets
+        .iter()
+        .filter(|t| pin.is_none_or(|p| p.matches(t)))
+        .peekable();
+    if eligible.peek().is_none() {
+        return true;
+    }
+    eligible.any(|t| !t.in_maintenance() && !t.sched().is_cold())
+}
+
+async fn start_cold(
     entry: &ModelEntry,
     pin: Option<&Pin>,
     model: &str,
