@@ -312,6 +312,41 @@ async fn request_log_insert_is_idempotent_and_aggregates() {
     }
 }
 
+/// A batch of several full multi-row statements and a remainder (SQLite inserts 16 rows
+/// per statement), a replay of it mixed with new rows, and rows that share a timestamp.
+#[actix_rt::test]
+async fn a_large_batch_is_stored_whole_and_once() {
+    for db in TestDb::all("a_large_batch_is_stored_whole_and_once") {
+        let s = open(&db);
+        let b = db.name();
+        let rows: Vec<_> = (0..41)
+            .map(|i| {
+                row(
+                    &format!("r{i:02}"),
+                    "alice",
+                    "llama",
+                    1000 + i / 4,
+                    200,
+                    (1, 1),
+                )
+            })
+            .collect();
+        assert_eq!(s.insert_log(rows.clone().into()).await.unwrap(), 41, "{b}");
+        let mut again = rows[30..].to_vec();
+        again.extend((41..60).map(|i| row(&format!("r{i:02}"), "bob", "llama", 2000, 200, (1, 1))));
+        assert_eq!(
+            s.insert_log(again.into()).await.unwrap(),
+            19,
+            "{b}: the 11 replayed rows are skipped, the 19 new ones stored"
+        );
+        let stored = s.list_log(UsageFilter::default(), 100).await.unwrap();
+        let ids: Vec<String> = stored.iter().map(|r| r.id.clone()).collect();
+        let want: Vec<String> = (0..60).map(|i| format!("r{i:02}")).collect();
+        assert_eq!(ids, want, "{b}: every row once, in time order");
+        assert_eq!(stored[..41], rows[..], "{b}");
+    }
+}
+
 #[actix_rt::test]
 async fn catalog_replace_put_delete() {
     for db in TestDb::all("catalog_replace_put_delete") {

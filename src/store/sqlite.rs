@@ -56,10 +56,11 @@ impl SqliteStore {
                     // diesel reuses the prepared statement without rebuilding its SQL.
                     let mut chunks = rows.chunks_exact(INSERT_CHUNK);
                     for chunk in &mut chunks {
-                        let chunk: &[super::LogRow; INSERT_CHUNK] =
-                            chunk.try_into().expect("chunks_exact yields full chunks");
-                        let insert = diesel::insert_or_ignore_into(table).values(chunk);
-                        n += diesel::RunQueryDsl::execute(insert, c)?;
+                        // Always a full chunk (`chunks_exact`), so always an array.
+                        if let Ok(chunk) = <&[super::LogRow; INSERT_CHUNK]>::try_from(chunk) {
+                            let insert = diesel::insert_or_ignore_into(table).values(chunk);
+                            n += diesel::RunQueryDsl::execute(insert, c)?;
+                        }
                     }
                     for row in chunks.remainder() {
                         let insert = diesel::insert_or_ignore_into(table).values(row);
