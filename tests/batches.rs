@@ -8,12 +8,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::binary::{spawn_gateway, Binary};
 use common::db::TestDb;
 use common::*;
 use futures_util::StreamExt;
@@ -935,94 +932,10 @@ async fn batches_finish_after_the_batch_actor_crashes() {
 
 // ------------------------------------------------------------------ the real binary
 
-struct Proc {
-    child: Child,
-    url: String,
-    stdout: Arc<Mutex<Vec<u8>>>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> Proc {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_inference-gateway"));
-    cmd.arg("serve")
-        .env_remove("NOTIFY_SOCKET")
-        .env("GATEWAY__FIXTURES__DIR", dir)
-        .env("GATEWAY__STORAGE__DATA_DIR", dir.join("data"))
-        .env("GATEWAY__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("GATEWAY__SERVER__WORKERS", "1")
-        .env("GATEWAY__HEALTH__PATH", "")
-        .env("GATEWAY__LOGGING__LEVEL", "warning")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let mut pipe = child.stdout.take().unwrap();
-    let sink = Arc::clone(&stdout);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    Proc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        stdout,
-    }
-}
-
-impl Proc {
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let client = awc::Client::default();
-            if let Ok(res) = client.get(format!("{}/health", self.url)).send().await {
-                if res.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway never became ready: {}",
-                String::from_utf8_lossy(&self.stdout.lock().unwrap())
-            );
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        let ok = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+fn spawn(dir: &std::path::Path, env: &[(&str, String)]) -> Binary {
+    let mut all = vec![("GATEWAY__LOGGING__LEVEL", "warning".to_string())];
+    all.extend(env.iter().cloned());
+    spawn_gateway(dir, &all)
 }
 
 #[actix_rt::test]
@@ -1073,7 +986,7 @@ async fn a_batch_resumes_after_kill_9_with_every_line_once() {
         again <= n - done_before,
         "{again} lines sent after the restart, {done_before} were done"
     );
-    let logs = String::from_utf8_lossy(&second.stdout.lock().unwrap()).into_owned();
+    let logs = second.stdout_text();
     assert!(!logs.contains("\"level\":\"ERRO\""), "{logs}");
 }
 

@@ -5,39 +5,39 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::binary::{gateway_bin, spawn_binary, Binary};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 
+/// The binary with its own fixtures directory (dropped after the process).
 struct Gateway {
-    child: Child,
-    url: String,
-    port: u16,
-    stdout: Arc<Mutex<Vec<u8>>>,
+    proc: Binary,
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+impl std::ops::Deref for Gateway {
+    type Target = Binary;
+    fn deref(&self) -> &Binary {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Binary {
+        &mut self.proc
+    }
 }
 
 fn spawn(targets: &[T<'_>], env: &[(&str, String)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     write_fixtures(dir.path(), targets, &[]);
-    let port = free_port();
-    let bin = env!("CARGO_BIN_EXE_inference-gateway");
-    let mut cmd = if env.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
+    let bin = gateway_bin();
+    let cmd = if env.iter().any(|(k, _)| *k == "WATCHDOG_USEC") {
         // systemd sets WATCHDOG_PID to the service's pid: exec keeps the shell's.
         let mut c = Command::new("sh");
         c.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" serve", bin]);
@@ -47,98 +47,11 @@ fn spawn(targets: &[T<'_>], env: &[(&str, String)]) -> Gateway {
         c.arg("serve");
         c
     };
-    cmd.env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env("GATEWAY__FIXTURES__DIR", dir.path())
-        // Each process its own database: never the work tree's ./data.
-        .env("GATEWAY__STORAGE__DATA_DIR", dir.path().join("data"))
-        .env("GATEWAY__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("GATEWAY__SERVER__WORKERS", "1")
-        .env("GATEWAY__SERVER__SHUTDOWN_GRACE_SECS", "10")
-        .env("GATEWAY__HEALTH__PATH", "")
-        .env("GATEWAY__LOGGING__LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let mut pipe = child.stdout.take().unwrap();
-    let sink = Arc::clone(&stdout);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
+    let mut all = vec![("GATEWAY__SERVER__SHUTDOWN_GRACE_SECS", "10".to_string())];
+    all.extend(env.iter().cloned());
     Gateway {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        port,
-        stdout,
+        proc: spawn_binary(cmd, dir.path(), &all),
         dir,
-    }
-}
-
-impl Gateway {
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let client = awc::Client::default();
-        loop {
-            if let Ok(res) = client.get(format!("{}/health", self.url)).send().await {
-                if res.status() == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "gateway never became ready");
-            actix_rt::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name} failed");
-    }
-
-    /// Waits (bounded) for the process to exit; returns its exit code.
-    async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("gateway did not exit within {within:?}");
-            }
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log_lines(&self) -> Vec<serde_json::Value> {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap())
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -215,8 +128,7 @@ async fn sigterm_lets_a_running_stream_finish_and_refuses_new_connections() {
     assert!(record["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(record.get("tokens.completion").is_some());
     assert!(lines.iter().any(|l| l["msg"] == "stopped"));
-    let raw = String::from_utf8_lossy(&gw.stdout.lock().unwrap()).into_owned();
-    assert!(!raw.contains("sk-client-secret"));
+    assert!(!gw.stdout_text().contains("sk-client-secret"));
 }
 
 fn recv(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {

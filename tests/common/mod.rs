@@ -2,6 +2,7 @@
 //! driven by a real HTTP client. Time-based actor state uses a manual clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod binary;
 pub mod chaos;
 pub mod db;
 
