@@ -172,7 +172,7 @@ fn event_end(buf: &[u8]) -> usize {
 /// Whole SSE events without the usage-only ones; `None` when nothing is left. Events
 /// without `"usage"` in them pass with no parse and no copy.
 fn drop_usage_only_events(events: Bytes) -> Option<Bytes> {
-    if !crate::proxy::usage::contains(&events, b"\"usage\"") {
+    if !crate::proxy::usage::mentions_usage(&events) {
         return Some(events);
     }
     let mut kept = bytes::BytesMut::with_capacity(events.len());

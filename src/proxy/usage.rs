@@ -3,6 +3,9 @@
 //! `response.completed` event, `input_tokens`/`output_tokens`) and Anthropic Messages
 //! (`message.usage` in `message_start`, `usage` in `message_delta`).
 
+use std::sync::OnceLock;
+
+use memchr::memmem;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -83,7 +86,7 @@ impl UsageMeter {
 
     /// Reads usage from one JSON document (a whole body, or one SSE event's data).
     pub fn observe_json(&mut self, json: &[u8]) {
-        if !contains(json, b"\"usage\"") {
+        if !mentions_usage(json) {
             return;
         }
         let Ok(carrier) = serde_json::from_slice::<Carrier>(json) else {
@@ -149,8 +152,14 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
     s
 }
 
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `"usage"` occurs in `haystack` (a prebuilt SIMD substring search: it runs on
+/// every body and every batch of stream events).
+pub fn mentions_usage(haystack: &[u8]) -> bool {
+    static FINDER: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    FINDER
+        .get_or_init(|| memmem::Finder::new(b"\"usage\""))
+        .find(haystack)
+        .is_some()
 }
 
 #[cfg(test)]
@@ -195,6 +204,13 @@ mod tests {
             m.observe_events(stream);
             assert!(m.saw_terminal(), "{}", String::from_utf8_lossy(stream));
         }
+    }
+
+    #[test]
+    fn usage_is_looked_for_only_where_mentioned() {
+        assert!(mentions_usage(br#"{"a":1,"usage":{}}"#));
+        assert!(!mentions_usage(br#"{"a":1,"usages":{},"usage_x":2}"#));
+        assert!(!mentions_usage(b""));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! bucket, the UTC windows (minute, day, month) and the `x-ratelimit-reset-*` format.
 //! Nothing here reads a clock; tests pass time in.
 
+use std::cell::Cell;
+
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 pub const MINUTE_MS: i64 = 60_000;
@@ -30,10 +32,7 @@ impl Window {
         match self {
             Window::Minute => now_ms.div_euclid(MINUTE_MS) * MINUTE_MS,
             Window::Day => now_ms.div_euclid(DAY_MS) * DAY_MS,
-            Window::Month => {
-                let date = utc(now_ms).date_naive();
-                month_start(date.year(), date.month())
-            }
+            Window::Month => month(now_ms).0,
         }
     }
 
@@ -42,15 +41,7 @@ impl Window {
         match self {
             Window::Minute => self.start(now_ms) + MINUTE_MS,
             Window::Day => self.start(now_ms) + DAY_MS,
-            Window::Month => {
-                let date = utc(now_ms).date_naive();
-                let (y, m) = if date.month() == 12 {
-                    (date.year() + 1, 1)
-                } else {
-                    (date.year(), date.month() + 1)
-                };
-                month_start(y, m)
-            }
+            Window::Month => month(now_ms).1,
         }
     }
 
@@ -58,6 +49,30 @@ impl Window {
     pub fn remaining_ms(self, now_ms: i64) -> i64 {
         (self.end(now_ms) - now_ms).max(1)
     }
+}
+
+/// The calendar month holding `now_ms`, as (start, end) in unix ms. Every request asks
+/// (for each subject's month window), so each thread keeps the last answer and does the
+/// calendar arithmetic only when `now_ms` leaves it.
+fn month(now_ms: i64) -> (i64, i64) {
+    thread_local! {
+        static LAST: Cell<(i64, i64)> = const { Cell::new((0, 0)) };
+    }
+    LAST.with(|last| {
+        let (start, end) = last.get();
+        if (start..end).contains(&now_ms) {
+            return (start, end);
+        }
+        let date = utc(now_ms).date_naive();
+        let (y, m) = if date.month() == 12 {
+            (date.year() + 1, 1)
+        } else {
+            (date.year(), date.month() + 1)
+        };
+        let bounds = (month_start(date.year(), date.month()), month_start(y, m));
+        last.set(bounds);
+        bounds
+    })
 }
 
 fn utc(ms: i64) -> DateTime<Utc> {
@@ -195,6 +210,28 @@ mod tests {
         assert_eq!(Window::Month.start(last + 1), last + 1);
         assert_eq!(Window::Day.start(last + 1), last + 1);
         assert_eq!(Window::Minute.remaining_ms(last), 1);
+    }
+
+    #[test]
+    fn the_remembered_month_follows_time_both_ways() {
+        // 2026-12-31T23:59:59.999Z, then the next millisecond, then back.
+        let last = 1_798_761_599_999;
+        let december = (1_796_083_200_000, 1_798_761_600_000);
+        let january = (1_798_761_600_000, 1_801_440_000_000);
+        for (now, want) in [
+            (last, december),
+            (last, december),
+            (last + 1, january),
+            (last, december),
+            (december.0, december),
+            (december.0 - 1, (1_793_491_200_000, december.0)),
+        ] {
+            assert_eq!(
+                (Window::Month.start(now), Window::Month.end(now)),
+                want,
+                "{now}"
+            );
+        }
     }
 
     #[test]
