@@ -10,44 +10,13 @@
 # Needs oha and the release binaries (cargo build --release --workspace --bins). Quota
 # limits are lifted as in bench/run.sh. Everything listens on 127.0.0.1 and stops on exit.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ROUNDS=${ROUNDS:-6}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
-for tool in oha curl python3; do
-    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
-done
-[[ -x $BIN/inference-gateway && -x $BIN/mock-upstream ]] ||
-    { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
-
-TMP=$(mktemp -d /tmp/igw-logcost.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-read -r MP GP < <(python3 -c 'import socket
-def f():
-    s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
-print(f(), f())')
-"$BIN/mock-upstream" --port "$MP" --workers 1 --chunks 8 --keep-alive-secs 120 --no-record \
-    2>"$TMP/mock.log" &
-PIDS+=($!)
-mkdir -p "$TMP/fixtures"
-cat >"$TMP/fixtures/endpoints.json" <<JSON
-[{"model":"resource_server.endpoint","pk":1,"fields":{"endpoint_slug":"bench-mock","cluster":"bench","framework":"mock","model":"mock-model","base_url":"http://127.0.0.1:$MP"}}]
-JSON
-BODY='{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":8}'
-URL=http://127.0.0.1:$GP/v1/chat/completions
-export GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND=${GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND:-10000000}
-export GATEWAY__QUOTAS__USER__BURST=${GATEWAY__QUOTAS__USER__BURST:-10000000}
-export GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY=${GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY:-0}
-export GATEWAY__QUOTAS__USER__TOKENS_PER_DAY=${GATEWAY__QUOTAS__USER__TOKENS_PER_DAY:-0}
-export GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH=${GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH:-0}
-export GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT=${GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT:-0}
+BENCH_NAME=logcost
+TOOLS=oha
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # One run: prints "rps cpu_us_per_request".
 run() {
@@ -55,11 +24,11 @@ run() {
     GATEWAY__LOGGING__REQUEST_LOG=$log GATEWAY__STORAGE__DATA_DIR=$data \
         GATEWAY__SERVER__BIND=127.0.0.1:$GP GATEWAY__FIXTURES__DIR=$TMP/fixtures \
         "$BIN/inference-gateway" >/dev/null 2>"$TMP/gateway.err" &
-    local gw=$!
-    for _ in $(seq 150); do
-        curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$GP/health" && break
-        sleep 0.2
-    done
+    # Not local: the trap runs after run() returns. run() is a command substitution's
+    # subshell, so this is its own gateway, stopped however the subshell ends.
+    gw=$!
+    trap 'kill "$gw" 2>/dev/null || true' EXIT
+    wait_gateway
     timeout 30 oha -z 1s -c "$CONNS" --no-tui -m POST -H 'content-type: application/json' \
         -d "$BODY" "$URL" >/dev/null
     local before after

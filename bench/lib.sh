@@ -1,0 +1,54 @@
+# Shared by bench/instructions.sh and bench/log_cost.sh (sourced, not run): checks, a
+# temporary directory removed on exit with every process in PIDS, two free 127.0.0.1
+# ports (MP for the mock, GP for the gateway), the mock upstream on MP and a fixture
+# directory naming it as model `mock-model`, and the quota limits lifted.
+# Set before sourcing: BENCH_NAME (for the temp dir) and TOOLS (commands needed).
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+for tool in $TOOLS curl python3; do
+    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
+done
+[[ -x $BIN/inference-gateway && -x $BIN/mock-upstream ]] ||
+    { echo "build first: cargo build --release --workspace --bins" >&2; exit 1; }
+
+TMP=$(mktemp -d "/tmp/igw-$BENCH_NAME.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+read -r MP GP < <(python3 -c 'import socket
+def f():
+    s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
+print(f(), f())')
+
+"$BIN/mock-upstream" --port "$MP" --workers 1 --chunks 8 --keep-alive-secs 120 --no-record \
+    2>"$TMP/mock.log" &
+PIDS+=($!)
+mkdir -p "$TMP/fixtures"
+cat >"$TMP/fixtures/endpoints.json" <<JSON
+[{"model":"resource_server.endpoint","pk":1,"fields":{"endpoint_slug":"bench-mock","cluster":"bench","framework":"mock","model":"mock-model","base_url":"http://127.0.0.1:$MP"}}]
+JSON
+BODY='{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":8}'
+URL=http://127.0.0.1:$GP/v1/chat/completions
+
+# The default per-user limits (50 requests/s) would refuse most of the load.
+export GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND=${GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND:-10000000}
+export GATEWAY__QUOTAS__USER__BURST=${GATEWAY__QUOTAS__USER__BURST:-10000000}
+export GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY=${GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY:-0}
+export GATEWAY__QUOTAS__USER__TOKENS_PER_DAY=${GATEWAY__QUOTAS__USER__TOKENS_PER_DAY:-0}
+export GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH=${GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH:-0}
+export GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT=${GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT:-0}
+
+# Waits (30 s at most) until the gateway answers /health.
+wait_gateway() {
+    for _ in $(seq 150); do
+        curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$GP/health" && return 0
+        sleep 0.2
+    done
+    echo "the gateway did not start" >&2
+    return 1
+}
