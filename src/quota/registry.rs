@@ -295,8 +295,9 @@ impl QuotaRegistry {
                 }
             }
         }
-        // Bit i: subject i was counted in Redis (a request has a handful of subjects).
-        debug_assert!(taken.len() <= 64);
+        // Bit i: subject i was counted in Redis (a request has at most three subjects:
+        // user, org, model).
+        let bit = |i: usize| u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i));
         let mut in_redis = 0u64;
         if let Some(redis) = redis {
             let mut fell_back = policy.is_none();
@@ -306,7 +307,7 @@ impl QuotaRegistry {
                 }
                 // Boxed for the same reason as the load: only requests near a limit go here.
                 match Box::pin(redis.admit(s)).await {
-                    Ok(Verdict::Admitted) => in_redis |= 1 << i,
+                    Ok(Verdict::Admitted) => in_redis |= bit(i).unwrap_or(0),
                     Ok(Verdict::Refused(d)) => {
                         drop(permits);
                         taken.iter().for_each(|(s, route)| s.refund(*route));
@@ -322,7 +323,7 @@ impl QuotaRegistry {
         }
         let now = now_ms();
         for (i, (s, _)) in taken.iter().enumerate() {
-            s.count_request_remote(now, in_redis & (1 << i) != 0);
+            s.count_request_remote(now, bit(i).is_some_and(|b| in_redis & b != 0));
         }
         Ok(Admission { permits })
     }
