@@ -499,6 +499,57 @@ fn every_migration_goes_up_down_and_up_again() {
     }
 }
 
+/// Rows logged before migration 000007 (the request log's new key) survive it, and its
+/// down, on both backends.
+#[test]
+fn request_log_rows_survive_the_key_migration_both_ways() {
+    fn exec(conn: &mut SyncConn, sql: &str) {
+        match conn {
+            SyncConn::Pg(c) => diesel::sql_query(sql).execute(c).map(drop),
+            SyncConn::Sqlite(c) => diesel::sql_query(sql).execute(c).map(drop),
+        }
+        .unwrap();
+    }
+    fn ids(conn: &mut SyncConn) -> Vec<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = Text)]
+            id: String,
+        }
+        let sql = "SELECT id FROM request_log ORDER BY created_at, id";
+        let rows: Vec<Id> = match conn {
+            SyncConn::Pg(c) => diesel::sql_query(sql).load(c),
+            SyncConn::Sqlite(c) => diesel::sql_query(sql).load(c),
+        }
+        .unwrap();
+        rows.into_iter().map(|r| r.id).collect()
+    }
+    for db in TestDb::all("request_log_rows_survive_the_key_migration_both_ways") {
+        let b = db.name();
+        let mut conn = SyncConn::connect(&db.url()).unwrap();
+        for _ in 0..6 {
+            conn.run_next().unwrap().expect("a migration before 000007");
+        }
+        for (id, at) in [("b", 2000), ("a", 1000), ("c", 2000)] {
+            exec(
+                &mut conn,
+                &format!(
+                    "INSERT INTO request_log (id, request_id, created_at, user_id, org_id, \
+                     model, cluster, framework, target, route, status, prompt_tokens, \
+                     completion_tokens, total_tokens, tokens_estimated, latency_ms, stream, \
+                     attempts, ending) VALUES ('{id}', 'r-{id}', {at}, 'u', '', 'm', 'c', \
+                     'f', 't', 'chat', 200, 1, 2, 3, FALSE, 1.5, FALSE, 1, 'complete')"
+                ),
+            );
+        }
+        let version = conn.run_next().unwrap().expect("migration 000007");
+        assert!(version.contains("000007"), "{b}: {version}");
+        assert_eq!(ids(&mut conn), ["a", "b", "c"], "{b}: after up");
+        assert_eq!(conn.revert_last().unwrap(), version, "{b}");
+        assert_eq!(ids(&mut conn), ["a", "b", "c"], "{b}: after down");
+    }
+}
+
 #[test]
 fn both_trees_give_the_same_tables() {
     let lite = TestDb::sqlite();
