@@ -126,6 +126,16 @@ async fn create_batch(url: &str, key: Option<&str>, file_id: &str) -> (u16, Valu
     .await
 }
 
+/// Uploads `bytes` as a batch input file and creates a batch of it (no key); returns
+/// the batch.
+async fn submit(url: &str, bytes: &[u8]) -> Value {
+    let (status, f) = upload(url, None, "batch", bytes).await;
+    assert_eq!(status, 200, "{f}");
+    let (status, b) = create_batch(url, None, f["id"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{b}");
+    b
+}
+
 /// Polls a batch (bounded) until `done` holds.
 async fn wait_batch(
     url: &str,
@@ -313,9 +323,7 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
     // Two lines get a 400 from the model: they go to the error file.
     mock.fail_next(2, 400);
     let n = 60;
-    let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
-    let (status, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
-    assert_eq!(status, 200, "{b}");
+    let b = submit(&gw.url, &input(n, "m")).await;
     assert_eq!(b["object"], "batch");
     assert_eq!(b["status"], "validating");
     assert_eq!(b["endpoint"], EP);
@@ -372,8 +380,7 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
     assert_eq!(out_file["purpose"], "batch_output");
 
     // Paging: newest first, `after` continues.
-    let (_, f2) = upload(&gw.url, None, "batch", &input(1, "m")).await;
-    let (_, b2) = create_batch(&gw.url, None, f2["id"].as_str().unwrap()).await;
+    let b2 = submit(&gw.url, &input(1, "m")).await;
     let (_, page) = json_call(&gw.url, "GET", "/v1/batches?limit=1", None, None).await;
     assert_eq!(page["data"][0]["id"], b2["id"]);
     assert_eq!(page["has_more"], true);
@@ -426,7 +433,7 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
         "POST",
         "/v1/batches",
         None,
-        Some(json!({"input_file_id": f2["id"], "endpoint": EP, "completion_window": "1h"})),
+        Some(json!({"input_file_id": b2["input_file_id"], "endpoint": EP, "completion_window": "1h"})),
     )
     .await;
     assert_eq!(
@@ -459,8 +466,7 @@ async fn bad_lines_fail_validation_with_an_error_file() {
         line("ok", "m"),
     ]
     .join("\n");
-    let (_, f) = upload(&gw.url, None, "batch", text.as_bytes()).await;
-    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let b = submit(&gw.url, text.as_bytes()).await;
     let b = wait_batch(
         &gw.url,
         None,
@@ -509,8 +515,7 @@ async fn cancel_keeps_the_finished_lines() {
     )
     .await;
     let n = 200;
-    let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
-    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let b = submit(&gw.url, &input(n, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
     wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| {
         b["request_counts"]["completed"].as_i64() >= Some(4)
@@ -581,8 +586,7 @@ async fn a_batch_past_its_window_expires_keeping_the_finished_lines() {
     )
     .await;
     let n = 100;
-    let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
-    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let b = submit(&gw.url, &input(n, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
     wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| {
         b["request_counts"]["completed"].as_i64() >= Some(4)
@@ -822,8 +826,7 @@ async fn batch_lines_wait_while_interactive_requests_are_in_flight() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let (_, f) = upload(&gw.url, None, "batch", &input(5, "m")).await;
-    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let b = submit(&gw.url, &input(5, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
     wait_batch(&gw.url, None, &id, Duration::from_secs(10), |b| {
         b["status"] == "in_progress"
@@ -859,8 +862,7 @@ async fn quota_refusals_delay_lines_without_failing_them() {
     )
     .await;
     let n = 20;
-    let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
-    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let b = submit(&gw.url, &input(n, "m")).await;
     let b = wait_batch(
         &gw.url,
         None,
@@ -903,8 +905,7 @@ async fn batches_finish_after_the_batch_actor_crashes() {
     )
     .await;
     let n = 300;
-    let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
-    let (_, b) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    let b = submit(&gw.url, &input(n, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
     wait_batch(&gw.url, None, &id, Duration::from_secs(30), |b| {
         b["request_counts"]["completed"].as_i64() >= Some(20)
@@ -957,8 +958,7 @@ async fn a_batch_resumes_after_kill_9_with_every_line_once() {
     let mut first = spawn(dir.path(), &env);
     first.wait_ready().await;
     let n = 600;
-    let (_, f) = upload(&first.url, None, "batch", &input(n, "m")).await;
-    let (_, b) = create_batch(&first.url, None, f["id"].as_str().unwrap()).await;
+    let b = submit(&first.url, &input(n, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
     let part = wait_batch(&first.url, None, &id, Duration::from_secs(30), |b| {
         b["request_counts"]["completed"].as_i64() >= Some(60)
@@ -1018,9 +1018,7 @@ async fn two_gateways_on_postgres_share_batches_without_double_work() {
     let mut ids = Vec::new();
     for i in 0..batches {
         let gw = if i % 2 == 0 { &a } else { &b };
-        let (_, f) = upload(&gw.url, None, "batch", &input(n, "m")).await;
-        let (status, bt) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
-        assert_eq!(status, 200, "{bt}");
+        let bt = submit(&gw.url, &input(n, "m")).await;
         ids.push(bt["id"].as_str().unwrap().to_string());
     }
     let mut owners = HashSet::new();
