@@ -16,19 +16,13 @@ set -euo pipefail
 LINES=${LINES:-10000}
 REPEAT=${REPEAT:-3}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-300}
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$BENCH_DIR/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-MOCK_BIN=$TARGET_DIR/release/mock-upstream
-GW_BIN=$TARGET_DIR/release/inference-gateway
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 die() {
     log "!!! $*"
     exit 1
 }
-command -v curl >/dev/null || die "curl is needed"
-command -v python3 >/dev/null || die "python3 is needed"
 
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     log "building release binaries"
@@ -36,64 +30,22 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
         timeout 1800 cargo build --release -p mock-upstream --bin mock-upstream >&2) ||
         die "build failed"
 fi
-[[ -x $GW_BIN && -x $MOCK_BIN ]] || die "release binaries missing under $TARGET_DIR/release"
+BENCH_NAME=batch
+TOOLS=
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-read -r MOCK_PORT GW_PORT < <(python3 - <<'EOF'
-import socket
-ports = []
-socks = []
-for _ in range(2):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-    ports.append(s.getsockname()[1])
-for s in socks:
-    s.close()
-print(*ports)
-EOF
-)
-
-wait_http() {
-    local url=$1 i
-    for ((i = 0; i < 200; i++)); do
-        curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "$url never answered"
-}
-
-"$MOCK_BIN" --port "$MOCK_PORT" --workers 1 --chunks 8 --keep-alive-secs 120 --no-record \
-    >"$TMP/mock.log" 2>&1 &
-PIDS+=($!)
-mkdir -p "$TMP/fixtures"
-cat >"$TMP/fixtures/endpoints.json" <<EOF
-[{"model":"resource_server.endpoint","pk":1,"fields":{"endpoint_slug":"bench-mock","cluster":"bench","framework":"mock","model":"mock-model","base_url":"http://127.0.0.1:$MOCK_PORT"}}]
-EOF
-GATEWAY__SERVER__BIND=127.0.0.1:$GW_PORT GATEWAY__FIXTURES__DIR=$TMP/fixtures \
+GATEWAY__SERVER__BIND=127.0.0.1:$GP GATEWAY__FIXTURES__DIR=$TMP/fixtures \
     GATEWAY__STORAGE__DATA_DIR=$TMP/data GATEWAY__LOGGING__LEVEL=warning \
     GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND=${GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND:-100000} \
     GATEWAY__QUOTAS__USER__BURST=${GATEWAY__QUOTAS__USER__BURST:-100000} \
     GATEWAY__QUOTAS__MODEL__REQUESTS_PER_SECOND=${GATEWAY__QUOTAS__MODEL__REQUESTS_PER_SECOND:-100000} \
     GATEWAY__QUOTAS__MODEL__BURST=${GATEWAY__QUOTAS__MODEL__BURST:-100000} \
     GATEWAY__BATCHES__POLL_INTERVAL_MS=${GATEWAY__BATCHES__POLL_INTERVAL_MS:-50} \
-    "$GW_BIN" serve >"$TMP/gateway.log" 2>&1 &
+    "$BIN/inference-gateway" serve >"$TMP/gateway.log" 2>&1 &
 PIDS+=($!)
-wait_http "http://127.0.0.1:$MOCK_PORT/health"
-wait_http "http://127.0.0.1:$GW_PORT/health"
-GW=http://127.0.0.1:$GW_PORT
+wait_gateway
+GW=http://127.0.0.1:$GP
 
 python3 - "$LINES" >"$TMP/in.jsonl" <<'EOF'
 import json, sys

@@ -19,6 +19,7 @@ BENCH_NAME=instr
 TOOLS="valgrind callgrind_control callgrind_annotate wrk"
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lift_quotas
 
 cat >"$TMP/post.lua" <<'LUA'
 wrk.method = "POST"

@@ -1,7 +1,7 @@
-# Shared by bench/instructions.sh and bench/log_cost.sh (sourced, not run): checks, a
-# temporary directory removed on exit with every process in PIDS, two free 127.0.0.1
-# ports (MP for the mock, GP for the gateway), the mock upstream on MP and a fixture
-# directory naming it as model `mock-model`, and the quota limits lifted.
+# Shared by bench/instructions.sh, bench/log_cost.sh and bench/batch.sh (sourced, not
+# run): checks, a temporary directory removed on exit with every process in PIDS, two free
+# 127.0.0.1 ports (MP for the mock, GP for the gateway), the mock upstream answering on MP, a
+# fixture directory naming it as model `mock-model`; `lift_quotas`, `wait_gateway`.
 # Set before sourcing: BENCH_NAME (for the temp dir) and TOOLS (commands needed).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,7 +19,7 @@ cleanup() {
     wait 2>/dev/null || true
     rm -rf "$TMP"
 }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 read -r MP GP < <(python3 -c 'import socket
 def f():
     s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
@@ -35,20 +35,27 @@ JSON
 BODY='{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":8}'
 URL=http://127.0.0.1:$GP/v1/chat/completions
 
-# The default per-user limits (50 requests/s) would refuse most of the load.
-export GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND=${GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND:-10000000}
-export GATEWAY__QUOTAS__USER__BURST=${GATEWAY__QUOTAS__USER__BURST:-10000000}
-export GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY=${GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY:-0}
-export GATEWAY__QUOTAS__USER__TOKENS_PER_DAY=${GATEWAY__QUOTAS__USER__TOKENS_PER_DAY:-0}
-export GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH=${GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH:-0}
-export GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT=${GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT:-0}
+# Lifts the default per-user limits (50 requests/s would refuse most of the load), keeping
+# the quota check on every request; each can still be set from outside.
+lift_quotas() {
+    export GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND=${GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND:-10000000}
+    export GATEWAY__QUOTAS__USER__BURST=${GATEWAY__QUOTAS__USER__BURST:-10000000}
+    export GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY=${GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY:-0}
+    export GATEWAY__QUOTAS__USER__TOKENS_PER_DAY=${GATEWAY__QUOTAS__USER__TOKENS_PER_DAY:-0}
+    export GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH=${GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH:-0}
+    export GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT=${GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT:-0}
+}
 
-# Waits (30 s at most) until the gateway answers /health.
-wait_gateway() {
+# Waits (30 s at most) until 127.0.0.1:PORT answers /health.
+wait_health() {
     for _ in $(seq 150); do
-        curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$GP/health" && return 0
+        curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$1/health" && return 0
         sleep 0.2
     done
-    echo "the gateway did not start" >&2
+    echo "nothing answered on 127.0.0.1:$1" >&2
     return 1
 }
+
+wait_gateway() { wait_health "$GP"; }
+
+wait_health "$MP" || { cat "$TMP/mock.log" >&2; exit 1; }

@@ -17,6 +17,7 @@ BENCH_NAME=logcost
 TOOLS=oha
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+lift_quotas
 
 # One run: prints "rps cpu_us_per_request".
 run() {
