@@ -13,7 +13,7 @@ use actix_web::Error;
 /// The normalised form of `path`, or `None` when it is normal already.
 pub fn normalized(path: &str) -> Option<String> {
     let b = path.as_bytes();
-    let needs = (b.len() > 1 && b.ends_with(b"/")) || b.windows(2).any(|w| w == b"//");
+    let needs = (b.len() > 1 && b.ends_with(b"/")) || memchr::memmem::find(b, b"//").is_some();
     if !needs {
         return None;
     }
