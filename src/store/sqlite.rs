@@ -54,15 +54,13 @@ impl SqliteStore {
                     // `OR IGNORE`: a row whose key is stored already is skipped. Unlike
                     // `ON CONFLICT DO NOTHING` the statement has a static query id, so
                     // diesel reuses the prepared statement without rebuilding its SQL.
-                    let mut chunks = rows.chunks_exact(INSERT_CHUNK);
-                    for chunk in &mut chunks {
-                        // Always a full chunk (`chunks_exact`), so always an array.
-                        if let Ok(chunk) = <&[super::LogRow; INSERT_CHUNK]>::try_from(chunk) {
-                            let insert = diesel::insert_or_ignore_into(table).values(chunk);
-                            n += diesel::RunQueryDsl::execute(insert, c)?;
-                        }
+                    let mut rest: &[super::LogRow] = &rows;
+                    while let Some((chunk, tail)) = rest.split_first_chunk::<INSERT_CHUNK>() {
+                        let insert = diesel::insert_or_ignore_into(table).values(chunk);
+                        n += diesel::RunQueryDsl::execute(insert, c)?;
+                        rest = tail;
                     }
-                    for row in chunks.remainder() {
+                    for row in rest {
                         let insert = diesel::insert_or_ignore_into(table).values(row);
                         n += diesel::RunQueryDsl::execute(insert, c)?;
                     }
