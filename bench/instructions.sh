@@ -48,4 +48,12 @@ kill -INT "$GW"
 wait "$GW" 2>/dev/null || true
 IR=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "requests: $N (non-2xx: ${NON2XX:-0}); instructions: $IR; per request: $((IR / N))"
+# A count that includes failing log writes would mislead: say how many rows were stored.
+if command -v sqlite3 >/dev/null && [[ -f $TMP/data/gateway.db ]]; then
+    echo "request-log rows stored: $(sqlite3 "$TMP/data/gateway.db" 'SELECT count(*) FROM request_log')"
+fi
+if grep -q '"level":"ERRO"\|"level":"WARN"' "$TMP/gateway.log"; then
+    echo "the gateway logged warnings or errors:"
+    grep '"level":"ERRO"\|"level":"WARN"' "$TMP/gateway.log" | head -n 3
+fi
 if [[ $KEEP == 1 ]]; then echo "callgrind output: $OUT"; else rm -f "$OUT"; fi

@@ -116,6 +116,7 @@ fn versions(v: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
 /// Opens a SQLite file. With `create`, its directory is created too; without, a missing
 /// file is an error (SQLite would silently create an empty one).
 pub fn open_sqlite(path: &Path, create: bool) -> StoreResult<SqliteConnection> {
+    configure_sqlite_library();
     if !path.exists() {
         if !create {
             return Err(StoreError::Connection(format!(
@@ -133,6 +134,26 @@ pub fn open_sqlite(path: &Path, create: bool) -> StoreResult<SqliteConnection> {
         .to_str()
         .ok_or_else(|| StoreError::Connection(format!("{} is not UTF-8", path.display())))?;
     SqliteConnection::establish(text).map_err(|e| StoreError::Connection(e.to_string()))
+}
+
+/// Sets SQLite's process-wide options, once, before its first connection: multi-thread
+/// mode (no mutex taken per bind and step: a diesel connection is `Send` but not `Sync`,
+/// so no two threads ever use one at once, which is all that mode asks) and no memory
+/// statistics (a global mutex per allocation). SQLite ignores both (`SQLITE_MISUSE`) once
+/// initialised, e.g. if another part of the process opened a database first; it then
+/// keeps its serialized default, which is correct, only slower.
+fn configure_sqlite_library() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use libsqlite3_sys as ffi;
+        // SAFETY: sqlite3_config takes these two options with the documented argument
+        // lists (none; one int) and is called before any connection of ours is opened;
+        // past initialisation it only returns SQLITE_MISUSE.
+        unsafe {
+            ffi::sqlite3_config(ffi::SQLITE_CONFIG_MULTITHREAD);
+            ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
+    });
 }
 
 /// Connects and applies every pending migration; returns the versions applied.

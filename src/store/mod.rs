@@ -11,6 +11,7 @@ pub mod pg;
 mod queries;
 pub mod schema;
 pub mod sqlite;
+mod sqlite_log_insert;
 pub mod url;
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::migrate::{open_sqlite, SQLITE_PRAGMAS};
+use super::sqlite_log_insert::InsertLogRows;
 
 type Conn = SyncConnectionWrapper<SqliteConnection>;
 
@@ -36,35 +37,23 @@ impl SqliteStore {
     }
 
     /// The whole batch in one blocking task and one transaction, on the sync connection:
-    /// one hop to the blocking pool per batch instead of one per row. Rows go in
-    /// `INSERT_CHUNK` at a time through one statement of fixed shape (a fixed-size array
-    /// has a static query id, so diesel prepares it once per connection); the last few
-    /// one by one.
+    /// one hop to the blocking pool per batch instead of one per row. Rows go 16 at a time
+    /// through one statement of fixed shape, prepared once per connection
+    /// ([`InsertLogRows`]); the last few one by one. (Larger statements for the
+    /// remainder were tried: per-statement costs are too small here to matter.)
     async fn insert_log_rows(
         &self,
         rows: std::sync::Arc<[super::LogRow]>,
     ) -> super::StoreResult<usize> {
-        use super::schema::request_log::table;
         use diesel::Connection;
         let mut conn = self.conn().await?;
         let inserted = conn
             .spawn_blocking(move |c| {
                 c.transaction(|c| {
-                    let mut n = 0;
-                    // `OR IGNORE`: a row whose key is stored already is skipped. Unlike
-                    // `ON CONFLICT DO NOTHING` the statement has a static query id, so
-                    // diesel reuses the prepared statement without rebuilding its SQL.
+                    // `OR IGNORE`: a row whose key is stored already (a replay) is skipped.
                     let mut rest: &[super::LogRow] = &rows;
-                    while let Some((chunk, tail)) = rest.split_first_chunk::<INSERT_CHUNK>() {
-                        let insert = diesel::insert_or_ignore_into(table).values(chunk);
-                        n += diesel::RunQueryDsl::execute(insert, c)?;
-                        rest = tail;
-                    }
-                    for row in rest {
-                        let insert = diesel::insert_or_ignore_into(table).values(row);
-                        n += diesel::RunQueryDsl::execute(insert, c)?;
-                    }
-                    Ok(n)
+                    let n = insert_chunks::<16>(c, &mut rest)?;
+                    Ok(n + insert_chunks::<1>(c, &mut rest)?)
                 })
             })
             .await?;
@@ -81,9 +70,20 @@ impl SqliteStore {
     }
 }
 
-/// Rows per multi-row request-log INSERT (24 values each: 384 parameters, far below
-/// SQLite's limit).
-const INSERT_CHUNK: usize = 16;
+/// Inserts `N` rows at a time from the front of `rest` while `N` are left; returns the
+/// rows inserted. `N` ≤ 41: 24 values a row stays under 999 parameters, the limit of
+/// SQLite builds older than 3.32.
+fn insert_chunks<const N: usize>(
+    c: &mut SqliteConnection,
+    rest: &mut &[super::LogRow],
+) -> diesel::QueryResult<usize> {
+    let mut n = 0;
+    while let Some((chunk, tail)) = rest.split_first_chunk::<N>() {
+        n += diesel::RunQueryDsl::execute(InsertLogRows(chunk), c)?;
+        *rest = tail;
+    }
+    Ok(n)
+}
 
 impl super::Store for SqliteStore {
     fn backend(&self) -> &'static str {
