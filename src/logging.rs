@@ -16,7 +16,6 @@ use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use memchr::memmem;
 use serde_json::Value;
 use slog::{o, Drain, Level, Logger};
 
@@ -336,8 +335,9 @@ pub fn redact_value(value: &mut Value) {
     }
 }
 
-/// Lower-case fragments whose absence from a line proves it needs no redaction: every
-/// secret-named key, `bearer`, key prefixes and the `@` of an e-mail address. Lines without
+/// Lower-case fragments whose absence from a line proves it needs no redaction: the `@` of
+/// an e-mail address (first: [`suspect`] looks for it apart), every secret-named key,
+/// `bearer` and key prefixes. Lines without
 /// any (nearly all request records) are written as they are, without a JSON round trip.
 const SUSPECT: [&str; 13] = [
     "@",
@@ -355,22 +355,46 @@ const SUSPECT: [&str; 13] = [
     "token\"",
 ];
 
-/// Whether a line holds any [`SUSPECT`] fragment, in any case (the line lower-cased into
-/// `lower`, then a SIMD substring search, prebuilt, per fragment), or is not UTF-8.
+/// Whether a line holds any [`SUSPECT`] fragment, in any case, or is not UTF-8: the line
+/// lower-cased into `lower`, then one SIMD pass for the `@` and one multi-pattern pass
+/// (aho-corasick's packed "Teddy" search) for the rest: half the cost of twelve separate
+/// substring searches. The `@` stays apart because a one-byte pattern would turn the
+/// packed search off.
 fn suspect(line: &[u8], lower: &mut Vec<u8>) -> bool {
-    static FINDERS: OnceLock<Vec<memmem::Finder<'static>>> = OnceLock::new();
+    static FRAGMENTS: OnceLock<Fragments> = OnceLock::new();
     lower.clear();
-    lower.extend(line.iter().map(u8::to_ascii_lowercase));
-    FINDERS
-        .get_or_init(|| {
-            SUSPECT
-                .iter()
-                .map(|n| memmem::Finder::new(n.as_bytes()))
-                .collect()
-        })
-        .iter()
-        .any(|f| f.find(lower).is_some())
+    lower.extend_from_slice(line);
+    // In place over the whole slice: vectorised, unlike a byte-wise map into the Vec.
+    lower.make_ascii_lowercase();
+    memchr::memchr(b'@', lower).is_some()
+        || FRAGMENTS.get_or_init(Fragments::new).found_in(lower)
         || std::str::from_utf8(line).is_err()
+}
+
+/// The multi-byte [`SUSPECT`] fragments, searched in one pass.
+enum Fragments {
+    /// SIMD (Teddy), where the CPU has it.
+    Packed(aho_corasick::packed::Searcher),
+    /// Elsewhere, the automaton (slower, still one pass); if even that could not be
+    /// built, every line is suspect (redacted the slow way, never leaked).
+    Automaton(Option<aho_corasick::AhoCorasick>),
+}
+
+impl Fragments {
+    fn new() -> Fragments {
+        let patterns = &SUSPECT[1..];
+        match aho_corasick::packed::Searcher::new(patterns.iter()) {
+            Some(packed) => Fragments::Packed(packed),
+            None => Fragments::Automaton(aho_corasick::AhoCorasick::new(patterns).ok()),
+        }
+    }
+
+    fn found_in(&self, haystack: &[u8]) -> bool {
+        match self {
+            Fragments::Packed(s) => s.find(haystack).is_some(),
+            Fragments::Automaton(a) => a.as_ref().is_none_or(|a| a.is_match(haystack)),
+        }
+    }
 }
 
 /// A writer that redacts every JSON line before passing it on, on the thread that logs
@@ -471,6 +495,30 @@ mod tests {
         ] {
             assert!(suspect(line, &mut buf), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[test]
+    fn every_fragment_is_found_by_both_searches() {
+        let fallback = Fragments::Automaton(aho_corasick::AhoCorasick::new(&SUSPECT[1..]).ok());
+        let fast = Fragments::new();
+        for fragment in &SUSPECT[1..] {
+            // Anywhere in a line longer than one SIMD block, and in a short one.
+            let long = format!(
+                "{{\"k\":\"{}{fragment}{}\"}}",
+                "x".repeat(40),
+                "y".repeat(40)
+            );
+            for line in [long.as_str(), fragment] {
+                assert!(fast.found_in(line.as_bytes()), "{line}");
+                assert!(fallback.found_in(line.as_bytes()), "{line}");
+            }
+        }
+        let clean = br#"{"msg":"request","tokens.prompt":3,"ending":"complete"}"#;
+        assert!(!fast.found_in(clean) && !fallback.found_in(clean));
+        assert!(
+            Fragments::Automaton(None).found_in(clean),
+            "no searcher: all suspect"
+        );
     }
 
     #[derive(Clone, Default)]
