@@ -7,7 +7,6 @@ use std::sync::OnceLock;
 
 use memchr::memmem;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct Usage {
@@ -31,23 +30,6 @@ impl Usage {
         self.total_tokens
             .max(self.prompt_tokens + self.completion_tokens)
     }
-}
-
-/// The places usage is found in a JSON body or event.
-#[derive(Deserialize)]
-struct Carrier<'a> {
-    #[serde(default)]
-    usage: Option<Usage>,
-    #[serde(borrow, default)]
-    response: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    message: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Inner {
-    #[serde(default)]
-    usage: Option<Usage>,
 }
 
 /// Event types that end a stream properly: Anthropic Messages, the Responses API, and an
@@ -84,23 +66,26 @@ impl UsageMeter {
         self.events
     }
 
-    /// Reads usage from one JSON document (a whole body, or one SSE event's data).
+    /// Reads usage from one JSON document (a whole body, or one SSE event's data): every
+    /// object member named `usage`, at any depth (top level for OpenAI, `response.usage`
+    /// for the Responses API, `message.usage` for Anthropic), found by a SIMD search and
+    /// deserialized alone, so the rest of the body is never parsed. A `"usage"` found by
+    /// the search is a member name exactly when a `{` or `,` comes before it and a `:`
+    /// after (whitespace aside): inside a JSON string every quote is escaped, so the
+    /// byte before it would be a backslash.
     pub fn observe_json(&mut self, json: &[u8]) {
-        if !mentions_usage(json) {
-            return;
-        }
-        let Ok(carrier) = serde_json::from_slice::<Carrier>(json) else {
-            return;
-        };
-        let nested = [carrier.response, carrier.message]
-            .into_iter()
-            .flatten()
-            .filter_map(|raw| serde_json::from_str::<Inner>(raw.get()).ok())
-            .filter_map(|inner| inner.usage);
-        for usage in carrier.usage.into_iter().chain(nested) {
-            match &mut self.usage {
-                Some(u) => u.merge(usage),
-                None => self.usage = Some(usage),
+        for at in usage_finder().find_iter(json) {
+            let before = json[..at].trim_ascii_end().last();
+            let after = json[at + USAGE_KEY.len()..].trim_ascii_start();
+            let (Some(b'{' | b','), Some((b':', value))) = (before, after.split_first()) else {
+                continue;
+            };
+            let mut de = serde_json::Deserializer::from_slice(value);
+            if let Ok(Some(usage)) = Option::<Usage>::deserialize(&mut de) {
+                match &mut self.usage {
+                    Some(u) => u.merge(usage),
+                    None => self.usage = Some(usage),
+                }
             }
         }
     }
@@ -152,14 +137,18 @@ fn trim_ascii(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// Whether `"usage"` occurs in `haystack` (a prebuilt SIMD substring search: it runs on
-/// every body and every batch of stream events).
-pub fn mentions_usage(haystack: &[u8]) -> bool {
+const USAGE_KEY: &[u8] = b"\"usage\"";
+
+/// The prebuilt SIMD search for `"usage"` (it runs on every body and every batch of stream
+/// events).
+fn usage_finder() -> &'static memmem::Finder<'static> {
     static FINDER: OnceLock<memmem::Finder<'static>> = OnceLock::new();
-    FINDER
-        .get_or_init(|| memmem::Finder::new(b"\"usage\""))
-        .find(haystack)
-        .is_some()
+    FINDER.get_or_init(|| memmem::Finder::new(USAGE_KEY))
+}
+
+/// Whether `"usage"` occurs in `haystack`.
+pub fn mentions_usage(haystack: &[u8]) -> bool {
+    usage_finder().find(haystack).is_some()
 }
 
 #[cfg(test)]
@@ -211,6 +200,37 @@ mod tests {
         assert!(mentions_usage(br#"{"a":1,"usage":{}}"#));
         assert!(!mentions_usage(br#"{"a":1,"usages":{},"usage_x":2}"#));
         assert!(!mentions_usage(b""));
+    }
+
+    #[test]
+    fn only_member_names_count_whatever_the_spacing() {
+        let mut m = UsageMeter::default();
+        m.observe_json(
+            br#"{ "id" : "x" ,  "usage"  :  { "prompt_tokens" : 2, "completion_tokens": 3 } }"#,
+        );
+        assert_eq!(m.usage().map(|u| u.total()), Some(5));
+        for body in [
+            // In a string: the quotes are escaped.
+            &br#"{"choices":[{"message":{"content":"say \"usage\": {\"total_tokens\": 99}"}}]}"#[..],
+            br#"{"choices":[{"message":{"content":"{\"usage\":{\"total_tokens\":99}}"}}]}"#,
+            // A string value or an array element, not a member name.
+            br#"{"kind":"usage","x":{"total_tokens":99}}"#,
+            br#"{"tags":["a","usage"],"x":1}"#,
+            // Broken JSON after the name.
+            br#"{"usage":{"total_tokens":"#,
+        ] {
+            let mut m = UsageMeter::default();
+            m.observe_json(body);
+            assert_eq!(m.usage(), None, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn unknown_usage_fields_are_ignored_and_the_rest_is_not_read() {
+        let mut m = UsageMeter::default();
+        // The usage object is read alone: garbage after it does not matter.
+        m.observe_json(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"prompt_tokens_details":{"cached_tokens":0}},"x":]"#);
+        assert_eq!(m.usage().map(|u| u.total()), Some(3));
     }
 
     #[test]
