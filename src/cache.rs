@@ -24,6 +24,9 @@ const SHARDS: usize = 16;
 
 /// Request header (`on`/`off`) and response header (`hit`/`miss`).
 pub const HEADER: &str = "x-cache";
+/// [`HEADER`] as a name built once.
+pub static HEADER_NAME: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static(HEADER);
 
 pub type CacheKey = [u8; 32];
 

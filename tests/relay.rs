@@ -27,6 +27,16 @@ async fn non_stream_bytes_and_unknown_fields_pass_through_unchanged() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers().get("x-request-id").unwrap(), "req-123");
     let got = res.body().await.unwrap();
+    // The backend's length is kept: no chunked re-framing of a body that is passed whole.
+    assert_eq!(
+        res.headers()
+            .get("content-length")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        got.len().to_string()
+    );
+    assert!(res.headers().get("transfer-encoding").is_none());
 
     let seen = mock.requests();
     assert_eq!(seen.len(), 1);
@@ -244,5 +254,60 @@ async fn usage_chunk_is_relayed_and_non_stream_usage_untouched() {
     assert_eq!(status, 200);
     assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
     assert_eq!(body["model"], "m");
+    gw.stop().await;
+}
+
+/// A backend whose body stops short of its Content-Length: the client must see a broken
+/// response (the gateway passes the length on, then cuts the connection), never a short
+/// body that looks whole.
+#[actix_rt::test]
+async fn a_body_cut_short_of_its_length_reaches_the_client_as_broken() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = actix_rt::spawn(async move {
+        // Every connection (health checks included) gets the same cut answer.
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = sock.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        content-length: 100\r\n\r\n{\"id\":\"cut\",";
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.flush().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(sock);
+        }
+    });
+    let gw = start(&[target("a", "m", url)], &[]).await;
+    // A raw client: awc, like many clients, takes an early close as the end of the body.
+    let addr = gw.at("").trim_start_matches("http://").to_string();
+    let mut sock = tokio::net::TcpStream::connect(addr.trim_end_matches('/'))
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&chat("m")).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&body).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 100"), "{head}");
+    assert_eq!(
+        body, "{\"id\":\"cut\",",
+        "what the backend sent, then the close"
+    );
+    server.abort();
     gw.stop().await;
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::body::SizedStream;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
@@ -28,14 +29,19 @@ use crate::target::{Lease, Target, Verdict};
 /// Header counting how many gateways a request has passed through (loop protection).
 pub const HOPS_HEADER: &str = "x-inference-gateway-hops";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The names set on every request, built once: a header name made from a `&str` is parsed,
+/// and unless it is a standard one allocated, at every use.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+pub static HOPS: HeaderName = HeaderName::from_static(HOPS_HEADER);
+static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 /// Largest upstream error body read (to pass a 4xx through or log a 5xx).
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;
 /// Client headers passed upstream as they are (beside content-type and accept).
-const PASSED_HEADERS: [&str; 4] = [
-    "anthropic-version",
-    "anthropic-beta",
-    "openai-beta",
-    "accept",
+static PASSED_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("anthropic-version"),
+    HeaderName::from_static("anthropic-beta"),
+    HeaderName::from_static("openai-beta"),
+    header::ACCEPT,
 ];
 
 /// Per-worker upstream HTTP client (awc clients are not Send: one per worker thread).
@@ -96,11 +102,7 @@ pub struct Call {
 pub fn passed_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     PASSED_HEADERS
         .iter()
-        .filter_map(|name| {
-            headers
-                .get(*name)
-                .map(|v| (HeaderName::from_static(name), v.clone()))
-        })
+        .filter_map(|name| headers.get(name).map(|v| (name.clone(), v.clone())))
         .collect()
 }
 
@@ -239,7 +241,7 @@ pub async fn forward(
                 record.usage = meter.usage();
                 let response = HttpResponse::build(status)
                     .content_type("application/json")
-                    .insert_header((REQUEST_ID_HEADER, call.request_id.clone()))
+                    .insert_header((REQUEST_ID.clone(), call.request_id.clone()))
                     .body(body);
                 record.finish(log, &call.metrics);
                 return Ok(response);
@@ -338,8 +340,8 @@ async fn send(
         .post(url)
         .timeout(target.response_timeout)
         .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((REQUEST_ID_HEADER, call.request_id.as_str()))
-        .insert_header((HOPS_HEADER, (call.hops + 1).to_string()));
+        .insert_header((REQUEST_ID.clone(), call.request_id.as_str()))
+        .insert_header((HOPS.clone(), (call.hops + 1).to_string()));
     for (name, value) in &call.client_headers {
         req = req.insert_header((name.clone(), value.clone()));
     }
@@ -432,7 +434,7 @@ fn respond(
     let framing = Framing::new(&content_type, content_length);
     let sse = matches!(framing, Framing::Sse(_));
     let mut builder = HttpResponse::build(status);
-    builder.insert_header((REQUEST_ID_HEADER, call.request_id.clone()));
+    builder.insert_header((REQUEST_ID.clone(), call.request_id.clone()));
     if let Some(encoding) = res.headers().get(header::CONTENT_ENCODING) {
         builder.insert_header((header::CONTENT_ENCODING, encoding.clone()));
     }
@@ -445,11 +447,11 @@ fn respond(
     if sse {
         builder.insert_header((header::CACHE_CONTROL, "no-cache"));
         // Tell a reverse proxy in front of us (nginx) not to buffer the stream.
-        builder.insert_header(("x-accel-buffering", "no"));
+        builder.insert_header((ACCEL_BUFFERING.clone(), "no"));
     }
     let cache = match &call.cache {
         Some((cache, key)) if status.is_success() && matches!(framing, Framing::Json { .. }) => {
-            builder.insert_header((crate::cache::HEADER, "miss"));
+            builder.insert_header((crate::cache::HEADER_NAME.clone(), "miss"));
             Some(CacheStore {
                 cache: Arc::clone(cache),
                 key: *key,
@@ -469,7 +471,13 @@ fn respond(
     };
     let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish)
         .hide_usage_event(call.hide_usage);
-    builder.streaming(relay)
+    match content_length {
+        // The body passes unchanged, so the upstream's length holds: the client gets a
+        // Content-Length as from the backend itself (and as from nginx), not chunks. An
+        // event stream is never sized: hiding the usage event changes its length.
+        Some(len) if !sse => builder.body(SizedStream::new(len, relay)),
+        _ => builder.streaming(relay),
+    }
 }
 
 /// Builds the SSE response for a stream relayed from Globus Compute callbacks.
@@ -486,9 +494,9 @@ fn respond_callback(
         "request_id" => &call.request_id, "stream_task_id" => source.stream_id().to_string());
     let mut builder = HttpResponse::Ok();
     builder.insert_header((header::CONTENT_TYPE, "text/event-stream"));
-    builder.insert_header((REQUEST_ID_HEADER, call.request_id.clone()));
+    builder.insert_header((REQUEST_ID.clone(), call.request_id.clone()));
     builder.insert_header((header::CACHE_CONTROL, "no-cache"));
-    builder.insert_header(("x-accel-buffering", "no"));
+    builder.insert_header((ACCEL_BUFFERING.clone(), "no"));
     let finish = Finish {
         lease,
         record,
@@ -515,7 +523,7 @@ fn pass_client_error(
     request_id: &str,
 ) -> HttpResponse {
     let mut builder = HttpResponse::build(status);
-    builder.insert_header((REQUEST_ID_HEADER, request_id.to_string()));
+    builder.insert_header((REQUEST_ID.clone(), request_id.to_string()));
     builder.content_type("application/json");
     if let Some(after) = headers.get(header::RETRY_AFTER) {
         builder.insert_header((header::RETRY_AFTER, after.clone()));

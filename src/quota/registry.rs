@@ -356,28 +356,39 @@ fn refusal(d: Denial) -> ApiError {
 /// the requests-per-day window, the `-tokens` trio the tokens-per-day window. A disabled
 /// limit (0) sends no trio.
 pub fn rate_limit_headers(headers: &mut HeaderMap, state: &SubjectState) {
+    /// Built once: a name made from a string is parsed and allocated every time.
+    static NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
     let now = now_ms();
     let snap = state.snapshot(now);
-    let reset = format_reset(Window::Day.remaining_ms(now));
-    for (what, limit, used) in [
-        ("requests", snap.limits.requests_per_day, snap.day.requests),
-        ("tokens", snap.limits.tokens_per_day, snap.day.tokens),
+    let mut reset = None;
+    for ([limit_name, remaining_name, reset_name], limit, used) in [
+        (&NAMES[0], snap.limits.requests_per_day, snap.day.requests),
+        (&NAMES[1], snap.limits.tokens_per_day, snap.day.tokens),
     ] {
         if limit == 0 {
             continue;
         }
-        let values = [
-            ("limit", limit.to_string()),
-            ("remaining", limit.saturating_sub(used).to_string()),
-            ("reset", reset.clone()),
-        ];
-        for (field, value) in values {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(format!("x-ratelimit-{field}-{what}")),
-                HeaderValue::try_from(value),
-            ) {
-                headers.insert(name, value);
-            }
+        let reset = reset.get_or_insert_with(|| {
+            HeaderValue::try_from(format_reset(Window::Day.remaining_ms(now))).ok()
+        });
+        headers.insert(limit_name.clone(), HeaderValue::from(limit));
+        headers.insert(
+            remaining_name.clone(),
+            HeaderValue::from(limit.saturating_sub(used)),
+        );
+        if let Some(reset) = reset {
+            headers.insert(reset_name.clone(), reset.clone());
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::cache::{self, CacheMode};
 use crate::error::ApiError;
 use crate::metrics::InFlight;
 use crate::proxy::cold_start;
-use crate::proxy::forward::{self, passed_headers, Call, Upstream, HOPS_HEADER, REQUEST_ID_HEADER};
+use crate::proxy::forward::{self, passed_headers, Call, Upstream};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::quota::{rate_limit_headers, Kind, Subject, SubjectState};
 use crate::state::AppState;
@@ -93,7 +93,7 @@ struct Parsed {
 /// Request id from `x-request-id` when it is sane, else a new one.
 pub fn request_id(req: &HttpRequest) -> String {
     req.headers()
-        .get(REQUEST_ID_HEADER)
+        .get(&forward::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
@@ -104,10 +104,7 @@ pub fn request_id(req: &HttpRequest) -> String {
 pub fn error_response(error: &ApiError, request_id: &str) -> HttpResponse {
     let mut res = error.error_response();
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        res.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static(REQUEST_ID_HEADER),
-            v,
-        );
+        res.headers_mut().insert(forward::REQUEST_ID.clone(), v);
     }
     res
 }
@@ -299,7 +296,8 @@ async fn serve(
         Err(error) => return reject(error, record, state, &log),
     };
     if state.cache.enabled() {
-        let mode = CacheMode::from_header(req.headers().get(cache::HEADER).map(|v| v.as_bytes()));
+        let mode =
+            CacheMode::from_header(req.headers().get(&cache::HEADER_NAME).map(|v| v.as_bytes()));
         if mode.cacheable(call.stream, temperature) {
             let pin = call
                 .pin
@@ -320,8 +318,8 @@ async fn serve(
                         .unwrap_or(actix_web::http::StatusCode::OK),
                 )
                 .content_type(hit.content_type.as_str())
-                .insert_header((REQUEST_ID_HEADER, request_id))
-                .insert_header((cache::HEADER, "hit"))
+                .insert_header((forward::REQUEST_ID.clone(), request_id))
+                .insert_header((cache::HEADER_NAME.clone(), "hit"))
                 .body(hit.body.clone());
                 record.finish(&log, &state.metrics);
                 return response;
@@ -381,7 +379,7 @@ async fn prepare(
 ) -> Result<(Call, Option<f64>), ApiError> {
     let hops = req
         .headers()
-        .get(HOPS_HEADER)
+        .get(&forward::HOPS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(0);
