@@ -35,16 +35,8 @@ JSON
 BODY='{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":8}'
 URL=http://127.0.0.1:$GP/v1/chat/completions
 
-# Lifts the default per-user limits (50 requests/s would refuse most of the load), keeping
-# the quota check on every request; each can still be set from outside.
-lift_quotas() {
-    export GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND=${GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND:-10000000}
-    export GATEWAY__QUOTAS__USER__BURST=${GATEWAY__QUOTAS__USER__BURST:-10000000}
-    export GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY=${GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY:-0}
-    export GATEWAY__QUOTAS__USER__TOKENS_PER_DAY=${GATEWAY__QUOTAS__USER__TOKENS_PER_DAY:-0}
-    export GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH=${GATEWAY__QUOTAS__USER__TOKENS_PER_MONTH:-0}
-    export GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT=${GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT:-0}
-}
+# shellcheck source=bench/quotas.sh
+. "$ROOT/bench/quotas.sh"
 
 # Waits (30 s at most) until 127.0.0.1:PORT answers /health.
 wait_health() {

@@ -2,6 +2,8 @@
 # Overhead benchmark, in one run against the same mock upstream:
 #   direct  - straight to bench/mock-upstream,
 #   nginx   - through Debian nginx as a plain keep-alive proxy_pass (bench/nginx.conf.tmpl),
+#   floor   - through bench/floor.rs: actix-web + awc relaying, nothing else (what the
+#             framework costs before any gateway feature),
 #   gateway - through target/release/inference-gateway.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit (Ctrl-C too).
 #
@@ -9,7 +11,7 @@
 #   --quick    one repeat of 3 s runs (smoke test)
 # env:
 #   REPEAT=3 DURATION=10 CONNS=64 RATE=500 STREAM_REQUESTS=200 STREAM_CHUNKS=20
-#   BENCH_TARGETS="direct nginx gateway"   which rows to measure
+#   BENCH_TARGETS="direct nginx floor gateway"   which rows to measure
 #   BENCH_API_KEY                          sent as `Authorization: Bearer ...` when set
 #   GATEWAY_ARGS                           extra arguments for inference-gateway
 #   GATEWAY__...                           passed through to the gateway's config
@@ -26,7 +28,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         -h | --help)
-            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -47,14 +49,17 @@ fi
 CONNS=${CONNS:-64}
 RATE=${RATE:-500}
 STREAM_CHUNKS=${STREAM_CHUNKS:-20}
-BENCH_TARGETS=${BENCH_TARGETS:-direct nginx gateway}
+BENCH_TARGETS=${BENCH_TARGETS:-direct nginx floor gateway}
 BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-900}
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/quotas.sh
+. "$BENCH_DIR/quotas.sh"
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 MOCK_BIN=$TARGET_DIR/release/mock-upstream
 GW_BIN=$TARGET_DIR/release/inference-gateway
+FLOOR_BIN=$TARGET_DIR/release/examples/floor
 
 BODY='{"model":"mock-model","messages":[{"role":"user","content":"hi"}],"max_tokens":8}'
 STREAM_BODY='{"model":"mock-stream","messages":[{"role":"user","content":"hi"}],"max_tokens":20,"stream":true}'
@@ -237,6 +242,7 @@ target_pids() {
     case "$1" in
         direct) echo "$MOCK_PID" ;;
         nginx) nginx_pids ;;
+        floor) echo "$FLOOR_PID" ;;
         gateway) echo "$GW_PID" ;;
     esac
 }
@@ -330,6 +336,7 @@ if [[ -n ${BENCH_SKIP_BUILD:-} ]]; then
     log "BENCH_SKIP_BUILD set: using the binaries in $TARGET_DIR/release as they are"
     [[ -x $MOCK_BIN ]] || die "$MOCK_BIN is missing"
     has_target gateway && [[ ! -x $GW_BIN ]] && SKIPPED[gateway]="binary missing"
+    has_target floor && [[ ! -x $FLOOR_BIN ]] && SKIPPED[floor]="binary missing"
 else
     log "building mock-upstream (release)"
     bounded 1800 cargo build --release -p mock-upstream --bin mock-upstream >&2 ||
@@ -339,6 +346,13 @@ else
         if ! bounded 1800 cargo build --release --bin inference-gateway >&2; then
             SKIPPED[gateway]="build failed"
             log "gateway build failed: measuring without it"
+        fi
+    fi
+    if has_target floor; then
+        log "building the floor relay (release)"
+        if ! bounded 1800 cargo build --release --example floor >&2; then
+            SKIPPED[floor]="build failed"
+            log "floor build failed: measuring without it"
         fi
     fi
 fi
@@ -352,7 +366,8 @@ chmod 755 "$TMP" # nginx workers may run as another user
 
 DEADLINE=$(($(date +%s) + BENCH_MAX_SECONDS))
 
-read -r MOCK_PORT MOCK_STREAM_PORT NGX_PORT NGX_STREAM_PORT GW_PORT < <(free_ports 5)
+read -r MOCK_PORT MOCK_STREAM_PORT NGX_PORT NGX_STREAM_PORT GW_PORT FLOOR_PORT FLOOR_STREAM_PORT \
+    < <(free_ports 7)
 
 log "starting mocks on :$MOCK_PORT (8 chunks) and :$MOCK_STREAM_PORT ($STREAM_CHUNKS chunks)"
 "$MOCK_BIN" --port "$MOCK_PORT" --workers 1 --chunks 8 --keep-alive-secs 120 --no-record \
@@ -393,6 +408,27 @@ if has_target nginx; then
     fi
 fi
 
+FLOOR_PID=
+if has_target floor && [[ -z ${SKIPPED[floor]:-} ]]; then
+    # Two, like nginx's two listeners: one per mock. The stream one is not measured for
+    # CPU or RSS.
+    log "starting the floor relay on :$FLOOR_PORT and :$FLOOR_STREAM_PORT"
+    FLOOR_BIND=127.0.0.1:$FLOOR_PORT FLOOR_UPSTREAM=http://127.0.0.1:$MOCK_PORT \
+        "$FLOOR_BIN" >"$TMP/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    PIDS+=("$FLOOR_PID")
+    FLOOR_BIND=127.0.0.1:$FLOOR_STREAM_PORT FLOOR_UPSTREAM=http://127.0.0.1:$MOCK_STREAM_PORT \
+        "$FLOOR_BIN" >>"$TMP/floor.log" 2>&1 &
+    PIDS+=($!)
+    if wait_http floor "$FLOOR_PID" "http://127.0.0.1:$FLOOR_PORT/health" &&
+        probe_chat floor "http://127.0.0.1:$FLOOR_PORT"; then
+        BASE[floor]=http://127.0.0.1:$FLOOR_PORT
+        STREAM_BASE[floor]=http://127.0.0.1:$FLOOR_STREAM_PORT
+    else
+        SKIPPED[floor]="did not answer (see floor.log)"
+    fi
+fi
+
 GW_PID=
 if has_target gateway && [[ -z ${SKIPPED[gateway]:-} ]]; then
     mkdir -p "$TMP/fixtures"
@@ -402,8 +438,12 @@ if has_target gateway && [[ -z ${SKIPPED[gateway]:-} ]]; then
 EOF
     cp "$TMP/fixtures/endpoints.json" "$OUT/endpoints.json"
     log "starting gateway on :$GW_PORT"
+    # A fresh data directory (no counters or log rows from earlier runs) and the per-user
+    # limits lifted (the quota check still runs on every request); both can be set.
+    lift_quotas
     # shellcheck disable=SC2086 # GATEWAY_ARGS is a word list on purpose
-    GATEWAY__SERVER__BIND=127.0.0.1:$GW_PORT GATEWAY__FIXTURES__DIR=$TMP/fixtures \
+    GATEWAY__STORAGE__DATA_DIR=${GATEWAY__STORAGE__DATA_DIR:-$TMP/data} \
+        GATEWAY__SERVER__BIND=127.0.0.1:$GW_PORT GATEWAY__FIXTURES__DIR=$TMP/fixtures \
         "$GW_BIN" ${GATEWAY_ARGS:-} >"$TMP/gateway.log" 2>&1 &
     GW_PID=$!
     PIDS+=("$GW_PID")
@@ -422,7 +462,7 @@ probe_chat direct "${BASE[direct]}" || die "the mock does not answer chat comple
 [[ -n ${BASE[nginx]:-} ]] && { probe_chat nginx "${BASE[nginx]}" || die "nginx does not proxy"; }
 
 TARGETS=()
-for t in direct nginx gateway; do
+for t in direct nginx floor gateway; do
     has_target "$t" && [[ -n ${BASE[$t]:-} ]] && TARGETS+=("$t")
 done
 log "measuring: ${TARGETS[*]}; REPEAT=$REPEAT DURATION=${DURATION}s CONNS=$CONNS RATE=$RATE"
@@ -508,7 +548,7 @@ for rep in $(seq "$REPEAT"); do
 done
 
 # ---------------------------------------------------------------- report
-for f in mock.log mock-stream.log gateway.log nginx-error.log; do
+for f in mock.log mock-stream.log floor.log gateway.log nginx-error.log; do
     [[ -f $TMP/$f ]] && tail -c 200000 "$TMP/$f" >"$OUT/$f"
 done
 python3 "$BENCH_DIR/summarize.py" "$OUT" | tee "$OUT/summary.md"

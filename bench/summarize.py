@@ -13,7 +13,7 @@ import os
 import statistics
 import sys
 
-TARGETS = ["direct", "nginx", "gateway"]
+TARGETS = ["direct", "nginx", "floor", "gateway"]
 
 
 def load(path):
@@ -157,7 +157,7 @@ def main():
         )
     lines.append("")
     lines.append(
-        "CPU µs/req: direct = the mock itself; nginx = master + worker; gateway = the gateway "
+        "CPU µs/req: direct = the mock itself; nginx = master + worker; floor, gateway = the "
         "process (all threads). The mock's own share is excluded from the proxy rows. "
         "RSS: direct = the mock."
     )
@@ -168,7 +168,7 @@ def main():
         lines.append("")
         lines.append("| via | p50 @1conn | p99 @1conn | p50 @500rps | p99 @500rps | TTFB p50 | TTFB p99 | rps vs direct |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for t in ("nginx", "gateway"):
+        for t in ("nginx", "floor", "gateway"):
             m = s.get(t)
             if not m:
                 continue
