@@ -15,10 +15,12 @@ use super::{DatabaseUrl, StoreError, StoreResult};
 pub const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 pub const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-/// Pragmas every SQLite connection gets: WAL (readers don't block the writer), a busy
-/// timeout instead of instant SQLITE_BUSY, and durable-enough commits.
-pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+/// Pragmas every SQLite connection gets: 16 KB pages for a new database (a no-op on an
+/// existing one; the request log's appends then write a quarter as many WAL frames, half
+/// the `pwrite`s per request), WAL (readers don't block the writer), a busy timeout instead
+/// of instant SQLITE_BUSY, and durable-enough commits.
+pub const SQLITE_PRAGMAS: &str = "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; \
+     PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 /// A sync connection for migrations and tests.
 pub enum SyncConn {
@@ -159,4 +161,46 @@ fn configure_sqlite_library() {
 /// Connects and applies every pending migration; returns the versions applied.
 pub fn run(url: &DatabaseUrl) -> StoreResult<Vec<String>> {
     SyncConn::connect(url)?.run_pending()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::sql_types::BigInt;
+    use diesel::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct PageSize {
+        #[diesel(sql_type = BigInt)]
+        page_size: i64,
+    }
+
+    fn page_size(path: &Path) -> i64 {
+        let mut c = open_sqlite(path, true).unwrap_or_else(|e| panic!("{e}"));
+        c.batch_execute(SQLITE_PRAGMAS)
+            .unwrap_or_else(|e| panic!("{e}"));
+        diesel::sql_query("PRAGMA page_size")
+            .get_result::<PageSize>(&mut c)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .page_size
+    }
+
+    #[test]
+    fn a_new_database_gets_16k_pages_and_an_existing_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let new = dir.path().join("new.db");
+        assert_eq!(page_size(&new), 16384);
+        assert_eq!(page_size(&new), 16384, "reopened");
+
+        let old = dir.path().join("old.db");
+        let mut c = open_sqlite(&old, true).unwrap_or_else(|e| panic!("{e}"));
+        c.batch_execute("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(c);
+        assert_eq!(
+            page_size(&old),
+            4096,
+            "the pragma is a no-op on an existing WAL file"
+        );
+    }
 }
