@@ -2,13 +2,10 @@
 //! trimmed (`/v1//models/` is `/v1/models`), as actix-web's `NormalizePath` with
 //! `TrailingSlash::Trim` does. That middleware runs a regex over every path; nearly every
 //! path needs nothing, so this one looks at the bytes first and rewrites only the few
-//! that need it.
+//! that need it. It runs in the server's innermost middleware (`server::edges`).
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceRequest;
 use actix_web::http::uri::{PathAndQuery, Uri};
-use actix_web::middleware::Next;
-use actix_web::Error;
 
 /// The normalised form of `path`, or `None` when it is normal already.
 pub fn normalized(path: &str) -> Option<String> {
@@ -30,11 +27,9 @@ pub fn normalized(path: &str) -> Option<String> {
     Some(out)
 }
 
-/// The middleware (`from_fn(normalize_path::middleware)`).
-pub async fn middleware(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
+/// Rewrites the request's path in place when [`normalized`] changes it (called by the
+/// server's edge middleware, before routing).
+pub fn normalize(req: &mut ServiceRequest) {
     if let Some(path) = normalized(req.path()) {
         let mut parts = req.head().uri.clone().into_parts();
         let path_and_query = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
@@ -50,7 +45,6 @@ pub async fn middleware(
             }
         }
     }
-    next.call(req).await
 }
 
 #[cfg(test)]

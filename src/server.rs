@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::{Actor, Addr};
+use actix_web::body::MessageBody;
 use actix_web::dev::Server;
-use actix_web::middleware::{from_fn, Compress, Condition};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Compress, Condition, Next};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
@@ -290,11 +292,11 @@ pub fn start_with_source(
                 web::PathConfig::default()
                     .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
             )
-            // `/v1//models/` is `/v1/models` (merged and trimmed slashes).
-            .wrap(from_fn(crate::normalize_path::middleware))
+            // Path normalization and small-body marking in one layer (each `from_fn`
+            // layer boxes a future per request).
+            .wrap(from_fn(move |req, next| edges(req, next, gzip)))
             // gzip by Accept-Encoding, except SSE and small bodies, which say
             // `Content-Encoding: identity` (Compress leaves those alone).
-            .wrap(Condition::new(gzip, from_fn(security::skip_small_bodies)))
             .wrap(Condition::new(gzip, Compress::default()))
             .wrap(security::headers(hsts))
             .service(
@@ -342,4 +344,20 @@ pub fn start_with_source(
         quota_supervisor,
         batches,
     })
+}
+
+/// The app's innermost middleware: `/v1//models/` is routed as `/v1/models` (merged and
+/// trimmed slashes), and with gzip on, a small body of known size is marked
+/// `Content-Encoding: identity` for the `Compress` layer outside.
+async fn edges(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+    gzip: bool,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    crate::normalize_path::normalize(&mut req);
+    let mut res = next.call(req).await?;
+    if gzip {
+        security::mark_small_body(&mut res);
+    }
+    Ok(res)
 }

@@ -373,3 +373,31 @@ async fn admin_routes_need_the_admin_key() {
     assert_envelope(&body, "forbidden");
     gw.stop().await;
 }
+
+/// Repeated and trailing slashes are routed like the clean path (the query kept), for a
+/// listing and for an inference POST; a small answer is marked not to be compressed.
+#[actix_rt::test]
+async fn untidy_paths_are_routed_like_clean_ones() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    for path in [
+        "/v1//models/",
+        "//v1/models",
+        "/resource_server/v1/models/?x=1",
+    ] {
+        let (status, body) = gw.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["data"][0]["id"], "m", "{path}");
+    }
+    let res = gw
+        .client()
+        .post(gw.at("/v1//chat/completions/"))
+        .insert_header(("accept-encoding", "gzip"))
+        .send_json(&chat("m"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(mock.requests()[0].path, "/v1/chat/completions");
+    assert_eq!(res.headers().get("content-encoding").unwrap(), "identity");
+    gw.stop().await;
+}
