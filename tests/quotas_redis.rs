@@ -380,9 +380,9 @@ async fn two_replicas_hold_a_shared_daily_limit_within_ten_percent() {
         (200..=220).contains(&admitted),
         "shared limit 200 held within 10%: {admitted} admitted"
     );
-    // Both took part (how the 200 split depends on which one leased first and on
-    // scheduling: 192/8 has been seen on a loaded machine).
-    assert!(ok_a > 0 && ok_b > 0, "both replicas served: {ok_a} {ok_b}");
+    // How the 200 split is not asserted: it depends on which replica leased first and on
+    // scheduling (192/8 and 200/0 have been seen on a loaded machine). Either way both sent
+    // 300, so the sum above holding means each was refused by the shared count.
     // The admin API of either replica shows the shared usage.
     let (status, body) = admin(&b, "GET", "/admin/quota/user:anonymous", None).await;
     assert_eq!(status, 200);
@@ -578,6 +578,10 @@ async fn redis_killed_and_restarted_falls_back_then_pushes_local_usage() {
     let mut settings = NO_RATE.to_vec();
     settings.push(("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "1000"));
     settings.push(("GATEWAY__QUOTAS__REDIS_TIMEOUT_MS", "100"));
+    // Sync rounds further apart than a failing push can last (the timeout): with the
+    // helper's 20 ms, on a loaded machine a push to the dead server was nearly always in
+    // flight, holding the counts, and the check below never saw them back.
+    settings.push(("GATEWAY__QUOTAS__REDIS_SYNC_MS", "250"));
     let gw = replica(&mock, &keys, &url, &prefix, &settings).await;
     let user = Subject::new(Kind::User, "anonymous");
     let day_key = format!(
