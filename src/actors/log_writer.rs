@@ -637,33 +637,8 @@ impl LogSink {
 mod tests {
     use super::*;
 
-    pub fn row(id: &str) -> LogRow {
-        LogRow {
-            id: id.into(),
-            request_id: "r".into(),
-            created_at: 1,
-            user_id: String::new(),
-            org_id: String::new(),
-            model: "m".into(),
-            cluster: "c".into(),
-            framework: "f".into(),
-            target: "t".into(),
-            route: "chat".into(),
-            status: 200,
-            error_code: None,
-            prompt_tokens: 1,
-            completion_tokens: 2,
-            total_tokens: 3,
-            tokens_estimated: false,
-            latency_ms: 1.0,
-            ttft_ms: None,
-            client_ip: None,
-            stream: false,
-            attempts: 1,
-            ending: "complete".into(),
-            prompt: Some("line\nbreak \"quoted\"".into()),
-            completion: None,
-        }
+    fn row(id: &str) -> LogRow {
+        LogRow::sample(id)
     }
 
     #[test]

@@ -99,32 +99,14 @@ mod tests {
     use super::*;
     use crate::store::schema::request_log;
 
+    /// Every nullable column set, so each bind type is compared.
     fn row() -> LogRow {
         LogRow {
-            id: "a".into(),
-            request_id: "r".into(),
-            created_at: 1,
-            user_id: "u".into(),
-            org_id: "o".into(),
-            model: "m".into(),
-            cluster: "c".into(),
-            framework: "f".into(),
-            target: "t".into(),
-            route: "chat".into(),
-            status: 200,
             error_code: Some("e".into()),
-            prompt_tokens: 2,
-            completion_tokens: 3,
-            total_tokens: 5,
-            tokens_estimated: false,
-            latency_ms: 1.5,
             ttft_ms: Some(0.5),
             client_ip: Some("127.0.0.1".into()),
-            stream: true,
-            attempts: 1,
-            ending: "complete".into(),
-            prompt: Some("p".into()),
             completion: Some("q".into()),
+            ..LogRow::sample("a")
         }
     }
 
