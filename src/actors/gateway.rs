@@ -14,7 +14,7 @@ use actix::prelude::*;
 use arc_swap::ArcSwap;
 
 use crate::actors::backend::{BackendActor, BackendSettings, CheckNow, Stop, Tick};
-use crate::actors::router::{FederatedRouterActor, Ranked};
+use crate::actors::router::{FederatedRouterActor, Pin, Ranked};
 use crate::actors::scheduler::{SchedulerProbe, SetProbeRouters};
 use crate::clock::Clock;
 use crate::cluster::ClusterState;
@@ -32,6 +32,18 @@ pub struct ModelEntry {
     pub targets: Vec<Arc<Target>>,
     /// The ranking its router publishes.
     pub ranked: Arc<ArcSwap<Ranked>>,
+}
+
+impl ModelEntry {
+    /// The targets a request may use under `pin` (all of them without one).
+    pub fn eligible<'a>(
+        &'a self,
+        pin: Option<&'a Pin>,
+    ) -> impl Iterator<Item = &'a Arc<Target>> + 'a {
+        self.targets
+            .iter()
+            .filter(move |t| pin.is_none_or(|p| p.matches(t)))
+    }
 }
 
 /// Everything handlers need to route, published by the supervisor; swapped whole on reload.

@@ -751,12 +751,7 @@ impl Runner {
         let Some(entry) = directory.model(model) else {
             return true; // the line fails at once with model_not_found
         };
-        let total: u64 = entry
-            .targets
-            .iter()
-            .filter(|t| pin.is_none_or(|p| p.matches(t)))
-            .map(|t| u64::from(t.in_flight()))
-            .sum();
+        let total: u64 = entry.eligible(pin).map(|t| u64::from(t.in_flight())).sum();
         let ours = u64::from(self.load.borrow().get(model).copied().unwrap_or(0));
         total.saturating_sub(ours) < limit
     }

@@ -42,11 +42,7 @@ pub async fn preflight(
 /// maintenance nor cold, or when none is eligible under this pin (routing answers that).
 /// False means every eligible target is in maintenance or cold: the slow path decides.
 fn warm(entry: &ModelEntry, pin: Option<&Pin>) -> bool {
-    let mut eligible = entry
-        .targets
-        .iter()
-        .filter(|t| pin.is_none_or(|p| p.matches(t)))
-        .peekable();
+    let mut eligible = entry.eligible(pin).peekable();
     if eligible.peek().is_none() {
         return true;
     }
@@ -62,11 +58,7 @@ async fn start_cold(
     redis: Option<&RedisStreams>,
     log: &slog::Logger,
 ) -> Result<(), ApiError> {
-    let eligible: Vec<&Arc<Target>> = entry
-        .targets
-        .iter()
-        .filter(|t| pin.is_none_or(|p| p.matches(t)))
-        .collect();
+    let eligible: Vec<&Arc<Target>> = entry.eligible(pin).collect();
     let routable: Vec<&Arc<Target>> = eligible
         .iter()
         .copied()

@@ -430,16 +430,12 @@ async fn prepare(
     };
     // The caller must be allowed on at least one (pinned) target of the model.
     let mut refusal = None;
-    let allowed = entry
-        .targets
-        .iter()
-        .filter(|t| pin.as_ref().is_none_or(|p| p.matches(t)))
-        .any(|t| {
-            caller.may_use(&t.spec) || {
-                refusal = caller.permission(&t.spec).err();
-                false
-            }
-        });
+    let allowed = entry.eligible(pin.as_ref()).any(|t| {
+        caller.may_use(&t.spec) || {
+            refusal = caller.permission(&t.spec).err();
+            false
+        }
+    });
     if !allowed {
         return Err(ApiError::Forbidden(format!(
             "You may not use model `{model}`: {}.",
