@@ -637,16 +637,14 @@ impl LogSink {
 mod tests {
     use super::*;
 
-    fn row(id: &str) -> LogRow {
-        LogRow::sample(id)
-    }
-
     #[test]
     fn spill_round_trips_and_survives_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         let spill = Spill::new(dir.path().join("spill"));
         assert!(spill.take_for_replay().unwrap().is_none());
-        spill.append(&[row("a"), row("b")]).unwrap();
+        spill
+            .append(&[LogRow::sample("a"), LogRow::sample("b")])
+            .unwrap();
         // A crash in the middle of an append leaves half a line.
         let mut f = OpenOptions::new()
             .append(true)
@@ -656,15 +654,15 @@ mod tests {
         drop(f);
         assert_eq!(spill.pending().unwrap(), 2);
         let (rows, skipped) = spill.take_for_replay().unwrap().unwrap();
-        assert_eq!(rows, vec![row("a"), row("b")]);
+        assert_eq!(rows, vec![LogRow::sample("a"), LogRow::sample("b")]);
         assert_eq!(skipped, 1);
         // Rows spilled during the replay go to a new file and survive finish_replay.
-        spill.append(&[row("d")]).unwrap();
+        spill.append(&[LogRow::sample("d")]).unwrap();
         let (again, _) = spill.take_for_replay().unwrap().unwrap();
         assert_eq!(again.len(), 2, "an unfinished replay is resumed, not lost");
         spill.finish_replay().unwrap();
         let (next, _) = spill.take_for_replay().unwrap().unwrap();
-        assert_eq!(next, vec![row("d")]);
+        assert_eq!(next, vec![LogRow::sample("d")]);
         spill.finish_replay().unwrap();
         assert!(spill.take_for_replay().unwrap().is_none());
         assert_eq!(spill.pending().unwrap(), 0);

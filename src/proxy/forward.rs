@@ -26,13 +26,11 @@ use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
 use crate::proxy::usage::UsageMeter;
 use crate::target::{Lease, Target, Verdict};
 
-/// Header counting how many gateways a request has passed through (loop protection).
-pub const HOPS_HEADER: &str = "x-inference-gateway-hops";
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// The names set on every request, built once: a header name made from a `&str` is parsed,
-/// and unless it is a standard one allocated, at every use.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
-pub static HOPS: HeaderName = HeaderName::from_static(HOPS_HEADER);
+// Header names set or read on every request, built once: a name made from a `&str` is
+// parsed, and unless it is a standard one allocated, at every use.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Counts how many gateways a request has passed through (loop protection).
+pub static HOPS: HeaderName = HeaderName::from_static("x-inference-gateway-hops");
 static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 /// Largest upstream error body read (to pass a 4xx through or log a 5xx).
 const ERROR_BODY_LIMIT: usize = 1024 * 1024;

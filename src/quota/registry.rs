@@ -371,7 +371,10 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, state: &SubjectState) {
     ];
     let now = now_ms();
     let snap = state.snapshot(now);
-    let mut reset = None;
+    if snap.limits.requests_per_day == 0 && snap.limits.tokens_per_day == 0 {
+        return;
+    }
+    let reset = HeaderValue::try_from(format_reset(Window::Day.remaining_ms(now))).ok();
     for ([limit_name, remaining_name, reset_name], limit, used) in [
         (&NAMES[0], snap.limits.requests_per_day, snap.day.requests),
         (&NAMES[1], snap.limits.tokens_per_day, snap.day.tokens),
@@ -379,15 +382,12 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, state: &SubjectState) {
         if limit == 0 {
             continue;
         }
-        let reset = reset.get_or_insert_with(|| {
-            HeaderValue::try_from(format_reset(Window::Day.remaining_ms(now))).ok()
-        });
         headers.insert(limit_name.clone(), HeaderValue::from(limit));
         headers.insert(
             remaining_name.clone(),
             HeaderValue::from(limit.saturating_sub(used)),
         );
-        if let Some(reset) = reset {
+        if let Some(reset) = &reset {
             headers.insert(reset_name.clone(), reset.clone());
         }
     }
