@@ -49,7 +49,9 @@ impl ModelEntry {
 /// Everything handlers need to route, published by the supervisor; swapped whole on reload.
 #[derive(Default)]
 pub struct Directory {
-    pub models: HashMap<String, Arc<ModelEntry>>,
+    /// Looked up on every request: foldhash, not SipHash (model names come from the
+    /// catalog, so there is no flooding to defend against).
+    pub models: foldhash::HashMap<String, Arc<ModelEntry>>,
     /// Model names in catalog order (for listings).
     pub model_order: Vec<String>,
     /// Every target in catalog order.

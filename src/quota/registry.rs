@@ -5,9 +5,7 @@
 //! subject and process), and the `QuotaSupervisor` is told (fire-and-forget) to start the
 //! subject's `QuotaActor`, which owns the rest of its life.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -25,7 +23,11 @@ use crate::store::{now_ms, Store};
 const SHARDS: usize = 16;
 
 pub struct QuotaRegistry {
-    shards: Vec<Mutex<HashMap<Subject, Arc<SubjectState>>>>,
+    /// Looked up two or three times per request: foldhash, seeded per process (its
+    /// `RandomState`), not SipHash.
+    shards: Vec<Mutex<foldhash::HashMap<Subject, Arc<SubjectState>>>>,
+    /// Picks a subject's shard.
+    shard_hasher: foldhash::fast::RandomState,
     defaults: Defaults,
     pub(super) store: Arc<dyn Store>,
     supervisor: OnceLock<Addr<QuotaSupervisor>>,
@@ -61,7 +63,8 @@ impl QuotaRegistry {
         log: slog::Logger,
     ) -> QuotaRegistry {
         QuotaRegistry {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
             defaults: Defaults::from_settings(settings),
             store,
             supervisor: OnceLock::new(),
@@ -120,10 +123,9 @@ impl QuotaRegistry {
         self.defaults.of(kind)
     }
 
-    fn shard(&self, subject: &Subject) -> &Mutex<HashMap<Subject, Arc<SubjectState>>> {
-        let mut h = DefaultHasher::new();
-        subject.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+    fn shard(&self, subject: &Subject) -> &Mutex<foldhash::HashMap<Subject, Arc<SubjectState>>> {
+        let h = self.shard_hasher.hash_one(subject);
+        &self.shards[(h as usize) % SHARDS]
     }
 
     /// The live state of a subject, if it has one now.
