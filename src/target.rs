@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use arc_swap::ArcSwapOption;
+use actix_web::http::header::HeaderValue;
+use actix_web::http::uri::{InvalidUri, Uri};
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::actors::backend::{BackendActor, Report};
 use crate::fixtures::TargetSpec;
@@ -160,6 +162,10 @@ pub struct Target {
     pub(crate) restarts: AtomicU32,
     last_error: Mutex<Option<String>>,
     addr: ArcSwapOption<Addr<BackendActor>>,
+    /// `Authorization: Bearer <api_key>`, built once (marked sensitive).
+    authorization: Option<HeaderValue>,
+    /// `base_url` + each upstream path asked for so far, parsed once ([`Target::uri`]).
+    uris: ArcSwap<Vec<(&'static str, Uri)>>,
 }
 
 impl std::fmt::Debug for Target {
@@ -175,9 +181,16 @@ impl std::fmt::Debug for Target {
 impl Target {
     pub fn new(spec: TargetSpec, api_key: Option<String>, default_timeout: Duration) -> Self {
         let response_timeout = spec.request_timeout.unwrap_or(default_timeout);
+        let authorization = api_key.as_deref().and_then(|key| {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
         Target {
             spec: Arc::new(spec),
             api_key,
+            authorization,
+            uris: ArcSwap::default(),
             response_timeout,
             state: AtomicU8::new(0),
             sched: AtomicU8::new(SchedStatus::None as u8),
@@ -197,6 +210,29 @@ impl Target {
 
     pub fn slug(&self) -> &str {
         &self.spec.slug
+    }
+
+    /// The `Authorization` header for the target's API key, if it has one (`None` too
+    /// for a key that cannot be a header value; the backend then answers 401).
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
+    }
+
+    /// `base_url` + `path`, parsed on first use and then cloned (reference counts): a
+    /// request's URI costs no formatting, parsing or allocation.
+    pub fn uri(&self, path: &'static str) -> Result<Uri, InvalidUri> {
+        if let Some((_, uri)) = self.uris.load().iter().find(|(p, _)| *p == path) {
+            return Ok(uri.clone());
+        }
+        let uri: Uri = format!("{}{path}", self.spec.base_url).parse()?;
+        self.uris.rcu(|known| {
+            let mut known = Vec::clone(known);
+            if !known.iter().any(|(p, _)| *p == path) {
+                known.push((path, uri.clone()));
+            }
+            known
+        });
+        Ok(uri)
     }
 
     pub fn health(&self) -> Health {
@@ -417,6 +453,33 @@ mod tests {
     fn target() -> Arc<Target> {
         let spec = TargetSpec::for_test("t", "c");
         Arc::new(Target::new(spec, None, Duration::from_secs(1)))
+    }
+
+    #[test]
+    fn a_uri_is_parsed_once_per_path_and_keys_become_a_sensitive_header() {
+        let mut spec = TargetSpec::for_test("t", "c");
+        spec.base_url = "http://127.0.0.1:9/base".into();
+        let t = Target::new(spec, Some("sk-secret".into()), Duration::from_secs(1));
+        let chat = t.uri("/v1/chat/completions").unwrap();
+        assert_eq!(
+            chat.to_string(),
+            "http://127.0.0.1:9/base/v1/chat/completions"
+        );
+        assert_eq!(
+            t.uri("/v1/embeddings").unwrap().path(),
+            "/base/v1/embeddings"
+        );
+        assert_eq!(t.uri("/v1/chat/completions").unwrap(), chat);
+        assert_eq!(t.uris.load().len(), 2, "one entry per path");
+        let auth = t.authorization().unwrap();
+        assert_eq!(auth, "Bearer sk-secret");
+        assert!(auth.is_sensitive());
+        assert!(target().authorization().is_none());
+        let mut bad = TargetSpec::for_test("b", "c");
+        bad.base_url = "not a url".into();
+        let bad = Target::new(bad, None, Duration::from_secs(1));
+        assert!(bad.uri("/v1/chat/completions").is_err());
+        assert!(bad.uris.load().is_empty());
     }
 
     #[test]

@@ -171,8 +171,11 @@ impl BackendActor {
         self.checking = true;
         let url = format!("{}{}", self.target.spec.base_url, path);
         let mut req = client.get(url).timeout(self.settings.health_timeout);
-        if let Some(key) = &self.target.api_key {
-            req = req.bearer_auth(key);
+        if let Some(authorization) = self.target.authorization() {
+            req = req.insert_header((
+                actix_web::http::header::AUTHORIZATION,
+                authorization.clone(),
+            ));
         }
         let (ok, failed) = (self.check_ok.clone(), self.check_failed.clone());
         let check = async move {

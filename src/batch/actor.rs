@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix::ArbiterHandle;
+use actix_web::http::header::HeaderValue;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -855,7 +856,6 @@ impl Runner {
         log: &slog::Logger,
     ) -> Result<(u16, Bytes), ApiError> {
         let caller = &ctx.identity;
-        let log = log.new(slog::o!("request_id" => request_id.to_string()));
         let mut record = RequestRecord::new(request_id.to_string(), "batch", Instant::now());
         record.log_to(self.deps.log_sink.clone());
         record.user.clone_from(&caller.id);
@@ -867,8 +867,12 @@ impl Runner {
             record.status = actix_web::ResponseError::status_code(&e).as_u16();
             record.error_code = Some(e.code());
             record.ending = Ending::Rejected;
-            record.finish(&log, &self.deps.metrics);
+            record.finish(log, &self.deps.metrics);
             Err(e)
+        };
+        // Batch ids and line numbers: always a valid header value.
+        let Ok(request_header) = HeaderValue::from_str(request_id) else {
+            return refuse(ApiError::Internal, record);
         };
         if !caller.may_name(&line.model) {
             let e =
@@ -906,13 +910,13 @@ impl Runner {
             caller: Arc::clone(caller),
             stream: false,
             hide_usage: false,
-            request_id: request_id.to_string(),
+            request_id: request_header,
             hops: 0,
             client_headers: Vec::new(),
             metrics: Arc::clone(&self.deps.metrics),
             cache: None,
         };
-        match forward::forward(&self.upstream, call, record, &log).await {
+        match forward::forward(&self.upstream, call, record, log).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 // Reading the body to its end finishes the record (tokens charged).

@@ -88,7 +88,8 @@ pub struct Call {
     pub stream: bool,
     /// The gateway added `stream_options.include_usage`: hide the usage-only event.
     pub hide_usage: bool,
-    pub request_id: String,
+    /// The request id as a header value (sent upstream and returned; cloned by refcount).
+    pub request_id: HeaderValue,
     pub hops: u32,
     pub client_headers: Vec<(HeaderName, HeaderValue)>,
     pub metrics: Arc<Metrics>,
@@ -178,7 +179,8 @@ pub async fn forward(
         let body = match rewrite_model(&call.body, &call.requested_model, &target.spec.model) {
             Ok(body) => body,
             Err(e) => {
-                slog::error!(log, "could not rewrite model field"; "error" => e.to_string());
+                slog::error!(log, "could not rewrite model field";
+                    "request_id" => &record.request_id, "error" => e.to_string());
                 return Err((ApiError::Internal, record));
             }
         };
@@ -279,7 +281,7 @@ pub async fn forward(
                     call.metrics.upstream_error(target.slug(), kind);
                 }
                 slog::warn!(log, "attempt failed";
-                    "target" => target.slug(),
+                    "request_id" => &record.request_id, "target" => target.slug(),
                     "attempt" => record.attempts, "error" => detail);
                 lease.set_verdict(verdict);
                 drop(lease);
@@ -332,19 +334,21 @@ async fn send(
     body: Bytes,
     lease: &Lease,
 ) -> Result<Committed, AttemptError> {
-    let url = format!("{}{}", target.spec.base_url, call.upstream_path);
+    let uri = target
+        .uri(call.upstream_path)
+        .map_err(|e| AttemptError::Connect(format!("invalid target URL: {e}")))?;
     let mut req = upstream
         .client
-        .post(url)
+        .post(uri)
         .timeout(target.response_timeout)
         .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((REQUEST_ID.clone(), call.request_id.as_str()))
-        .insert_header((HOPS.clone(), (call.hops + 1).to_string()));
+        .insert_header((REQUEST_ID.clone(), call.request_id.clone()))
+        .insert_header((HOPS.clone(), HeaderValue::from(call.hops + 1)));
     for (name, value) in &call.client_headers {
         req = req.insert_header((name.clone(), value.clone()));
     }
-    if let Some(key) = &target.api_key {
-        req = req.bearer_auth(key);
+    if let Some(authorization) = target.authorization() {
+        req = req.insert_header((header::AUTHORIZATION, authorization.clone()));
     }
     let mut res = match req.send_body(body).await {
         Ok(res) => res,
@@ -489,7 +493,7 @@ fn respond_callback(
 ) -> HttpResponse {
     record.status = 200;
     slog::debug!(log, "streaming through Globus Compute callbacks";
-        "request_id" => &call.request_id, "stream_task_id" => source.stream_id().to_string());
+        "request_id" => &record.request_id, "stream_task_id" => source.stream_id().to_string());
     let mut builder = HttpResponse::Ok();
     builder.insert_header((header::CONTENT_TYPE, "text/event-stream"));
     builder.insert_header((REQUEST_ID.clone(), call.request_id.clone()));
@@ -518,10 +522,10 @@ fn pass_client_error(
     status: StatusCode,
     headers: &HeaderMap,
     body: Bytes,
-    request_id: &str,
+    request_id: &HeaderValue,
 ) -> HttpResponse {
     let mut builder = HttpResponse::build(status);
-    builder.insert_header((REQUEST_ID.clone(), request_id.to_string()));
+    builder.insert_header((REQUEST_ID.clone(), request_id.clone()));
     builder.content_type("application/json");
     if let Some(after) = headers.get(header::RETRY_AFTER) {
         builder.insert_header((header::RETRY_AFTER, after.clone()));
@@ -609,7 +613,7 @@ mod tests {
             Bytes::from_static(
                 br#"{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}"#,
             ),
-            "rid",
+            &HeaderValue::from_static("rid"),
         );
         assert_eq!(res.status(), 400);
         let body = res.into_body().try_into_bytes().unwrap();
@@ -622,7 +626,7 @@ mod tests {
             StatusCode::NOT_FOUND,
             &HeaderMap::new(),
             Bytes::from_static(b"404 page not found"),
-            "rid",
+            &HeaderValue::from_static("rid"),
         );
         let body = res.into_body().try_into_bytes().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -204,42 +204,80 @@ impl RequestRecord {
     }
 
     /// Writes the record: counts it in the metrics, charges the tokens (reported, else
-    /// estimated) to the quota subjects, freeing their slots, writes one JSON log line on
-    /// the request's own logger (which carries `request_id`), and sends one row to the
-    /// request log.
+    /// estimated) to the quota subjects, freeing their slots, writes one JSON log line
+    /// ([`AccessLine`]), and sends one row to the request log.
     pub fn finish(mut self, log: &slog::Logger, metrics: &Metrics) {
-        metrics.observe_request(&self);
+        let duration = self.account(metrics);
+        self.write(log, duration);
+    }
+
+    /// Counts the request in the metrics, charges its tokens and frees its quota slots and
+    /// its in-flight count; returns how long it took.
+    fn account(&mut self, metrics: &Metrics) -> Duration {
+        let duration = self.started.elapsed();
+        metrics.observe_request(self);
         if let Some(admission) = self.quota.take() {
             admission.charge(self.tokens().2);
         }
-        let duration = self.started.elapsed();
-        let usage = self.usage.unwrap_or_default();
-        slog::info!(log, "request";
-            "route" => self.route,
-            "user" => self.user.as_str(),
-            "model" => &self.model,
-            "target" => self.target.as_deref().unwrap_or(""),
-            "cluster" => self.cluster.as_deref().unwrap_or(""),
-            "framework" => self.framework.as_deref().unwrap_or(""),
-            "stream" => self.stream,
-            "status" => self.status,
-            "error_code" => self.error_code.unwrap_or(""),
-            "attempts" => self.attempts,
-            "ending" => self.ending.name(),
-            "cache" => if self.cached { "hit" } else { "" },
-            "tokens.prompt" => usage.prompt_tokens,
-            "tokens.completion" => usage.completion_tokens,
-            "tokens.total" => usage.total(),
-            "tokens.reported" => self.usage.is_some(),
-            "events" => self.events,
-            "ttft_ms" => self.ttft.map(|d| d.as_secs_f64() * 1000.0),
-            "duration_ms" => duration.as_secs_f64() * 1000.0,
-            "client_ip" => self.client_ip.as_deref().unwrap_or(""),
-        );
+        self.in_flight = None;
+        duration
+    }
+
+    fn write(mut self, log: &slog::Logger, duration: Duration) {
+        slog::info!(log, "request"; AccessLine { record: &self, duration });
         let sink = std::mem::replace(&mut self.sink, LogSink::disabled());
         if sink.is_enabled() {
             sink.send(self.into_row(duration));
         }
+    }
+}
+
+/// The `request` log line's fields, `request_id` first. A field with nothing to say (no
+/// target chosen, no error, no cache hit, no first token, no events, no peer address) is
+/// left out rather than written empty: each field costs the JSON drain as much as a short
+/// string copy, on every request.
+struct AccessLine<'a> {
+    record: &'a RequestRecord,
+    duration: Duration,
+}
+
+impl slog::KV for AccessLine<'_> {
+    fn serialize(&self, _: &slog::Record, s: &mut dyn slog::Serializer) -> slog::Result {
+        let r = self.record;
+        fn some(s: &mut dyn slog::Serializer, key: slog::Key, value: Option<&str>) -> slog::Result {
+            match value {
+                Some(v) if !v.is_empty() => s.emit_str(key, v),
+                _ => Ok(()),
+            }
+        }
+        s.emit_str("request_id".into(), &r.request_id)?;
+        s.emit_str("route".into(), r.route)?;
+        s.emit_str("user".into(), &r.user)?;
+        some(s, "model".into(), Some(&r.model))?;
+        some(s, "target".into(), r.target.as_deref())?;
+        some(s, "cluster".into(), r.cluster.as_deref())?;
+        some(s, "framework".into(), r.framework.as_deref())?;
+        s.emit_bool("stream".into(), r.stream)?;
+        s.emit_u16("status".into(), r.status)?;
+        some(s, "error_code".into(), r.error_code)?;
+        s.emit_u32("attempts".into(), r.attempts)?;
+        s.emit_str("ending".into(), r.ending.name())?;
+        if r.cached {
+            s.emit_str("cache".into(), "hit")?;
+        }
+        let usage = r.usage.unwrap_or_default();
+        s.emit_u64("tokens.prompt".into(), usage.prompt_tokens)?;
+        s.emit_u64("tokens.completion".into(), usage.completion_tokens)?;
+        s.emit_u64("tokens.total".into(), usage.total())?;
+        s.emit_bool("tokens.reported".into(), r.usage.is_some())?;
+        if r.events > 0 {
+            s.emit_u64("events".into(), r.events)?;
+        }
+        if let Some(ttft) = r.ttft {
+            s.emit_f64("ttft_ms".into(), ttft.as_secs_f64() * 1000.0)?;
+        }
+        s.emit_f64("duration_ms".into(), self.duration.as_secs_f64() * 1000.0)?;
+        some(s, "client_ip".into(), r.client_ip.as_deref())
     }
 }
 
@@ -292,6 +330,90 @@ mod tests {
         let row = rejected.into_row(Duration::ZERO);
         assert_eq!(row.error_code.as_deref(), Some("model_not_found"));
         assert_eq!(row.target, "");
+    }
+
+    /// The one `request` line `finish` writes for `r`, parsed.
+    fn access_line(r: RequestRecord) -> serde_json::Map<String, serde_json::Value> {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let (log, guard) = crate::logging::json_to(sink.clone(), slog::Level::Info);
+        r.finish(&log, &Metrics::new());
+        drop((log, guard));
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let mut lines = text.lines();
+        let line = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert!(lines.next().is_none(), "{text}");
+        line
+    }
+
+    #[test]
+    fn the_access_line_names_the_request_and_leaves_out_what_did_not_happen() {
+        let mut r = record();
+        r.status = 404;
+        r.error_code = Some("model_not_found");
+        r.ending = Ending::Rejected;
+        let line = access_line(r);
+        assert_eq!(line["msg"], "request");
+        assert_eq!(line["request_id"], "rid");
+        assert_eq!(line["model"], "llama");
+        assert_eq!(line["status"], 404);
+        assert_eq!(line["error_code"], "model_not_found");
+        assert_eq!(line["ending"], "rejected");
+        assert_eq!(line["tokens.total"], 0);
+        for absent in [
+            "target",
+            "cluster",
+            "framework",
+            "cache",
+            "events",
+            "ttft_ms",
+            "client_ip",
+        ] {
+            assert!(!line.contains_key(absent), "{absent} in {line:?}");
+        }
+
+        let mut r = record();
+        r.status = 200;
+        r.target = Some("t".into());
+        r.cluster = Some("c".into());
+        r.framework = Some("vllm".into());
+        r.stream = true;
+        r.events = 3;
+        r.ttft = Some(Duration::from_millis(2));
+        r.cached = true;
+        r.client_ip = Some("127.0.0.1".into());
+        r.usage = Some(Usage {
+            prompt_tokens: 5,
+            completion_tokens: 7,
+            total_tokens: 0,
+        });
+        let line = access_line(r);
+        assert_eq!(
+            (&line["target"], &line["cluster"], &line["framework"]),
+            (&"t".into(), &"c".into(), &"vllm".into())
+        );
+        assert_eq!(
+            (&line["cache"], &line["events"]),
+            (&"hit".into(), &3.into())
+        );
+        assert_eq!(line["ttft_ms"], 2.0);
+        assert_eq!(line["client_ip"], "127.0.0.1");
+        assert_eq!(
+            (&line["tokens.total"], &line["tokens.reported"]),
+            (&12.into(), &true.into())
+        );
+        assert!(!line.contains_key("error_code"));
+        assert_eq!(line.keys().filter(|k| *k == "request_id").count(), 1);
     }
 
     #[test]

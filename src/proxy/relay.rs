@@ -64,7 +64,7 @@ impl Framing {
 pub struct Finish {
     pub lease: Lease,
     pub record: RequestRecord,
-    /// The request's own logger (carries `request_id`).
+    /// The process logger (lines about the request name `record.request_id`).
     pub log: slog::Logger,
     pub metrics: std::sync::Arc<Metrics>,
     /// Set for cacheable requests: where a whole, valid JSON body is stored.
@@ -435,7 +435,7 @@ impl<S> Relay<S> {
         };
         if let Some(f) = finish.take() {
             slog::warn!(f.log, "upstream failed mid-response";
-                "target" => f.record.target.as_deref().unwrap_or(""),
+                "request_id" => &f.record.request_id, "target" => f.record.target.as_deref().unwrap_or(""),
                 "error" => &cause);
             complete(f, meter, ending, Verdict::Failure { error: cause });
         }

@@ -92,12 +92,26 @@ struct Parsed {
 
 /// Request id from `x-request-id` when it is sane, else a new one.
 pub fn request_id(req: &HttpRequest) -> String {
-    req.headers()
-        .get(&forward::REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    request_id_and_header(req).0
+}
+
+/// The request id as text (logs, the request log) and as a header value (sent upstream
+/// and returned): the client's `x-request-id` when it is 1 to 128 printable ASCII bytes
+/// (its value is then shared, not copied), else a new UUID.
+pub fn request_id_and_header(req: &HttpRequest) -> (String, HeaderValue) {
+    let sane = |v: &&HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+    };
+    if let Some(given) = req.headers().get(&forward::REQUEST_ID).filter(sane) {
+        if let Ok(text) = given.to_str() {
+            return (text.to_string(), given.clone());
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    // A UUID's text is always a valid header value; the fallback is never taken.
+    let header = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"));
+    (id, header)
 }
 
 /// The error response, with the request id.
@@ -271,10 +285,11 @@ async fn serve(
     pinned: bool,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = request_id(&req);
-    // The request's own logger: every line about it carries its id.
-    let log = state.log.new(slog::o!("request_id" => request_id.clone()));
-    let mut record = RequestRecord::new(request_id.clone(), route.name, started);
+    let (request_id, request_header) = request_id_and_header(&req);
+    // Lines about the request name `request_id` themselves (no child logger to build
+    // and serialize per request).
+    let log = &state.log;
+    let mut record = RequestRecord::new(request_id, route.name, started);
     record.in_flight = Some(InFlight::new(&state.metrics.in_flight));
     record.client_ip = req.peer_addr().map(|a| a.ip().to_string());
     record.log_to(state.log_sink.clone());
@@ -287,13 +302,13 @@ async fn serve(
         state,
         route,
         pinned,
-        &request_id,
+        request_header,
         &mut record,
     )
     .await
     {
         Ok(call) => call,
-        Err(error) => return reject(error, record, state, &log),
+        Err(error) => return reject(error, record, state, log),
     };
     if state.cache.enabled() {
         let mode =
@@ -318,10 +333,10 @@ async fn serve(
                         .unwrap_or(actix_web::http::StatusCode::OK),
                 )
                 .content_type(hit.content_type.as_str())
-                .insert_header((forward::REQUEST_ID.clone(), request_id))
+                .insert_header((forward::REQUEST_ID.clone(), call.request_id))
                 .insert_header((cache::HEADER_NAME.clone(), "hit"))
                 .body(hit.body.clone());
-                record.finish(&log, &state.metrics);
+                record.finish(log, &state.metrics);
                 return response;
             }
             call.cache = Some((Arc::clone(&state.cache), key));
@@ -338,16 +353,16 @@ async fn serve(
             &directory,
             &state.settings.cold_start,
             state.redis_streams.as_deref(),
-            &log,
+            log,
         )
         .await
     };
     if let Err(error) = preflight {
-        return reject(error, record, state, &log);
+        return reject(error, record, state, log);
     }
-    match forward::forward(upstream, call, record, &log).await {
+    match forward::forward(upstream, call, record, log).await {
         Ok(response) => response,
-        Err((error, record)) => reject(error, record, state, &log),
+        Err((error, record)) => reject(error, record, state, log),
     }
 }
 
@@ -374,7 +389,7 @@ async fn prepare(
     state: &AppState,
     route: &InferenceRoute,
     pinned: bool,
-    request_id: &str,
+    request_id: HeaderValue,
     record: &mut RequestRecord,
 ) -> Result<(Call, Option<f64>), ApiError> {
     let hops = req
@@ -391,9 +406,14 @@ async fn prepare(
     record.user.clone_from(&caller.id);
     record.org = caller.org.clone().unwrap_or_default();
     record.keep_prompt(&body);
-    let parsed = parse_head(&body)?;
-    let (model, stream, temperature) = (parsed.model.clone(), parsed.stream, parsed.temperature);
-    record.model = model.clone();
+    let Parsed {
+        model,
+        stream,
+        temperature,
+        include_usage,
+        has_stream_options,
+    } = parse_head(&body)?;
+    record.model.clone_from(&model);
     record.stream = stream;
 
     if !caller.may_name(&model) {
@@ -459,8 +479,8 @@ async fn prepare(
         record.quota = Some(admitted.inspect_err(|e| state.metrics.quota_refusal(e))?);
         // Tokens are charged from the stream's usage: ask for it when the client did not.
         let chat_shaped = matches!(route.upstream_path, CHAT | COMPLETIONS);
-        if stream && chat_shaped && !parsed.include_usage {
-            body = add_include_usage(&body, parsed.has_stream_options)?;
+        if stream && chat_shaped && !include_usage {
+            body = add_include_usage(&body, has_stream_options)?;
             hide_usage = true;
         }
     }
@@ -473,7 +493,7 @@ async fn prepare(
         pin,
         caller,
         stream,
-        request_id: request_id.to_string(),
+        request_id,
         hops,
         client_headers: passed_headers(req.headers()),
         metrics: Arc::clone(&state.metrics),
@@ -485,6 +505,27 @@ async fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sane_request_id_is_kept_as_sent_and_any_other_replaced() {
+        use actix_web::test::TestRequest;
+        let req = TestRequest::default()
+            .insert_header(("x-request-id", "abc-123"))
+            .to_http_request();
+        let (text, header) = request_id_and_header(&req);
+        assert_eq!(
+            (text.as_str(), header.as_bytes()),
+            ("abc-123", &b"abc-123"[..])
+        );
+        for bad in ["has space", "", &"x".repeat(129)] {
+            let req = TestRequest::default()
+                .insert_header(("x-request-id", bad))
+                .to_http_request();
+            let (text, header) = request_id_and_header(&req);
+            assert!(uuid::Uuid::parse_str(&text).is_ok(), "{bad:?} gave {text}");
+            assert_eq!(header.as_bytes(), text.as_bytes());
+        }
+    }
 
     #[test]
     fn head_reads_model_and_stream_and_ignores_the_rest() {
