@@ -243,7 +243,7 @@ pub async fn forward(
                     .content_type("application/json")
                     .insert_header((REQUEST_ID.clone(), call.request_id.clone()))
                     .body(body);
-                record.finish(log, &call.metrics);
+                record.finish_soon(log.clone(), &call.metrics);
                 return Ok(response);
             }
             Ok(Committed::ClientError(status, headers, body)) => {
@@ -254,7 +254,7 @@ pub async fn forward(
                 record.ending = Ending::Complete;
                 drop(lease);
                 let response = pass_client_error(status, &headers, body, &call.request_id);
-                record.finish(log, &call.metrics);
+                record.finish_soon(log.clone(), &call.metrics);
                 return Ok(response);
             }
             Err(e) => {

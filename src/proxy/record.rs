@@ -211,6 +211,22 @@ impl RequestRecord {
         self.write(log, duration);
     }
 
+    /// [`finish`](Self::finish) for a response whose last bytes are about to be written:
+    /// the accounting (metrics, quota charge, slots, in-flight) now, the log line and the
+    /// row once the current task yields, i.e. after the dispatcher has flushed the response
+    /// to the client. Formatting them is most of `finish`'s cost (≈ 13k of 15k
+    /// instructions), which would otherwise sit between the last upstream byte and the
+    /// client's. Outside an actix arbiter they are written at once; a deferred record
+    /// whose task never runs (its arbiter stopping) is written when the task is dropped.
+    pub fn finish_soon(mut self, log: slog::Logger, metrics: &Metrics) {
+        let duration = self.account(metrics);
+        if actix_rt::Arbiter::try_current().is_none() {
+            return self.write(&log, duration);
+        }
+        let deferred = Deferred(Some((self, log, duration)));
+        actix_rt::spawn(async move { drop(deferred) });
+    }
+
     /// Counts the request in the metrics, charges its tokens and frees its quota slots and
     /// its in-flight count; returns how long it took.
     fn account(&mut self, metrics: &Metrics) -> Duration {
@@ -228,6 +244,18 @@ impl RequestRecord {
         let sink = std::mem::replace(&mut self.sink, LogSink::disabled());
         if sink.is_enabled() {
             sink.send(self.into_row(duration));
+        }
+    }
+}
+
+/// A record whose log line and row are written when this is dropped (see
+/// [`RequestRecord::finish_soon`]).
+struct Deferred(Option<(RequestRecord, slog::Logger, Duration)>);
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        if let Some((record, log, duration)) = self.0.take() {
+            record.write(&log, duration);
         }
     }
 }
@@ -414,6 +442,56 @@ mod tests {
         );
         assert!(!line.contains_key("error_code"));
         assert_eq!(line.keys().filter(|k| *k == "request_id").count(), 1);
+    }
+
+    /// A drain counting the lines logged through it, as they are logged.
+    struct Count(std::sync::Arc<AtomicU64>);
+
+    impl slog::Drain for Count {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, _: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn counting() -> (slog::Logger, std::sync::Arc<AtomicU64>) {
+        let lines = std::sync::Arc::new(AtomicU64::new(0));
+        let log = slog::Logger::root(Count(lines.clone()), slog::o!());
+        (log, lines)
+    }
+
+    #[actix_rt::test]
+    async fn finish_soon_accounts_at_once_and_writes_once_the_task_yields() {
+        let (log, lines) = counting();
+        let metrics = Metrics::new();
+        let mut r = record();
+        r.in_flight = Some(crate::metrics::InFlight::new(&metrics.in_flight));
+        assert_eq!(metrics.in_flight.get(), 1);
+        r.finish_soon(log, &metrics);
+        assert_eq!(metrics.in_flight.get(), 0, "accounted before the line");
+        assert_eq!(
+            lines.load(Ordering::SeqCst),
+            0,
+            "the line waits for a yield"
+        );
+        for _ in 0..10 {
+            if lines.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            actix_rt::task::yield_now().await;
+        }
+        assert_eq!(lines.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn finish_soon_outside_an_arbiter_and_a_dropped_deferral_write_at_once() {
+        let (log, lines) = counting();
+        record().finish_soon(log.clone(), &Metrics::new());
+        assert_eq!(lines.load(Ordering::SeqCst), 1);
+        drop(Deferred(Some((record(), log, Duration::ZERO))));
+        assert_eq!(lines.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn complete(mut finish: Finish, meter: &UsageMeter, ending: Ending, verdict: Ver
         ..
     } = finish;
     drop(lease);
-    record.finish(&log, &metrics);
+    record.finish_soon(log, &metrics);
 }
 
 /// Adds bytes sent to the client to the record's completion (when payloads are stored).

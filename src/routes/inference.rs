@@ -336,7 +336,7 @@ async fn serve(
                 .insert_header((forward::REQUEST_ID.clone(), call.request_id))
                 .insert_header((cache::HEADER_NAME.clone(), "hit"))
                 .body(hit.body.clone());
-                record.finish(log, &state.metrics);
+                record.finish_soon(log.clone(), &state.metrics);
                 return response;
             }
             call.cache = Some((Arc::clone(&state.cache), key));
