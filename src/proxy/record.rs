@@ -2,6 +2,8 @@
 //! ends (after the last byte, or when the client went away): one JSON log line, and one
 //! request-log row handed to the `LogWriter` (a fire-and-forget send; never a wait).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
@@ -216,15 +218,23 @@ impl RequestRecord {
     /// row once the current task yields, i.e. after the dispatcher has flushed the response
     /// to the client. Formatting them is most of `finish`'s cost (≈ 13k of 15k
     /// instructions), which would otherwise sit between the last upstream byte and the
-    /// client's. Outside an actix arbiter they are written at once; a deferred record
-    /// whose task never runs (its arbiter stopping) is written when the task is dropped.
+    /// client's. The records wait in a per-thread queue that one spawned task writes out
+    /// (spawned by the record that finds the queue empty, so a busy worker spawns one task
+    /// for many records). Outside an actix arbiter they are written at once; if that task
+    /// never runs (its arbiter stopping), the queue is written when it is dropped.
     pub fn finish_soon(mut self, log: slog::Logger, metrics: &Metrics) {
         let duration = self.account(metrics);
         if actix_rt::Arbiter::try_current().is_none() {
             return self.write(&log, duration);
         }
-        let deferred = Deferred(Some((self, log, duration)));
-        actix_rt::spawn(async move { drop(deferred) });
+        let first = DEFERRED.with_borrow_mut(|queue| {
+            queue.push_back((self, log, duration));
+            queue.len() == 1
+        });
+        if first {
+            let writer = WriteDeferred;
+            actix_rt::spawn(async move { drop(writer) });
+        }
     }
 
     /// Counts the request in the metrics, charges its tokens and frees its quota slots and
@@ -248,13 +258,21 @@ impl RequestRecord {
     }
 }
 
-/// A record whose log line and row are written when this is dropped (see
-/// [`RequestRecord::finish_soon`]).
-struct Deferred(Option<(RequestRecord, slog::Logger, Duration)>);
+thread_local! {
+    /// This thread's records waiting for their log line and row
+    /// ([`RequestRecord::finish_soon`]).
+    static DEFERRED: RefCell<VecDeque<(RequestRecord, slog::Logger, Duration)>> =
+        const { RefCell::new(VecDeque::new()) };
+}
 
-impl Drop for Deferred {
+/// Writes this thread's deferred records, in order, when dropped: when its task runs, or
+/// when the task is dropped unrun.
+struct WriteDeferred;
+
+impl Drop for WriteDeferred {
     fn drop(&mut self) {
-        if let Some((record, log, duration)) = self.0.take() {
+        // One at a time, the queue not borrowed while a record is written.
+        while let Some((record, log, duration)) = DEFERRED.with_borrow_mut(VecDeque::pop_front) {
             record.write(&log, duration);
         }
     }
@@ -485,12 +503,33 @@ mod tests {
         assert_eq!(lines.load(Ordering::SeqCst), 1);
     }
 
+    #[actix_rt::test]
+    async fn many_deferred_records_are_written_by_one_task() {
+        let (log, lines) = counting();
+        let metrics = Metrics::new();
+        for _ in 0..3 {
+            record().finish_soon(log.clone(), &metrics);
+        }
+        assert_eq!(DEFERRED.with_borrow(VecDeque::len), 3);
+        assert_eq!(lines.load(Ordering::SeqCst), 0);
+        for _ in 0..10 {
+            if lines.load(Ordering::SeqCst) == 3 {
+                break;
+            }
+            actix_rt::task::yield_now().await;
+        }
+        assert_eq!(lines.load(Ordering::SeqCst), 3);
+        assert_eq!(DEFERRED.with_borrow(VecDeque::len), 0);
+    }
+
     #[test]
-    fn finish_soon_outside_an_arbiter_and_a_dropped_deferral_write_at_once() {
+    fn finish_soon_outside_an_arbiter_and_an_unrun_writer_write_at_once() {
         let (log, lines) = counting();
         record().finish_soon(log.clone(), &Metrics::new());
         assert_eq!(lines.load(Ordering::SeqCst), 1);
-        drop(Deferred(Some((record(), log, Duration::ZERO))));
+        // What a dropped, never-run writer task leaves behind is written by its drop.
+        DEFERRED.with_borrow_mut(|q| q.push_back((record(), log, Duration::ZERO)));
+        drop(WriteDeferred);
         assert_eq!(lines.load(Ordering::SeqCst), 2);
     }
 
