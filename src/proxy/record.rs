@@ -73,7 +73,9 @@ pub struct RequestRecord {
     pub events: u64,
     pub started: Instant,
     pub ttft: Option<Duration>,
-    pub client_ip: Option<String>,
+    /// The peer's address, formatted only when the record is written (off the request's
+    /// critical path).
+    pub client_ip: Option<std::net::IpAddr>,
     pub ending: Ending,
     /// Wall-clock start (the row's `created_at`).
     pub started_at: SystemTime,
@@ -173,7 +175,7 @@ impl RequestRecord {
 
     /// The request-log row of this record, built by moving its strings (no copies: the
     /// record is finished with).
-    fn into_row(self, latency: Duration) -> LogRow {
+    fn into_row(self, latency: Duration, client_ip: Option<String>) -> LogRow {
         let (prompt_tokens, completion_tokens, total_tokens, tokens_estimated) = self.tokens();
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -201,7 +203,7 @@ impl RequestRecord {
             cluster: self.cluster.unwrap_or_default(),
             framework: self.framework.unwrap_or_default(),
             target: self.target.unwrap_or_default(),
-            client_ip: self.client_ip,
+            client_ip,
         }
     }
 
@@ -250,10 +252,15 @@ impl RequestRecord {
     }
 
     fn write(mut self, log: &slog::Logger, duration: Duration) {
-        slog::info!(log, "request"; AccessLine { record: &self, duration });
+        let client_ip = self.client_ip.map(|ip| ip.to_string());
+        slog::info!(log, "request"; AccessLine {
+            record: &self,
+            duration,
+            client_ip: client_ip.as_deref(),
+        });
         let sink = std::mem::replace(&mut self.sink, LogSink::disabled());
         if sink.is_enabled() {
-            sink.send(self.into_row(duration));
+            sink.send(self.into_row(duration, client_ip));
         }
     }
 }
@@ -285,6 +292,7 @@ impl Drop for WriteDeferred {
 struct AccessLine<'a> {
     record: &'a RequestRecord,
     duration: Duration,
+    client_ip: Option<&'a str>,
 }
 
 impl slog::KV for AccessLine<'_> {
@@ -296,34 +304,34 @@ impl slog::KV for AccessLine<'_> {
                 _ => Ok(()),
             }
         }
-        s.emit_str("request_id".into(), &r.request_id)?;
-        s.emit_str("route".into(), r.route)?;
-        s.emit_str("user".into(), &r.user)?;
-        some(s, "model".into(), Some(&r.model))?;
-        some(s, "target".into(), r.target.as_deref())?;
-        some(s, "cluster".into(), r.cluster.as_deref())?;
-        some(s, "framework".into(), r.framework.as_deref())?;
-        s.emit_bool("stream".into(), r.stream)?;
-        s.emit_u16("status".into(), r.status)?;
-        some(s, "error_code".into(), r.error_code)?;
-        s.emit_u32("attempts".into(), r.attempts)?;
-        s.emit_str("ending".into(), r.ending.name())?;
+        s.emit_str("request_id", &r.request_id)?;
+        s.emit_str("route", r.route)?;
+        s.emit_str("user", &r.user)?;
+        some(s, "model", Some(&r.model))?;
+        some(s, "target", r.target.as_deref())?;
+        some(s, "cluster", r.cluster.as_deref())?;
+        some(s, "framework", r.framework.as_deref())?;
+        s.emit_bool("stream", r.stream)?;
+        s.emit_u16("status", r.status)?;
+        some(s, "error_code", r.error_code)?;
+        s.emit_u32("attempts", r.attempts)?;
+        s.emit_str("ending", r.ending.name())?;
         if r.cached {
-            s.emit_str("cache".into(), "hit")?;
+            s.emit_str("cache", "hit")?;
         }
         let usage = r.usage.unwrap_or_default();
-        s.emit_u64("tokens.prompt".into(), usage.prompt_tokens)?;
-        s.emit_u64("tokens.completion".into(), usage.completion_tokens)?;
-        s.emit_u64("tokens.total".into(), usage.total())?;
-        s.emit_bool("tokens.reported".into(), r.usage.is_some())?;
+        s.emit_u64("tokens.prompt", usage.prompt_tokens)?;
+        s.emit_u64("tokens.completion", usage.completion_tokens)?;
+        s.emit_u64("tokens.total", usage.total())?;
+        s.emit_bool("tokens.reported", r.usage.is_some())?;
         if r.events > 0 {
-            s.emit_u64("events".into(), r.events)?;
+            s.emit_u64("events", r.events)?;
         }
         if let Some(ttft) = r.ttft {
-            s.emit_f64("ttft_ms".into(), ttft.as_secs_f64() * 1000.0)?;
+            s.emit_f64("ttft_ms", ttft.as_secs_f64() * 1000.0)?;
         }
-        s.emit_f64("duration_ms".into(), self.duration.as_secs_f64() * 1000.0)?;
-        some(s, "client_ip".into(), r.client_ip.as_deref())
+        s.emit_f64("duration_ms", self.duration.as_secs_f64() * 1000.0)?;
+        some(s, "client_ip", self.client_ip)
     }
 }
 
@@ -349,7 +357,7 @@ mod tests {
             total_tokens: 0,
         });
         assert_eq!(r.tokens(), (5, 7, 12, false));
-        let row = r.into_row(Duration::from_millis(3));
+        let row = r.into_row(Duration::from_millis(3), None);
         assert_eq!(
             (row.prompt_tokens, row.completion_tokens, row.total_tokens),
             (5, 7, 12)
@@ -373,7 +381,7 @@ mod tests {
         rejected.status = 404;
         rejected.error_code = Some("model_not_found");
         assert_eq!(rejected.tokens(), (0, 0, 0, false));
-        let row = rejected.into_row(Duration::ZERO);
+        let row = rejected.into_row(Duration::ZERO, None);
         assert_eq!(row.error_code.as_deref(), Some("model_not_found"));
         assert_eq!(row.target, "");
     }
@@ -437,7 +445,7 @@ mod tests {
         r.events = 3;
         r.ttft = Some(Duration::from_millis(2));
         r.cached = true;
-        r.client_ip = Some("127.0.0.1".into());
+        r.client_ip = Some(std::net::Ipv4Addr::LOCALHOST.into());
         r.usage = Some(Usage {
             prompt_tokens: 5,
             completion_tokens: 7,
@@ -539,7 +547,7 @@ mod tests {
         r.keep_prompt(&Bytes::from_static(b"{\"model\":\"llama\"}"));
         r.capture(b"data: hi");
         assert_eq!(r.request_bytes, 17);
-        let row = r.into_row(Duration::ZERO);
+        let row = r.into_row(Duration::ZERO, None);
         assert_eq!((row.prompt, row.completion), (None, None));
     }
 }

@@ -291,7 +291,7 @@ async fn serve(
     let log = &state.log;
     let mut record = RequestRecord::new(request_id, route.name, started);
     record.in_flight = Some(InFlight::new(&state.metrics.in_flight));
-    record.client_ip = req.peer_addr().map(|a| a.ip().to_string());
+    record.client_ip = req.peer_addr().map(|a| a.ip());
     record.log_to(state.log_sink.clone());
 
     let (mut call, temperature) = match prepare(
