@@ -388,18 +388,7 @@ mod tests {
 
     /// The one `request` line `finish` writes for `r`, parsed.
     fn access_line(r: RequestRecord) -> serde_json::Map<String, serde_json::Value> {
-        #[derive(Clone, Default)]
-        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let sink = Sink::default();
+        let sink = crate::logging::Captured::default();
         let (log, guard) = crate::logging::json_to(sink.clone(), slog::Level::Info);
         r.finish(&log, &Metrics::new());
         drop((log, guard));
