@@ -472,7 +472,6 @@ impl Write for Captured {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
     #[test]
     fn text_redaction_catches_emails_bearers_and_keys() {
