@@ -220,22 +220,27 @@ impl RequestRecord {
     /// row once the current task yields, i.e. after the dispatcher has flushed the response
     /// to the client. Formatting them is most of `finish`'s cost (≈ 13k of 15k
     /// instructions), which would otherwise sit between the last upstream byte and the
-    /// client's. The records wait in a per-thread queue that one spawned task writes out
-    /// (spawned by the record that finds the queue empty, so a busy worker spawns one task
-    /// for many records). Outside an actix arbiter they are written at once; if that task
-    /// never runs (its arbiter stopping), the queue is written when it is dropped.
+    /// client's. The records wait in a per-thread queue that one task on the thread's
+    /// arbiter writes out (spawned by the record that finds the queue empty, so a busy
+    /// worker spawns one task for many records). Without an arbiter, or with one that has
+    /// stopped, the task cannot start and is dropped, and its drop writes the queue at
+    /// once: nothing waits for a task that will never run.
     pub fn finish_soon(mut self, log: slog::Logger, metrics: &Metrics) {
         let duration = self.account(metrics);
-        if actix_rt::Arbiter::try_current().is_none() {
-            return self.write(&log, duration);
-        }
         let first = DEFERRED.with_borrow_mut(|queue| {
             queue.push_back((self, log, duration));
             queue.len() == 1
         });
         if first {
             let writer = WriteDeferred;
-            actix_rt::spawn(async move { drop(writer) });
+            // `ArbiterHandle::spawn`, not `spawn_local`: it returns (and drops the task)
+            // where `spawn_local` would panic, e.g. while a worker shuts down.
+            match actix_rt::Arbiter::try_current() {
+                Some(arbiter) => {
+                    arbiter.spawn(async move { drop(writer) });
+                }
+                None => drop(writer),
+            }
         }
     }
 
@@ -528,6 +533,21 @@ mod tests {
         DEFERRED.with_borrow_mut(|q| q.push_back((record(), log, Duration::ZERO)));
         drop(WriteDeferred);
         assert_eq!(lines.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_writer_handed_to_a_stopped_arbiter_writes_at_once() {
+        let (log, lines) = counting();
+        actix_rt::System::new().block_on(async move {
+            let arbiter = actix_rt::Arbiter::new();
+            let handle = arbiter.handle();
+            arbiter.stop();
+            arbiter.join().unwrap();
+            DEFERRED.with_borrow_mut(|q| q.push_back((record(), log, Duration::ZERO)));
+            let writer = WriteDeferred;
+            assert!(!handle.spawn(async move { drop(writer) }));
+        });
+        assert_eq!(lines.load(Ordering::SeqCst), 1);
     }
 
     #[test]
