@@ -10,7 +10,8 @@
 //! and no thread is woken per line: a stalled stdout fills the buffer up to
 //! [`MAX_PENDING`], past which lines are dropped and counted (one line says how many). A
 //! clean exit (the [`LogGuard`] dropped) writes what is left; a `kill -9` may lose the
-//! last [`FLUSH_EVERY`] of lines (the request log table keeps every request).
+//! last [`FLUSH_EVERY`] of lines (and the request-log rows not yet batched into the
+//! database: see `actors::log_writer`).
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};

@@ -6,7 +6,9 @@
 //! full; nothing on the request path waits for the database. Rows wait in a bounded
 //! in-memory queue and are inserted `batch_size` at a time.
 //!
-//! Nothing is lost: when an insert fails, the batch is appended to a JSON-lines spill file
+//! Nothing is lost while the process lives (a `kill -9` or a crash loses the rows still in
+//! memory: normally under `flush_interval` of requests, up to `queue_capacity` rows
+//! while the database is slow): when an insert fails, the batch is appended to a JSON-lines spill file
 //! (fsync'd) and the writer counts the database as down: further batches go straight to the
 //! file, and every `retry_interval` the file is replayed into the database, then removed.
 //! Rows beyond `queue_capacity` go to the file too. Row ids are made by the gateway and
