@@ -6,15 +6,16 @@
 //! full; nothing on the request path waits for the database. Rows wait in a bounded
 //! in-memory queue and are inserted `batch_size` at a time.
 //!
-//! Nothing is lost while the process lives (a `kill -9` or a crash loses the rows still in
-//! memory: normally under `flush_interval` of requests, up to `queue_capacity` rows
-//! while the database is slow): when an insert fails, the batch is appended to a JSON-lines spill file
-//! (fsync'd) and the writer counts the database as down: further batches go straight to the
-//! file, and every `retry_interval` the file is replayed into the database, then removed.
-//! Rows beyond `queue_capacity` go to the file too. Row ids are made by the gateway and
-//! inserts skip ids already stored, so a batch that reached the database before its
-//! acknowledgement was lost is not written twice. File I/O runs on tokio's blocking pool.
-//! `Flush` (awaited by the shutdown path) writes out everything queued.
+//! Nothing is lost while the process lives (a `kill -9` or a crash loses the rows still
+//! in memory: normally under `flush_interval` of requests, up to `queue_capacity` rows
+//! while the database is slow): when an insert fails, the batch is appended to a
+//! JSON-lines spill file (fsync'd) and the writer counts the database as down: further
+//! batches go straight to the file, and every `retry_interval` the file is replayed into
+//! the database, then removed. Rows beyond `queue_capacity` go to the file too. Row ids
+//! are made by the gateway and inserts skip ids already stored, so a batch that reached
+//! the database before its acknowledgement was lost is not written twice. File I/O runs
+//! on tokio's blocking pool. `Flush` (awaited by the shutdown path) writes out everything
+//! queued.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
