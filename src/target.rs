@@ -475,6 +475,12 @@ mod tests {
         assert_eq!(auth, "Bearer sk-secret");
         assert!(auth.is_sensitive());
         assert!(target().authorization().is_none());
+        let spec = TargetSpec::for_test("k", "c");
+        let unsendable = Target::new(spec, Some("bad\nkey".into()), Duration::from_secs(1));
+        assert!(
+            unsendable.authorization().is_none(),
+            "no header from a key with a newline"
+        );
         let mut bad = TargetSpec::for_test("b", "c");
         bad.base_url = "not a url".into();
         let bad = Target::new(bad, None, Duration::from_secs(1));

@@ -163,11 +163,17 @@ impl Gateway {
             slog::warn!(self.log, "upstream API key variable is not set";
                 "target" => &spec.slug, "variable" => var);
         }
-        Arc::new(Target::new(
+        let target = Target::new(
             spec.clone(),
             api_key,
             self.settings.upstream.response_timeout(),
-        ))
+        );
+        if target.api_key.is_some() && target.authorization().is_none() {
+            // Never the value itself. Requests go without it (the target will say 401).
+            slog::warn!(self.log, "upstream API key cannot be sent in a header (control characters?)";
+                "target" => &spec.slug, "variable" => spec.api_key_env.as_deref().unwrap_or(""));
+        }
+        Arc::new(target)
     }
 
     /// Builds targets and model entries from the catalog and publishes the directory.
