@@ -2,7 +2,7 @@
 //! ends (after the last byte, or when the client went away): one JSON log line, and one
 //! request-log row handed to the `LogWriter` (a fire-and-forget send; never a wait).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -221,17 +221,14 @@ impl RequestRecord {
     /// to the client. Formatting them is most of `finish`'s cost (≈ 13k of 15k
     /// instructions), which would otherwise sit between the last upstream byte and the
     /// client's. The records wait in a per-thread queue that one task on the thread's
-    /// arbiter writes out (spawned by the record that finds the queue empty, so a busy
-    /// worker spawns one task for many records). Without an arbiter, or with one that has
+    /// arbiter writes out (spawned by a record that finds no writer due, so a busy worker
+    /// spawns one task for many records). Without an arbiter, or with one that has
     /// stopped, the task cannot start and is dropped, and its drop writes the queue at
     /// once: nothing waits for a task that will never run.
     pub fn finish_soon(mut self, log: slog::Logger, metrics: &Metrics) {
         let duration = self.account(metrics);
-        let first = DEFERRED.with_borrow_mut(|queue| {
-            queue.push_back((self, log, duration));
-            queue.len() == 1
-        });
-        if first {
+        DEFERRED.with_borrow_mut(|queue| queue.push_back((self, log, duration)));
+        if !WRITER_DUE.replace(true) {
             let writer = WriteDeferred;
             // `ArbiterHandle::spawn`, not `spawn_local`: it returns (and drops the task)
             // where `spawn_local` would panic, e.g. while a worker shuts down.
@@ -275,6 +272,8 @@ thread_local! {
     /// ([`RequestRecord::finish_soon`]).
     static DEFERRED: RefCell<VecDeque<(RequestRecord, slog::Logger, Duration)>> =
         const { RefCell::new(VecDeque::new()) };
+    /// A [`WriteDeferred`] is on its way for this thread's queue.
+    static WRITER_DUE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Writes this thread's deferred records, in order, when dropped: when its task runs, or
@@ -283,6 +282,9 @@ struct WriteDeferred;
 
 impl Drop for WriteDeferred {
     fn drop(&mut self) {
+        // Cleared first: if a write panicked half-way, the next record schedules another
+        // writer for what is left.
+        WRITER_DUE.set(false);
         // One at a time, the queue not borrowed while a record is written.
         while let Some((record, log, duration)) = DEFERRED.with_borrow_mut(VecDeque::pop_front) {
             record.write(&log, duration);
