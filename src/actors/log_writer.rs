@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -94,7 +94,8 @@ fn add(counter: &AtomicU64, n: usize) {
 pub struct Row(pub LogRow);
 
 /// Writes out every queued row (to the database, or the spill file when it is down) and
-/// waits for writes in progress. The shutdown path awaits it.
+/// waits for writes in progress; first it waits (up to a second) until every request
+/// answered so far has handed over its row. The shutdown path awaits it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Flush;
@@ -440,10 +441,27 @@ impl Handler<Flush> for LogWriter {
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.flush_waiters.push(tx);
-        self.after_op(ctx);
+        self.flush_after_deferred(ctx, Instant::now() + DEFERRED_WAIT);
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+/// How long a `Flush` waits for answered requests to hand over their rows.
+const DEFERRED_WAIT: Duration = Duration::from_secs(1);
+
+impl LogWriter {
+    /// Flushes once every answered request has handed its row over (a relayed answer's
+    /// row leaves its worker just after the response: `RequestRecord::finish_soon`), or
+    /// at `deadline` (traffic that never stops would keep some always on their way).
+    fn flush_after_deferred(&mut self, ctx: &mut Context<Self>, deadline: Instant) {
+        if crate::proxy::record::deferred_written() || Instant::now() >= deadline {
+            return self.after_op(ctx);
+        }
+        ctx.run_later(Duration::from_millis(1), move |act, ctx| {
+            act.flush_after_deferred(ctx, deadline)
+        });
     }
 }
 

@@ -229,7 +229,7 @@ impl RequestRecord {
         let duration = self.account(metrics);
         DEFERRED.with_borrow_mut(|queue| queue.push_back((self, log, duration)));
         if !WRITER_DUE.replace(true) {
-            let writer = WriteDeferred;
+            let writer = WriteDeferred::new();
             // `ArbiterHandle::spawn`, not `spawn_local`: it returns (and drops the task)
             // where `spawn_local` would panic, e.g. while a worker shuts down.
             match actix_rt::Arbiter::try_current() {
@@ -276,12 +276,39 @@ thread_local! {
     static WRITER_DUE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// [`WriteDeferred`]s not yet done, in every thread: while there are any, some answered
+/// request has not handed its row to the `LogWriter` yet (its `Flush` waits for none).
+static WRITERS_DUE: AtomicU64 = AtomicU64::new(0);
+
+/// Whether every answered request has handed over its log line and row (see
+/// [`RequestRecord::finish_soon`]).
+pub fn deferred_written() -> bool {
+    WRITERS_DUE.load(Ordering::Acquire) == 0
+}
+
 /// Writes this thread's deferred records, in order, when dropped: when its task runs, or
 /// when the task is dropped unrun.
 struct WriteDeferred;
 
+impl WriteDeferred {
+    fn new() -> Self {
+        WRITERS_DUE.fetch_add(1, Ordering::AcqRel);
+        WriteDeferred
+    }
+}
+
+/// Counts a writer done when dropped: after its queue is written, or while unwinding.
+struct WriterDone;
+
+impl Drop for WriterDone {
+    fn drop(&mut self) {
+        WRITERS_DUE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for WriteDeferred {
     fn drop(&mut self) {
+        let _done = WriterDone;
         // Cleared first: if a write panicked half-way, the next record schedules another
         // writer for what is left.
         WRITER_DUE.set(false);
@@ -533,7 +560,7 @@ mod tests {
         assert_eq!(lines.load(Ordering::SeqCst), 1);
         // What a dropped, never-run writer task leaves behind is written by its drop.
         DEFERRED.with_borrow_mut(|q| q.push_back((record(), log, Duration::ZERO)));
-        drop(WriteDeferred);
+        drop(WriteDeferred::new());
         assert_eq!(lines.load(Ordering::SeqCst), 2);
     }
 
@@ -546,7 +573,7 @@ mod tests {
             arbiter.stop();
             arbiter.join().unwrap();
             DEFERRED.with_borrow_mut(|q| q.push_back((record(), log, Duration::ZERO)));
-            let writer = WriteDeferred;
+            let writer = WriteDeferred::new();
             assert!(!handle.spawn(async move { drop(writer) }));
         });
         assert_eq!(lines.load(Ordering::SeqCst), 1);
