@@ -460,6 +460,15 @@ impl<W: Write> Write for Redactor<W> {
 pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 #[cfg(test)]
+impl Captured {
+    /// Everything written so far, as text (panics if it is not UTF-8).
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(lock(&self.0).clone())
+            .unwrap_or_else(|e| panic!("log output is not UTF-8: {e}"))
+    }
+}
+
+#[cfg(test)]
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         lock(&self.0).extend_from_slice(buf);
@@ -554,7 +563,7 @@ mod tests {
         drop(child);
         drop(log);
         drop(guard);
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let text = sink.text();
         let v: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(v["request_id"], "r1");
         assert_eq!(v["user"], "[redacted-email]");
@@ -583,7 +592,7 @@ mod tests {
                 .unwrap();
         }
         drop(guard);
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let text = sink.text();
         let got: Vec<u64> = text
             .lines()
             .map(|l| {
@@ -605,7 +614,7 @@ mod tests {
             out.write_all(line.as_bytes()).unwrap();
         }
         drop(guard);
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let text = sink.text();
         let lines: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

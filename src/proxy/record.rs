@@ -426,7 +426,7 @@ mod tests {
         let (log, guard) = crate::logging::json_to(sink.clone(), slog::Level::Info);
         r.finish(&log, &Metrics::new());
         drop((log, guard));
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let text = sink.text();
         let mut lines = text.lines();
         let line = serde_json::from_str(lines.next().unwrap()).unwrap();
         assert!(lines.next().is_none(), "{text}");
@@ -511,6 +511,17 @@ mod tests {
         (log, lines)
     }
 
+    /// Yields (ten times at most) until `lines` lines were logged; asserts they were.
+    async fn yield_until(lines: &AtomicU64, n: u64) {
+        for _ in 0..10 {
+            if lines.load(Ordering::SeqCst) == n {
+                break;
+            }
+            actix_rt::task::yield_now().await;
+        }
+        assert_eq!(lines.load(Ordering::SeqCst), n);
+    }
+
     #[actix_rt::test]
     async fn finish_soon_accounts_at_once_and_writes_once_the_task_yields() {
         let (log, lines) = counting();
@@ -525,13 +536,7 @@ mod tests {
             0,
             "the line waits for a yield"
         );
-        for _ in 0..10 {
-            if lines.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            actix_rt::task::yield_now().await;
-        }
-        assert_eq!(lines.load(Ordering::SeqCst), 1);
+        yield_until(&lines, 1).await;
     }
 
     #[actix_rt::test]
@@ -543,13 +548,7 @@ mod tests {
         }
         assert_eq!(DEFERRED.with_borrow(VecDeque::len), 3);
         assert_eq!(lines.load(Ordering::SeqCst), 0);
-        for _ in 0..10 {
-            if lines.load(Ordering::SeqCst) == 3 {
-                break;
-            }
-            actix_rt::task::yield_now().await;
-        }
-        assert_eq!(lines.load(Ordering::SeqCst), 3);
+        yield_until(&lines, 3).await;
         assert_eq!(DEFERRED.with_borrow(VecDeque::len), 0);
     }
 
