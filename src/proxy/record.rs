@@ -93,7 +93,8 @@ pub struct RequestRecord {
     pub completion: Option<Vec<u8>>,
     /// Answered from the response cache.
     pub cached: bool,
-    /// Counts the request in flight until the record is written or dropped.
+    /// Counts the request in flight until the record is finished (`finish`, or the
+    /// accounting half of `finish_soon`) or dropped.
     pub in_flight: Option<crate::metrics::InFlight>,
     /// The quota admission: its in-flight slots are held until the record is finished
     /// (or dropped), and its subjects are charged the request's tokens.
