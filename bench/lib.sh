@@ -1,7 +1,8 @@
 # Shared by bench/instructions.sh, bench/log_cost.sh and bench/batch.sh (sourced, not
 # run): checks, a temporary directory removed on exit with every process in PIDS, two free
 # 127.0.0.1 ports (MP for the mock, GP for the gateway), the mock upstream answering on MP, a
-# fixture directory naming it as model `mock-model`; `lift_quotas`, `wait_gateway`.
+# fixture directory naming it as model `mock-model`; `lift_quotas`, `wait_gateway`,
+# `post_load`.
 # Set before sourcing: BENCH_NAME (for the temp dir) and TOOLS (commands needed).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,5 +50,14 @@ wait_health() {
 }
 
 wait_gateway() { wait_health "$GP"; }
+
+# post_load SECONDS [oha args...]: oha POSTs BODY to URL for SECONDS over CONNS connections
+# (set by the script; stopped 30 s past its time at most), its output on stdout.
+post_load() {
+    local secs=$1
+    shift
+    timeout $((secs + 30)) oha -z "${secs}s" -c "$CONNS" --no-tui -m POST \
+        -H 'content-type: application/json' -d "$BODY" "$@" "$URL"
+}
 
 wait_health "$MP" || { cat "$TMP/mock.log" >&2; exit 1; }

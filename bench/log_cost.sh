@@ -32,13 +32,11 @@ run() {
     gw=$!
     trap 'kill "$gw" 2>/dev/null || true' EXIT
     wait_gateway
-    timeout 30 oha -z 1s -c "$CONNS" --no-tui -m POST -H 'content-type: application/json' \
-        -d "$BODY" "$URL" >/dev/null
+    post_load 1 >/dev/null
     local before after
     before=$(awk '{print $14 + $15}' "/proc/$gw/stat")
     threads "$gw" >"$TMP/threads.before"
-    timeout $((DURATION + 30)) oha -z "${DURATION}s" -c "$CONNS" --no-tui --output-format json \
-        -m POST -H 'content-type: application/json' -d "$BODY" "$URL" >"$TMP/oha.json"
+    post_load "$DURATION" --output-format json >"$TMP/oha.json"
     # The request log writes every flush_interval_ms (500): let the last batch land.
     sleep 0.6
     after=$(awk '{print $14 + $15}' "/proc/$gw/stat")

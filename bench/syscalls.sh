@@ -26,13 +26,11 @@ EVENTS=$EVENTS,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,context-swi
 # measure NAME PID: warms PID's listener up, counts EVENTS over one oha run, prints a row.
 measure() {
     local name=$1 pid=$2
-    timeout 30 oha -z 1s -c "$CONNS" --no-tui -m POST -H 'content-type: application/json' \
-        -d "$BODY" "$URL" >/dev/null
+    post_load 1 >/dev/null
     timeout $((DURATION + 30)) perf stat -x, -e "$EVENTS" -p "$pid" -o "$TMP/$name.stat" \
         -- sleep "$DURATION" &
     local perf_pid=$!
-    timeout $((DURATION + 30)) oha -z "${DURATION}s" -c "$CONNS" --no-tui --output-format json \
-        -m POST -H 'content-type: application/json' -d "$BODY" "$URL" >"$TMP/$name.json"
+    post_load "$DURATION" --output-format json >"$TMP/$name.json"
     wait "$perf_pid" || { echo "perf stat failed for $name (see $TMP/$name.stat)" >&2; exit 1; }
     python3 - "$name" "$TMP/$name.json" "$TMP/$name.stat" <<'PY'
 import json, sys
