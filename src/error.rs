@@ -21,6 +21,7 @@ pub mod code {
     pub const RATE_LIMITED: &str = "rate_limit_exceeded";
     pub const INSUFFICIENT_QUOTA: &str = "insufficient_quota";
     pub const UPSTREAM_ERROR: &str = "upstream_error";
+    pub const UPSTREAM_AUTH_ERROR: &str = "upstream_auth_error";
     pub const NO_AVAILABLE_TARGET: &str = "no_available_target";
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
     pub const STREAM_INTERRUPTED: &str = "stream_interrupted";
@@ -67,14 +68,20 @@ pub enum ApiError {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// Every attempt failed with a connection error or 5xx.
-    #[error("All targets for model `{0}` failed; try again later.")]
-    AllTargetsFailed(String),
+    /// Every attempt failed with a connection error or 5xx; `cause` names each target tried
+    /// and how it failed ("target a: connection refused"), never a URL or a secret.
+    #[error("All targets for model `{model}` failed ({cause}); try again later.")]
+    AllTargetsFailed { model: String, cause: String },
     /// No target is healthy with a closed breaker.
     #[error("No target for model `{0}` is available right now; try again later.")]
     NoAvailableTarget(String),
-    #[error("The model `{0}` did not answer in time.")]
-    UpstreamTimeout(String),
+    /// `cause`: the target and the wait ("target a: timed out after 600 s").
+    #[error("The model `{model}` did not answer in time ({cause}).")]
+    UpstreamTimeout { model: String, cause: String },
+    /// The target refused the gateway's own credentials (its 401/403): an operator's
+    /// problem, never the caller's, so never relayed as such.
+    #[error("Target `{target}` refused the gateway's credentials (HTTP {status}); an operator must check the API key configured for it.")]
+    UpstreamCredentials { target: String, status: u16 },
     /// No credentials, or credentials nobody issued.
     #[error("{0}")]
     Unauthorized(String),
@@ -160,9 +167,10 @@ impl ApiError {
             ApiError::LoopDetected => code::LOOP_DETECTED,
             ApiError::RateLimited { .. } => code::RATE_LIMITED,
             ApiError::QuotaExceeded { .. } => code::INSUFFICIENT_QUOTA,
-            ApiError::AllTargetsFailed(_) => code::UPSTREAM_ERROR,
+            ApiError::AllTargetsFailed { .. } => code::UPSTREAM_ERROR,
+            ApiError::UpstreamCredentials { .. } => code::UPSTREAM_AUTH_ERROR,
             ApiError::NoAvailableTarget(_) => code::NO_AVAILABLE_TARGET,
-            ApiError::UpstreamTimeout(_) => code::UPSTREAM_TIMEOUT,
+            ApiError::UpstreamTimeout { .. } => code::UPSTREAM_TIMEOUT,
             ApiError::Unauthorized(_) => code::INVALID_API_KEY,
             ApiError::Forbidden(_) => code::FORBIDDEN,
             ApiError::AuthUnavailable => code::AUTH_UNAVAILABLE,
@@ -229,9 +237,11 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::AllTargetsFailed(_) => StatusCode::BAD_GATEWAY,
+            ApiError::AllTargetsFailed { .. } | ApiError::UpstreamCredentials { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ApiError::NoAvailableTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -376,9 +386,21 @@ mod tests {
             (ApiError::MethodNotAllowed("GET".into()), 405),
             (ApiError::PayloadTooLarge(1), 413),
             (ApiError::LoopDetected, 508),
-            (ApiError::AllTargetsFailed("m".into()), 502),
+            (
+                ApiError::AllTargetsFailed {
+                    model: "m".into(),
+                    cause: "target a: connection refused".into(),
+                },
+                502,
+            ),
             (ApiError::NoAvailableTarget("m".into()), 503),
-            (ApiError::UpstreamTimeout("m".into()), 504),
+            (
+                ApiError::UpstreamTimeout {
+                    model: "m".into(),
+                    cause: "target a: timed out after 600 s".into(),
+                },
+                504,
+            ),
             (ApiError::Unauthorized("x".into()), 401),
             (ApiError::Forbidden("x".into()), 403),
             (

@@ -823,8 +823,8 @@ impl Runner {
                 }
                 Err(
                     e @ (ApiError::NoAvailableTarget(_)
-                    | ApiError::AllTargetsFailed(_)
-                    | ApiError::UpstreamTimeout(_)
+                    | ApiError::AllTargetsFailed { .. }
+                    | ApiError::UpstreamTimeout { .. }
                     | ApiError::ModelStarting { .. }),
                 ) => {
                     failures += 1;
@@ -904,6 +904,7 @@ impl Runner {
         let call = Call {
             model: entry,
             upstream_path: endpoint_path(&ctx.endpoint),
+            content_type: actix_web::http::header::HeaderValue::from_static("application/json"),
             body: line.body.clone(),
             requested_model: line.model.clone(),
             pin: ctx.pin.clone(),
@@ -922,7 +923,10 @@ impl Runner {
                 // Reading the body to its end finishes the record (tokens charged).
                 let body = actix_web::body::to_bytes(response.into_body())
                     .await
-                    .map_err(|_| ApiError::AllTargetsFailed(line.model.clone()))?;
+                    .map_err(|e| ApiError::AllTargetsFailed {
+                        model: line.model.clone(),
+                        cause: format!("the answer's body failed: {e}"),
+                    })?;
                 Ok((status, body))
             }
             Err((e, record)) => refuse(e, record),

@@ -45,6 +45,9 @@ static PASSED_HEADERS: [HeaderName; 4] = [
 /// Per-worker upstream HTTP client (awc clients are not Send: one per worker thread).
 pub struct Upstream {
     client: awc::Client,
+    /// Sends the one resend after a stale pooled connection: its connections are never
+    /// reused (lifetime zero), so the resend cannot meet another stale one.
+    fresh: awc::Client,
     settings: crate::config::Upstream,
     /// The Globus Compute transport's shared caches (all workers share one).
     globus: Option<Arc<GlobusShared>>,
@@ -61,8 +64,20 @@ impl Upstream {
             .disable_redirects()
             .timeout(settings.response_timeout())
             .finish();
+        let fresh = awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .timeout(settings.connect_timeout())
+                    .limit(settings.pool_limit_per_worker)
+                    .conn_keep_alive(Duration::ZERO)
+                    .conn_lifetime(Duration::ZERO),
+            )
+            .disable_redirects()
+            .timeout(settings.response_timeout())
+            .finish();
         Upstream {
             client,
+            fresh,
             settings: settings.clone(),
             globus: None,
         }
@@ -79,6 +94,8 @@ impl Upstream {
 pub struct Call {
     pub model: Arc<ModelEntry>,
     pub upstream_path: &'static str,
+    /// Sent upstream as the body's type: JSON, or the client's multipart type (boundary).
+    pub content_type: HeaderValue,
     pub body: Bytes,
     /// The model name the client asked for (rewritten when a target serves another name).
     pub requested_model: String,
@@ -108,14 +125,17 @@ pub fn passed_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 /// Why one attempt did not produce a response to commit.
 pub(crate) enum AttemptError {
     /// Before the request could have reached the target's application (connect failed).
+    /// The text is shown to the client after the target's id: no URL, no secret.
     Connect(String),
-    /// The connection broke around sending; it may have been a stale pooled connection.
+    /// The connection was closed or reset before any byte of an answer: most often a
+    /// pooled connection the target had already closed (llama-server closes after every
+    /// stream while announcing keep-alive). Resent once on a fresh connection.
     Broken(String),
     /// The target answered 2xx, then died before the first body byte.
     Died(String),
     /// No response head in time.
     Timeout,
-    /// The target answered 5xx (message for the log).
+    /// The target answered 5xx but 501 (message for the log).
     Status5xx(u16, String),
     /// The target answered 429.
     RateLimited(Option<Duration>, Bytes),
@@ -137,6 +157,23 @@ impl AttemptError {
             AttemptError::Starting(_) => return None,
         })
     }
+
+    /// How the attempt failed, for the client: the failure class, never a URL, a secret
+    /// or the backend's own text.
+    fn client_cause(&self, target: &Target) -> String {
+        match self {
+            AttemptError::Connect(m) => m.clone(),
+            AttemptError::Broken(_) => "the connection broke before an answer".into(),
+            AttemptError::Died(_) => "closed the connection before the first byte".into(),
+            AttemptError::Timeout => format!(
+                "timed out after {} s",
+                target.response_timeout.as_secs_f64()
+            ),
+            AttemptError::Status5xx(status, _) => format!("answered {status}"),
+            AttemptError::RateLimited(..) => "answered 429".into(),
+            AttemptError::Starting(_) => "starting".into(),
+        }
+    }
 }
 
 pub async fn forward(
@@ -148,14 +185,20 @@ pub async fn forward(
     let settings = &upstream.settings;
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let mut last: Option<AttemptError> = None;
+    // "target a: connection refused" for every failed attempt, for the client's message.
+    let mut causes: Vec<String> = Vec::new();
     let mut stale_retry_used = false;
     let model_name = call.requested_model.clone();
+    let json = call.content_type.as_bytes() == b"application/json";
 
     while record.attempts < settings.max_attempts {
         let lease = {
             let ranked = call.model.ranked.load();
             let accept = |t: &Target| {
-                call.pin.as_ref().is_none_or(|p| p.matches(t)) && call.caller.may_use(&t.spec)
+                call.pin.as_ref().is_none_or(|p| p.matches(t))
+                    && call.caller.may_use(&t.spec)
+                    // Globus Compute carries JSON bodies only.
+                    && (json || matches!(t.spec.transport, Transport::Http))
             };
             pick(&ranked, &accept, &tried)
         };
@@ -176,16 +219,27 @@ pub async fn forward(
         record.cluster = Some(target.spec.cluster.clone());
         record.framework = Some(target.spec.framework.clone());
 
-        let body = match rewrite_model(&call.body, &call.requested_model, &target.spec.model) {
+        let rewritten = if json {
+            rewrite_model(&call.body, &call.requested_model, &target.spec.model)
+                .map_err(|e| e.to_string())
+        } else {
+            rewrite_form_model(
+                &call.body,
+                &call.content_type,
+                &call.requested_model,
+                &target.spec.model,
+            )
+        };
+        let body = match rewritten {
             Ok(body) => body,
             Err(e) => {
                 slog::error!(log, "could not rewrite model field";
-                    "request_id" => &record.request_id, "error" => e.to_string());
+                    "request_id" => &record.request_id, "error" => e);
                 return Err((ApiError::Internal, record));
             }
         };
         let mut result = match &target.spec.transport {
-            Transport::Http => send(upstream, &target, &call, body.clone(), &lease).await,
+            Transport::Http => send(&upstream.client, &target, &call, body.clone(), &lease).await,
             Transport::GlobusCompute(g) => match &upstream.globus {
                 // Boxed: its future (about 7 KB) would otherwise size every HTTP request's.
                 Some(shared) => {
@@ -213,9 +267,12 @@ pub async fn forward(
                     .with_label_values(&[target.slug()])
                     .inc();
                 // A pooled connection the target had already closed (llama-server closes
-                // after every stream): nothing was processed, so resend on a fresh one.
+                // after every stream): nothing came back, so resend on a new connection.
+                // Not a target failure, not a failover: the same lease, no verdict yet.
                 stale_retry_used = true;
-                result = send(upstream, &target, &call, body, &lease).await;
+                slog::debug!(log, "resending on a fresh connection";
+                    "request_id" => &record.request_id, "target" => target.slug());
+                result = send(&upstream.fresh, &target, &call, body, &lease).await;
             }
         }
         match result {
@@ -245,6 +302,20 @@ pub async fn forward(
                     .body(body);
                 record.finish_soon(log.clone(), &call.metrics);
                 return Ok(response);
+            }
+            Ok(Committed::CredentialsRefused(status)) => {
+                // The target's own credentials are wrong: neither the caller's fault nor
+                // the target's health; no failover (another try would send a 4xx again).
+                lease.set_verdict(Verdict::Neutral);
+                drop(lease);
+                slog::warn!(log, "target refused the gateway's credentials";
+                    "request_id" => &record.request_id, "target" => target.slug(),
+                    "status" => status.as_u16());
+                let error = ApiError::UpstreamCredentials {
+                    target: target.spec.slug.clone(),
+                    status: status.as_u16(),
+                };
+                return Err((error, record));
             }
             Ok(Committed::ClientError(status, headers, body)) => {
                 lease.set_verdict(Verdict::Success {
@@ -285,6 +356,11 @@ pub async fn forward(
                     "attempt" => record.attempts, "error" => detail);
                 lease.set_verdict(verdict);
                 drop(lease);
+                causes.push(format!(
+                    "target {}: {}",
+                    target.slug(),
+                    e.client_cause(&target)
+                ));
                 tried.push(target);
                 let timeout = matches!(e, AttemptError::Timeout);
                 last = Some(e);
@@ -297,9 +373,13 @@ pub async fn forward(
         }
     }
 
+    let cause = causes.join("; ");
     let error = match last {
         None => ApiError::NoAvailableTarget(model_name),
-        Some(AttemptError::Timeout) => ApiError::UpstreamTimeout(model_name),
+        Some(AttemptError::Timeout) => ApiError::UpstreamTimeout {
+            model: model_name,
+            cause,
+        },
         Some(AttemptError::RateLimited(retry_after, body)) => ApiError::RateLimited {
             message: upstream_message(&body).unwrap_or_else(|| {
                 format!("Every target for model `{model_name}` is rate limited; try again later.")
@@ -311,7 +391,10 @@ pub async fn forward(
             phase: "starting",
             retry_after,
         },
-        Some(_) => ApiError::AllTargetsFailed(model_name),
+        Some(_) => ApiError::AllTargetsFailed {
+            model: model_name,
+            cause,
+        },
     };
     Err((error, record))
 }
@@ -323,12 +406,15 @@ pub(crate) enum Committed {
     Body(StatusCode, Bytes),
     /// A stream fed by the remote function's callbacks (Globus Compute, `stream: true`).
     Callback(globus_compute::CallbackSource),
-    /// A 4xx (but 429) answer, read whole: the client's fault, passed through.
+    /// A 4xx (but 401, 403 and 429) or 501 answer, read whole: the request is the
+    /// problem, so it is passed through as the backend sent it.
     ClientError(StatusCode, HeaderMap, Bytes),
+    /// The target answered 401 or 403 to the gateway's own credentials.
+    CredentialsRefused(StatusCode),
 }
 
 async fn send(
-    upstream: &Upstream,
+    client: &awc::Client,
     target: &Target,
     call: &Call,
     body: Bytes,
@@ -337,11 +423,10 @@ async fn send(
     let uri = target
         .uri(call.upstream_path)
         .map_err(|e| AttemptError::Connect(format!("invalid target URL: {e}")))?;
-    let mut req = upstream
-        .client
+    let mut req = client
         .post(uri)
         .timeout(target.response_timeout)
-        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((header::CONTENT_TYPE, call.content_type.clone()))
         .insert_header((REQUEST_ID.clone(), call.request_id.clone()))
         .insert_header((HOPS.clone(), HeaderValue::from(call.hops + 1)));
     for (name, value) in &call.client_headers {
@@ -392,7 +477,12 @@ async fn send(
             .map(Duration::from_secs_f64);
         return Err(AttemptError::RateLimited(retry_after, body));
     }
-    if status.is_server_error() {
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Ok(Committed::CredentialsRefused(status));
+    }
+    // 501 says the request asks for what this server does not do (llama-server without
+    // `--reranking`): the request's problem, not the server's health.
+    if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
         let message = upstream_message(&body)
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
         return Err(AttemptError::Status5xx(status.as_u16(), message));
@@ -400,13 +490,33 @@ async fn send(
     Ok(Committed::ClientError(status, res.headers().clone(), body))
 }
 
+/// Sorts awc's error by what was sent and received, not by its variant alone: awc reports
+/// a request written on a connection the server had already closed (EOF before any byte
+/// of an answer) as `Connect(Disconnected)`, and that is a stale connection, not a target
+/// that cannot be reached.
 fn classify(e: SendRequestError) -> AttemptError {
+    use awc::error::ConnectError;
     match e {
-        SendRequestError::Connect(e) => AttemptError::Connect(format!("connect: {e}")),
+        SendRequestError::Connect(ConnectError::Disconnected) => {
+            AttemptError::Broken("the connection was closed before any byte of an answer".into())
+        }
+        SendRequestError::Connect(ConnectError::Io(e)) => {
+            AttemptError::Connect(e.kind().to_string().to_lowercase())
+        }
+        SendRequestError::Connect(ConnectError::Timeout) => {
+            AttemptError::Connect("connect timed out".into())
+        }
+        SendRequestError::Connect(ConnectError::Resolver(_) | ConnectError::NoRecords) => {
+            AttemptError::Connect("host name not resolved".into())
+        }
+        SendRequestError::Connect(ConnectError::SslIsNotSupported) => {
+            AttemptError::Connect("TLS is not supported".into())
+        }
+        SendRequestError::Connect(_) => AttemptError::Connect("connection failed".into()),
         SendRequestError::Timeout => AttemptError::Timeout,
         SendRequestError::Send(e) => AttemptError::Broken(format!("send: {e}")),
         SendRequestError::Response(e) => AttemptError::Broken(format!("response: {e}")),
-        other => AttemptError::Connect(other.to_string()),
+        other => AttemptError::Connect(format!("request failed: {other}")),
     }
 }
 
@@ -516,8 +626,10 @@ fn respond_callback(
     ))
 }
 
-/// Passes a backend 4xx through with its status. A body that is already an OpenAI error
-/// envelope goes as it is; anything else is wrapped in one.
+/// Passes a backend 4xx (or 501) through with its status. A JSON object goes as it is
+/// (an OpenAI envelope, llama.cpp's with an integer `code`, vLLM's `{"object":"error"}`,
+/// FastAPI's `{"detail"}`: the SDKs read them all); anything else (text, HTML) is wrapped
+/// in an OpenAI envelope.
 fn pass_client_error(
     status: StatusCode,
     headers: &HeaderMap,
@@ -530,10 +642,10 @@ fn pass_client_error(
     if let Some(after) = headers.get(header::RETRY_AFTER) {
         builder.insert_header((header::RETRY_AFTER, after.clone()));
     }
-    let is_envelope = serde_json::from_slice::<serde_json::Value>(&body)
+    let is_object = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
-        .is_some_and(|v| v.get("error").is_some_and(|e| e.is_object()));
-    if is_envelope {
+        .is_some_and(|v| v.is_object());
+    if is_object {
         return builder.body(body);
     }
     let text = String::from_utf8_lossy(&body);
@@ -576,9 +688,76 @@ fn rewrite_model(body: &Bytes, requested: &str, served: &str) -> Result<Bytes, s
     Ok(Bytes::from(serde_json::to_vec(&value)?))
 }
 
+/// Like [`rewrite_model`] for a `multipart/form-data` body: only the `model` field's value
+/// changes, every other byte (the file) stays.
+fn rewrite_form_model(
+    body: &Bytes,
+    content_type: &HeaderValue,
+    requested: &str,
+    served: &str,
+) -> Result<Bytes, String> {
+    if requested == served {
+        return Ok(body.clone());
+    }
+    let boundary = content_type
+        .to_str()
+        .ok()
+        .and_then(|ct| {
+            ct.split(';')
+                .filter_map(|p| p.trim().split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))
+                .map(|(_, v)| v.trim_matches('"').to_string())
+        })
+        .ok_or("the multipart content type has no boundary")?;
+    let delimiter = format!("--{boundary}");
+    let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
+    let starts: Vec<usize> = finder.find_iter(body).collect();
+    for pair in starts.windows(2) {
+        let part = &body[pair[0] + delimiter.len()..pair[1]];
+        let Some(head_end) = memchr::memmem::find(part, b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&part[..head_end]).to_ascii_lowercase();
+        let is_model = head.lines().any(|l| {
+            l.starts_with("content-disposition:")
+                && l.split(';')
+                    .any(|p| matches!(p.trim(), "name=\"model\"" | "name=model"))
+        });
+        if !is_model {
+            continue;
+        }
+        let value_start = pair[0] + delimiter.len() + head_end + 4;
+        // The value ends with the CRLF before the next delimiter.
+        let value_end = pair[1].saturating_sub(2);
+        let mut out = Vec::with_capacity(body.len() + served.len());
+        out.extend_from_slice(&body[..value_start]);
+        out.extend_from_slice(served.as_bytes());
+        out.extend_from_slice(&body[value_end.max(value_start)..]);
+        return Ok(Bytes::from(out));
+    }
+    Err("the multipart body has no `model` field".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_form_model_is_rewritten_and_nothing_else() {
+        let ct = HeaderValue::from_static("multipart/form-data; boundary=\"b1\"");
+        let body = Bytes::from_static(
+            b"--b1\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n\x00model\r\n--b1\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nalias\r\n--b1--\r\n",
+        );
+        let out = rewrite_form_model(&body, &ct, "alias", "real/model").unwrap();
+        assert_eq!(
+            &out[..],
+            &b"--b1\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n\x00model\r\n--b1\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nreal/model\r\n--b1--\r\n"[..]
+        );
+        assert_eq!(
+            rewrite_form_model(&body, &ct, "alias", "alias").unwrap(),
+            body
+        );
+    }
 
     #[test]
     fn rewrite_keeps_other_fields_and_order() {

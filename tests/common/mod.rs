@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod chaos;
 pub mod db;
+pub mod raw_upstream;
 
 use std::net::TcpListener;
 use std::sync::Arc;
