@@ -132,9 +132,10 @@ where
         }
     }
 
-    /// Drops the usage-only event (`"choices":[]` with `usage`) from what the client gets:
-    /// the gateway asked for it (`stream_options.include_usage`) to charge tokens, the
-    /// client did not. It is still metered.
+    /// Hides the `usage` the gateway asked for (`stream_options.include_usage`, to charge
+    /// tokens) and the client did not: the usage-only event (`"choices":[]` with `usage`)
+    /// is dropped, or relayed without `usage` when it carries more (`timings`). It is
+    /// still metered.
     pub fn hide_usage_event(mut self, hide: bool) -> Self {
         self.hide_usage = hide;
         self
@@ -169,8 +170,74 @@ fn event_end(buf: &[u8]) -> usize {
     buf.len()
 }
 
-/// Whole SSE events without the usage-only ones; `None` when nothing is left. Events
-/// without `"usage"` in them pass with no parse and no copy.
+/// The members of a chunk every OpenAI stream event has; a usage-only event with nothing
+/// else in it carries no news once its `usage` is gone.
+const CHUNK_ENVELOPE: [&str; 8] = [
+    "id",
+    "object",
+    "created",
+    "model",
+    "system_fingerprint",
+    "service_tier",
+    "obfuscation",
+    "choices",
+];
+
+/// A JSON object's members in order, each value as its raw text.
+struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The usage-only event's JSON without its `usage`, every other byte as the backend sent
+/// it; `None` when nothing but the chunk's envelope is left (the event is dropped whole).
+/// llama-server, for one, puts `timings` on that event.
+fn without_usage(data: &[u8]) -> Option<Vec<u8>> {
+    let Members(members) = serde_json::from_slice(data).ok()?;
+    let rest: Vec<_> = members.iter().filter(|(k, _)| k != "usage").collect();
+    if rest
+        .iter()
+        .all(|(k, _)| CHUNK_ENVELOPE.contains(&k.as_ref()))
+    {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len());
+    out.push(b'{');
+    for (i, (key, value)) in rest.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key.as_ref()).ok()?;
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+/// Whole SSE events without the `usage` the gateway asked for: a usage-only event is
+/// dropped, or kept without its `usage` when it carries other fields. `None` when nothing
+/// is left. Events without `"usage"` in them pass with no parse and no copy.
 fn drop_usage_only_events(events: Bytes) -> Option<Bytes> {
     if !crate::proxy::usage::mentions_usage(&events) {
         return Some(events);
@@ -181,12 +248,22 @@ fn drop_usage_only_events(events: Bytes) -> Option<Bytes> {
         let end = event_end(rest);
         let (event, tail) = rest.split_at(end);
         rest = tail;
-        let usage_only = event.split(|b| *b == b'\n').any(|line| {
+        let usage_data = event.split(|b| *b == b'\n').find_map(|line| {
             line.strip_prefix(b"data:")
-                .is_some_and(|d| is_usage_only(d.trim_ascii()))
+                .map(|d| d.trim_ascii())
+                .filter(|d| is_usage_only(d))
         });
-        if !usage_only {
-            kept.extend_from_slice(event);
+        match usage_data {
+            None => kept.extend_from_slice(event),
+            Some(data) => {
+                if let Some(stripped) = without_usage(data) {
+                    // `data` lies inside `event`: splice the new JSON in its place.
+                    let start = data.as_ptr() as usize - event.as_ptr() as usize;
+                    kept.extend_from_slice(&event[..start]);
+                    kept.extend_from_slice(&stripped);
+                    kept.extend_from_slice(&event[start + data.len()..]);
+                }
+            }
         }
     }
     (!kept.is_empty()).then(|| kept.freeze())
@@ -613,6 +690,17 @@ mod tests {
         let crlf = content.replace("\n\n", "\r\n\r\n");
         let all = Bytes::from(format!("{crlf}{}", usage.replace("\n\n", "\r\n\r\n")));
         assert_eq!(drop_usage_only_events(all).unwrap(), Bytes::from(crlf));
+    }
+
+    #[test]
+    fn a_usage_event_with_more_in_it_loses_only_its_usage() {
+        let usage = "data: {\"choices\":[],\"id\":\"x\",\"usage\":{\"total_tokens\":3},\"timings\":{\"predicted_ms\":1.25e0},\"model\":\"m\"}\r\n\r\n";
+        assert_eq!(
+            drop_usage_only_events(Bytes::from(usage)).unwrap(),
+            Bytes::from_static(
+                b"data: {\"choices\":[],\"id\":\"x\",\"timings\":{\"predicted_ms\":1.25e0},\"model\":\"m\"}\r\n\r\n"
+            )
+        );
     }
 
     #[tokio::test]
