@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::http::header::{HeaderValue, CONTENT_LENGTH};
+use actix_web::http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::actors::router::Pin;
 use crate::auth::caller::Caller;
 use crate::cache::{self, CacheMode};
+use crate::config::BodyKind;
 use crate::error::ApiError;
 use crate::metrics::InFlight;
 use crate::proxy::cold_start;
@@ -32,6 +33,10 @@ pub struct InferenceRoute {
     pub upstream_path: &'static str,
     /// Models this route serves; `None` = all.
     pub models: Option<HashSet<String>>,
+    /// Where the body names its model.
+    pub body: BodyKind,
+    /// From `routes.relayed`: registered after the gateway's own routes.
+    pub relayed: bool,
 }
 
 pub const CHAT: &str = "/v1/chat/completions";
@@ -53,6 +58,8 @@ pub fn builtin() -> Vec<InferenceRoute> {
         path: path.to_string(),
         upstream_path: path,
         models: None,
+        body: BodyKind::Json,
+        relayed: false,
     })
     .collect()
 }
@@ -190,6 +197,72 @@ fn parse_head(body: &[u8]) -> Result<Parsed, ApiError> {
             .unwrap_or(false),
         has_stream_options: head.stream_options.is_some(),
     })
+}
+
+/// The `model` (and `stream`) form fields of a `multipart/form-data` body (audio
+/// transcription), read from the buffered body; the body itself goes upstream unchanged.
+async fn parse_multipart_head(req: &HttpRequest, body: &Bytes) -> Result<Parsed, ApiError> {
+    let is_form = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("multipart/form-data"));
+    if !is_form {
+        return Err(ApiError::invalid(
+            "This route takes a multipart/form-data body with a `model` field.",
+        ));
+    }
+    let chunks = futures_util::stream::once(std::future::ready(Ok::<
+        _,
+        actix_web::error::PayloadError,
+    >(body.clone())));
+    let mut form = actix_multipart::Multipart::new(req.headers(), chunks);
+    let mut model = None;
+    let mut stream = false;
+    while let Some(field) = form.next().await {
+        let mut field = field
+            .map_err(|e| ApiError::invalid(format!("The multipart body is malformed: {e}")))?;
+        let name = field.name().map(str::to_owned);
+        if !matches!(name.as_deref(), Some("model" | "stream")) {
+            // Drain the part (file contents) without keeping it.
+            while let Some(chunk) = field.next().await {
+                chunk.map_err(|e| {
+                    ApiError::invalid(format!("The multipart body is malformed: {e}"))
+                })?;
+            }
+            continue;
+        }
+        let mut value = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::invalid(format!("The multipart body is malformed: {e}")))?;
+            if value.len() + chunk.len() > 1024 {
+                return Err(ApiError::invalid(format!(
+                    "The `{}` field is too long.",
+                    name.as_deref().unwrap_or_default()
+                )));
+            }
+            value.extend_from_slice(&chunk);
+        }
+        let value = String::from_utf8_lossy(&value).trim().to_string();
+        match name.as_deref() {
+            Some("model") => model = Some(value),
+            _ => stream = value == "true",
+        }
+    }
+    match model {
+        Some(m) if !m.is_empty() => Ok(Parsed {
+            model: m,
+            stream,
+            temperature: None,
+            include_usage: false,
+            has_stream_options: false,
+        }),
+        _ => Err(ApiError::invalid_param(
+            "model",
+            "The form field `model` is required.",
+        )),
+    }
 }
 
 /// Asks the backend for usage in a stream: adds `"stream_options":{"include_usage":true}`.
@@ -405,14 +478,32 @@ async fn prepare(
     // The caller is the cache tenant and the request log's user.
     record.user.clone_from(&caller.id);
     record.org = caller.org.clone().unwrap_or_default();
-    record.keep_prompt(&body);
+    let (parsed, content_type) = match route.body {
+        BodyKind::Json => {
+            record.keep_prompt(&body);
+            (
+                parse_head(&body)?,
+                HeaderValue::from_static("application/json"),
+            )
+        }
+        BodyKind::Multipart => {
+            let parsed = parse_multipart_head(req, &body).await?;
+            // Checked above: a multipart/form-data content type with its boundary.
+            let content_type = req
+                .headers()
+                .get(CONTENT_TYPE)
+                .cloned()
+                .ok_or(ApiError::Internal)?;
+            (parsed, content_type)
+        }
+    };
     let Parsed {
         model,
         stream,
         temperature,
         include_usage,
         has_stream_options,
-    } = parse_head(&body)?;
+    } = parsed;
     record.model.clone_from(&model);
     record.stream = stream;
 
@@ -487,6 +578,7 @@ async fn prepare(
     let call = Call {
         model: entry,
         upstream_path: route.upstream_path,
+        content_type,
         hide_usage,
         body,
         requested_model: model,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::config::Settings;
+use crate::config::{BodyKind, Settings};
 use crate::error::ApiError;
 use inference::InferenceRoute;
 
@@ -32,7 +32,24 @@ pub const BUILTIN_PATHS: [&str; 6] = [
     "/v1/messages",
 ];
 
-/// Built-in routes plus the chat-shaped aliases from config.
+/// Paths the gateway serves itself: a relayed route may not be one of them or below one.
+pub const GATEWAY_PREFIXES: [&str; 13] = [
+    "/v1/models",
+    "/v1/files",
+    "/v1/batches",
+    "/admin",
+    "/api",
+    "/health",
+    "/metrics",
+    "/whoami",
+    "/status",
+    "/list-endpoints",
+    "/openapi.json",
+    "/docs",
+    "/resource_server",
+];
+
+/// Built-in routes plus the chat-shaped aliases and relayed routes from config.
 pub fn inference_routes(settings: &Settings) -> Vec<Arc<InferenceRoute>> {
     let mut routes: Vec<Arc<InferenceRoute>> =
         inference::builtin().into_iter().map(Arc::new).collect();
@@ -44,6 +61,20 @@ pub fn inference_routes(settings: &Settings) -> Vec<Arc<InferenceRoute>> {
             upstream_path: inference::CHAT,
             models: (!alias.models.is_empty())
                 .then(|| alias.models.iter().cloned().collect::<HashSet<_>>()),
+            body: BodyKind::Json,
+            relayed: false,
+        }));
+    }
+    for relayed in &settings.routes.relayed {
+        // Routes live as long as the process (they are rebuilt only on restart).
+        let path: &'static str = relayed.path.clone().leak();
+        routes.push(Arc::new(InferenceRoute {
+            name: path.trim_start_matches("/v1/").trim_start_matches('/'),
+            path: relayed.path.clone(),
+            upstream_path: path,
+            models: None,
+            body: relayed.body,
+            relayed: true,
         }));
     }
     routes
@@ -51,32 +82,8 @@ pub fn inference_routes(settings: &Settings) -> Vec<Arc<InferenceRoute>> {
 
 /// Registers every route (used twice: at the root and under `/resource_server`).
 pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
-    for route in routes {
-        for pinned in [false, true] {
-            let path = if pinned {
-                format!("/{{cluster}}/{{framework}}{}", route.path)
-            } else {
-                route.path.clone()
-            };
-            let route = Arc::clone(route);
-            cfg.service(
-                web::resource(path)
-                    .route(
-                        web::post().to(move |req, caller, payload, state, upstream| {
-                            inference::handle(
-                                req,
-                                caller,
-                                payload,
-                                state,
-                                upstream,
-                                Arc::clone(&route),
-                                pinned,
-                            )
-                        }),
-                    )
-                    .default_service(web::to(method_not_allowed)),
-            );
-        }
+    for route in routes.iter().filter(|r| !r.relayed) {
+        inference_services(cfg, route);
     }
     cfg.service(
         web::resource("/v1/files")
@@ -239,12 +246,46 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
                 .default_service(web::to(method_not_allowed)),
         );
     }
+    // After the fixed routes: a pinned `/{cluster}/{framework}/tokenize` would otherwise
+    // shadow `/v1/files/{id}` and its like.
+    for route in routes.iter().filter(|r| r.relayed) {
+        inference_services(cfg, route);
+    }
     // Last: `{cluster}` would otherwise shadow fixed two-segment paths.
     cfg.service(
         web::resource("/{cluster}/jobs")
             .route(web::get().to(clusters::jobs))
             .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// One inference route, federated and pinned (`/{cluster}/{framework}{path}`).
+fn inference_services(cfg: &mut web::ServiceConfig, route: &Arc<InferenceRoute>) {
+    for pinned in [false, true] {
+        let path = if pinned {
+            format!("/{{cluster}}/{{framework}}{}", route.path)
+        } else {
+            route.path.clone()
+        };
+        let route = Arc::clone(route);
+        cfg.service(
+            web::resource(path)
+                .route(
+                    web::post().to(move |req, caller, payload, state, upstream| {
+                        inference::handle(
+                            req,
+                            caller,
+                            payload,
+                            state,
+                            upstream,
+                            Arc::clone(&route),
+                            pinned,
+                        )
+                    }),
+                )
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
 }
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
