@@ -227,9 +227,13 @@ def test_a_client_that_leaves_frees_the_servers_slot(gw, llama):
     with httpx.Client(timeout=CALL_TIMEOUT_SECS) as client:
         with client.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
-            for _ in response.iter_lines():
-                break
-            assert busy() == 1
+            # Keep the iterator: leaving a `for` over it would close the response.
+            lines = response.iter_lines()
+            next(lines)
+            deadline = time.monotonic() + 10
+            while busy() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert busy() == 1, "the server is generating for this client"
     left = time.monotonic()
     while busy() and time.monotonic() - left < 5:
         time.sleep(0.05)
