@@ -151,6 +151,9 @@ pub struct Target {
     /// Cluster in maintenance, written through `ClusterState::set_maintenance` only.
     maintenance: AtomicBool,
     probe_free: AtomicBool,
+    /// A half-open breaker is probed by the next request (the target has no active health
+    /// check, which would otherwise be the probe). Written by the BackendActor only.
+    request_probes: AtomicBool,
     in_flight: AtomicU32,
     ewma_ttfb_us: AtomicU64,
     /// Successes the actor has not seen yet (count, summed TTFB in µs): a success on a
@@ -196,6 +199,7 @@ impl Target {
             sched: AtomicU8::new(SchedStatus::None as u8),
             maintenance: AtomicBool::new(false),
             probe_free: AtomicBool::new(false),
+            request_probes: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             ewma_ttfb_us: AtomicU64::new(0),
             pending_successes: AtomicU64::new(0),
@@ -312,6 +316,17 @@ impl Target {
         if breaker == BreakerView::HalfOpen && !was_half_open {
             self.probe_free.store(true, Ordering::Release);
         }
+    }
+
+    /// True when a half-open breaker waits for a request to probe it (no active health
+    /// checks): such a target takes the next request before any other ([`crate::actors::router::pick`]).
+    pub fn request_probes(&self) -> bool {
+        self.request_probes.load(Ordering::Relaxed)
+    }
+
+    /// Called by the BackendActor only.
+    pub(crate) fn set_request_probes(&self, on: bool) {
+        self.request_probes.store(on, Ordering::Relaxed);
     }
 
     /// Called by the BackendActor only: a probe ended without a verdict (cancelled), so
