@@ -386,6 +386,7 @@ impl Target {
             started: Instant::now(),
             probe,
             verdict: None,
+            pool_slot: None,
         })
     }
 }
@@ -408,6 +409,8 @@ pub struct Lease {
     started: Instant,
     probe: bool,
     verdict: Option<Verdict>,
+    /// The worker's upstream connection slot, held until the response has ended.
+    pool_slot: Option<crate::proxy::upstream_pool::PoolSlot>,
 }
 
 impl Lease {
@@ -425,6 +428,12 @@ impl Lease {
 
     pub fn set_verdict(&mut self, verdict: Verdict) {
         self.verdict = Some(verdict);
+    }
+
+    /// Keeps the request's upstream connection slot until the lease drops (the end of a
+    /// relayed response).
+    pub fn hold_pool_slot(&mut self, slot: Option<crate::proxy::upstream_pool::PoolSlot>) {
+        self.pool_slot = slot;
     }
 }
 

@@ -11,6 +11,7 @@ use crate::actors::breaker::{Breaker, BreakerState};
 use crate::actors::router::{FederatedRouterActor, TargetChanged};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::proxy::upstream_pool::is_fd_exhaustion;
 use crate::target::{BreakerView, Health, Target, Verdict};
 
 /// Weight of the newest sample in the latency average.
@@ -193,11 +194,14 @@ impl BackendActor {
                         Err(CheckFailure {
                             error: format!("health check answered HTTP {}", status.as_u16()),
                             timed_out: false,
+                            ours: false,
                         })
                     }
                 }
                 Err(e) => Err(CheckFailure {
                     timed_out: matches!(e, awc::error::SendRequestError::Timeout),
+                    ours: matches!(&e, awc::error::SendRequestError::Connect(
+                        awc::error::ConnectError::Io(io)) if is_fd_exhaustion(io)),
                     error: format!("health check failed: {e}"),
                 }),
             };
@@ -231,6 +235,8 @@ impl BackendActor {
                     self.breaker.on_success(now);
                 }
             }
+            // The gateway is out of file descriptors: that says nothing about the target.
+            Err(failure) if failure.ours => {}
             Err(failure) => {
                 self.failed_checks = self.failed_checks.saturating_add(1);
                 if failure.timed_out || self.failed_checks >= self.settings.unhealthy_threshold {
@@ -251,6 +257,8 @@ struct CheckFailure {
     error: String,
     /// No answer within `health.timeout_ms`.
     timed_out: bool,
+    /// The gateway's own fault (out of file descriptors): not counted against the target.
+    ours: bool,
 }
 
 impl Actor for BackendActor {

@@ -23,6 +23,7 @@ use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::proxy::globus_compute::{self, GlobusShared};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
+use crate::proxy::upstream_pool::{is_fd_exhaustion, PoolGate};
 use crate::proxy::usage::UsageMeter;
 use crate::target::{Lease, Target, Verdict};
 
@@ -45,6 +46,8 @@ static PASSED_HEADERS: [HeaderName; 4] = [
 /// Per-worker upstream HTTP client (awc clients are not Send: one per worker thread).
 pub struct Upstream {
     client: awc::Client,
+    /// The worker's cap on upstream requests (`pool_limit_per_worker`), counted and logged.
+    pool: PoolGate,
     settings: crate::config::Upstream,
     /// The Globus Compute transport's shared caches (all workers share one).
     globus: Option<Arc<GlobusShared>>,
@@ -52,9 +55,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: &crate::config::Upstream) -> Self {
+        // awc's own limit would make requests wait in silence: `pool` is the cap (0 here is
+        // no limit).
         let connector = awc::Connector::new()
             .timeout(settings.connect_timeout())
-            .limit(settings.pool_limit_per_worker)
+            .limit(0)
             .conn_keep_alive(Duration::from_secs(settings.pool_idle_secs));
         let client = awc::Client::builder()
             .connector(connector)
@@ -63,6 +68,7 @@ impl Upstream {
             .finish();
         Upstream {
             client,
+            pool: PoolGate::new(settings.pool_limit_per_worker),
             settings: settings.clone(),
             globus: None,
         }
@@ -122,6 +128,8 @@ pub(crate) enum AttemptError {
     /// The target is coming up (a Globus Compute endpoint with no managers yet): not a
     /// failure; retry after this long.
     Starting(Duration),
+    /// The gateway is out of file descriptors: its own fault, never the target's.
+    OutOfFds(String),
 }
 
 impl AttemptError {
@@ -134,7 +142,7 @@ impl AttemptError {
             AttemptError::Timeout => UpstreamErrorKind::Timeout,
             AttemptError::Status5xx(..) => UpstreamErrorKind::Status5xx,
             AttemptError::RateLimited(..) => UpstreamErrorKind::RateLimited,
-            AttemptError::Starting(_) => return None,
+            AttemptError::Starting(_) | AttemptError::OutOfFds(_) => return None,
         })
     }
 }
@@ -150,6 +158,8 @@ pub async fn forward(
     let mut last: Option<AttemptError> = None;
     let mut stale_retry_used = false;
     let model_name = call.requested_model.clone();
+    // One upstream connection slot of this worker for the whole request (all attempts).
+    let mut pool_slot = upstream.pool.acquire(&call.metrics.pool, log).await;
 
     while record.attempts < settings.max_attempts {
         let lease = {
@@ -220,6 +230,7 @@ pub async fn forward(
         }
         match result {
             Ok(Committed::Response(res, first)) => {
+                lease.hold_pool_slot(pool_slot.take());
                 record.ttft = Some(lease.started().elapsed());
                 return Ok(respond(res, first, lease, record, &call, settings, log));
             }
@@ -276,6 +287,14 @@ pub async fn forward(
                     ),
                     AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
                     AttemptError::Starting(_) => (Verdict::Neutral, "starting".into()),
+                    AttemptError::OutOfFds(m) => {
+                        call.metrics
+                            .pool
+                            .fd_exhausted
+                            .with_label_values(&["connect"])
+                            .inc();
+                        (Verdict::Neutral, m.clone())
+                    }
                 };
                 if let Some(kind) = e.kind() {
                     call.metrics.upstream_error(target.slug(), kind);
@@ -286,9 +305,10 @@ pub async fn forward(
                 lease.set_verdict(verdict);
                 drop(lease);
                 tried.push(target);
-                let timeout = matches!(e, AttemptError::Timeout);
+                // Out of descriptors: so is every other attempt.
+                let give_up = matches!(e, AttemptError::Timeout | AttemptError::OutOfFds(_));
                 last = Some(e);
-                if timeout {
+                if give_up {
                     // The target may still be working on it; another try would double the
                     // wait (and the work). Give up.
                     break;
@@ -300,6 +320,7 @@ pub async fn forward(
     let error = match last {
         None => ApiError::NoAvailableTarget(model_name),
         Some(AttemptError::Timeout) => ApiError::UpstreamTimeout(model_name),
+        Some(AttemptError::OutOfFds(_)) => ApiError::GatewayOverloaded,
         Some(AttemptError::RateLimited(retry_after, body)) => ApiError::RateLimited {
             message: upstream_message(&body).unwrap_or_else(|| {
                 format!("Every target for model `{model_name}` is rate limited; try again later.")
@@ -402,6 +423,9 @@ async fn send(
 
 fn classify(e: SendRequestError) -> AttemptError {
     match e {
+        SendRequestError::Connect(awc::error::ConnectError::Io(e)) if is_fd_exhaustion(&e) => {
+            AttemptError::OutOfFds(format!("gateway out of file descriptors: {e}"))
+        }
         SendRequestError::Connect(e) => AttemptError::Connect(format!("connect: {e}")),
         SendRequestError::Timeout => AttemptError::Timeout,
         SendRequestError::Send(e) => AttemptError::Broken(format!("send: {e}")),
