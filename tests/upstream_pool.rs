@@ -170,6 +170,11 @@ async fn running_out_of_file_descriptors_is_the_gateways_503_not_the_targets_fai
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     assert_eq!(exchange(&mut conn, "GET", "/health", "").0, 200);
+    // The limit and the count are published (read while a descriptor is still free).
+    let (_, before) = exchange(&mut conn, "GET", "/metrics", "");
+    assert_eq!(sample(&before, "gateway_max_fds"), 96.0);
+    let open = sample(&before, "gateway_open_fds");
+    assert!(open > 3.0 && open < 96.0, "{open}");
     // Fill the gateway's descriptors with idle connections (the rest wait in the backlog).
     let idle: Vec<TcpStream> = (0..150)
         .map(|_| TcpStream::connect(("127.0.0.1", gw.port)).unwrap())

@@ -34,6 +34,10 @@ pub struct PoolMetrics {
     /// `gateway_fd_exhausted_total{op}`: the gateway ran out of file descriptors
     /// (`op="connect"`: an upstream connection could not be opened; the request is 503).
     pub fd_exhausted: IntCounterVec,
+    /// `gateway_open_fds` and `gateway_max_fds` (the soft `RLIMIT_NOFILE`), read from
+    /// `/proc/self` at scrape time: alert before the gateway runs out.
+    pub open_fds: IntGauge,
+    pub max_fds: IntGauge,
 }
 
 impl PoolMetrics {
@@ -61,12 +65,49 @@ impl PoolMetrics {
         )?;
         r.register(Box::new(fd_exhausted.clone()))?;
         fd_exhausted.with_label_values(&["connect"]);
+        let open_fds = IntGauge::new(
+            "gateway_open_fds",
+            "File descriptors the gateway has open (read at scrape time; Linux).",
+        )?;
+        r.register(Box::new(open_fds.clone()))?;
+        let max_fds = IntGauge::new(
+            "gateway_max_fds",
+            "The gateway's file descriptor limit (soft RLIMIT_NOFILE; read at scrape time; Linux).",
+        )?;
+        r.register(Box::new(max_fds.clone()))?;
         Ok(PoolMetrics {
             wait,
             waiters,
             fd_exhausted,
+            open_fds,
+            max_fds,
         })
     }
+
+    /// Reads the descriptor count and limit from `/proc/self` (left as they are elsewhere).
+    pub fn refresh_fds(&self) {
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            // Minus the descriptor `read_dir` itself holds.
+            let open = dir.count().saturating_sub(1);
+            self.open_fds.set(i64::try_from(open).unwrap_or(i64::MAX));
+        }
+        if let Some(max) = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .as_deref()
+            .and_then(soft_nofile)
+        {
+            self.max_fds.set(max);
+        }
+    }
+}
+
+/// The soft limit of "Max open files" in `/proc/self/limits` (`None` when unlimited).
+fn soft_nofile(limits: &str) -> Option<i64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|soft| soft.parse().ok())
 }
 
 /// One worker's gate on upstream requests.
@@ -229,6 +270,24 @@ mod tests {
         gate.touch(t0 + Duration::from_secs(8));
         assert!(!gate.wait_begins_episode(t0 + Duration::from_secs(17)));
         assert!(gate.wait_begins_episode(t0 + Duration::from_secs(28)));
+    }
+
+    #[test]
+    fn the_soft_descriptor_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63704                63704                processes \n\
+                      Max open files            1024                 20000                files     \n";
+        assert_eq!(soft_nofile(limits), Some(1024));
+        assert_eq!(
+            soft_nofile(
+                "Max open files            unlimited            unlimited            files"
+            ),
+            None
+        );
+        let m = metrics();
+        m.refresh_fds();
+        assert!(m.open_fds.get() >= 3, "stdin, stdout, stderr at least");
+        assert!(m.max_fds.get() >= m.open_fds.get());
     }
 
     #[test]
