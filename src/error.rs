@@ -35,6 +35,7 @@ pub mod code {
     pub const CONFLICT: &str = "conflict";
     pub const TOO_MANY_BATCHES: &str = "too_many_batches";
     pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
+    pub const GATEWAY_OVERLOADED: &str = "gateway_overloaded";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,12 @@ pub enum ApiError {
         message: String,
         param: &'static str,
     },
+    /// The gateway itself is out of file descriptors (EMFILE/ENFILE): its own fault, not
+    /// the target's.
+    #[error(
+        "The gateway has no free connections right now (too many open files); try again shortly."
+    )]
+    GatewayOverloaded,
     /// The cause is logged where it happens; the client sees only this.
     #[error("internal error")]
     Internal,
@@ -179,6 +186,7 @@ impl ApiError {
             ApiError::Conflict(_) => code::CONFLICT,
             ApiError::TooManyBatches(_) => code::TOO_MANY_BATCHES,
             ApiError::PathNotAllowed { .. } => code::PATH_NOT_ALLOWED,
+            ApiError::GatewayOverloaded => code::GATEWAY_OVERLOADED,
             ApiError::Internal => code::INTERNAL,
         }
     }
@@ -251,6 +259,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyBatches(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PathNotAllowed { .. } => StatusCode::BAD_REQUEST,
+            ApiError::GatewayOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -278,7 +287,7 @@ impl ResponseError for ApiError {
                     res.insert_header((RETRY_AFTER, v));
                 }
             }
-            ApiError::NoAvailableTarget(_) => {
+            ApiError::NoAvailableTarget(_) | ApiError::GatewayOverloaded => {
                 res.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
             }
             ApiError::Unauthorized(_) => {

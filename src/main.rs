@@ -403,6 +403,18 @@ fn serve(settings: Settings, catalog: Catalog, source: SettingsSource) -> ExitCo
     let _ = rustls::crypto::ring::default_provider().install_default();
     let level = logging::parse_level(&settings.logging.level).unwrap_or(slog::Level::Info);
     let (log, guard) = logging::json_stdout(level);
+    // Listen first, before anything is started: a port in use is one clear line, not a
+    // half-built actor system torn down.
+    let listener = match server::bind_listener(&settings) {
+        Ok(listener) => listener,
+        Err(e) => {
+            slog::crit!(log, "cannot listen"; "error" => &e);
+            eprintln!("error: {e}");
+            drop(log);
+            drop(guard);
+            return ExitCode::from(1);
+        }
+    };
     match migrate_database(&settings) {
         Ok((url, applied)) => slog::info!(log, "database ready";
             "database" => url.to_string(), "migrations_applied" => applied.join(",")),
@@ -415,7 +427,7 @@ fn serve(settings: Settings, catalog: Catalog, source: SettingsSource) -> ExitCo
         }
     }
     let system = actix_rt::System::new();
-    let result = system.block_on(run(settings, catalog, source, log.clone()));
+    let result = system.block_on(run(settings, catalog, source, listener, log.clone()));
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -434,6 +446,7 @@ async fn run(
     settings: Settings,
     catalog: Catalog,
     source: SettingsSource,
+    listener: std::net::TcpListener,
     log: slog::Logger,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -444,7 +457,7 @@ async fn run(
         catalog,
         Arc::new(SystemClock),
         log.clone(),
-        None,
+        Some(listener),
         source,
     )?;
     for addr in &running.addrs {

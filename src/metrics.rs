@@ -100,6 +100,8 @@ pub struct Metrics {
     pub batch_lines: IntCounterVec,
     /// Batches this process is running now.
     pub batches_active: IntGauge,
+    /// Upstream connection slots and the gateway's own file descriptors.
+    pub pool: crate::proxy::upstream_pool::PoolMetrics,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -365,7 +367,10 @@ impl Metrics {
         for result in ["hit", "miss"] {
             introspection_cache.with_label_values(&[result]);
         }
+        let pool = crate::proxy::upstream_pool::PoolMetrics::register(&r)
+            .unwrap_or_else(|e| bad("gateway_upstream_pool_*", e));
         Metrics {
+            pool,
             registry: r,
             requests,
             request_duration,

@@ -89,6 +89,26 @@ pub fn start(
     )
 }
 
+/// Binds `server.bind`; the error names the address ("cannot listen on 127.0.0.1:8080:
+/// address already in use").
+pub fn bind_listener(settings: &Settings) -> io::Result<TcpListener> {
+    let addr = settings
+        .bind_addr()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    TcpListener::bind(addr).map_err(|e| {
+        let cause = match e.kind() {
+            io::ErrorKind::AddrInUse => "address already in use".to_string(),
+            io::ErrorKind::AddrNotAvailable => "address not available on this host".to_string(),
+            io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} (server.bind): {cause}"),
+        )
+    })
+}
+
 /// Like [`start`]; `source` is where a reload reads settings again.
 pub fn start_with_source(
     settings: Settings,
@@ -316,12 +336,7 @@ pub fn start_with_source(
     }
     let listener = match listener {
         Some(listener) => listener,
-        None => {
-            let addr = settings
-                .bind_addr()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            TcpListener::bind(addr)?
-        }
+        None => bind_listener(&settings)?,
     };
     let is_tls = tls.is_some();
     server = match tls {

@@ -151,6 +151,9 @@ pub struct Target {
     /// Cluster in maintenance, written through `ClusterState::set_maintenance` only.
     maintenance: AtomicBool,
     probe_free: AtomicBool,
+    /// A half-open breaker is probed by the next request (the target has no active health
+    /// check, which would otherwise be the probe). Written by the BackendActor only.
+    request_probes: AtomicBool,
     in_flight: AtomicU32,
     ewma_ttfb_us: AtomicU64,
     /// Successes the actor has not seen yet (count, summed TTFB in µs): a success on a
@@ -196,6 +199,7 @@ impl Target {
             sched: AtomicU8::new(SchedStatus::None as u8),
             maintenance: AtomicBool::new(false),
             probe_free: AtomicBool::new(false),
+            request_probes: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             ewma_ttfb_us: AtomicU64::new(0),
             pending_successes: AtomicU64::new(0),
@@ -314,6 +318,17 @@ impl Target {
         }
     }
 
+    /// True when a half-open breaker waits for a request to probe it (no active health
+    /// checks): such a target takes the next request before any other ([`crate::actors::router::pick`]).
+    pub fn request_probes(&self) -> bool {
+        self.request_probes.load(Ordering::Relaxed)
+    }
+
+    /// Called by the BackendActor only.
+    pub(crate) fn set_request_probes(&self, on: bool) {
+        self.request_probes.store(on, Ordering::Relaxed);
+    }
+
     /// Called by the BackendActor only: a probe ended without a verdict (cancelled), so
     /// the next request may probe.
     pub(crate) fn free_probe(&self) {
@@ -371,6 +386,7 @@ impl Target {
             started: Instant::now(),
             probe,
             verdict: None,
+            pool_slot: None,
         })
     }
 }
@@ -393,6 +409,8 @@ pub struct Lease {
     started: Instant,
     probe: bool,
     verdict: Option<Verdict>,
+    /// The worker's upstream connection slot, held until the response has ended.
+    pool_slot: Option<crate::proxy::upstream_pool::PoolSlot>,
 }
 
 impl Lease {
@@ -410,6 +428,12 @@ impl Lease {
 
     pub fn set_verdict(&mut self, verdict: Verdict) {
         self.verdict = Some(verdict);
+    }
+
+    /// Keeps the request's upstream connection slot until the lease drops (the end of a
+    /// relayed response).
+    pub fn hold_pool_slot(&mut self, slot: Option<crate::proxy::upstream_pool::PoolSlot>) {
+        self.pool_slot = slot;
     }
 }
 

@@ -11,6 +11,7 @@ use crate::actors::breaker::{Breaker, BreakerState};
 use crate::actors::router::{FederatedRouterActor, TargetChanged};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::proxy::upstream_pool::is_fd_exhaustion;
 use crate::target::{BreakerView, Health, Target, Verdict};
 
 /// Weight of the newest sample in the latency average.
@@ -155,6 +156,9 @@ impl BackendActor {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.breaker.poll(self.clock.now()) {
             self.publish(ctx);
+            // Half-open: with active checks, the health check is the probe; run it now
+            // rather than up to one interval later.
+            self.check_health(ctx);
         }
     }
 
@@ -187,10 +191,19 @@ impl BackendActor {
                     if status.is_success() {
                         Ok(())
                     } else {
-                        Err(format!("health check answered HTTP {}", status.as_u16()))
+                        Err(CheckFailure {
+                            error: format!("health check answered HTTP {}", status.as_u16()),
+                            timed_out: false,
+                            ours: false,
+                        })
                     }
                 }
-                Err(e) => Err(format!("health check failed: {e}")),
+                Err(e) => Err(CheckFailure {
+                    timed_out: matches!(e, awc::error::SendRequestError::Timeout),
+                    ours: matches!(&e, awc::error::SendRequestError::Connect(
+                        awc::error::ConnectError::Io(io)) if is_fd_exhaustion(io)),
+                    error: format!("health check failed: {e}"),
+                }),
             };
             let took = started.elapsed().as_secs_f64();
             if result.is_ok() {
@@ -206,22 +219,46 @@ impl BackendActor {
         }));
     }
 
-    fn on_health(&mut self, result: Result<(), String>, ctx: &mut Context<Self>) {
+    /// A check's outcome. With active checks the check is also the half-open probe: a
+    /// passing one closes a half-open breaker, a failing one opens it again. A check that
+    /// times out marks the target unhealthy at once (requests sent to it would hang, maybe
+    /// for the whole response timeout); other failures need `unhealthy_threshold` in a row.
+    fn on_health(&mut self, result: Result<(), CheckFailure>, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.breaker.poll(now);
+        let half_open = self.breaker.state() == BreakerState::HalfOpen;
         match result {
             Ok(()) => {
                 self.failed_checks = 0;
                 self.health = Health::Healthy;
+                if half_open {
+                    self.breaker.on_success(now);
+                }
             }
-            Err(error) => {
+            // The gateway is out of file descriptors: that says nothing about the target.
+            Err(failure) if failure.ours => {}
+            Err(failure) => {
                 self.failed_checks = self.failed_checks.saturating_add(1);
-                if self.failed_checks >= self.settings.unhealthy_threshold {
+                if failure.timed_out || self.failed_checks >= self.settings.unhealthy_threshold {
                     self.health = Health::Unhealthy;
                 }
-                self.target.set_last_error(Some(error));
+                if half_open {
+                    self.breaker.on_failure(now);
+                }
+                self.target.set_last_error(Some(failure.error));
             }
         }
         self.publish(ctx);
     }
+}
+
+/// Why a health check failed.
+struct CheckFailure {
+    error: String,
+    /// No answer within `health.timeout_ms`.
+    timed_out: bool,
+    /// The gateway's own fault (out of file descriptors): not counted against the target.
+    ours: bool,
 }
 
 impl Actor for BackendActor {
@@ -229,6 +266,9 @@ impl Actor for BackendActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.target.set_actor(ctx.address());
+        // Without active checks, a request has to be the half-open probe.
+        self.target
+            .set_request_probes(self.settings.health_path.is_none());
         self.client = Some(
             awc::Client::builder()
                 .connector(awc::Connector::new().timeout(self.settings.connect_timeout))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use crate::target::{Lease, Target};
+use crate::target::{BreakerView, Lease, Target};
 
 /// Tier of a target that cannot take requests now (breaker open).
 pub const UNROUTABLE: u8 = u8::MAX;
@@ -17,6 +17,10 @@ pub const UNROUTABLE: u8 = u8::MAX;
 #[derive(Debug, Default)]
 pub struct Ranked {
     pub entries: Vec<(u8, Arc<Target>)>,
+    /// Entries (indices) whose half-open breaker waits for a request to probe it (targets
+    /// without active health checks): [`pick`] offers them the next request first, so a
+    /// recovered target is probed even while others are healthy. Usually empty.
+    pub probes: Vec<usize>,
 }
 
 impl Ranked {
@@ -27,7 +31,15 @@ impl Ranked {
             .collect();
         // Stable: within a tier, the fixtures' order is kept.
         entries.sort_by_key(|(tier, _)| *tier);
-        Ranked { entries }
+        let probes = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (tier, t))| {
+                *tier != UNROUTABLE && t.breaker() == BreakerView::HalfOpen && t.request_probes()
+            })
+            .map(|(i, _)| i)
+            .collect();
+        Ranked { entries, probes }
     }
 }
 
@@ -55,6 +67,15 @@ pub fn pick(
 ) -> Option<Lease> {
     let entries = &ranked.entries;
     let eligible = |t: &Arc<Target>| accept(t) && !exclude.iter().any(|x| Arc::ptr_eq(x, t));
+    // A half-open target that only a request can probe takes the next request (one at a
+    // time: `try_lease` lets one probe through).
+    for &i in &ranked.probes {
+        if eligible(&entries[i].1) {
+            if let Some(lease) = entries[i].1.try_lease() {
+                return Some(lease);
+            }
+        }
+    }
     let mut rejected: Vec<usize> = Vec::new();
     let mut start = 0;
     while start < entries.len() {
@@ -173,7 +194,7 @@ impl Handler<Crash> for FederatedRouterActor {
 mod tests {
     use super::*;
     use crate::fixtures::TargetSpec;
-    use crate::target::{BreakerView, Health};
+    use crate::target::Health;
     use std::time::Duration;
 
     fn target(slug: &str, cluster: &str) -> Arc<Target> {
@@ -252,6 +273,42 @@ mod tests {
             framework: "sglang".into(),
         };
         assert!(pick(&ranked, &|t| nowhere.matches(t), &[]).is_none());
+    }
+
+    #[test]
+    fn a_half_open_target_without_health_checks_takes_the_next_request_as_its_probe() {
+        let (a, b) = (target("a", "x"), target("b", "x"));
+        a.publish(Health::Healthy, BreakerView::Closed, 0);
+        b.set_request_probes(true);
+        b.publish(Health::Healthy, BreakerView::HalfOpen, 0);
+        let ranked = Ranked::rank(&[a.clone(), b.clone()]);
+        assert_eq!(ranked.probes.len(), 1);
+        let probe = pick(&ranked, &|_| true, &[]).unwrap();
+        assert_eq!(probe.target().slug(), "b", "the probe goes first");
+        assert!(probe.is_probe());
+        // While the probe is out, requests go to the healthy target.
+        let next = pick(&ranked, &|_| true, &[]).unwrap();
+        assert_eq!(next.target().slug(), "a");
+        // A request that already tried b, or may not use it, is not its probe.
+        drop(probe);
+        let tried = [Arc::clone(&b)];
+        assert_eq!(
+            pick(&ranked, &|_| true, &tried).unwrap().target().slug(),
+            "a"
+        );
+        assert_eq!(
+            pick(&ranked, &|t| t.slug() != "b", &[])
+                .unwrap()
+                .target()
+                .slug(),
+            "a"
+        );
+
+        // With active health checks the check is the probe: b keeps its tier.
+        b.set_request_probes(false);
+        let ranked = Ranked::rank(&[a.clone(), b]);
+        assert!(ranked.probes.is_empty());
+        assert_eq!(pick(&ranked, &|_| true, &[]).unwrap().target().slug(), "a");
     }
 
     #[test]

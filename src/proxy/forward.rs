@@ -23,6 +23,7 @@ use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::proxy::globus_compute::{self, GlobusShared};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
+use crate::proxy::upstream_pool::{is_fd_exhaustion, PoolGate};
 use crate::proxy::usage::UsageMeter;
 use crate::target::{Lease, Target, Verdict};
 
@@ -48,6 +49,8 @@ pub struct Upstream {
     /// Sends the one resend after a stale pooled connection: its connections are never
     /// reused (lifetime zero), so the resend cannot meet another stale one.
     fresh: awc::Client,
+    /// The worker's cap on upstream requests (`pool_limit_per_worker`), counted and logged.
+    pool: PoolGate,
     settings: crate::config::Upstream,
     /// The Globus Compute transport's shared caches (all workers share one).
     globus: Option<Arc<GlobusShared>>,
@@ -55,9 +58,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: &crate::config::Upstream) -> Self {
+        // awc's own limit would make requests wait in silence: `pool` is the cap (0 here is
+        // no limit).
         let connector = awc::Connector::new()
             .timeout(settings.connect_timeout())
-            .limit(settings.pool_limit_per_worker)
+            .limit(0)
             .conn_keep_alive(Duration::from_secs(settings.pool_idle_secs));
         let client = awc::Client::builder()
             .connector(connector)
@@ -68,7 +73,7 @@ impl Upstream {
             .connector(
                 awc::Connector::new()
                     .timeout(settings.connect_timeout())
-                    .limit(settings.pool_limit_per_worker)
+                    .limit(0)
                     .conn_keep_alive(Duration::ZERO)
                     .conn_lifetime(Duration::ZERO),
             )
@@ -78,6 +83,7 @@ impl Upstream {
         Upstream {
             client,
             fresh,
+            pool: PoolGate::new(settings.pool_limit_per_worker),
             settings: settings.clone(),
             globus: None,
         }
@@ -142,6 +148,8 @@ pub(crate) enum AttemptError {
     /// The target is coming up (a Globus Compute endpoint with no managers yet): not a
     /// failure; retry after this long.
     Starting(Duration),
+    /// The gateway is out of file descriptors: its own fault, never the target's.
+    OutOfFds(String),
 }
 
 impl AttemptError {
@@ -154,7 +162,7 @@ impl AttemptError {
             AttemptError::Timeout => UpstreamErrorKind::Timeout,
             AttemptError::Status5xx(..) => UpstreamErrorKind::Status5xx,
             AttemptError::RateLimited(..) => UpstreamErrorKind::RateLimited,
-            AttemptError::Starting(_) => return None,
+            AttemptError::Starting(_) | AttemptError::OutOfFds(_) => return None,
         })
     }
 
@@ -172,6 +180,7 @@ impl AttemptError {
             AttemptError::Status5xx(status, _) => format!("answered {status}"),
             AttemptError::RateLimited(..) => "answered 429".into(),
             AttemptError::Starting(_) => "starting".into(),
+            AttemptError::OutOfFds(_) => "the gateway is out of file descriptors".into(),
         }
     }
 }
@@ -190,6 +199,8 @@ pub async fn forward(
     let mut stale_retry_used = false;
     let model_name = call.requested_model.clone();
     let json = call.content_type.as_bytes() == b"application/json";
+    // One upstream connection slot of this worker for the whole request (all attempts).
+    let mut pool_slot = upstream.pool.acquire(&call.metrics.pool, log).await;
 
     while record.attempts < settings.max_attempts {
         let lease = {
@@ -277,6 +288,7 @@ pub async fn forward(
         }
         match result {
             Ok(Committed::Response(res, first)) => {
+                lease.hold_pool_slot(pool_slot.take());
                 record.ttft = Some(lease.started().elapsed());
                 return Ok(respond(res, first, lease, record, &call, settings, log));
             }
@@ -347,6 +359,14 @@ pub async fn forward(
                     ),
                     AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
                     AttemptError::Starting(_) => (Verdict::Neutral, "starting".into()),
+                    AttemptError::OutOfFds(m) => {
+                        call.metrics
+                            .pool
+                            .fd_exhausted
+                            .with_label_values(&["connect"])
+                            .inc();
+                        (Verdict::Neutral, m.clone())
+                    }
                 };
                 if let Some(kind) = e.kind() {
                     call.metrics.upstream_error(target.slug(), kind);
@@ -362,9 +382,10 @@ pub async fn forward(
                     e.client_cause(&target)
                 ));
                 tried.push(target);
-                let timeout = matches!(e, AttemptError::Timeout);
+                // Out of descriptors: so is every other attempt.
+                let give_up = matches!(e, AttemptError::Timeout | AttemptError::OutOfFds(_));
                 last = Some(e);
-                if timeout {
+                if give_up {
                     // The target may still be working on it; another try would double the
                     // wait (and the work). Give up.
                     break;
@@ -380,6 +401,7 @@ pub async fn forward(
             model: model_name,
             cause,
         },
+        Some(AttemptError::OutOfFds(_)) => ApiError::GatewayOverloaded,
         Some(AttemptError::RateLimited(retry_after, body)) => ApiError::RateLimited {
             message: upstream_message(&body).unwrap_or_else(|| {
                 format!("Every target for model `{model_name}` is rate limited; try again later.")
@@ -497,6 +519,9 @@ async fn send(
 fn classify(e: SendRequestError) -> AttemptError {
     use awc::error::ConnectError;
     match e {
+        SendRequestError::Connect(awc::error::ConnectError::Io(e)) if is_fd_exhaustion(&e) => {
+            AttemptError::OutOfFds(format!("gateway out of file descriptors: {e}"))
+        }
         SendRequestError::Connect(ConnectError::Disconnected) => {
             AttemptError::Broken("the connection was closed before any byte of an answer".into())
         }

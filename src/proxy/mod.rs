@@ -7,4 +7,5 @@ pub mod globus_compute;
 pub mod record;
 pub mod relay;
 pub mod sse;
+pub mod upstream_pool;
 pub mod usage;

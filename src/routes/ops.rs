@@ -9,6 +9,7 @@ use crate::state::AppState;
 
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     state.metrics.refresh_targets(&state.directory.load());
+    state.metrics.pool.refresh_fds();
     if let Some(stats) = &state.log_stats {
         state.metrics.refresh_log(stats);
     }

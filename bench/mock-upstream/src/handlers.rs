@@ -52,6 +52,7 @@ async fn inference(
 ) -> HttpResponse {
     Shared::bump(&shared.requests);
     shared.record(&req, &body);
+    shared.wait_thawed().await;
     let forced = shared.take_failure();
     let behavior = shared.behavior();
     if !behavior.latency.is_zero() {
@@ -105,6 +106,7 @@ fn mime_event_stream() -> actix_web::mime::Mime {
 
 async fn health(shared: web::Data<Shared>) -> HttpResponse {
     Shared::bump(&shared.health_checks);
+    shared.wait_thawed().await;
     let behavior = shared.behavior();
     let status = status_or_500(behavior.health_status);
     let mut response = if status.is_success() {

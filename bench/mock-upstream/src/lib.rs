@@ -122,6 +122,18 @@ impl MockUpstream {
         self.shared.fail_next(n, status);
     }
 
+    /// Freezes the mock, like `kill -STOP` of a server process: connections are still
+    /// accepted and requests read and counted, but none is answered (health checks
+    /// included) until [`MockUpstream::thaw`]. Streams already sending continue.
+    pub fn freeze(&self) {
+        self.shared.set_frozen(true);
+    }
+
+    /// Ends a [`MockUpstream::freeze`]: the waiting requests are answered.
+    pub fn thaw(&self) {
+        self.shared.set_frozen(false);
+    }
+
     /// Turns recording of inference requests on or off (counters always run).
     pub fn set_recording(&self, on: bool) {
         self.shared.set_recording(on);

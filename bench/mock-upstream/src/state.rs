@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) streams_completed: AtomicUsize,
     pub(crate) streams_cancelled: AtomicUsize,
     pub(crate) connections_opened: AtomicUsize,
+    /// While set, every request (inference and health) waits without answering.
+    frozen: AtomicBool,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl Shared {
             streams_completed: AtomicUsize::new(0),
             streams_cancelled: AtomicUsize::new(0),
             connections_opened: AtomicUsize::new(0),
+            frozen: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +85,17 @@ impl Shared {
             })
             .ok()
             .map(|prev| (prev & 0xffff) as u16)
+    }
+
+    pub(crate) fn set_frozen(&self, on: bool) {
+        self.frozen.store(on, Ordering::SeqCst);
+    }
+
+    /// Returns once the mock is not frozen (polls: a frozen mock is a test's fault state).
+    pub(crate) async fn wait_thawed(&self) {
+        while self.frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     pub(crate) fn set_recording(&self, on: bool) {
