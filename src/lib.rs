@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fixtures;
+pub mod json_body;
 pub mod logging;
 pub mod login;
 pub mod metrics;

@@ -278,12 +278,11 @@ pub fn start_with_source(
                 Upstream::new(&upstream_settings).with_globus(Arc::clone(&globus)),
             ))
             // actix-web's own extractor errors leave in the OpenAI envelope too.
+            // JSON routes take `json_body::JsonBody`; any `web::Json` left answers alike.
             .app_data(
                 web::JsonConfig::default()
-                    .limit(1 << 20)
-                    .error_handler(|e, _| {
-                        ApiError::invalid(format!("Invalid JSON body: {e}")).into()
-                    }),
+                    .limit(crate::json_body::JSON_LIMIT)
+                    .error_handler(|e, _| crate::error::json_payload_error(e).into()),
             )
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::invalid(format!("Invalid query string: {e}")).into()

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::auth::admin::Admin;
 use crate::auth::keys::{self, NewKey};
 use crate::error::ApiError;
+use crate::json_body::JsonBody;
 use crate::state::AppState;
 use crate::store::{now_ms, ApiKeyRow};
 
@@ -56,7 +57,7 @@ fn store_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
 pub async fn create(
     _: Admin,
     state: web::Data<AppState>,
-    body: web::Json<CreateKey>,
+    body: JsonBody<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let user = body.user.trim().to_string();
@@ -68,11 +69,10 @@ pub async fn create(
     }
     let expires_at = match body.expires_in.as_deref() {
         None => None,
-        Some(text) => {
-            let lifetime = keys::parse_lifetime(text)
-                .map_err(|m| ApiError::invalid_param("expires_in", format!("`expires_in`: {m}")))?;
-            Some(now_ms() + lifetime.as_millis() as i64)
-        }
+        Some(text) => Some(
+            keys::expires_at(text, now_ms())
+                .map_err(|m| ApiError::invalid_param("expires_in", format!("`expires_in`: {m}")))?,
+        ),
     };
     let new = NewKey {
         user,
