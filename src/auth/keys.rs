@@ -88,8 +88,17 @@ pub fn identity_of(row: &ApiKeyRow) -> Identity {
     }
 }
 
-/// A resolved key (its identity and expiry), or `None` for a hash nobody issued.
-type Resolved = Option<(Arc<Identity>, Option<i64>)>;
+/// A key found by its hash: its identity, expiry, and whether it was revoked (kept so a
+/// refusal can name the key in the audit log).
+#[derive(Clone)]
+struct Found {
+    identity: Arc<Identity>,
+    expires_at: Option<i64>,
+    revoked: bool,
+}
+
+/// A resolved key, or `None` for a hash nobody issued.
+type Resolved = Option<Found>;
 
 /// Resolves keys through a short-lived cache in front of the store.
 pub struct ApiKeys {
@@ -124,9 +133,11 @@ impl ApiKeys {
                     slog::error!(self.log, "API key lookup failed"; "error" => e.to_string());
                     ApiError::AuthUnavailable
                 })?;
-                    let found = row
-                        .filter(|r| r.revoked_at.is_none())
-                        .map(|r| (Arc::new(identity_of(&r)), r.expires_at));
+                    let found = row.map(|r| Found {
+                        identity: Arc::new(identity_of(&r)),
+                        expires_at: r.expires_at,
+                        revoked: r.revoked_at.is_some(),
+                    });
                     if let Ok(mut cache) = self.cache.lock() {
                         if cache.len() >= CACHE_CAPACITY {
                             cache.retain(|_, (_, at)| now.duration_since(*at) < KEY_CACHE_TTL);
@@ -140,12 +151,20 @@ impl ApiKeys {
                 }
             };
         match found {
-            Some((identity, expires_at)) if expires_at.is_none_or(|at| at > now_ms()) => {
-                Ok(identity)
-            }
+            Some(f) if f.revoked => Err(ApiError::Unauthorized("Invalid API key.".into())),
+            Some(f) if f.expires_at.is_none_or(|at| at > now_ms()) => Ok(f.identity),
             Some(_) => Err(ApiError::Unauthorized("This API key has expired.".into())),
             None => Err(ApiError::Unauthorized("Invalid API key.".into())),
         }
+    }
+
+    /// The id of the key `token` is, when this replica has looked it up lately (a refused
+    /// key that was issued: expired or revoked). For the audit log; never the secret.
+    pub fn recent_id(&self, token: &str) -> Option<String> {
+        let hashed = hash(token);
+        let cache = self.cache.lock().ok()?;
+        let (found, _) = cache.get(&hashed)?;
+        found.as_ref().and_then(|f| f.identity.key_id.clone())
     }
 
     /// Forgets every cached key (after a revocation on this replica).

@@ -1,11 +1,13 @@
 //! `/admin/keys` (admin role): create a key (shown once), list keys (never their secrets
 //! or hashes), revoke one.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header::CACHE_CONTROL;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::admin::Admin;
+use crate::auth::audit;
 use crate::auth::keys::{self, NewKey};
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
@@ -55,7 +57,8 @@ fn store_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
 }
 
 pub async fn create(
-    _: Admin,
+    admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: JsonBody<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
@@ -84,9 +87,13 @@ pub async fn create(
     let (secret, row) = keys::create(state.store.as_ref(), new)
         .await
         .map_err(|e| store_error(&state, e))?;
+    audit::key_created(&state, &req, &admin.by, &row);
     let mut out = describe(&row);
     out["key"] = json!(secret);
-    Ok(HttpResponse::Created().json(out))
+    // The answer carries the secret: no cache (browser, proxy) may keep it.
+    Ok(HttpResponse::Created()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(out))
 }
 
 pub async fn list(
@@ -104,7 +111,8 @@ pub async fn list(
 }
 
 pub async fn revoke(
-    _: Admin,
+    admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -118,5 +126,6 @@ pub async fn revoke(
         return Err(ApiError::NotFound(format!("No active API key {id}.")));
     }
     state.auth.keys.forget_all();
+    audit::key_revoked(&state, &req, &admin.by, &id);
     Ok(HttpResponse::Ok().json(json!({"id": id, "object": "api_key", "revoked": true})))
 }
