@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod auth;
 pub mod batch;
+pub mod body_timeout;
 pub mod cache;
 pub mod clock;
 pub mod cluster;
