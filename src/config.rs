@@ -87,6 +87,11 @@ pub struct Server {
     pub workers: usize,
     pub max_body_bytes: usize,
     pub keep_alive_secs: u64,
+    /// Longest pause between two chunks of a request body before the request is answered
+    /// 408 and its connection closed (a client that stops sending mid-body).
+    pub body_read_timeout_ms: u64,
+    /// Connections one worker holds at once; past it new ones wait in the listen backlog.
+    pub max_connections: usize,
     pub shutdown_grace_secs: u64,
     pub max_hops: u32,
     /// gzip JSON answers of 1 KiB and more when the client accepts it (never SSE).
@@ -698,6 +703,11 @@ impl Settings {
             positive("auth.globus.timeout_ms", g.timeout_ms)?;
         }
         positive("server.max_body_bytes", self.server.max_body_bytes as u64)?;
+        positive(
+            "server.body_read_timeout_ms",
+            self.server.body_read_timeout_ms,
+        )?;
+        positive("server.max_connections", self.server.max_connections as u64)?;
         positive(
             "upstream.connect_timeout_ms",
             self.upstream.connect_timeout_ms,

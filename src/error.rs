@@ -36,6 +36,7 @@ pub mod code {
     pub const TOO_MANY_BATCHES: &str = "too_many_batches";
     pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
     pub const GATEWAY_OVERLOADED: &str = "gateway_overloaded";
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,9 @@ pub enum ApiError {
         message: String,
         param: Option<&'static str>,
     },
+    /// A JSON body whose field `param` (a path like `models[0]`) is wrong.
+    #[error("{message}")]
+    InvalidField { message: String, param: String },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("{0}")]
@@ -55,6 +59,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("Request body is larger than the limit of {0} bytes.")]
     PayloadTooLarge(usize),
+    /// The client stopped sending its body for `server.body_read_timeout_ms`.
+    #[error("The request body did not arrive in time; the connection is closed.")]
+    RequestTimeout,
     #[error("Request has passed through too many gateways; a target points back at this gateway.")]
     LoopDetected,
     /// Every target answered 429.
@@ -166,11 +173,14 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidJson(_) => code::INVALID_JSON,
-            ApiError::InvalidRequest { .. } => code::INVALID_REQUEST,
+            ApiError::InvalidRequest { .. } | ApiError::InvalidField { .. } => {
+                code::INVALID_REQUEST
+            }
             ApiError::ModelNotFound(_) => code::MODEL_NOT_FOUND,
             ApiError::NotFound(_) => code::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => code::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => code::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => code::REQUEST_TIMEOUT,
             ApiError::LoopDetected => code::LOOP_DETECTED,
             ApiError::RateLimited { .. } => code::RATE_LIMITED,
             ApiError::QuotaExceeded { .. } => code::INSUFFICIENT_QUOTA,
@@ -205,9 +215,10 @@ impl ApiError {
         }
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             ApiError::InvalidRequest { param, .. } => *param,
+            ApiError::InvalidField { param, .. } => Some(param),
             ApiError::ModelNotFound(_) => Some("model"),
             ApiError::PathNotAllowed { param, .. } => Some(*param),
             _ => None,
@@ -237,10 +248,13 @@ pub fn envelope(message: &str, kind: &str, param: Option<&str>, code: &str) -> S
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidRequest { .. }
+            | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::LoopDetected => StatusCode::LOOP_DETECTED,
             ApiError::RateLimited { .. } | ApiError::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -300,6 +314,145 @@ impl ResponseError for ApiError {
         }
         res.body(self.body())
     }
+}
+
+/// A JSON body that failed to deserialise, in the client's terms: the field (a path like
+/// `models[0]`, which is also `param`) and what it must be, never a Rust type name.
+/// `path` is serde_path_to_error's path (`.` for the whole body).
+pub fn json_body_error(path: &str, e: &serde_json::Error) -> ApiError {
+    if e.is_syntax() || e.is_eof() {
+        return ApiError::InvalidJson(format!(
+            "The request body is not valid JSON (line {}, column {}).",
+            e.line(),
+            e.column()
+        ));
+    }
+    let full = e.to_string();
+    // serde_json appends " at line L column C"; the position adds nothing to a field name.
+    let text = full
+        .rfind(" at line ")
+        .map_or(full.as_str(), |at| &full[..at]);
+    let field = |name: &str| {
+        if path == "." || path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let named = |text: &str, prefix: &str| {
+        text.strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string)
+    };
+    if let Some(name) = named(text, "missing field `") {
+        let param = field(&name);
+        return ApiError::InvalidField {
+            message: format!("Missing required field `{param}`."),
+            param,
+        };
+    }
+    if let Some(name) = named(text, "duplicate field `") {
+        let param = field(&name);
+        return ApiError::InvalidField {
+            message: format!("Field `{param}` is given twice."),
+            param,
+        };
+    }
+    if let Some(name) = named(text, "unknown field `") {
+        // serde_path_to_error's path already ends with the unknown field.
+        let param = if path.ends_with(name.as_str()) {
+            path.to_string()
+        } else {
+            field(&name)
+        };
+        let expected = text
+            .split_once(", expected ")
+            .map(|(_, e)| format!("; known fields: {}", e.trim_start_matches("one of ")))
+            .unwrap_or_default();
+        return ApiError::InvalidField {
+            message: format!("Unknown field `{param}`{expected}."),
+            param,
+        };
+    }
+    let (got, expected) = ["invalid type: ", "invalid value: ", "invalid length "]
+        .iter()
+        .find_map(|p| text.strip_prefix(p))
+        .and_then(|rest| rest.split_once(", expected "))
+        .map_or((None, user_terms(text)), |(got, expected)| {
+            (Some(user_terms(got)), user_terms(expected))
+        });
+    let got = got.map(|g| format!(" (got {g})")).unwrap_or_default();
+    if path == "." || path.is_empty() {
+        return ApiError::InvalidJson(format!("The request body must be {expected}{got}."));
+    }
+    ApiError::InvalidField {
+        message: format!("Field `{path}` must be {expected}{got}."),
+        param: path.to_string(),
+    }
+}
+
+/// actix-web's `web::Json` errors, alike: 413 over the limit, the field named otherwise.
+pub fn json_payload_error(e: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match e {
+        E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => {
+            ApiError::PayloadTooLarge(limit)
+        }
+        E::Deserialize(e) => json_body_error(".", &e),
+        E::ContentType => {
+            ApiError::invalid("Send the body as JSON (Content-Type: application/json).")
+        }
+        other => ApiError::invalid(format!("Could not read the request body: {other}")),
+    }
+}
+
+/// serde's words for types, as a JSON client says them.
+fn user_terms(text: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut words = text.split(' ').peekable();
+    while let Some(word) = words.next() {
+        let replaced = match word {
+            // `struct CreateKey`, `enum Kind`, `tuple struct X`: the next word is a Rust name.
+            "struct" | "enum" => {
+                words.next();
+                if out.last().is_some_and(|w| w == "tuple") {
+                    out.pop();
+                }
+                if out.last().is_some_and(|w| w == "a" || w == "an") {
+                    out.pop();
+                }
+                if word == "enum" {
+                    "one of the allowed values"
+                } else {
+                    "a JSON object"
+                }
+            }
+            "sequence" | "sequence," => {
+                if word.ends_with(',') {
+                    "list,"
+                } else {
+                    "list"
+                }
+            }
+            "map" | "map," => {
+                if out.last().is_some_and(|w| w == "a") {
+                    out.pop();
+                }
+                if word.ends_with(',') {
+                    "an object,"
+                } else {
+                    "an object"
+                }
+            }
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more",
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+            "f32" | "f64" => "a number",
+            "unit" => "null",
+            other => other,
+        };
+        out.push(replaced.to_string());
+    }
+    out.join(" ")
 }
 
 #[cfg(test)]
@@ -394,6 +547,14 @@ mod tests {
             (ApiError::NotFound("x".into()), 404),
             (ApiError::MethodNotAllowed("GET".into()), 405),
             (ApiError::PayloadTooLarge(1), 413),
+            (ApiError::RequestTimeout, 408),
+            (
+                ApiError::InvalidField {
+                    message: "x".into(),
+                    param: "a.b".into(),
+                },
+                400,
+            ),
             (ApiError::LoopDetected, 508),
             (
                 ApiError::AllTargetsFailed {

@@ -4,12 +4,14 @@
 pub mod actors;
 pub mod auth;
 pub mod batch;
+pub mod body_timeout;
 pub mod cache;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fixtures;
+pub mod json_body;
 pub mod logging;
 pub mod login;
 pub mod metrics;

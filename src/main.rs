@@ -171,8 +171,8 @@ fn keys(settings: &Settings, action: KeysAction) -> ExitCode {
         KeysAction::Create {
             expires: Some(text),
             ..
-        } => match api_keys::parse_lifetime(text) {
-            Ok(lifetime) => Some(store::now_ms() + lifetime.as_millis() as i64),
+        } => match api_keys::expires_at(text, store::now_ms()) {
+            Ok(at) => Some(at),
             Err(e) => return fail(format!("--expires: {e}")),
         },
         _ => None,

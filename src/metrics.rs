@@ -85,6 +85,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub stream_disconnects: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    /// Refused credentials on the admin API, by reason (`auth::audit::AdminRefusal`).
+    pub admin_auth_failures: IntCounterVec,
     pub introspection_cache: IntCounterVec,
     pub log_queue_depth: IntGauge,
     pub log_spills: IntCounter,
@@ -273,6 +275,12 @@ impl Metrics {
             "Refused credentials, by reason (fed by the auth component).",
             &["reason"],
         );
+        let admin_auth_failures = counter(
+            &r,
+            "gateway_admin_auth_failures_total",
+            "Refused credentials on the admin API, by reason: missing_token, invalid_admin_key, no_admin_key, invalid_token, not_admin.",
+            &["reason"],
+        );
         let introspection_cache = counter(
             &r,
             "gateway_introspection_cache_total",
@@ -391,6 +399,7 @@ impl Metrics {
             upstream_errors,
             stream_disconnects,
             auth_failures,
+            admin_auth_failures,
             introspection_cache,
             log_queue_depth,
             log_spills,
@@ -506,17 +515,9 @@ impl Metrics {
 
     /// Counts a refused credential by a bounded reason.
     pub fn auth_failure(&self, error: &crate::error::ApiError) {
-        use crate::error::ApiError;
-        let reason = match error {
-            ApiError::Unauthorized(m) if m.starts_with("Missing") => "missing_token",
-            ApiError::Unauthorized(m) if m.starts_with("Malformed") => "malformed_header",
-            ApiError::Unauthorized(m) if m.contains("expired") => "expired",
-            ApiError::Unauthorized(_) => "invalid_token",
-            ApiError::Forbidden(_) => "policy",
-            ApiError::AuthUnavailable => "provider_unavailable",
-            _ => "other",
-        };
-        self.auth_failures.with_label_values(&[reason]).inc();
+        self.auth_failures
+            .with_label_values(&[auth_reason(error)])
+            .inc();
     }
 
     /// Counts a request refused by a quota or rate limit (by its error code).
@@ -607,6 +608,20 @@ fn status_label(status: u16) -> &'static str {
             400..=499 => "4xx",
             _ => "5xx",
         })
+}
+
+/// The bounded reason of a refused credential (a metric label and an audit field).
+pub fn auth_reason(error: &crate::error::ApiError) -> &'static str {
+    use crate::error::ApiError;
+    match error {
+        ApiError::Unauthorized(m) if m.starts_with("Missing") => "missing_token",
+        ApiError::Unauthorized(m) if m.starts_with("Malformed") => "malformed_header",
+        ApiError::Unauthorized(m) if m.contains("expired") => "expired",
+        ApiError::Unauthorized(_) => "invalid_token",
+        ApiError::Forbidden(_) => "policy",
+        ApiError::AuthUnavailable => "provider_unavailable",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
+use crate::routes::exposure::{self, Exposure};
 use crate::routes::inference::InferenceRoute;
 use crate::security::DOCS_CSP;
 
@@ -36,6 +37,14 @@ fn inference_op(route: &InferenceRoute, pinned: bool) -> Value {
         ),
         ("413", "Body larger than `server.max_body_bytes`."),
         (
+            "422",
+            "The target found the request unprocessable (its answer, relayed).",
+        ),
+        (
+            "501",
+            "The target does not support this request (its answer, relayed).",
+        ),
+        (
             "429",
             "Every target is rate limited (`Retry-After` when known).",
         ),
@@ -54,7 +63,7 @@ fn inference_op(route: &InferenceRoute, pinned: bool) -> Value {
             },
             "content": {
                 "application/json": {"schema": {"type": "object"}},
-                "text/event-stream": {"schema": {"type": "string"}}
+                "text/event-stream": sse_content()
             }
         }),
     );
@@ -76,15 +85,22 @@ fn inference_op(route: &InferenceRoute, pinned: bool) -> Value {
     } else {
         format!("{} routed by `model` to one of its targets", route.path)
     };
+    let body = match route.body {
+        crate::config::BodyKind::Json => json!({"application/json": {"schema": {
+            "type": "object", "required": ["model"],
+            "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}, "temperature": {"type": "number"}},
+            "additionalProperties": true}}}),
+        crate::config::BodyKind::Multipart => json!({"multipart/form-data": {"schema": {
+            "type": "object", "required": ["model", "file"],
+            "properties": {"model": {"type": "string"}, "file": {"type": "string", "format": "binary"}},
+            "additionalProperties": true}}}),
+    };
     json!({"post": {
         "tags": [if pinned { "pinned" } else { "inference" }],
         "summary": summary,
-        "description": "The body goes upstream unchanged (only `model` may be rewritten to the name the target serves). Failures before the first byte fail over to another target.",
+        "description": "The body goes upstream unchanged (only `model` may be rewritten to the name the target serves). Failures before the first byte fail over to another target; the target's own 4xx and 501 are relayed as it sent them.",
         "parameters": parameters,
-        "requestBody": {"required": true, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["model"],
-            "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}, "temperature": {"type": "number"}},
-            "additionalProperties": true}}}},
+        "requestBody": {"required": true, "content": body},
         "responses": responses,
     }})
 }
@@ -278,13 +294,18 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         );
     }
     batch_paths(&mut paths);
-    // Every path answers wrong methods with 405 in the same envelope.
-    for item in paths.values_mut() {
-        if let Some(ops) = item.as_object_mut() {
-            for op in ops.values_mut() {
-                if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
-                    r.insert("405".into(), json!({"description": "Method not allowed on this path.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
-                }
+    for (path, item) in paths.iter_mut() {
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in ops.iter_mut() {
+            declare_path_parameters(path, op);
+            // Who may call it, from the one exposure table (aliases are inference routes).
+            let exposure = exposure::of(method, path).unwrap_or(Exposure::Caller);
+            secure(op, exposure);
+            // Every path answers wrong methods with 405 in the same envelope.
+            if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                r.insert("405".into(), json!({"description": "Method not allowed on this path.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
             }
         }
     }
@@ -296,7 +317,28 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
             "description": "An OpenAI-compatible gateway in front of many inference servers. Every path is also served under /resource_server (FIRST's prefix). Every error is an OpenAI error envelope."
         },
         "paths": paths,
-        "components": {"schemas": {"Error": {
+        "security": [{"bearer": []}],
+        "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "A gateway API key (`igw_...`), a Globus Auth token or an OIDC/JWT token; for admin routes the bootstrap admin key or an admin-role API key."},
+            "internalSecret": {"type": "apiKey", "in": "header", "name": "X-Internal-Secret"},
+            "taskToken": {"type": "apiKey", "in": "header", "name": "X-Stream-Task-Token"}
+        },
+        "schemas": {
+        "SseEvent": {
+            "description": "One server-sent event of a streamed answer: `data: <JSON chunk of the target's answer>` separated by a blank line, the last `data: [DONE]`; a stream the target breaks ends with `data: {\"error\": ...}`.",
+            "type": "object", "required": ["data"],
+            "properties": {
+                "event": {"type": "string"},
+                "id": {"type": "string"},
+                "data": {"oneOf": [
+                    {"const": "[DONE]"},
+                    {"type": "string", "contentMediaType": "application/json"}
+                ]}
+            }
+        },
+        "Error": {
             "type": "object", "required": ["error"],
             "properties": {"error": {
                 "type": "object", "required": ["message", "type", "param", "code"],
@@ -309,6 +351,77 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
             }}
         }}}
     })
+}
+
+/// A `text/event-stream` body: a string of events, each described by `SseEvent`
+/// (`itemSchema` as OpenAPI 3.2 names it, an extension here).
+fn sse_content() -> Value {
+    json!({
+        "schema": {"type": "string", "contentMediaType": "text/event-stream",
+                   "description": "Server-sent events; see the SseEvent schema."},
+        "x-itemSchema": {"$ref": "#/components/schemas/SseEvent"}
+    })
+}
+
+/// Adds a `path` parameter for every `{name}` of `path` the operation does not declare.
+fn declare_path_parameters(path: &str, op: &mut Value) {
+    let names: Vec<&str> = path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let Some(obj) = op.as_object_mut() else {
+        return;
+    };
+    let params = obj.entry("parameters").or_insert_with(|| json!([]));
+    let Some(list) = params.as_array_mut() else {
+        return;
+    };
+    for name in names {
+        let declared = list.iter().any(|p| p["in"] == "path" && p["name"] == name);
+        if !declared {
+            list.push(json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}}));
+        }
+    }
+}
+
+/// The operation's `security` and its refusals, from its exposure.
+fn secure(op: &mut Value, exposure: Exposure) {
+    let Some(obj) = op.as_object_mut() else {
+        return;
+    };
+    obj.insert("x-exposure".into(), json!(exposure.name()));
+    let (security, refusals): (Value, &[(&str, &str)]) = match exposure {
+        Exposure::Public => (json!([]), &[]),
+        Exposure::Caller => (
+            json!([{"bearer": []}]),
+            &[
+                ("401", "No token, or a token nobody issued (or expired)."),
+                (
+                    "403",
+                    "A valid identity that a rule refuses; the message names the rule.",
+                ),
+            ],
+        ),
+        Exposure::Admin => (json!([{"bearer": []}]), &ADMIN_ERRORS),
+        Exposure::Callback => (
+            json!([{"internalSecret": [], "taskToken": []}]),
+            &[
+                ("401", "Wrong shared secret."),
+                ("403", "Unknown task or wrong task token."),
+            ],
+        ),
+    };
+    obj.insert("security".into(), security);
+    if let Some(r) = obj.get_mut("responses").and_then(Value::as_object_mut) {
+        for (code, what) in refusals {
+            r.entry(code.to_string()).or_insert_with(|| {
+                json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+            });
+        }
+    }
 }
 
 /// The Files and Batch APIs (OpenAI's) and FIRST's path batches.

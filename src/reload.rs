@@ -178,6 +178,8 @@ pub fn restart_required(running: &Settings, new: &Settings) -> Vec<&'static str>
             (
                 s.max_body_bytes,
                 s.keep_alive_secs,
+                s.body_read_timeout_ms,
+                s.max_connections,
                 s.shutdown_grace_secs,
                 s.max_hops,
                 s.gzip
@@ -188,6 +190,8 @@ pub fn restart_required(running: &Settings, new: &Settings) -> Vec<&'static str>
             (
                 n.max_body_bytes,
                 n.keep_alive_secs,
+                n.body_read_timeout_ms,
+                n.max_connections,
                 n.shutdown_grace_secs,
                 n.max_hops,
                 n.gzip

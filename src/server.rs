@@ -286,6 +286,7 @@ pub fn start_with_source(
     let upstream_settings = settings.upstream.clone();
     let max_body = settings.server.max_body_bytes;
     let gzip = settings.server.gzip;
+    let body_timeout = Duration::from_millis(settings.server.body_read_timeout_ms);
     let mut server = HttpServer::new(move || {
         let root_routes = routes.clone();
         let first_routes = routes.clone();
@@ -298,12 +299,11 @@ pub fn start_with_source(
                 Upstream::new(&upstream_settings).with_globus(Arc::clone(&globus)),
             ))
             // actix-web's own extractor errors leave in the OpenAI envelope too.
+            // JSON routes take `json_body::JsonBody`; any `web::Json` left answers alike.
             .app_data(
                 web::JsonConfig::default()
-                    .limit(1 << 20)
-                    .error_handler(|e, _| {
-                        ApiError::invalid(format!("Invalid JSON body: {e}")).into()
-                    }),
+                    .limit(crate::json_body::JSON_LIMIT)
+                    .error_handler(|e, _| crate::error::json_payload_error(e).into()),
             )
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::invalid(format!("Invalid query string: {e}")).into()
@@ -314,7 +314,9 @@ pub fn start_with_source(
             )
             // Path normalization and small-body marking in one layer (each `from_fn`
             // layer boxes a future per request).
-            .wrap(from_fn(move |req, next| edges(req, next, gzip)))
+            .wrap(from_fn(move |req, next| {
+                edges(req, next, gzip, body_timeout)
+            }))
             // gzip by Accept-Encoding, except SSE and small bodies, which say
             // `Content-Encoding: identity` (Compress leaves those alone).
             .wrap(Condition::new(gzip, Compress::default()))
@@ -328,6 +330,7 @@ pub fn start_with_source(
             .default_service(web::to(routes::not_found))
     })
     .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
+    .max_connections(settings.server.max_connections)
     .h1_allow_half_closed(false)
     .shutdown_timeout(settings.server.shutdown_grace_secs)
     .disable_signals();
@@ -362,15 +365,28 @@ pub fn start_with_source(
 }
 
 /// The app's innermost middleware: `/v1//models/` is routed as `/v1/models` (merged and
-/// trimmed slashes), and with gzip on, a small body of known size is marked
-/// `Content-Encoding: identity` for the `Compress` layer outside.
+/// trimmed slashes); a request body that stops arriving for `body_timeout` is answered
+/// 408 with `Connection: close` (`body_timeout::wrap`); and with gzip on, a small body of
+/// known size is marked `Content-Encoding: identity` for the `Compress` layer outside.
 async fn edges(
     mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
     gzip: bool,
+    body_timeout: Duration,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     crate::normalize_path::normalize(&mut req);
-    let mut res = next.call(req).await?;
+    let fired = crate::body_timeout::wrap(&mut req, body_timeout);
+    let res = next.call(req).await?;
+    let mut res = if fired.is_some_and(|f| f.get()) {
+        let (req, _) = res.into_parts();
+        let mut timeout = actix_web::ResponseError::error_response(&ApiError::RequestTimeout);
+        timeout
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        ServiceResponse::new(req, timeout).map_into_right_body()
+    } else {
+        res.map_into_left_body()
+    };
     if gzip {
         security::mark_small_body(&mut res);
     }

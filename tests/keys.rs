@@ -295,3 +295,136 @@ async fn admin_api_creates_lists_and_revokes_keys() {
     }
     gw.stop().await;
 }
+
+/// Issue 19 item 7: a lifetime past ten years (or one that overflows) is refused, over
+/// HTTP and in the CLI, instead of making a key with a negative `expires_at`.
+#[actix_rt::test]
+async fn lifetimes_past_ten_years_are_refused() {
+    std::env::set_var("IGW_TEST_BOOTSTRAP_ADMIN", BOOTSTRAP);
+    let gw = start(
+        &[],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BOOTSTRAP_ADMIN"),
+        ],
+    )
+    .await;
+    for lifetime in [
+        "30000000000000w",
+        "18446744073709551615",
+        "99999999999999999999999d",
+        "3651d",
+        "522w",
+    ] {
+        let (status, err) = send(
+            &gw,
+            "POST",
+            "/admin/keys",
+            Some(BOOTSTRAP),
+            Some(json!({"user": "x", "expires_in": lifetime})),
+        )
+        .await;
+        assert_eq!(status, 400, "{lifetime}: {err}");
+        assert_eq!(err["error"]["param"], "expires_in", "{err}");
+    }
+    let (status, key) = send(
+        &gw,
+        "POST",
+        "/admin/keys",
+        Some(BOOTSTRAP),
+        Some(json!({"user": "x", "expires_in": "3650d"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let lifetime = key["expires_at"].as_i64().unwrap() - key["created_at"].as_i64().unwrap();
+    assert!((lifetime - 3650 * 86_400).abs() <= 1, "{key}");
+    gw.stop().await;
+
+    let data = tempfile::tempdir().unwrap();
+    for lifetime in ["30000000000000w", "18446744073709551615", "3651d"] {
+        let out = cli(
+            data.path(),
+            &["keys", "create", "--user", "x", "--expires", lifetime],
+        );
+        assert_eq!(out.status.code(), Some(1), "{lifetime}");
+        assert!(out.stdout.is_empty(), "no key printed for {lifetime}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--expires"), "{stderr}");
+    }
+}
+
+/// Issue 19 item 8: `/admin/keys` says 413 for a body over the JSON limit, and bad bodies
+/// are explained in the client's terms (the field, what was expected), never with Rust
+/// type names.
+#[actix_rt::test]
+async fn admin_key_body_errors_are_413_and_name_the_field() {
+    std::env::set_var("IGW_TEST_BOOTSTRAP_ADMIN", BOOTSTRAP);
+    let gw = start(
+        &[],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BOOTSTRAP_ADMIN"),
+        ],
+    )
+    .await;
+    let huge = json!({"user": "x", "org": "o".repeat(2 << 20)});
+    let (status, err) = send(&gw, "POST", "/admin/keys", Some(BOOTSTRAP), Some(huge)).await;
+    assert_eq!(status, 413, "{err}");
+    assert_eq!(err["error"]["code"], "payload_too_large");
+
+    for (body, param, words) in [
+        (json!({"user": 5}), Some("user"), "`user`"),
+        (
+            json!({"user": "x", "admin": "yes"}),
+            Some("admin"),
+            "`admin`",
+        ),
+        (
+            json!({"user": "x", "models": "m"}),
+            Some("models"),
+            "`models`",
+        ),
+        (
+            json!({"user": "x", "models": [1]}),
+            Some("models[0]"),
+            "`models[0]`",
+        ),
+        (json!([]), None, "JSON object"),
+        (json!("x"), None, "JSON object"),
+        (json!({"org": "x"}), Some("user"), "`user`"),
+        (
+            json!({"user": "x", "colour": 1}),
+            Some("colour"),
+            "`colour`",
+        ),
+    ] {
+        let (status, err) = send(
+            &gw,
+            "POST",
+            "/admin/keys",
+            Some(BOOTSTRAP),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{body}: {message}");
+        for rust in ["struct", "CreateKey", "Vec<", "sequence", "line 1 column"] {
+            assert!(!message.contains(rust), "{body}: {message}");
+        }
+        assert_eq!(err["error"]["param"].as_str(), param, "{body}: {err}");
+    }
+    // Not JSON at all.
+    let mut res = gw
+        .client()
+        .post(gw.at("/admin/keys"))
+        .bearer_auth(BOOTSTRAP)
+        .content_type("application/json")
+        .send_body("{\"user\": ")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let err: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], "invalid_json", "{err}");
+    gw.stop().await;
+}

@@ -9,6 +9,7 @@ use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::auth::audit::{self, AdminRefusal};
 use crate::config::{Auth, ConfigError};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -73,8 +74,12 @@ impl AdminKeys {
 
 /// Extractor: the request carries the bootstrap admin key or an API key with the admin
 /// role. 401 without a bearer token or with an unknown one, 403 for a user key, and 403
-/// when no bootstrap key is configured and the token is not an API key.
-pub struct Admin;
+/// when no bootstrap key is configured and the token is not an API key. Every refusal is
+/// counted and logged (`auth::audit::admin_failed`).
+pub struct Admin {
+    /// Who is acting, for the audit log: `bootstrap` or the admin API key's id.
+    pub by: String,
+}
 
 impl FromRequest for Admin {
     type Error = ApiError;
@@ -86,29 +91,55 @@ impl FromRequest for Admin {
             return Either::Left(ready(Err(ApiError::Internal)));
         };
         let Some(token) = super::bearer(req) else {
+            audit::admin_failed(state, req, None, AdminRefusal::MissingToken, None);
             return Either::Left(ready(Err(ApiError::Unauthorized(
                 "Missing bearer token: send Authorization: Bearer <admin key>.".into(),
             ))));
         };
         if state.admin_keys.accepts(token) {
-            return Either::Left(ready(Ok(Admin)));
+            return Either::Left(ready(Ok(Admin {
+                by: "bootstrap".into(),
+            })));
         }
         if !super::keys::looks_like_key(token) {
             return Either::Left(ready(Err(if state.admin_keys.is_empty() {
+                audit::admin_failed(state, req, Some(token), AdminRefusal::NoAdminKey, None);
                 ApiError::Forbidden(
                     "The admin API needs an admin API key; no bootstrap admin key is configured."
                         .into(),
                 )
             } else {
+                audit::admin_failed(state, req, Some(token), AdminRefusal::InvalidAdminKey, None);
                 ApiError::Unauthorized("Invalid admin key.".into())
             })));
         }
-        let (state, token) = (state.clone(), token.to_string());
+        let (state, token, req) = (state.clone(), token.to_string(), req.clone());
         Either::Right(Box::pin(async move {
-            let identity = state.auth.keys.resolve(&token).await?;
+            let identity = match state.auth.keys.resolve(&token).await {
+                Ok(identity) => identity,
+                Err(e) => {
+                    audit::admin_failed(
+                        &state,
+                        &req,
+                        Some(&token),
+                        AdminRefusal::InvalidToken,
+                        None,
+                    );
+                    return Err(e);
+                }
+            };
             if identity.admin {
-                Ok(Admin)
+                Ok(Admin {
+                    by: identity.key_id.clone().unwrap_or_default(),
+                })
             } else {
+                audit::admin_failed(
+                    &state,
+                    &req,
+                    Some(&token),
+                    AdminRefusal::NotAdmin,
+                    identity.key_id.as_deref(),
+                );
                 Err(ApiError::Forbidden(
                     "This API key does not have the admin role.".into(),
                 ))

@@ -1,6 +1,7 @@
 //! The `Caller` extractor: every route but `/health` and `/metrics` takes one. With
 //! `auth.mode = "none"` the caller is anonymous; with `"required"` the bearer token must
-//! resolve to an identity (401 otherwise, 403 when a rule refuses it).
+//! resolve to an identity (401 otherwise, 403 when a rule refuses it). Every refusal is
+//! counted and logged as an audit event (`auth::audit`).
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 
+use crate::auth::audit;
 use crate::auth::globus::{AuthFailure, GlobusAuth};
 use crate::auth::identity::Identity;
 use crate::auth::keys::{looks_like_key, ApiKeys};
@@ -88,14 +90,16 @@ impl FromRequest for Caller {
                 };
                 let error = ApiError::Unauthorized(message.into());
                 state.metrics.auth_failure(&error);
+                audit::auth_failed(state, req, None, &error);
                 return Either::Left(ready(Err(error)));
             }
         };
-        let state = state.clone();
+        let (state, req) = (state.clone(), req.clone());
         Either::Right(Box::pin(async move {
             let resolved = state.auth.resolve(&token).await;
             if let Err(e) = &resolved {
                 state.metrics.auth_failure(e);
+                audit::auth_failed(&state, &req, Some(&token), e);
             }
             resolved.map(Caller)
         }))

@@ -88,8 +88,17 @@ pub fn identity_of(row: &ApiKeyRow) -> Identity {
     }
 }
 
-/// A resolved key (its identity and expiry), or `None` for a hash nobody issued.
-type Resolved = Option<(Arc<Identity>, Option<i64>)>;
+/// A key found by its hash: its identity, expiry, and whether it was revoked (kept so a
+/// refusal can name the key in the audit log).
+#[derive(Clone)]
+struct Found {
+    identity: Arc<Identity>,
+    expires_at: Option<i64>,
+    revoked: bool,
+}
+
+/// A resolved key, or `None` for a hash nobody issued.
+type Resolved = Option<Found>;
 
 /// Resolves keys through a short-lived cache in front of the store.
 pub struct ApiKeys {
@@ -124,9 +133,11 @@ impl ApiKeys {
                     slog::error!(self.log, "API key lookup failed"; "error" => e.to_string());
                     ApiError::AuthUnavailable
                 })?;
-                    let found = row
-                        .filter(|r| r.revoked_at.is_none())
-                        .map(|r| (Arc::new(identity_of(&r)), r.expires_at));
+                    let found = row.map(|r| Found {
+                        identity: Arc::new(identity_of(&r)),
+                        expires_at: r.expires_at,
+                        revoked: r.revoked_at.is_some(),
+                    });
                     if let Ok(mut cache) = self.cache.lock() {
                         if cache.len() >= CACHE_CAPACITY {
                             cache.retain(|_, (_, at)| now.duration_since(*at) < KEY_CACHE_TTL);
@@ -140,12 +151,20 @@ impl ApiKeys {
                 }
             };
         match found {
-            Some((identity, expires_at)) if expires_at.is_none_or(|at| at > now_ms()) => {
-                Ok(identity)
-            }
+            Some(f) if f.revoked => Err(ApiError::Unauthorized("Invalid API key.".into())),
+            Some(f) if f.expires_at.is_none_or(|at| at > now_ms()) => Ok(f.identity),
             Some(_) => Err(ApiError::Unauthorized("This API key has expired.".into())),
             None => Err(ApiError::Unauthorized("Invalid API key.".into())),
         }
+    }
+
+    /// The id of the key `token` is, when this replica has looked it up lately (a refused
+    /// key that was issued: expired or revoked). For the audit log; never the secret.
+    pub fn recent_id(&self, token: &str) -> Option<String> {
+        let hashed = hash(token);
+        let cache = self.cache.lock().ok()?;
+        let (found, _) = cache.get(&hashed)?;
+        found.as_ref().and_then(|f| f.identity.key_id.clone())
     }
 
     /// Forgets every cached key (after a revocation on this replica).
@@ -156,28 +175,53 @@ impl ApiKeys {
     }
 }
 
-/// Parses `30d`, `12h`, `90m`, `3600s` (or a plain number of seconds).
+/// The longest lifetime a key may be given (ten years): anything longer is a typo or an
+/// attempt to overflow `expires_at`.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses `30d`, `12h`, `90m`, `3600s` (or a plain number of seconds), at most
+/// [`MAX_LIFETIME`].
 pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
     );
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a lifetime like 30d, 12h, 90m or 3600s"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 7 * 86_400,
+    let too_long = || format!("{text:?} is longer than the longest lifetime, 3650d (ten years)");
+    if digits.is_empty() {
+        return Err(format!(
+            "{text:?} is not a lifetime like 30d, 12h, 90m or 3600s"
+        ));
+    }
+    // More digits than a u64 holds is too long, not malformed.
+    let n: u64 = digits.parse().map_err(|_| too_long())?;
+    let unit_secs: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
         _ => return Err(format!("{text:?}: unit must be s, m, h, d or w")),
     };
+    let secs = n.checked_mul(unit_secs).ok_or_else(too_long)?;
     if secs == 0 {
         return Err("a lifetime must be more than zero".into());
     }
+    if secs > MAX_LIFETIME.as_secs() {
+        return Err(too_long());
+    }
     Ok(Duration::from_secs(secs))
+}
+
+/// `expires_at` (unix milliseconds) for a key created at `now_ms` with the lifetime `text`.
+pub fn expires_at(text: &str, now_ms: i64) -> Result<i64, String> {
+    let lifetime = parse_lifetime(text)?;
+    // At most ten years in milliseconds: far from overflowing an i64.
+    let millis =
+        i64::try_from(lifetime.as_millis()).map_err(|_| "lifetime too long".to_string())?;
+    now_ms
+        .checked_add(millis)
+        .ok_or_else(|| "lifetime too long".to_string())
 }
 
 #[cfg(test)]
@@ -205,5 +249,11 @@ mod tests {
         assert!(parse_lifetime("0d").is_err());
         assert!(parse_lifetime("soon").is_err());
         assert!(parse_lifetime("3y").is_err());
+        assert_eq!(parse_lifetime("3650d").unwrap(), MAX_LIFETIME);
+        for overflow in ["30000000000000w", "18446744073709551615", "3651d", "522w"] {
+            let err = parse_lifetime(overflow).unwrap_err();
+            assert!(err.contains("ten years"), "{overflow}: {err}");
+        }
+        assert!(expires_at("1d", 1_000).unwrap() == 1_000 + 86_400_000);
     }
 }

@@ -2,6 +2,7 @@
 //! rules, or anonymous when authentication is off) and the admin role for `/admin/...`.
 
 pub mod admin;
+pub mod audit;
 pub mod caller;
 pub mod globus;
 pub mod identity;

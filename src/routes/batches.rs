@@ -14,6 +14,7 @@ use crate::auth::caller::Caller;
 use crate::batch::actor::Wake;
 use crate::batch::{batch_json, files, is_terminal, paths, ENDPOINTS, WINDOW, WINDOW_MS};
 use crate::error::ApiError;
+use crate::json_body::JsonBody;
 use crate::quota::{Kind, Subject};
 use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
@@ -412,7 +413,7 @@ async fn insert_batch(
 pub async fn create(
     req: HttpRequest,
     Caller(caller): Caller,
-    body: web::Json<CreateBatch>,
+    body: JsonBody<CreateBatch>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let r = async {
@@ -458,7 +459,7 @@ pub async fn create_from_path(
     req: HttpRequest,
     Caller(caller): Caller,
     path: web::Path<(String, String)>,
-    body: web::Json<CreatePathBatch>,
+    body: JsonBody<CreatePathBatch>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let r = async {

@@ -7,10 +7,13 @@ use std::time::UNIX_EPOCH;
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
-use crate::actors::gateway::ModelEntry;
+use std::sync::Arc;
+
+use crate::actors::gateway::{Directory, ModelEntry};
 use crate::auth::caller::Caller;
+use crate::auth::identity::Identity;
 use crate::state::AppState;
-use crate::target::{BreakerView, Health, SchedStatus};
+use crate::target::{BreakerView, Health, SchedStatus, Target};
 
 /// Live status of a model from its targets: `running` when one is healthy, takes requests
 /// and (if its cluster has a scheduler) has a running job; else `starting` or `queued` when
@@ -49,6 +52,35 @@ pub fn model_status(entry: &ModelEntry) -> &'static str {
     }
 }
 
+/// The models `caller` may see (as `/v1/models` lists them): it may name the model and use
+/// one of its targets.
+pub fn visible_models<'a>(
+    caller: &'a Identity,
+    directory: &'a Directory,
+) -> impl Iterator<Item = &'a Arc<ModelEntry>> + 'a {
+    directory
+        .model_order
+        .iter()
+        .filter_map(|name| directory.model(name))
+        .filter(|entry| caller.may_name(&entry.spec.name))
+        .filter(|entry| entry.targets.iter().any(|t| caller.may_use(&t.spec)))
+}
+
+/// The targets `caller` may see, in catalog order: those it may use, of a visible model.
+pub fn visible_targets<'a>(caller: &Identity, directory: &'a Directory) -> Vec<&'a Arc<Target>> {
+    let models: Vec<&Arc<ModelEntry>> = visible_models(caller, directory).collect();
+    directory
+        .targets
+        .iter()
+        .filter(|t| caller.may_use(&t.spec))
+        .filter(|t| {
+            models
+                .iter()
+                .any(|m| m.targets.iter().any(|mt| Arc::ptr_eq(mt, t)))
+        })
+        .collect()
+}
+
 /// The identity the gateway sees for the caller.
 pub async fn whoami(Caller(caller): Caller) -> HttpResponse {
     HttpResponse::Ok().json(&*caller)
@@ -61,12 +93,7 @@ pub async fn models(Caller(caller): Caller, state: web::Data<AppState>) -> HttpR
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let data: Vec<Value> = directory
-        .model_order
-        .iter()
-        .filter_map(|name| directory.model(name))
-        .filter(|entry| caller.may_name(&entry.spec.name))
-        .filter(|entry| entry.targets.iter().any(|t| caller.may_use(&t.spec)))
+    let data: Vec<Value> = visible_models(&caller, &directory)
         .map(|entry| {
             let targets: Vec<Value> = entry
                 .targets
@@ -100,7 +127,12 @@ pub async fn list_endpoints(Caller(caller): Caller, state: web::Data<AppState>) 
     let endpoints: Vec<&str> =
         ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"].to_vec();
     let mut clusters: BTreeMap<&str, BTreeMap<&str, Vec<&str>>> = BTreeMap::new();
-    for target in directory.targets.iter().filter(|t| caller.may_use(&t.spec)) {
+    // Like /v1/models: only targets the caller may use, of models it may name.
+    for target in directory
+        .targets
+        .iter()
+        .filter(|t| caller.may_use(&t.spec) && caller.may_name(&t.spec.model))
+    {
         let models = clusters
             .entry(target.spec.cluster.as_str())
             .or_default()

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::actors::scheduler::Republish;
 use crate::auth::admin::Admin;
+use crate::auth::caller::Caller;
 use crate::cluster::{ClusterState, ProbeState};
 use crate::error::ApiError;
 use crate::routes::inference::{error_response, request_id};
@@ -31,8 +32,8 @@ fn status_doc(cluster: &ClusterState) -> Value {
     })
 }
 
-/// `GET /status`: every cluster, up or in maintenance, with its scheduler state.
-pub async fn status(state: web::Data<AppState>) -> HttpResponse {
+/// `GET /status` (any caller): every cluster, up or in maintenance, with its scheduler state.
+pub async fn status(_: Caller, state: web::Data<AppState>) -> HttpResponse {
     let directory = state.directory.load();
     let clusters: Map<String, Value> = directory
         .clusters
@@ -75,7 +76,7 @@ fn job_entry(job: &Job, models: &str, framework: &str, cluster: &str) -> Value {
 /// (`running` holds running and starting jobs, with `Model Status` telling which);
 /// `stopped` lists targets with no job. Under maintenance, only `stopped`, with every
 /// model. Jobs serving no known target are not shown.
-pub async fn jobs(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn jobs(_: Caller, req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let name = req.match_info().get("cluster").unwrap_or_default();
     let directory = state.directory.load();
     let Some(cluster) = directory.cluster(name) else {

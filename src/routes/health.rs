@@ -5,19 +5,19 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::auth::caller::Caller;
-use crate::routes::catalog::model_status;
+use crate::routes::catalog::{model_status, visible_models, visible_targets};
 use crate::state::AppState;
 
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Needs an authenticated caller (it shows the whole fleet).
-pub async fn detailed(_: Caller, state: web::Data<AppState>) -> HttpResponse {
+/// Needs an authenticated caller, and shows only what it may use (the models and targets
+/// `/v1/models` lists for it).
+pub async fn detailed(Caller(caller): Caller, state: web::Data<AppState>) -> HttpResponse {
     let directory = state.directory.load();
-    let targets: Vec<Value> = directory
-        .targets
-        .iter()
+    let targets: Vec<Value> = visible_targets(&caller, &directory)
+        .into_iter()
         .map(|t| {
             let ewma = t.ewma_ttfb_us();
             json!({
@@ -39,16 +39,12 @@ pub async fn detailed(_: Caller, state: web::Data<AppState>) -> HttpResponse {
             })
         })
         .collect();
-    let models: Vec<Value> = directory
-        .model_order
+    let visible: Vec<_> = visible_models(&caller, &directory).collect();
+    let models: Vec<Value> = visible
         .iter()
-        .filter_map(|name| directory.model(name))
         .map(|m| json!({"id": m.spec.name, "status": model_status(m)}))
         .collect();
-    let all_up = directory
-        .models
-        .values()
-        .all(|m| model_status(m) == "running");
+    let all_up = visible.iter().all(|m| model_status(m) == "running");
     HttpResponse::Ok().json(json!({
         "status": if all_up { "ok" } else { "degraded" },
         "targets": targets,

@@ -1,13 +1,16 @@
 //! `/admin/keys` (admin role): create a key (shown once), list keys (never their secrets
 //! or hashes), revoke one.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header::CACHE_CONTROL;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::admin::Admin;
+use crate::auth::audit;
 use crate::auth::keys::{self, NewKey};
 use crate::error::ApiError;
+use crate::json_body::JsonBody;
 use crate::state::AppState;
 use crate::store::{now_ms, ApiKeyRow};
 
@@ -54,9 +57,10 @@ fn store_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
 }
 
 pub async fn create(
-    _: Admin,
+    admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<CreateKey>,
+    body: JsonBody<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let user = body.user.trim().to_string();
@@ -68,11 +72,10 @@ pub async fn create(
     }
     let expires_at = match body.expires_in.as_deref() {
         None => None,
-        Some(text) => {
-            let lifetime = keys::parse_lifetime(text)
-                .map_err(|m| ApiError::invalid_param("expires_in", format!("`expires_in`: {m}")))?;
-            Some(now_ms() + lifetime.as_millis() as i64)
-        }
+        Some(text) => Some(
+            keys::expires_at(text, now_ms())
+                .map_err(|m| ApiError::invalid_param("expires_in", format!("`expires_in`: {m}")))?,
+        ),
     };
     let new = NewKey {
         user,
@@ -84,9 +87,13 @@ pub async fn create(
     let (secret, row) = keys::create(state.store.as_ref(), new)
         .await
         .map_err(|e| store_error(&state, e))?;
+    audit::key_created(&state, &req, &admin.by, &row);
     let mut out = describe(&row);
     out["key"] = json!(secret);
-    Ok(HttpResponse::Created().json(out))
+    // The answer carries the secret: no cache (browser, proxy) may keep it.
+    Ok(HttpResponse::Created()
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .json(out))
 }
 
 pub async fn list(
@@ -104,7 +111,8 @@ pub async fn list(
 }
 
 pub async fn revoke(
-    _: Admin,
+    admin: Admin,
+    req: HttpRequest,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -118,5 +126,6 @@ pub async fn revoke(
         return Err(ApiError::NotFound(format!("No active API key {id}.")));
     }
     state.auth.keys.forget_all();
+    audit::key_revoked(&state, &req, &admin.by, &id);
     Ok(HttpResponse::Ok().json(json!({"id": id, "object": "api_key", "revoked": true})))
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod batches;
 pub mod catalog;
 pub mod clusters;
+pub mod exposure;
 pub mod health;
 pub mod inference;
 pub mod keys_admin;
