@@ -402,6 +402,9 @@ pub struct ClusterSettings {
     pub nodes_command: Option<CommandLine>,
     /// The status URL for `scheduler = "http"`.
     pub url: String,
+    /// Environment variable holding a bearer token sent to `url` ("" = none), e.g. for
+    /// FIRST's `/{cluster}/jobs`, which needs an authenticated caller.
+    pub token_env: String,
     pub interval_secs: u64,
     pub timeout_secs: u64,
     pub maintenance: bool,
@@ -419,6 +422,7 @@ impl Default for ClusterSettings {
             command: CommandLine::default(),
             nodes_command: None,
             url: String::new(),
+            token_env: String::new(),
             interval_secs: 30,
             timeout_secs: 15,
             maintenance: false,

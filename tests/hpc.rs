@@ -832,3 +832,66 @@ async fn slurm_endpoint_jobs_match_by_command_and_comment() {
         gw.stop().await;
     }
 }
+
+/// FIRST's `/{cluster}/jobs` needs a bearer token: the HTTP source sends the one held in
+/// the environment variable the cluster names (`token_env`).
+#[actix_rt::test]
+async fn http_status_source_sends_a_bearer_token_from_the_environment() {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    const TOKEN: &str = "first-jobs-token-value";
+    std::env::set_var("IGW_TEST_JOBS_TOKEN", TOKEN);
+    let doc = json!({"running": [{"Models": "m", "Framework": "vllm", "Cluster": "sophia",
+        "Model Status": "running", "Job ID": "123456.sophia-pbs-01", "Job State": "R",
+        "Host Name": "sophia-gpu-07/0*64", "Job Comments": "", "Nodes Reserved": "1"}],
+        "queued": [], "stopped": [], "others": [], "private_batch_running": [],
+        "private_batch_queued": [], "cluster_status": {"free_nodes": 3}});
+    let body = doc.to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        let body = body.clone();
+        App::new().route(
+            "/resource_server/sophia/jobs",
+            web::get().to(move |req: HttpRequest| {
+                let body = body.clone();
+                async move {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok());
+                    if auth != Some(&format!("Bearer {TOKEN}")) {
+                        return HttpResponse::Unauthorized()
+                            .json(json!({"detail": "Unauthorized"}));
+                    }
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+
+    let up = MockUpstream::start(Behavior::default()).await.unwrap();
+    let endpoints = [endpoint("s-m", "sophia", "m", &up.url(), json!({}))];
+    let toml = format!(
+        "[clusters.sophia]\nscheduler = \"http\"\nurl = \"http://{addr}/resource_server/sophia/jobs\"\n\
+         token_env = \"IGW_TEST_JOBS_TOKEN\"\n"
+    );
+    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let status = wait_scheduler(&gw, "sophia", "ok").await;
+    assert_eq!(status["free_nodes"], 3);
+    let (_, jobs) = gw.get("/sophia/jobs").await;
+    assert_eq!(
+        jobs["running"][0]["Job ID"], "123456.sophia-pbs-01",
+        "{jobs}"
+    );
+    assert!(!gw.logs().contains(TOKEN), "the token is never logged");
+    gw.stop().await;
+    handle.stop(false).await;
+}

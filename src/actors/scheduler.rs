@@ -82,13 +82,20 @@ impl SchedulerProbe {
                     return;
                 };
                 let url = settings.url.clone();
+                let token = (!settings.token_env.is_empty()).then(|| {
+                    std::env::var(&settings.token_env).map_err(|_| {
+                        format!(
+                            "clusters.{}.token_env: environment variable {} is not set",
+                            self.cluster.name, settings.token_env
+                        )
+                    })
+                });
                 Box::pin(async move {
-                    let mut res = client
-                        .get(url)
-                        .timeout(timeout)
-                        .send()
-                        .await
-                        .map_err(|e| format!("status URL: {e}"))?;
+                    let mut req = client.get(url).timeout(timeout);
+                    if let Some(token) = token {
+                        req = req.bearer_auth(token?);
+                    }
+                    let mut res = req.send().await.map_err(|e| format!("status URL: {e}"))?;
                     if !res.status().is_success() {
                         return Err(format!("status URL answered HTTP {}", res.status()));
                     }
