@@ -114,6 +114,12 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.trim().is_empty())
 }
 
+/// The domain of a username: what follows its **last** `@`. FIRST takes
+/// `username.split("@")[1]`, the text after the first `@`; they differ only for usernames
+/// with two `@` (`x@globus.org@accounts.google.com`: FIRST `globus.org`, here
+/// `accounts.google.com`). The last part is the identity provider's own domain, which a
+/// user cannot choose, so domain rules cannot be passed by picking a local part that
+/// contains `@some-allowed-domain`.
 fn domain_of(username: &str) -> Option<&str> {
     username.rsplit_once('@').map(|(_, d)| d)
 }
