@@ -407,6 +407,9 @@ pub struct ClusterSettings {
     pub nodes_command: Option<CommandLine>,
     /// The status URL for `scheduler = "http"`.
     pub url: String,
+    /// Environment variable holding a bearer token sent to `url` ("" = none), e.g. for
+    /// FIRST's `/{cluster}/jobs`, which needs an authenticated caller.
+    pub token_env: String,
     pub interval_secs: u64,
     pub timeout_secs: u64,
     pub maintenance: bool,
@@ -424,6 +427,7 @@ impl Default for ClusterSettings {
             command: CommandLine::default(),
             nodes_command: None,
             url: String::new(),
+            token_env: String::new(),
             interval_secs: 30,
             timeout_secs: 15,
             maintenance: false,
@@ -434,6 +438,15 @@ impl Default for ClusterSettings {
     }
 }
 
+/// FIRST's jobs probe (`qselect -u $USER | xargs -r qstat -xf`): only this user's jobs
+/// (the gateway's service user, who runs the endpoints), not every user's; `-u` cannot be
+/// combined with `-F json` (PBS mixes a text table in), hence `qselect`. A failing
+/// `qselect` fails the probe rather than looking like "no jobs".
+const PBS_JSON_JOBS: &str = "ids=$(qselect -u \"${USER:-$(id -un)}\") || exit; \
+     [ -z \"$ids\" ] || echo \"$ids\" | xargs qstat -x -f -F json";
+const PBS_TEXT_JOBS: &str = "ids=$(qselect -u \"${USER:-$(id -un)}\") || exit; \
+     [ -z \"$ids\" ] || echo \"$ids\" | xargs qstat -xf";
+
 impl ClusterSettings {
     /// The jobs command to run (the configured one, else the scheduler's default).
     pub fn jobs_argv(&self) -> Vec<String> {
@@ -442,8 +455,8 @@ impl ClusterSettings {
             return argv;
         }
         let default: &[&str] = match self.scheduler {
-            SchedulerKind::Pbs => &["qstat", "-f", "-F", "json"],
-            SchedulerKind::PbsText => &["qstat", "-xf"],
+            SchedulerKind::Pbs => &["sh", "-c", PBS_JSON_JOBS],
+            SchedulerKind::PbsText => &["sh", "-c", PBS_TEXT_JOBS],
             SchedulerKind::Slurm => &["squeue", "--json"],
             SchedulerKind::None | SchedulerKind::Http => &[],
         };

@@ -17,6 +17,7 @@ pub mod login;
 pub mod metrics;
 pub mod normalize_path;
 pub mod openapi;
+pub mod pbs_json;
 pub mod proxy;
 pub mod quota;
 pub mod reload;

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     pub target_in_flight: IntGaugeVec,
     pub actor_restarts: IntGaugeVec,
+    /// Jobs the cluster's last scheduler probe could not read (and skipped).
+    pub scheduler_unreadable_jobs: IntGaugeVec,
     pub health_check_duration: HistogramVec,
     pub retries: IntCounterVec,
     pub failovers: IntCounterVec,
@@ -238,6 +240,12 @@ impl Metrics {
             "Times a target's BackendActor was rebuilt after a crash (since its target was created).",
             &["target"],
         );
+        let scheduler_unreadable_jobs = gauge(
+            &r,
+            "gateway_scheduler_unreadable_jobs",
+            "Jobs in the cluster's last scheduler output that could not be read and were skipped (the others still count).",
+            &["cluster"],
+        );
         let health_check_duration = histogram(
             &r,
             "gateway_health_check_duration_seconds",
@@ -393,6 +401,7 @@ impl Metrics {
             breaker_state,
             target_in_flight,
             actor_restarts,
+            scheduler_unreadable_jobs,
             health_check_duration,
             retries,
             failovers,
@@ -480,6 +489,14 @@ impl Metrics {
         self.breaker_state.reset();
         self.target_in_flight.reset();
         self.actor_restarts.reset();
+        self.scheduler_unreadable_jobs.reset();
+        for (name, c) in &directory.clusters {
+            if c.settings.scheduler != crate::config::SchedulerKind::None {
+                self.scheduler_unreadable_jobs
+                    .with_label_values(&[name.as_str()])
+                    .set(c.snapshot().observation.skipped as i64);
+            }
+        }
         for t in &directory.targets {
             let slug = [t.slug()];
             self.target_up

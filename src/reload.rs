@@ -6,6 +6,7 @@
 //! clients, handler limits, logging, cache) are reported as needing a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -79,6 +80,8 @@ pub struct Reloader {
     log: slog::Logger,
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
+    /// Whether some target has `allowed_globus_groups` (read by the Globus rules).
+    target_groups: Arc<AtomicBool>,
 }
 
 impl Reloader {
@@ -88,6 +91,7 @@ impl Reloader {
         gateway: Addr<Gateway>,
         metrics: Arc<Metrics>,
         log: slog::Logger,
+        target_groups: Arc<AtomicBool>,
     ) -> Reloader {
         Reloader {
             source,
@@ -96,6 +100,7 @@ impl Reloader {
             metrics,
             log,
             busy: tokio::sync::Mutex::new(()),
+            target_groups,
         }
     }
 
@@ -133,6 +138,7 @@ impl Reloader {
                 error,
             })?;
         let restart_required = restart_required(&self.running, &settings);
+        let target_groups = crate::server::catalog_has_target_groups(&catalog);
         let summary = self
             .gateway
             .send(ApplyCatalog {
@@ -141,6 +147,7 @@ impl Reloader {
             })
             .await
             .map_err(|_| ReloadError::Gateway)?;
+        self.target_groups.store(target_groups, Ordering::Relaxed);
         Ok(ReloadReport {
             summary,
             restart_required,

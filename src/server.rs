@@ -67,6 +67,15 @@ pub struct Running {
     pub batches: Option<Addr<BatchSupervisor>>,
 }
 
+/// Whether some target of `catalog` is limited to Globus groups (`allowed_globus_groups`):
+/// then a Globus caller's groups are fetched even with no global group rule.
+pub fn catalog_has_target_groups(catalog: &Catalog) -> bool {
+    catalog
+        .targets
+        .iter()
+        .any(|t| !t.allowed_globus_groups.is_empty())
+}
+
 /// Starts the actor tree and binds the HTTP server (on `listener` when given, else on
 /// `server.bind`). Must run inside an actix system. Reloads read the process's layers
 /// (`/etc/inference-gateway`, the environment); see [`start_with_source`]. The database
@@ -129,9 +138,17 @@ pub fn start_with_source(
     let invalid =
         |e: crate::config::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
     let metrics = Arc::new(Metrics::new());
+    // Whether some target has `allowed_globus_groups` (then Globus groups are fetched even
+    // without a global group rule); the reloader keeps it true to the catalog.
+    let target_groups = Arc::new(std::sync::atomic::AtomicBool::new(
+        catalog_has_target_groups(&catalog),
+    ));
     let globus = if settings.auth.globus.enabled {
         let client = GlobusClient::from_config(&settings.auth.globus).map_err(invalid)?;
-        let rules = Rules::from_config(&settings.auth.globus);
+        let rules = Rules {
+            target_groups: Arc::clone(&target_groups),
+            ..Rules::from_config(&settings.auth.globus)
+        };
         Some(GlobusAuth::start(
             client,
             rules,
@@ -258,6 +275,7 @@ pub fn start_with_source(
         gateway.clone(),
         Arc::clone(&metrics),
         log.clone(),
+        target_groups,
     ));
     let state = web::Data::new(AppState {
         settings: Arc::clone(&settings),

@@ -144,11 +144,21 @@ async fn start_fake(state: Arc<FakeGlobus>) -> String {
 }
 
 async fn gateway(fake_url: &str, upstream: &str, extra_toml: &str) -> TestGateway {
+    gateway_with_groups(fake_url, upstream, "[\"g-users\"]", extra_toml).await
+}
+
+/// `global_groups` is the TOML list for `auth.globus.globus_groups`.
+async fn gateway_with_groups(
+    fake_url: &str,
+    upstream: &str,
+    global_groups: &str,
+    extra_toml: &str,
+) -> TestGateway {
     std::env::set_var(SECRET_ENV, SECRET);
     let toml = format!(
         "[auth]\nmode = \"required\"\n[auth.globus]\nenabled = true\nclient_id = \"{CLIENT_ID}\"\n\
          client_secret_env = \"{SECRET_ENV}\"\nauth_base = \"{fake_url}\"\ngroups_base = \"{fake_url}\"\n\
-         authorized_idp_domains = [\"anl.gov\"]\nglobus_groups = [\"g-users\"]\n{extra_toml}"
+         authorized_idp_domains = [\"anl.gov\"]\nglobus_groups = {global_groups}\n{extra_toml}"
     );
     let endpoints = vec![
         endpoint(0, &target("open", "m", upstream.to_string())),
@@ -389,6 +399,55 @@ async fn per_target_groups_hide_and_refuse_models() {
     )
     .await;
     assert_eq!(status, 200);
+    gw.stop().await;
+}
+
+/// Only a target names groups (no global `globus_groups`): the caller's groups must still
+/// be fetched, or the target refuses everyone (FIRST always fetches them).
+#[actix_rt::test]
+async fn per_target_groups_alone_still_fetch_groups() {
+    let fake = Arc::new(FakeGlobus::default());
+    let fake_url = start_fake(Arc::clone(&fake)).await;
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = gateway_with_groups(&fake_url, &mock.url(), "[]", "").await;
+
+    let (status, body) = call(
+        &gw,
+        "/v1/chat/completions",
+        Some("tok-restricted"),
+        Some(chat("secret-model")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, models) = call(&gw, "/v1/models", Some("tok-restricted"), None).await;
+    assert_eq!(models["data"].as_array().unwrap().len(), 2, "{models}");
+    // A member of no group still gets the open model, but not the restricted one.
+    let (status, _) = call(
+        &gw,
+        "/v1/chat/completions",
+        Some("tok-bob-nogroup"),
+        Some(chat("m")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call(
+        &gw,
+        "/v1/chat/completions",
+        Some("tok-bob-nogroup"),
+        Some(chat("secret-model")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // Groups are fetched once per token and cached with the identity.
+    let before = fake.group_calls.load(Ordering::SeqCst);
+    call(
+        &gw,
+        "/v1/chat/completions",
+        Some("tok-restricted"),
+        Some(chat("secret-model")),
+    )
+    .await;
+    assert_eq!(fake.group_calls.load(Ordering::SeqCst), before);
     gw.stop().await;
 }
 

@@ -69,6 +69,14 @@ fn run_function(params: &Value) -> Value {
         ),
         "fail-500" => fail(500, "Internal Server Error"),
         "hang" => json!({"status": "running"}),
+        // Endpoints before 3.6.0 ignore result_serializers and answer with dill (made by
+        // tests/data/globus-compute/make_results.py with the SDK's DillDataBase64).
+        "old-endpoint-str" => old_endpoint("result-dill-str.txt"),
+        "old-endpoint-dict" => old_endpoint("result-dill5-dict.txt"),
+        "old-endpoint-datetime" => old_endpoint("result-dill-datetime.txt"),
+        // Status strings in another case (the SDK lower-cases them).
+        "status-caps" => json!({"status": "SUCCESS", "completion_t": "1773080793.43",
+            "result": format!("11\n{}", serde_json::to_string(&answer_text()).unwrap())}),
         _ => {
             let answer = json!({"id": "chatcmpl-gc", "object": "chat.completion", "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": format!(
@@ -81,6 +89,23 @@ fn run_function(params: &Value) -> Value {
                 "result": format!("11\n{}", serde_json::to_string(&as_string).unwrap())})
         }
     }
+}
+
+const ANSWER: &str = include_str!("data/globus-compute/answer.json");
+
+fn answer_text() -> String {
+    ANSWER.trim_end().to_string()
+}
+
+fn old_endpoint(fixture: &str) -> Value {
+    let result = std::fs::read_to_string(format!(
+        "{}/tests/data/globus-compute/{fixture}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    json!({"status": "success", "completion_t": "1773080793.43", "result": result,
+        "details": {"os": "Linux-5.14.21-150400.24.18-default-x86_64-with-glibc2.31",
+            "python_version": "3.11.7", "dill_version": "0.3.6", "globus_compute_sdk_version": "2.19.0"}})
 }
 
 fn bearer_ok(req: &HttpRequest) -> bool {
@@ -485,6 +510,52 @@ async fn task_failures_map_to_openai_errors_and_fail_over() {
     assert_eq!(status, 502);
     assert_eq!(body["error"]["code"], "upstream_error");
     assert!(!body.to_string().contains("Traceback"));
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+/// Endpoints before globus-compute 3.6.0 answer with dill whatever the submit asked: plain
+/// values are decoded, anything else is refused naming the endpoint and the serializer.
+#[actix_rt::test]
+async fn old_endpoints_answer_with_dill_and_plain_values_decode() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let endpoints = [
+        gc_target("gc-str", "old-endpoint-str", EP_A, 8000),
+        gc_target("gc-dict", "old-endpoint-dict", EP_A, 8000),
+        gc_target("gc-dt", "old-endpoint-datetime", EP_A, 8000),
+        gc_target("gc-caps", "status-caps", EP_A, 8000),
+    ];
+    let gw = gateway(
+        &fake,
+        &endpoints,
+        "dill",
+        &[("GATEWAY__GLOBUS_COMPUTE__TASK_TIMEOUT_SECS", "3")],
+    )
+    .await;
+    let expected: Value = serde_json::from_str(ANSWER).unwrap();
+    for model in ["old-endpoint-str", "old-endpoint-dict", "status-caps"] {
+        let (status, _, body) = gw.post("/v1/chat/completions", &chat(model)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body, expected, "{model}");
+    }
+    let (status, _, body) = gw
+        .post("/v1/chat/completions", &chat("old-endpoint-datetime"))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.to_string().contains("dill"), "{body}");
+    let mut state = gw.target_state("gc-dt").await;
+    for _ in 0..100 {
+        if !state["last_error"].is_null() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+        state = gw.target_state("gc-dt").await;
+    }
+    let error = state["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(EP_A) && error.contains("DillDataBase64 (00)"),
+        "the refusal names the endpoint and its serializer: {state}"
+    );
     gw.stop().await;
     fake.handle.stop(false).await;
 }

@@ -732,3 +732,166 @@ async fn cold_start_is_debounced_across_replicas_through_redis() {
     a.stop().await;
     b.stop().await;
 }
+
+const POLARIS: &str = include_str!("data/qstat-f-F-json-polaris.txt");
+const SQUEUE_2405: &str = include_str!("data/squeue-24.05.json");
+
+/// Real Polaris `qstat -f -F json` is not JSON (`Invalid \escape`, `005`): the jobs that
+/// can be read still count, the one that cannot is skipped and counted, and a `B` array
+/// parent is not running. A multi-user endpoint's job (`uep.<uuid>.<hash>`) serves the
+/// target of that endpoint.
+#[actix_rt::test]
+async fn polaris_output_with_unreadable_jobs_still_maps_the_others() {
+    let up = MockUpstream::start(Behavior::default()).await.unwrap();
+    let fake = FakeScheduler::new();
+    let cmd = fake.command("qstat", POLARIS);
+    let endpoints = [
+        endpoint("polaris-llama8b", "polaris", "m8b", &up.url(), json!({})),
+        endpoint("polaris-llama70b", "polaris", "m70b", &up.url(), json!({})),
+        endpoint(
+            "polaris-mep",
+            "polaris",
+            "mep",
+            &up.url(),
+            json!({"endpoint_uuid": "6a0d3c8e-9f0b-4b7e-a1c2-0d9e8f7a6b5c",
+                   "function_uuid": "33333333-3333-4333-8333-333333333333",
+                   "transport": "globus-compute", "api_port": 8000}),
+        ),
+    ];
+    let toml = format!(
+        "[clusters.polaris]\nscheduler = \"pbs\"\ncommand = {}\nnodes_command = \"\"\n",
+        toml_str(&cmd)
+    );
+    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    wait_scheduler(&gw, "polaris", "ok").await;
+    let (_, jobs) = gw.get("/polaris/jobs").await;
+    assert_eq!(jobs["running"][0]["Models"], "m8b", "{jobs}");
+    assert_eq!(jobs["running"].as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(jobs["queued"][0]["Models"], "mep", "{jobs}");
+    assert_eq!(jobs["others"][0]["Job State"], "B", "{jobs}");
+    assert_eq!(
+        jobs["stopped"],
+        json!([{"Models": "m70b", "Framework": "vllm", "Cluster": "polaris"}])
+    );
+    let mut res = gw.client().get(gw.at("/metrics")).send().await.unwrap();
+    let metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        metrics.contains("gateway_scheduler_unreadable_jobs{cluster=\"polaris\"} 1"),
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
+/// Globus Compute endpoint jobs on Slurm are recognised by `command` (or `comment`), and
+/// 23.02's one-word `CONFIGURING` is a starting job, in the 23.02, 23.11 and 24.05 shapes.
+#[actix_rt::test]
+async fn slurm_endpoint_jobs_match_by_command_and_comment() {
+    for output in [SQUEUE_2302, SQUEUE_2311, SQUEUE_2405] {
+        let up = MockUpstream::start(Behavior::default()).await.unwrap();
+        let fake = FakeScheduler::new();
+        let cmd = fake.command("squeue", output);
+        let endpoints = [
+            endpoint("polaris-qwen", "s", "qwen", &up.url(), json!({})),
+            endpoint("polaris-gemma", "s", "gemma", &up.url(), json!({})),
+            endpoint(
+                "mistral",
+                "s",
+                "mistral",
+                &up.url(),
+                json!({"scheduler_job": "vllm-mistral"}),
+            ),
+        ];
+        let toml = format!(
+            "[clusters.s]\nscheduler = \"slurm\"\ncommand = {}\n",
+            toml_str(&cmd)
+        );
+        let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+        wait_scheduler(&gw, "s", "ok").await;
+        let (_, jobs) = gw.get("/s/jobs").await;
+        let running: Vec<(&str, &str)> = jobs["running"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["Models"].as_str().unwrap(),
+                    j["Model Status"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            running,
+            vec![
+                ("mistral", "starting"),
+                ("qwen", "running"),
+                ("gemma", "running")
+            ],
+            "{jobs}"
+        );
+        assert_eq!(jobs["stopped"], json!([]), "{jobs}");
+        gw.stop().await;
+    }
+}
+
+/// FIRST's `/{cluster}/jobs` needs a bearer token: the HTTP source sends the one held in
+/// the environment variable the cluster names (`token_env`).
+#[actix_rt::test]
+async fn http_status_source_sends_a_bearer_token_from_the_environment() {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    const TOKEN: &str = "first-jobs-token-value";
+    std::env::set_var("IGW_TEST_JOBS_TOKEN", TOKEN);
+    let doc = json!({"running": [{"Models": "m", "Framework": "vllm", "Cluster": "sophia",
+        "Model Status": "running", "Job ID": "123456.sophia-pbs-01", "Job State": "R",
+        "Host Name": "sophia-gpu-07/0*64", "Job Comments": "", "Nodes Reserved": "1"}],
+        "queued": [], "stopped": [], "others": [], "private_batch_running": [],
+        "private_batch_queued": [], "cluster_status": {"free_nodes": 3}});
+    let body = doc.to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        let body = body.clone();
+        App::new().route(
+            "/resource_server/sophia/jobs",
+            web::get().to(move |req: HttpRequest| {
+                let body = body.clone();
+                async move {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok());
+                    if auth != Some(&format!("Bearer {TOKEN}")) {
+                        return HttpResponse::Unauthorized()
+                            .json(json!({"detail": "Unauthorized"}));
+                    }
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+
+    let up = MockUpstream::start(Behavior::default()).await.unwrap();
+    let endpoints = [endpoint("s-m", "sophia", "m", &up.url(), json!({}))];
+    let toml = format!(
+        "[clusters.sophia]\nscheduler = \"http\"\nurl = \"http://{addr}/resource_server/sophia/jobs\"\n\
+         token_env = \"IGW_TEST_JOBS_TOKEN\"\n"
+    );
+    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let status = wait_scheduler(&gw, "sophia", "ok").await;
+    assert_eq!(status["free_nodes"], 3);
+    let (_, jobs) = gw.get("/sophia/jobs").await;
+    assert_eq!(
+        jobs["running"][0]["Job ID"], "123456.sophia-pbs-01",
+        "{jobs}"
+    );
+    assert!(!gw.logs().contains(TOKEN), "the token is never logged");
+    gw.stop().await;
+    handle.stop(false).await;
+}

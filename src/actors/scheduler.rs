@@ -82,13 +82,20 @@ impl SchedulerProbe {
                     return;
                 };
                 let url = settings.url.clone();
+                let token = (!settings.token_env.is_empty()).then(|| {
+                    std::env::var(&settings.token_env).map_err(|_| {
+                        format!(
+                            "clusters.{}.token_env: environment variable {} is not set",
+                            self.cluster.name, settings.token_env
+                        )
+                    })
+                });
                 Box::pin(async move {
-                    let mut res = client
-                        .get(url)
-                        .timeout(timeout)
-                        .send()
-                        .await
-                        .map_err(|e| format!("status URL: {e}"))?;
+                    let mut req = client.get(url).timeout(timeout);
+                    if let Some(token) = token {
+                        req = req.bearer_auth(token?);
+                    }
+                    let mut res = req.send().await.map_err(|e| format!("status URL: {e}"))?;
                     if !res.status().is_success() {
                         return Err(format!("status URL answered HTTP {}", res.status()));
                     }
@@ -107,19 +114,21 @@ impl SchedulerProbe {
                 let nodes_argv = settings.nodes_argv();
                 Box::pin(async move {
                     let jobs_out = run_command(&jobs_argv, timeout).await?;
-                    let jobs = parse_off_thread(move || match kind {
+                    let mut observation = parse_off_thread(move || match kind {
                         SchedulerKind::Pbs => scheduler::parse_pbs_json(&jobs_out),
-                        SchedulerKind::PbsText => scheduler::parse_pbs_text(&jobs_out),
-                        _ => scheduler::parse_squeue_json(&jobs_out),
+                        SchedulerKind::PbsText => {
+                            scheduler::parse_pbs_text(&jobs_out).map(Observation::of)
+                        }
+                        _ => scheduler::parse_squeue_json(&jobs_out).map(Observation::of),
                     })
                     .await?;
-                    let free_nodes = if nodes_argv.is_empty() {
-                        None
-                    } else {
+                    if !nodes_argv.is_empty() {
                         let out = run_command(&nodes_argv, timeout).await?;
-                        Some(parse_off_thread(move || scheduler::parse_pbsnodes_json(&out)).await?)
-                    };
-                    Ok(Observation { jobs, free_nodes })
+                        observation.free_nodes = Some(
+                            parse_off_thread(move || scheduler::parse_pbsnodes_json(&out)).await?,
+                        );
+                    }
+                    Ok(observation)
                 })
             }
         };
@@ -139,6 +148,11 @@ impl SchedulerProbe {
                         "cluster" => &self.cluster.name, "jobs" => observation.jobs.len());
                 }
                 self.last_ok = Some(true);
+                if observation.skipped > 0 {
+                    slog::warn!(self.log, "scheduler probe: jobs that could not be read were skipped";
+                        "cluster" => &self.cluster.name, "skipped" => observation.skipped,
+                        "jobs" => observation.jobs.len());
+                }
                 for t in &self.cluster.targets {
                     t.set_sched(status_of(t, &observation));
                 }
@@ -232,7 +246,7 @@ fn status_of(target: &Target, observation: &Observation) -> SchedStatus {
     let best = observation
         .jobs
         .iter()
-        .filter(|j| j.serves(spec.job_key(), &spec.model, &spec.framework))
+        .filter(|j| j.serves_target(spec))
         .map(|j| j.phase())
         .min_by_key(|p| match p {
             JobPhase::Running => 0,

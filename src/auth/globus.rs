@@ -1,5 +1,6 @@
 //! Globus Auth tokens: introspection (RFC 7662) with the gateway's confidential client,
-//! then, when a group rule needs them, a dependent token and the Groups API. Results are
+//! then, when a group rule needs them (global, or any target's `allowed_globus_groups`), a
+//! dependent token and the Groups API. Results are
 //! cached by the token's SHA-256 (never the token itself) until `min(exp, cache_secs)`,
 //! refusals for `failure_cache_secs`. Handlers read the cache directly; on a miss they ask
 //! the `Introspector` actor, which keeps one call in flight per token however many requests

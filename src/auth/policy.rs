@@ -3,6 +3,8 @@
 //! itself is no good; 403 means a valid identity that a named rule refuses.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -76,6 +78,9 @@ pub struct Rules {
     pub authorized_groups_per_idp: BTreeMap<String, Vec<String>>,
     pub globus_policies: Vec<String>,
     pub authorized_globus_service_usernames: Vec<String>,
+    /// Whether some target of the current catalog has `allowed_globus_groups`; shared with
+    /// the reloader, which updates it when the catalog changes.
+    pub target_groups: Arc<AtomicBool>,
 }
 
 impl Rules {
@@ -86,12 +91,22 @@ impl Rules {
             authorized_groups_per_idp: g.authorized_groups_per_idp.clone(),
             globus_policies: g.globus_policies.clone(),
             authorized_globus_service_usernames: g.authorized_globus_service_usernames.clone(),
+            target_groups: Arc::default(),
         }
     }
 
-    /// Whether deciding needs the caller's groups (fetched with two more calls).
+    /// Whether deciding needs the caller's groups (fetched with two more calls, then
+    /// cached with the identity): a global group rule, or any target's
+    /// `allowed_globus_groups` (which would otherwise see no groups and refuse everyone).
     pub fn needs_groups(&self) -> bool {
-        !self.globus_groups.is_empty() || !self.authorized_groups_per_idp.is_empty()
+        !self.globus_groups.is_empty()
+            || !self.authorized_groups_per_idp.is_empty()
+            || self.target_groups.load(Ordering::Relaxed)
+    }
+
+    /// Records whether some target names `allowed_globus_groups` (at start and on reload).
+    pub fn set_target_groups(&self, any: bool) {
+        self.target_groups.store(any, Ordering::Relaxed);
     }
 }
 
@@ -99,6 +114,12 @@ fn non_empty(s: &Option<String>) -> Option<&str> {
     s.as_deref().filter(|s| !s.trim().is_empty())
 }
 
+/// The domain of a username: what follows its **last** `@`. FIRST takes
+/// `username.split("@")[1]`, the text after the first `@`; they differ only for usernames
+/// with two `@` (`x@globus.org@accounts.google.com`: FIRST `globus.org`, here
+/// `accounts.google.com`). The last part is the identity provider's own domain, which a
+/// user cannot choose, so domain rules cannot be passed by picking a local part that
+/// contains `@some-allowed-domain`.
 fn domain_of(username: &str) -> Option<&str> {
     username.rsplit_once('@').map(|(_, d)| d)
 }

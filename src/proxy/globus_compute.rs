@@ -11,7 +11,10 @@
 //! 4. `GET /v2/tasks/{task}` with doubling pauses until `success` or `failed`, or 504.
 //!
 //! FIRST's function returns a JSON *string* holding the OpenAI answer, so the result is
-//! `11\n"{\"id\": ...}"`: the inner string is the body sent to the client. A failed task's
+//! `11\n"{\"id\": ...}"`: the inner string is the body sent to the client. Endpoints
+//! before globus-compute 3.6.0 ignore `result_serializers` and answer with dill
+//! (`00\n`): plain values are decoded (`pickled`), anything else refused. Task status
+//! strings are compared case-insensitively, as the SDK does. A failed task's
 //! traceback carries `status code: NNN`: a 4xx is the client's fault and passes through, a
 //! 5xx (or none) is the target's and fails over.
 
@@ -36,6 +39,7 @@ use crate::config::{ClusterSettings, GlobusCompute, Streaming};
 use crate::error::envelope;
 use crate::fixtures::GlobusComputeTarget;
 use crate::proxy::forward::{AttemptError, Call, Committed};
+use crate::proxy::pickled::{self, Plain};
 use crate::streaming::{new_token, Registration, StreamEvent, StreamHub};
 use crate::streaming_redis::RedisStreams;
 use crate::target::Target;
@@ -335,16 +339,35 @@ pub fn model_params(body: &[u8], upstream_path: &str, api_port: u16) -> Result<V
     Ok(v)
 }
 
-/// What a task's `result` holds.
+/// What a task's `result` holds: JSONData (`11\n`), or a dill pickle of a plain value
+/// (`00\n`/`01\n`, from endpoints before 3.6.0). Errors name the serializer.
 pub fn decode_result(result: &str) -> Result<Bytes, String> {
-    let Some(json_text) = result.strip_prefix("11\n") else {
-        let header: String = result.chars().take(2).collect();
-        return Err(format!(
-            "result serialized with strategy {header:?}, not JSONData (11)"
-        ));
+    let header = result.get(..2).unwrap_or(result);
+    let body = result
+        .get(3..)
+        .filter(|_| result.as_bytes().get(2) == Some(&b'\n'));
+    let v = match (header, body) {
+        ("11", Some(json_text)) => {
+            serde_json::from_str(json_text).map_err(|e| format!("result is not JSON: {e}"))?
+        }
+        ("00" | "01", Some(b64)) => match pickled::decode(b64).map_err(|e| {
+            format!(
+                "result serialized with {} ({header}) holds {e}; only plain values (str, \
+                 bytes, dict, list, numbers, None) are read: upgrade the endpoint to \
+                 globus-compute-endpoint 3.6.0 or later so it honours result_serializers",
+                pickled::serializer_name(header)
+            )
+        })? {
+            Plain::Text(text) => Value::String(text),
+            Plain::Json(v) => v,
+        },
+        _ => {
+            return Err(format!(
+                "result serialized with {} ({header:?}), not JSONData (11) or dill (00)",
+                pickled::serializer_name(header)
+            ))
+        }
     };
-    let v: Value =
-        serde_json::from_str(json_text).map_err(|e| format!("result is not JSON: {e}"))?;
     match v {
         // FIRST's function returns a JSON string holding the answer.
         Value::String(inner) => {
@@ -354,6 +377,13 @@ pub fn decode_result(result: &str) -> Result<Bytes, String> {
         }
         other => Ok(Bytes::from(other.to_string())),
     }
+}
+
+/// A task document's status, lower-cased (the SDK compares `status.lower()`).
+fn task_status(doc: &Value) -> Option<String> {
+    doc.get("status")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
 }
 
 /// The HTTP status FIRST's function reported in its exception (`status code: NNN`), and
@@ -497,12 +527,17 @@ pub(crate) async fn send(
         }));
     }
     let doc = poll.wait().await?;
-    match doc.get("status").and_then(Value::as_str) {
+    match task_status(&doc).as_deref() {
         Some("success") => {
             let result = doc.get("result").and_then(Value::as_str).ok_or_else(|| {
                 AttemptError::Status5xx(502, "task succeeded without a result".into())
             })?;
-            let body = decode_result(result).map_err(|e| AttemptError::Status5xx(502, e))?;
+            let body = decode_result(result).map_err(|e| {
+                AttemptError::Status5xx(
+                    502,
+                    format!("Globus Compute endpoint {}: {e}", g.endpoint_uuid),
+                )
+            })?;
             Ok(Committed::Body(StatusCode::OK, body))
         }
         _ => {
@@ -604,10 +639,7 @@ impl TaskPoll {
             };
             if let Some(doc) = doc {
                 // received, waiting-for-ep, waiting-for-nodes, running... are pending.
-                if matches!(
-                    doc.get("status").and_then(Value::as_str),
-                    Some("success") | Some("failed")
-                ) {
+                if matches!(task_status(&doc).as_deref(), Some("success" | "failed")) {
                     return Ok(doc);
                 }
             }
@@ -718,7 +750,7 @@ impl Stream for CallbackSource {
                 if let Poll::Ready(outcome) = task.as_mut().poll(cx) {
                     this.task = None;
                     let failed = match &outcome {
-                        Ok(doc) if doc.get("status").and_then(Value::as_str) == Some("success") => {
+                        Ok(doc) if task_status(doc).as_deref() == Some("success") => {
                             // FIRST's streaming function returns {"status":"completed"|"error",...}.
                             doc.get("result")
                                 .and_then(Value::as_str)
@@ -794,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn results_decode_firsts_json_string_and_refuse_dill() {
+    fn results_decode_firsts_json_string_and_refuse_what_is_not_plain() {
         let inner = r#"{"id": "x", "choices": [], "response_time": 0.5}"#;
         let result = format!("11\n{}", serde_json::to_string(inner).unwrap());
         assert_eq!(decode_result(&result).unwrap(), Bytes::from(inner));
@@ -802,9 +834,10 @@ mod tests {
             decode_result("11\n{\"a\":1}").unwrap(),
             Bytes::from("{\"a\":1}")
         );
-        assert!(decode_result("00\ngASVAAA=\n")
-            .unwrap_err()
-            .contains("\"00\""));
+        let err = decode_result("00\ngASVAAA=\n").unwrap_err();
+        assert!(err.contains("DillDataBase64 (00)"), "{err}");
+        let err = decode_result("04\nabc").unwrap_err();
+        assert!(err.contains("DillCodeSource"), "{err}");
         assert!(decode_result("11\n\"not json\"").is_err());
     }
 

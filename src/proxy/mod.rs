@@ -4,6 +4,7 @@
 pub mod cold_start;
 pub mod forward;
 pub mod globus_compute;
+pub mod pickled;
 pub mod record;
 pub mod relay;
 pub mod sse;

@@ -99,7 +99,7 @@ pub async fn jobs(_: Caller, req: HttpRequest, state: web::Data<AppState>) -> Ht
                 let served: Vec<&std::sync::Arc<crate::target::Target>> = cluster
                     .targets
                     .iter()
-                    .filter(|t| job.serves(t.spec.job_key(), &t.spec.model, &t.spec.framework))
+                    .filter(|t| job.serves_target(&t.spec))
                     .collect();
                 let Some(first) = served.first() else {
                     continue;
