@@ -51,6 +51,8 @@ pub struct Batches {
     pub enabled: bool,
     /// Largest file `POST /v1/files` (and FIRST's path form) accepts.
     pub max_file_bytes: u64,
+    /// Uploads (`POST /v1/files`) received at once by this process; more are 429.
+    pub max_concurrent_uploads: u64,
     /// Lines of one batch in flight at once.
     pub concurrency_per_batch: u64,
     /// Lines of all batches in flight at once in this process.
@@ -744,6 +746,10 @@ impl Settings {
         }
         positive("database.pool_size", self.database.pool_size as u64)?;
         positive("batches.max_file_bytes", self.batches.max_file_bytes)?;
+        positive(
+            "batches.max_concurrent_uploads",
+            self.batches.max_concurrent_uploads,
+        )?;
         positive(
             "batches.concurrency_per_batch",
             self.batches.concurrency_per_batch,

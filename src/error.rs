@@ -34,6 +34,8 @@ pub mod code {
     pub const CONFLICT: &str = "conflict";
     pub const TOO_MANY_BATCHES: &str = "too_many_batches";
     pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
+    pub const TOO_MANY_UPLOADS: &str = "too_many_uploads";
+    pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,9 +108,95 @@ pub enum ApiError {
         message: String,
         param: &'static str,
     },
+    /// A batch input file (uploaded, or FIRST's path) over `batches.max_file_bytes`.
+    #[error("{}", file_too_large_message(param, *size, *limit))]
+    FileTooLarge {
+        param: &'static str,
+        size: Option<u64>,
+        limit: u64,
+    },
+    /// `batches.max_concurrent_uploads` uploads are being received already.
+    #[error("Too many file uploads are in progress ({0}); try again shortly.")]
+    TooManyUploads(u64),
+    /// The database could not be reached (the cause is logged where it happened).
+    #[error("The database is unavailable right now; try again shortly.")]
+    DatabaseUnavailable,
     /// The cause is logged where it happens; the client sees only this.
     #[error("internal error")]
     Internal,
+}
+
+fn file_too_large_message(param: &str, size: Option<u64>, limit: u64) -> String {
+    match size {
+        Some(size) => {
+            format!("`{param}` is {size} bytes; an input file may be at most {limit} bytes.")
+        }
+        None => format!("`{param}` is larger than the limit of {limit} bytes for an input file."),
+    }
+}
+
+/// A JSON body actix-web could not take, in the client's terms: over the size limit is 413;
+/// a body of the wrong shape names the field, never a Rust type. Every route's `JsonConfig`
+/// uses this (`server.rs`).
+pub fn json_body_error(e: &actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match e {
+        E::OverflowKnownLength { limit, .. } | E::Overflow { limit } => {
+            ApiError::PayloadTooLarge(*limit)
+        }
+        E::ContentType => {
+            ApiError::invalid("The body must be JSON (Content-Type: application/json).")
+        }
+        E::Deserialize(e) if e.is_data() => ApiError::invalid(format!(
+            "The JSON body does not fit: {}",
+            json_error_words(e)
+        )),
+        E::Deserialize(e) => {
+            ApiError::InvalidJson(format!("Invalid JSON body: {}", json_error_words(e)))
+        }
+        E::Serialize(_) => ApiError::Internal,
+        E::Payload(_) => ApiError::invalid("The request body could not be read."),
+        _ => ApiError::invalid("Invalid JSON body."),
+    }
+}
+
+/// serde_json's message with Rust type names put in JSON words (`expected struct
+/// CreateBatch` → `expected a JSON object`), and where it happened.
+pub fn json_error_words(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    // serde_json appends " at line L column C"; keep it, after the rewritten part.
+    let (head, tail) = match text.rfind(" at line ") {
+        Some(i) => text.split_at(i),
+        None => (text.as_str(), ""),
+    };
+    let mut out = String::with_capacity(head.len());
+    let mut rest = head;
+    while let Some(i) = rest.find("expected ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "expected ".len()..];
+        let (word, skip) = if let Some(r) = after.strip_prefix("struct ") {
+            ("a JSON object", "struct ".len() + ident_len(r))
+        } else if let Some(r) = after.strip_prefix("enum ") {
+            ("one of the allowed values", "enum ".len() + ident_len(r))
+        } else if let Some(r) = after.strip_prefix("tuple struct ") {
+            ("a JSON value", "tuple struct ".len() + ident_len(r))
+        } else {
+            out.push_str("expected ");
+            rest = after;
+            continue;
+        };
+        out.push_str("expected ");
+        out.push_str(word);
+        rest = &after[skip..];
+    }
+    out.push_str(rest);
+    out.push_str(tail);
+    out
+}
+
+fn ident_len(s: &str) -> usize {
+    s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(s.len())
 }
 
 fn maintenance_message(cluster: &str, notice: &str) -> String {
@@ -171,6 +259,9 @@ impl ApiError {
             ApiError::Conflict(_) => code::CONFLICT,
             ApiError::TooManyBatches(_) => code::TOO_MANY_BATCHES,
             ApiError::PathNotAllowed { .. } => code::PATH_NOT_ALLOWED,
+            ApiError::FileTooLarge { .. } => code::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyUploads(_) => code::TOO_MANY_UPLOADS,
+            ApiError::DatabaseUnavailable => code::DATABASE_UNAVAILABLE,
             ApiError::Internal => code::INTERNAL,
         }
     }
@@ -193,7 +284,9 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { param, .. } => *param,
             ApiError::ModelNotFound(_) => Some("model"),
-            ApiError::PathNotAllowed { param, .. } => Some(*param),
+            ApiError::PathNotAllowed { param, .. } | ApiError::FileTooLarge { param, .. } => {
+                Some(*param)
+            }
             _ => None,
         }
     }
@@ -241,6 +334,9 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyBatches(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PathNotAllowed { .. } => StatusCode::BAD_REQUEST,
+            ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyUploads(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -268,8 +364,11 @@ impl ResponseError for ApiError {
                     res.insert_header((RETRY_AFTER, v));
                 }
             }
-            ApiError::NoAvailableTarget(_) => {
+            ApiError::NoAvailableTarget(_) | ApiError::DatabaseUnavailable => {
                 res.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::TooManyUploads(_) => {
+                res.insert_header((RETRY_AFTER, HeaderValue::from_static("1")));
             }
             ApiError::Unauthorized(_) => {
                 res.insert_header((
@@ -368,6 +467,29 @@ mod tests {
     }
 
     #[test]
+    fn json_errors_speak_json_not_rust() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct CreateBatch {
+            endpoint: String,
+        }
+        let e = serde_json::from_str::<CreateBatch>(r#""x""#).unwrap_err();
+        let words = json_error_words(&e);
+        assert!(
+            !words.contains("CreateBatch") && !words.contains("struct"),
+            "{words}"
+        );
+        assert!(words.contains("expected a JSON object"), "{words}");
+        let e = serde_json::from_str::<CreateBatch>(r#"{"endpoint": 5}"#).unwrap_err();
+        assert!(json_error_words(&e).contains("expected a string"));
+        let big = actix_web::error::JsonPayloadError::OverflowKnownLength {
+            length: 10,
+            limit: 5,
+        };
+        assert_eq!(json_body_error(&big).status_code().as_u16(), 413);
+    }
+
+    #[test]
     fn each_variant_has_its_status() {
         let cases: Vec<(ApiError, u16)> = vec![
             (ApiError::InvalidJson("x".into()), 400),
@@ -403,6 +525,16 @@ mod tests {
                 },
                 429,
             ),
+            (
+                ApiError::FileTooLarge {
+                    param: "file",
+                    size: None,
+                    limit: 1,
+                },
+                413,
+            ),
+            (ApiError::TooManyUploads(2), 429),
+            (ApiError::DatabaseUnavailable, 503),
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e:?}");

@@ -259,6 +259,9 @@ pub fn start_with_source(
         quotas: Arc::clone(&quotas),
         quota_supervisor: quota_supervisor.clone(),
         batches: batches.clone(),
+        uploads: Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(settings.batches.max_concurrent_uploads).unwrap_or(usize::MAX),
+        )),
     });
     let routes = routes::inference_routes(&settings);
     metrics.init_routes(routes.iter().map(|r| r.name));
@@ -281,9 +284,7 @@ pub fn start_with_source(
             .app_data(
                 web::JsonConfig::default()
                     .limit(1 << 20)
-                    .error_handler(|e, _| {
-                        ApiError::invalid(format!("Invalid JSON body: {e}")).into()
-                    }),
+                    .error_handler(|e, _| crate::error::json_body_error(&e).into()),
             )
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::invalid(format!("Invalid query string: {e}")).into()

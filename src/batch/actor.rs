@@ -645,7 +645,6 @@ impl Runner {
                 };
                 let ctx = LineCtx {
                     batch_id: row.id.clone(),
-                    endpoint: row.endpoint.clone(),
                     identity: Arc::clone(&identity),
                     pin: pin.clone(),
                 };
@@ -903,7 +902,7 @@ impl Runner {
         }
         let call = Call {
             model: entry,
-            upstream_path: endpoint_path(&ctx.endpoint),
+            upstream_path: line.endpoint,
             body: line.body.clone(),
             requested_model: line.model.clone(),
             pin: ctx.pin.clone(),
@@ -930,15 +929,6 @@ impl Runner {
     }
 }
 
-/// The `&'static` upstream path of a batch endpoint.
-fn endpoint_path(endpoint: &str) -> &'static str {
-    super::ENDPOINTS
-        .iter()
-        .find(|e| **e == endpoint)
-        .copied()
-        .unwrap_or(super::ENDPOINTS[0])
-}
-
 fn gateway_error(line: &Line, request_id: &str, e: &ApiError) -> String {
     let status = actix_web::ResponseError::status_code(e).as_u16();
     let body = serde_json::json!({"error": {"message": e.to_string(), "type": e.kind(),
@@ -963,7 +953,6 @@ fn gateway_error(line: &Line, request_id: &str, e: &ApiError) -> String {
 /// What every line of one batch shares.
 struct LineCtx {
     batch_id: String,
-    endpoint: String,
     identity: Arc<Identity>,
     pin: Option<Pin>,
 }
