@@ -59,6 +59,9 @@ pub struct Batches {
     pub max_concurrency: u64,
     /// Batches this process runs at once.
     pub max_running: u64,
+    /// Of those, at most this many of one user's (0 = all but one of `max_running`, so
+    /// another user's batch always finds a slot).
+    pub max_running_per_user: u64,
     /// A line starts only while fewer interactive requests than this are in flight on
     /// the model's targets (0 = batches never yield).
     pub yield_above_interactive: u64,
@@ -77,6 +80,14 @@ pub struct Batches {
 }
 
 impl Batches {
+    /// Slots one user's batches may hold in this process.
+    pub fn per_user_running(&self) -> u64 {
+        match self.max_running_per_user {
+            0 => self.max_running.saturating_sub(1).max(1),
+            n => n,
+        }
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }

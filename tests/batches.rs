@@ -1381,3 +1381,161 @@ async fn creating_a_batch_during_a_database_outage_is_503() {
     proxy.restore();
     gw.stop().await;
 }
+
+/// Issue 19 item 2: output folders removed before the batches finish. A batch whose output
+/// cannot be written fails (naming the folder) after bounded retries, cancel works while
+/// it is finalizing, and the log is not flooded.
+#[actix_rt::test]
+async fn an_unwritable_output_folder_fails_the_batch_and_cancel_still_works() {
+    let root = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start(Behavior {
+        latency: Duration::from_millis(50),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let roots = root.path().display().to_string();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
+            ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
+        ],
+    )
+    .await;
+    let input_path = root.path().join("in.jsonl");
+    let mut text = String::new();
+    for i in 0..5 {
+        text.push_str(
+            &json!({"messages": [{"role": "user", "content": format!("q{i}")}]}).to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&input_path, text).unwrap();
+    let mut ids = Vec::new();
+    for name in ["out1", "out2"] {
+        let out = root.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let (status, b) = json_call(
+            &gw.url,
+            "POST",
+            "/v1/batches",
+            None,
+            Some(json!({"input_file_path": input_path, "output_folder_path": out, "model": "m"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{b}");
+        std::fs::remove_dir(&out).unwrap();
+        ids.push((b["id"].as_str().unwrap().to_string(), out));
+    }
+    // The first is cancelled while it tries to write its output.
+    let (id1, _) = &ids[0];
+    wait_batch(&gw.url, None, id1, Duration::from_secs(20), |b| {
+        b["status"] == "finalizing" || terminal(b)
+    })
+    .await;
+    let (status, b) = json_call(
+        &gw.url,
+        "POST",
+        &format!("/v1/batches/{id1}/cancel"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "cancel while finalizing: {b}");
+    let b = wait_batch(&gw.url, None, id1, Duration::from_secs(20), terminal).await;
+    assert_eq!(b["status"], "cancelled", "{b}");
+    // The second fails, naming its folder; its results are still there.
+    let (id2, out2) = &ids[1];
+    let b = wait_batch(&gw.url, None, id2, Duration::from_secs(20), terminal).await;
+    assert_eq!(b["status"], "failed", "{b}");
+    let message = b["errors"]["data"][0]["message"].as_str().unwrap();
+    assert!(message.contains(&out2.display().to_string()), "{message}");
+    let out = content_lines(&gw.url, None, b["output_file_id"].as_str().unwrap()).await;
+    assert_eq!(out.len(), 5);
+    let logs = gw.logs();
+    let errors = logs
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERRO\""))
+        .count();
+    assert!(errors <= 2, "{errors} error lines: {logs}");
+    gw.stop().await;
+}
+
+/// Fair share: one user's batches cannot take every running slot while another user's
+/// batch waits.
+#[actix_rt::test]
+async fn one_users_batches_leave_a_slot_for_another_user() {
+    std::env::set_var("IGW_TEST_FAIR_ADMIN", "fair-bootstrap-admin-key-0123");
+    let mock = MockUpstream::start(Behavior {
+        latency: Duration::from_millis(150),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_FAIR_ADMIN"),
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__MAX_RUNNING", "2"),
+            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
+        ],
+    )
+    .await;
+    let alice = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "alice").await;
+    let bob = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "bob").await;
+    let submit_as = |key: String| {
+        let url = gw.url.clone();
+        async move {
+            let (status, f) = upload(&url, Some(&key), "batch", &input(12, "m")).await;
+            assert_eq!(status, 200, "{f}");
+            let (status, b) = create_batch(&url, Some(&key), f["id"].as_str().unwrap()).await;
+            assert_eq!(status, 200, "{b}");
+            b["id"].as_str().unwrap().to_string()
+        }
+    };
+    let a1 = submit_as(alice.clone()).await;
+    let a2 = submit_as(alice.clone()).await;
+    wait_batch(&gw.url, Some(&alice), &a1, Duration::from_secs(10), |b| {
+        b["status"] != "validating"
+    })
+    .await;
+    let b1 = submit_as(bob.clone()).await;
+    wait_batch(&gw.url, Some(&bob), &b1, Duration::from_secs(30), |b| {
+        b["status"] != "validating"
+    })
+    .await;
+    // Bob's batch started before both of alice's had: she never held both slots.
+    let (_, x1) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/batches/{a1}"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let (_, x2) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/batches/{a2}"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let started = [&x1, &x2]
+        .iter()
+        .filter(|b| b["in_progress_at"].is_number())
+        .count();
+    assert!(
+        started < 2,
+        "alice had both slots before bob got one: {x1} {x2}"
+    );
+    for (id, key) in [(&a1, &alice), (&a2, &alice), (&b1, &bob)] {
+        let b = wait_batch(&gw.url, Some(key), id, Duration::from_secs(30), terminal).await;
+        assert_eq!(b["status"], "completed", "{b}");
+    }
+    gw.stop().await;
+}

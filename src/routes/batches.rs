@@ -737,8 +737,8 @@ pub async fn get(
     respond(&req, &state, r)
 }
 
-/// `POST /v1/batches/{id}/cancel`: validating or in_progress → cancelling; the runner
-/// stops, keeps the lines done and writes their output (→ cancelled).
+/// `POST /v1/batches/{id}/cancel`: any state not final → cancelling; the runner stops,
+/// keeps the lines done and writes their output (→ cancelled).
 pub async fn cancel(
     req: HttpRequest,
     Caller(caller): Caller,
@@ -747,7 +747,10 @@ pub async fn cancel(
 ) -> HttpResponse {
     let r = async {
         let b = owned_batch(&state, &caller.id, &id).await?;
-        if matches!(b.status.as_str(), "validating" | "in_progress") {
+        if matches!(
+            b.status.as_str(),
+            "validating" | "in_progress" | "finalizing"
+        ) {
             let patch = BatchPatch {
                 status: Some("cancelling".into()),
                 cancelling_at: Some(now_ms()),
@@ -758,7 +761,11 @@ pub async fn cancel(
                 .update_batch(
                     b.id.clone(),
                     None,
-                    vec!["validating".into(), "in_progress".into()],
+                    vec![
+                        "validating".into(),
+                        "in_progress".into(),
+                        "finalizing".into(),
+                    ],
                     patch,
                 )
                 .await
