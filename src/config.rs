@@ -51,12 +51,17 @@ pub struct Batches {
     pub enabled: bool,
     /// Largest file `POST /v1/files` (and FIRST's path form) accepts.
     pub max_file_bytes: u64,
+    /// Uploads (`POST /v1/files`) received at once by this process; more are 429.
+    pub max_concurrent_uploads: u64,
     /// Lines of one batch in flight at once.
     pub concurrency_per_batch: u64,
     /// Lines of all batches in flight at once in this process.
     pub max_concurrency: u64,
     /// Batches this process runs at once.
     pub max_running: u64,
+    /// Of those, at most this many of one user's (0 = all but one of `max_running`, so
+    /// another user's batch always finds a slot).
+    pub max_running_per_user: u64,
     /// A line starts only while fewer interactive requests than this are in flight on
     /// the model's targets (0 = batches never yield).
     pub yield_above_interactive: u64,
@@ -75,6 +80,14 @@ pub struct Batches {
 }
 
 impl Batches {
+    /// Slots one user's batches may hold in this process.
+    pub fn per_user_running(&self) -> u64 {
+        match self.max_running_per_user {
+            0 => self.max_running.saturating_sub(1).max(1),
+            n => n,
+        }
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }
@@ -793,6 +806,10 @@ impl Settings {
         }
         positive("database.pool_size", self.database.pool_size as u64)?;
         positive("batches.max_file_bytes", self.batches.max_file_bytes)?;
+        positive(
+            "batches.max_concurrent_uploads",
+            self.batches.max_concurrent_uploads,
+        )?;
         positive(
             "batches.concurrency_per_batch",
             self.batches.concurrency_per_batch,

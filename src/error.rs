@@ -37,6 +37,8 @@ pub mod code {
     pub const PATH_NOT_ALLOWED: &str = "path_not_allowed";
     pub const GATEWAY_OVERLOADED: &str = "gateway_overloaded";
     pub const REQUEST_TIMEOUT: &str = "request_timeout";
+    pub const TOO_MANY_UPLOADS: &str = "too_many_uploads";
+    pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,9 +129,31 @@ pub enum ApiError {
         "The gateway has no free connections right now (too many open files); try again shortly."
     )]
     GatewayOverloaded,
+    /// A batch input file (uploaded, or FIRST's path) over `batches.max_file_bytes`.
+    #[error("{}", file_too_large_message(param, *size, *limit))]
+    FileTooLarge {
+        param: &'static str,
+        size: Option<u64>,
+        limit: u64,
+    },
+    /// `batches.max_concurrent_uploads` uploads are being received already.
+    #[error("Too many file uploads are in progress ({0}); try again shortly.")]
+    TooManyUploads(u64),
+    /// The database could not be reached (the cause is logged where it happened).
+    #[error("The database is unavailable right now; try again shortly.")]
+    DatabaseUnavailable,
     /// The cause is logged where it happens; the client sees only this.
     #[error("internal error")]
     Internal,
+}
+
+fn file_too_large_message(param: &str, size: Option<u64>, limit: u64) -> String {
+    match size {
+        Some(size) => {
+            format!("`{param}` is {size} bytes; an input file may be at most {limit} bytes.")
+        }
+        None => format!("`{param}` is larger than the limit of {limit} bytes for an input file."),
+    }
 }
 
 fn maintenance_message(cluster: &str, notice: &str) -> String {
@@ -197,6 +221,9 @@ impl ApiError {
             ApiError::TooManyBatches(_) => code::TOO_MANY_BATCHES,
             ApiError::PathNotAllowed { .. } => code::PATH_NOT_ALLOWED,
             ApiError::GatewayOverloaded => code::GATEWAY_OVERLOADED,
+            ApiError::FileTooLarge { .. } => code::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyUploads(_) => code::TOO_MANY_UPLOADS,
+            ApiError::DatabaseUnavailable => code::DATABASE_UNAVAILABLE,
             ApiError::Internal => code::INTERNAL,
         }
     }
@@ -220,7 +247,9 @@ impl ApiError {
             ApiError::InvalidRequest { param, .. } => *param,
             ApiError::InvalidField { param, .. } => Some(param),
             ApiError::ModelNotFound(_) => Some("model"),
-            ApiError::PathNotAllowed { param, .. } => Some(*param),
+            ApiError::PathNotAllowed { param, .. } | ApiError::FileTooLarge { param, .. } => {
+                Some(*param)
+            }
             _ => None,
         }
     }
@@ -274,6 +303,9 @@ impl ResponseError for ApiError {
             ApiError::TooManyBatches(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PathNotAllowed { .. } => StatusCode::BAD_REQUEST,
             ApiError::GatewayOverloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyUploads(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -301,8 +333,13 @@ impl ResponseError for ApiError {
                     res.insert_header((RETRY_AFTER, v));
                 }
             }
-            ApiError::NoAvailableTarget(_) | ApiError::GatewayOverloaded => {
+            ApiError::NoAvailableTarget(_)
+            | ApiError::GatewayOverloaded
+            | ApiError::DatabaseUnavailable => {
                 res.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::TooManyUploads(_) => {
+                res.insert_header((RETRY_AFTER, HeaderValue::from_static("1")));
             }
             ApiError::Unauthorized(_) => {
                 res.insert_header((
@@ -595,6 +632,16 @@ mod tests {
                 },
                 429,
             ),
+            (
+                ApiError::FileTooLarge {
+                    param: "file",
+                    size: None,
+                    limit: 1,
+                },
+                413,
+            ),
+            (ApiError::TooManyUploads(2), 429),
+            (ApiError::DatabaseUnavailable, 503),
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e:?}");

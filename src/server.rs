@@ -297,6 +297,9 @@ pub fn start_with_source(
         quotas: Arc::clone(&quotas),
         quota_supervisor: quota_supervisor.clone(),
         batches: batches.clone(),
+        uploads: Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(settings.batches.max_concurrent_uploads).unwrap_or(usize::MAX),
+        )),
     });
     let routes = routes::inference_routes(&settings);
     metrics.init_routes(routes.iter().map(|r| r.name));

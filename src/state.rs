@@ -54,4 +54,6 @@ pub struct AppState {
     pub quota_supervisor: Addr<QuotaSupervisor>,
     /// Runs batches (`None` when `batches.enabled = false`); handlers send it `Wake`.
     pub batches: Option<Addr<crate::batch::actor::BatchSupervisor>>,
+    /// File uploads being received (`batches.max_concurrent_uploads` permits).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }

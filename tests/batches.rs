@@ -1040,3 +1040,502 @@ async fn two_gateways_on_postgres_share_batches_without_double_work() {
     a.stop().await;
     b.stop().await;
 }
+
+// ------------------------------------------------- FIRST's guide, hostile input (issue 19/20)
+
+/// The FIRST user guide's batch example, as written (a bearer token, the federated route
+/// under `/resource_server`, `input_file_path`, bare lines), with its paths under an
+/// allowed root.
+#[actix_rt::test]
+async fn first_guides_batch_example_works_as_written() {
+    std::env::set_var("IGW_TEST_GUIDE_ADMIN", "guide-bootstrap-admin-key-0123");
+    let root = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let model = "meta-llama/Meta-Llama-3-8B-Instruct";
+    let roots = root.path().display().to_string();
+    let gw = start(
+        &[target("a", model, mock.url())],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_GUIDE_ADMIN"),
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
+        ],
+    )
+    .await;
+    let token = user_key(&gw.url, "guide-bootstrap-admin-key-0123", "alice").await;
+    let input = root.path().join("path/to/input.jsonl");
+    std::fs::create_dir_all(input.parent().unwrap()).unwrap();
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"messages": [{"role": "user", "content": "What is AI?"}], "max_tokens": 100}"#,
+            "\n",
+            r#"{"messages": [{"role": "user", "content": "Explain ML"}], "max_tokens": 100}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let output = root.path().join("path/to/output");
+    std::fs::create_dir_all(&output).unwrap();
+    let (status, b) = json_call(
+        &gw.url,
+        "POST",
+        "/resource_server/v1/batches",
+        Some(&token),
+        Some(json!({
+            "input_file_path": input,
+            "output_folder_path": format!("{}/", output.display()),
+            "model": model
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    assert_eq!(b["model"], model);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let b = loop {
+        let (status, b) = json_call(
+            &gw.url,
+            "GET",
+            &format!("/resource_server/v1/batches/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{b}");
+        if terminal(&b) {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "{b}");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(b["status"], "completed", "{b}");
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 2, "completed": 2, "failed": 0})
+    );
+    let written = std::fs::read_to_string(output.join(format!("{id}_output.jsonl"))).unwrap();
+    let ids: HashSet<String> = written
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, HashSet::from(["1".to_string(), "2".to_string()]));
+    let sent: Vec<Value> = mock
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    for body in &sent {
+        assert_eq!(body["model"], model);
+        assert_eq!(body["max_tokens"], 100);
+    }
+    assert!(mock
+        .requests()
+        .iter()
+        .all(|r| r.path == "/v1/chat/completions"));
+
+    // The host's files cannot be probed: outside the roots, existing or not, one answer.
+    let mut messages = Vec::new();
+    for path in ["/etc/shadow", "/etc/nonexistent"] {
+        let (status, err) = json_call(
+            &gw.url,
+            "POST",
+            "/resource_server/v1/batches",
+            Some(&token),
+            Some(json!({"input_file_path": path, "model": model})),
+        )
+        .await;
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["param"], "input_file_path");
+        messages.push(err["error"]["message"].as_str().unwrap().replace(path, "P"));
+    }
+    assert_eq!(messages[0], messages[1]);
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn batch_and_file_errors_say_what_was_wrong_with_the_right_status() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let roots = root.path().display().to_string();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BATCHES__ENABLED", "false"),
+            ("GATEWAY__BATCHES__MAX_FILE_BYTES", "1000"),
+            ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
+        ],
+    )
+    .await;
+    // JSON of the wrong shape: no Rust type names, the field named.
+    for (body, needle) in [
+        (json!("x"), "JSON object"),
+        (
+            json!({"input_file_id": 5, "endpoint": EP, "completion_window": "24h"}),
+            "`input_file_id`",
+        ),
+        (
+            json!({"input_file_id": "file-x", "endpoint": EP, "completion_window": "24h", "colour": 1}),
+            "`colour`",
+        ),
+        (json!({"endpoint": EP}), "`input_file_id`"),
+    ] {
+        let (status, err) =
+            json_call(&gw.url, "POST", "/v1/batches", None, Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains("struct") && !message.contains("CreateBatch"),
+            "{message}"
+        );
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    // JSON over the limit is 413.
+    let big =
+        json!({"input_file_id": "x".repeat(2 << 20), "endpoint": EP, "completion_window": "24h"});
+    let (status, err) = json_call(&gw.url, "POST", "/v1/batches", None, Some(big)).await;
+    assert_eq!(status, 413, "{err}");
+    // An input file over the limit says so, naming the file and the limit.
+    let in_path = root.path().join("big.jsonl");
+    std::fs::write(&in_path, vec![b' '; 1001]).unwrap();
+    let (status, err) = json_call(
+        &gw.url,
+        "POST",
+        "/v1/batches",
+        None,
+        Some(json!({"input_file_path": in_path, "model": "m"})),
+    )
+    .await;
+    assert_eq!(status, 413, "{err}");
+    assert_eq!(err["error"]["param"], "input_file_path");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1001") && message.contains("1000"),
+        "{message}"
+    );
+    assert!(!message.contains("Request body"), "{message}");
+    // The old pinned form still works with either field name.
+    std::fs::write(&in_path, input(1, "m")).unwrap();
+    for field in ["input_file", "input_file_path"] {
+        let (status, b) = json_call(
+            &gw.url,
+            "POST",
+            "/resource_server/local/vllm/v1/batches",
+            None,
+            Some(json!({field: in_path, "model": "m"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{field}: {b}");
+    }
+    gw.stop().await;
+}
+
+/// Raw HTTP/1.1: sends `head` (and `body`), returns the status line's code and the time
+/// to it. Bounded by a 10 s read timeout.
+async fn raw_request(addr: &str, head: String, body: &[u8]) -> (u16, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("no answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, started.elapsed())
+}
+
+#[actix_rt::test]
+async fn uploads_are_refused_early_and_bounded_in_number() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BATCHES__ENABLED", "false"),
+            ("GATEWAY__BATCHES__MAX_FILE_BYTES", "1000000"),
+            ("GATEWAY__BATCHES__MAX_CONCURRENT_UPLOADS", "2"),
+        ],
+    )
+    .await;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let boundary = "b0undary";
+    let head = |len: u64| {
+        format!(
+            "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let part = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n"
+    );
+    // A declared 200 MB body is refused before it is sent.
+    let (code, _) = raw_request(&addr, head(200_000_000), part.as_bytes()).await;
+    assert_eq!(code, 413);
+    // Two uploads in flight (half sent) hold both slots: a third is 429 at once.
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head(500_000).as_bytes()).await.unwrap();
+        s.write_all(part.as_bytes()).await.unwrap();
+        s.write_all(&[b'x'; 1000]).await.unwrap();
+        held.push(s);
+    }
+    // (Until the held uploads' handlers have run, a whole upload may still pass.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, err) = upload(&gw.url, None, "batch", &input(1, "m")).await;
+        if status == 429 {
+            assert_eq!(err["error"]["code"], "too_many_uploads");
+            break;
+        }
+        assert_eq!(status, 200, "{err}");
+        assert!(Instant::now() < deadline, "never 429");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    // Slots come back when those uploads end: a whole upload passes again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, f) = upload(&gw.url, None, "batch", &input(2, "m")).await;
+        if status == 200 {
+            assert_eq!(f["bytes"], input(2, "m").len());
+            break;
+        }
+        assert_eq!(status, 429, "{f}");
+        assert!(Instant::now() < deadline, "slots never came back");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A streamed upload over the limit leaves no temporary file behind.
+    let (status, _) = upload(&gw.url, None, "batch", &vec![b'x'; 1_000_001]).await;
+    assert_eq!(status, 413);
+    let leftovers: Vec<_> = std::fs::read_dir(gw.dir.path().join("data/files"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    gw.stop().await;
+}
+
+/// The database goes away (a chaos proxy in front of PostgreSQL cuts it): creating a
+/// batch is 503, not 400 "No such file".
+#[actix_rt::test]
+async fn creating_a_batch_during_a_database_outage_is_503() {
+    let Some(db) = TestDb::pg("creating_a_batch_during_a_database_outage_is_503") else {
+        return;
+    };
+    inference_gateway::store::migrate::run(&db.url()).unwrap();
+    let TestDb::Pg {
+        url: direct, name, ..
+    } = &db
+    else {
+        unreachable!()
+    };
+    let host_port = direct.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let host_port = if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let proxy = common::chaos::ChaosProxy::start(
+        host_port.replace("localhost", "127.0.0.1").parse().unwrap(),
+    );
+    let user = direct
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap();
+    let via = format!("postgres://{user}@{}/{name}", proxy.addr);
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__DATABASE__URL", &via),
+            ("GATEWAY__DATABASE__TIMEOUT_SECS", "2"),
+            ("GATEWAY__BATCHES__ENABLED", "false"),
+        ],
+    )
+    .await;
+    let (status, f) = upload(&gw.url, None, "batch", &input(1, "m")).await;
+    assert_eq!(status, 200, "{f}");
+    proxy.sever();
+    let (status, err) = create_batch(&gw.url, None, f["id"].as_str().unwrap()).await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "database_unavailable");
+    proxy.restore();
+    gw.stop().await;
+}
+
+/// Issue 19 item 2: output folders removed before the batches finish. A batch whose output
+/// cannot be written fails (naming the folder) after bounded retries, cancel works while
+/// it is finalizing, and the log is not flooded.
+#[actix_rt::test]
+async fn an_unwritable_output_folder_fails_the_batch_and_cancel_still_works() {
+    let root = tempfile::tempdir().unwrap();
+    let mock = MockUpstream::start(Behavior {
+        latency: Duration::from_millis(50),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let roots = root.path().display().to_string();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
+            ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
+        ],
+    )
+    .await;
+    let input_path = root.path().join("in.jsonl");
+    let mut text = String::new();
+    for i in 0..5 {
+        text.push_str(
+            &json!({"messages": [{"role": "user", "content": format!("q{i}")}]}).to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&input_path, text).unwrap();
+    let mut ids = Vec::new();
+    for name in ["out1", "out2"] {
+        let out = root.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let (status, b) = json_call(
+            &gw.url,
+            "POST",
+            "/v1/batches",
+            None,
+            Some(json!({"input_file_path": input_path, "output_folder_path": out, "model": "m"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{b}");
+        std::fs::remove_dir(&out).unwrap();
+        ids.push((b["id"].as_str().unwrap().to_string(), out));
+    }
+    // The first is cancelled while it tries to write its output.
+    let (id1, _) = &ids[0];
+    wait_batch(&gw.url, None, id1, Duration::from_secs(20), |b| {
+        b["status"] == "finalizing" || terminal(b)
+    })
+    .await;
+    let (status, b) = json_call(
+        &gw.url,
+        "POST",
+        &format!("/v1/batches/{id1}/cancel"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "cancel while finalizing: {b}");
+    let b = wait_batch(&gw.url, None, id1, Duration::from_secs(20), terminal).await;
+    assert_eq!(b["status"], "cancelled", "{b}");
+    // The second fails, naming its folder; its results are still there.
+    let (id2, out2) = &ids[1];
+    let b = wait_batch(&gw.url, None, id2, Duration::from_secs(20), terminal).await;
+    assert_eq!(b["status"], "failed", "{b}");
+    let message = b["errors"]["data"][0]["message"].as_str().unwrap();
+    assert!(message.contains(&out2.display().to_string()), "{message}");
+    let out = content_lines(&gw.url, None, b["output_file_id"].as_str().unwrap()).await;
+    assert_eq!(out.len(), 5);
+    let logs = gw.logs();
+    let errors = logs
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERRO\""))
+        .count();
+    assert!(errors <= 2, "{errors} error lines: {logs}");
+    gw.stop().await;
+}
+
+/// Fair share: one user's batches cannot take every running slot while another user's
+/// batch waits.
+#[actix_rt::test]
+async fn one_users_batches_leave_a_slot_for_another_user() {
+    std::env::set_var("IGW_TEST_FAIR_ADMIN", "fair-bootstrap-admin-key-0123");
+    let mock = MockUpstream::start(Behavior {
+        latency: Duration::from_millis(150),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_FAIR_ADMIN"),
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__MAX_RUNNING", "2"),
+            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
+        ],
+    )
+    .await;
+    let alice = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "alice").await;
+    let bob = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "bob").await;
+    let submit_as = |key: String| {
+        let url = gw.url.clone();
+        async move {
+            let (status, f) = upload(&url, Some(&key), "batch", &input(12, "m")).await;
+            assert_eq!(status, 200, "{f}");
+            let (status, b) = create_batch(&url, Some(&key), f["id"].as_str().unwrap()).await;
+            assert_eq!(status, 200, "{b}");
+            b["id"].as_str().unwrap().to_string()
+        }
+    };
+    let a1 = submit_as(alice.clone()).await;
+    let a2 = submit_as(alice.clone()).await;
+    wait_batch(&gw.url, Some(&alice), &a1, Duration::from_secs(10), |b| {
+        b["status"] != "validating"
+    })
+    .await;
+    let b1 = submit_as(bob.clone()).await;
+    wait_batch(&gw.url, Some(&bob), &b1, Duration::from_secs(30), |b| {
+        b["status"] != "validating"
+    })
+    .await;
+    // Bob's batch started before both of alice's had: she never held both slots.
+    let (_, x1) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/batches/{a1}"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let (_, x2) = json_call(
+        &gw.url,
+        "GET",
+        &format!("/v1/batches/{a2}"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    let started = [&x1, &x2]
+        .iter()
+        .filter(|b| b["in_progress_at"].is_number())
+        .count();
+    assert!(
+        started < 2,
+        "alice had both slots before bob got one: {x1} {x2}"
+    );
+    for (id, key) in [(&a1, &alice), (&a2, &alice), (&b1, &bob)] {
+        let b = wait_batch(&gw.url, Some(key), id, Duration::from_secs(30), terminal).await;
+        assert_eq!(b["status"], "completed", "{b}");
+    }
+    gw.stop().await;
+}

@@ -22,7 +22,7 @@
 //! so they die with it: nothing runs twice at the same time.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::lines::{self, Line};
+use super::repeat_log::RepeatLog;
 use super::{files, is_terminal, paths};
 use crate::actors::gateway::{Directory, ModelEntry};
 use crate::actors::log_writer::LogSink;
@@ -57,6 +58,14 @@ const WATCH_EVERY: Duration = Duration::from_millis(200);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Longest pause of a line refused with 429 before it tries again.
 const MAX_DELAY: Duration = Duration::from_secs(30);
+/// Longest pause before a batch whose run failed is claimed again.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(60);
+/// A repeated error is logged at most once per this interval (with the count left out).
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Tries to write a batch's output into FIRST's output folder, with a pause doubling from
+/// `OUTPUT_RETRY_FIRST` between them; then the batch fails, naming the folder.
+const OUTPUT_TRIES: u32 = 4;
+const OUTPUT_RETRY_FIRST: Duration = Duration::from_millis(250);
 
 /// What the actor needs; all shared, so a rebuilt actor gets the same.
 #[derive(Clone)]
@@ -169,7 +178,12 @@ pub struct BatchActor {
     upstream: Rc<Upstream>,
     global: Arc<Semaphore>,
     load: BatchLoad,
-    running: HashSet<String>,
+    /// Running batches and their owners.
+    running: HashMap<String, String>,
+    /// Batches whose last run stopped on an error: not claimed again before the time
+    /// (backoff doubling per failure, up to `MAX_RETRY_PAUSE`).
+    retry: HashMap<String, (Instant, u32)>,
+    repeats: RepeatLog,
     claiming: bool,
 }
 
@@ -184,7 +198,9 @@ impl BatchActor {
                 upstream: Rc::new(upstream),
                 global: Arc::new(Semaphore::new(permits)),
                 load: Rc::default(),
-                running: HashSet::new(),
+                running: HashMap::new(),
+                retry: HashMap::new(),
+                repeats: RepeatLog::new(REPEAT_LOG_EVERY),
                 claiming: false,
                 deps,
                 worker,
@@ -192,20 +208,48 @@ impl BatchActor {
         })
     }
 
-    /// Claims batches while this process runs fewer than `max_running`.
+    /// Claims batches while this process runs fewer than `max_running`. Fair share: a
+    /// batch of an owner with nothing running here is taken first, and no owner takes
+    /// more than `max_running_per_user` slots, so one user cannot hold them all.
     fn claim(&mut self, ctx: &mut Context<Self>) {
-        let cap = usize::try_from(self.deps.settings.batches.max_running).unwrap_or(usize::MAX);
+        let settings = &self.deps.settings.batches;
+        let cap = usize::try_from(settings.max_running).unwrap_or(usize::MAX);
         if self.claiming || self.running.len() >= cap {
             return;
         }
         self.claiming = true;
+        let per_user = usize::try_from(settings.per_user_running()).unwrap_or(usize::MAX);
         let store = Arc::clone(&self.deps.store);
         let worker = self.worker.clone();
-        let lease = ms(self.deps.settings.batches.lease());
-        let skip: Vec<String> = self.running.iter().cloned().collect();
+        let lease = ms(settings.lease());
+        let now_instant = Instant::now();
+        self.retry.retain(|_, (at, _)| *at > now_instant);
+        let skip: Vec<String> = self
+            .running
+            .keys()
+            .chain(self.retry.keys())
+            .cloned()
+            .collect();
+        let mut per_owner: HashMap<&str, usize> = HashMap::new();
+        for owner in self.running.values() {
+            *per_owner.entry(owner.as_str()).or_insert(0) += 1;
+        }
+        let busy: Vec<String> = per_owner.keys().map(|o| o.to_string()).collect();
+        let full: Vec<String> = per_owner
+            .iter()
+            .filter(|(_, n)| **n >= per_user)
+            .map(|(o, _)| o.to_string())
+            .collect();
         let fut = async move {
             let now = now_ms();
-            store.claim_batch(worker, now, now + lease, skip).await
+            let until = now + lease;
+            match store
+                .claim_batch(worker.clone(), now, until, skip.clone(), busy)
+                .await
+            {
+                Ok(None) => store.claim_batch(worker, now, until, skip, full).await,
+                other => other,
+            }
         };
         ctx.spawn(fut.into_actor(self).map(|claimed, act, ctx| {
             act.claiming = false;
@@ -216,7 +260,10 @@ impl BatchActor {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    slog::warn!(act.deps.log, "could not claim batches"; "error" => e.to_string());
+                    if let Some(left_out) = act.repeats.check("claim", Instant::now()) {
+                        slog::warn!(act.deps.log, "could not claim batches";
+                            "error" => e.to_string(), "repeats_left_out" => left_out);
+                    }
                 }
             }
         }));
@@ -229,7 +276,7 @@ impl BatchActor {
 
     fn run(&mut self, row: BatchRow, ctx: &mut Context<Self>) {
         let id = row.id.clone();
-        self.running.insert(id.clone());
+        self.running.insert(id.clone(), row.owner.clone());
         self.publish_active();
         let runner = Runner {
             deps: self.deps.clone(),
@@ -240,20 +287,37 @@ impl BatchActor {
         };
         let log = self.deps.log.new(slog::o!("batch_id" => id.clone()));
         ctx.spawn(
-            async move {
-                if let Err(e) = runner.drive(row, &log).await {
-                    slog::error!(log, "batch run stopped; it resumes when claimed again";
-                        "error" => e);
-                }
-            }
-            .into_actor(self)
-            .map(move |_, act, ctx| {
-                act.running.remove(&id);
-                act.publish_active();
-                act.claim(ctx);
-            }),
+            async move { (runner.drive(row, &log).await, log) }
+                .into_actor(self)
+                .map(move |(result, log), act, ctx| {
+                    act.running.remove(&id);
+                    act.publish_active();
+                    match result {
+                        Ok(()) => {
+                            act.retry.remove(&id);
+                        }
+                        Err(e) => {
+                            // Not claimed again at once: a batch failing the same way
+                            // must neither spin nor flood the log.
+                            let failures = act.retry.get(&id).map_or(0, |(_, n)| *n) + 1;
+                            let pause = retry_pause(failures);
+                            act.retry.insert(id.clone(), (Instant::now() + pause, failures));
+                            if let Some(left_out) = act.repeats.check(&id, Instant::now()) {
+                                slog::error!(log, "batch run stopped; it resumes when claimed again";
+                                    "error" => e, "failures" => failures,
+                                    "retry_in_ms" => ms(pause), "repeats_left_out" => left_out);
+                            }
+                        }
+                    }
+                    act.claim(ctx);
+                }),
         );
     }
+}
+
+/// The pause before a batch whose run failed `failures` times in a row is claimed again.
+fn retry_pause(failures: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << failures.min(7))).min(MAX_RETRY_PAUSE)
 }
 
 impl Actor for BatchActor {
@@ -431,9 +495,12 @@ impl Runner {
             ));
             text.push('\n');
         }
+        let bytes = text.into_bytes();
         let error_file = self
-            .put_batch_file(row, 'e', "errors", text.into_bytes())
+            .put_batch_file(row, 'e', "errors", bytes.clone())
             .await?;
+        // The batch fails anyway; a folder that cannot be written changes nothing.
+        let _ = self.to_folder(row, &[("errors".into(), bytes)]).await;
         let now = now_ms();
         let patch = BatchPatch {
             status: Some("failed".into()),
@@ -475,21 +542,6 @@ impl Runner {
     ) -> Result<String, String> {
         let id = files::batch_file_id(&row.id, kind);
         let len = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-        if let Some(folder) = &row.output_folder {
-            // FIRST's form: also into the client's folder, confined again now (a symlink
-            // could have been swapped in since the batch was created).
-            let roots = self.deps.settings.batches.allowed_roots.clone();
-            let folder = folder.clone();
-            let file_name = format!("{}_{name}.jsonl", row.id);
-            let copy = bytes.clone();
-            files::blocking(move || {
-                let dir = paths::confine(&folder, &roots, paths::Kind::Dir, "output_folder_path")
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                files::write_atomic(&dir.join(file_name), &copy)
-            })
-            .await
-            .map_err(|e| format!("output folder: {e}"))?;
-        }
         files::write(files::dir(&self.deps.settings), id.clone(), bytes)
             .await
             .map_err(|e| format!("writing {id}: {e}"))?;
@@ -505,6 +557,44 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?;
         Ok(id)
+    }
+
+    /// FIRST's form: copies the files into the client's output folder, confined again now
+    /// (a symlink could have been swapped in since the batch was created). Tried
+    /// `OUTPUT_TRIES` times with a doubling pause; `Err` names the folder and the cause.
+    async fn to_folder(&self, row: &BatchRow, written: &[(String, Vec<u8>)]) -> Result<(), String> {
+        let Some(folder) = row.output_folder.clone() else {
+            return Ok(());
+        };
+        let mut pause = OUTPUT_RETRY_FIRST;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let roots = self.deps.settings.batches.allowed_roots.clone();
+            let (dir, files_to_write) = (folder.clone(), written.to_vec());
+            let id = row.id.clone();
+            let result = files::blocking(move || {
+                let dir = paths::confine(&dir, &roots, paths::Kind::Dir, "output_folder_path")
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                for (name, bytes) in &files_to_write {
+                    files::write_atomic(&dir.join(format!("{id}_{name}.jsonl")), bytes)?;
+                }
+                Ok(())
+            })
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if tries >= OUTPUT_TRIES => {
+                    return Err(format!(
+                        "The output could not be written to `{folder}` ({tries} tries): {e}"
+                    ))
+                }
+                Err(_) => {
+                    actix_rt::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
     }
 
     /// Writes the output and error files from the stored results and moves the batch to
@@ -546,39 +636,61 @@ impl Runner {
             target.push_str(&item.result);
             target.push('\n');
         }
+        let mut written: Vec<(String, Vec<u8>)> = Vec::new();
         let output_file_id = if out.is_empty() {
             None
         } else {
-            Some(
-                self.put_batch_file(row, 'o', "output", out.into_bytes())
-                    .await?,
-            )
+            let bytes = out.into_bytes();
+            let id = self
+                .put_batch_file(row, 'o', "output", bytes.clone())
+                .await?;
+            written.push(("output".into(), bytes));
+            Some(id)
         };
         let error_file_id = if err.is_empty() {
             None
         } else {
-            Some(
-                self.put_batch_file(row, 'e', "errors", err.into_bytes())
-                    .await?,
-            )
+            let bytes = err.into_bytes();
+            let id = self
+                .put_batch_file(row, 'e', "errors", bytes.clone())
+                .await?;
+            written.push(("errors".into(), bytes));
+            Some(id)
         };
+        let folder_error = self.to_folder(row, &written).await.err();
         let now = now_ms();
+        // A completed batch whose output folder cannot be written has failed (its results
+        // are still in its output and error files); a cancelled or expired one stays so,
+        // with the error noted.
+        let status = match (&folder_error, last) {
+            (Some(_), "completed") => "failed",
+            _ => last,
+        };
         let mut patch = BatchPatch {
-            status: Some(last.into()),
+            status: Some(status.into()),
             output_file_id,
             error_file_id,
             completed: Some(completed),
             failed: Some(failed),
             ..BatchPatch::default()
         };
-        match last {
+        if let Some(message) = &folder_error {
+            slog::warn!(log, "batch output not written"; "error" => message);
+            patch.errors = Some(
+                serde_json::json!([{"code": "output_not_written", "message": message,
+                    "param": "output_folder_path", "line": null}])
+                .to_string(),
+            );
+        }
+        match status {
             "completed" => patch.completed_at = Some(now),
+            "failed" => patch.failed_at = Some(now),
             "cancelled" => patch.cancelled_at = Some(now),
             _ => patch.expired_at = Some(now),
         }
         let done = self.update(row, from, patch).await?;
         if done {
-            slog::info!(log, "batch finished"; "status" => last,
+            slog::info!(log, "batch finished"; "status" => status,
                 "completed" => completed, "failed" => failed);
         }
         Ok(true)
@@ -645,7 +757,6 @@ impl Runner {
                 };
                 let ctx = LineCtx {
                     batch_id: row.id.clone(),
-                    endpoint: row.endpoint.clone(),
                     identity: Arc::clone(&identity),
                     pin: pin.clone(),
                 };
@@ -903,7 +1014,7 @@ impl Runner {
         }
         let call = Call {
             model: entry,
-            upstream_path: endpoint_path(&ctx.endpoint),
+            upstream_path: line.endpoint,
             content_type: actix_web::http::header::HeaderValue::from_static("application/json"),
             body: line.body.clone(),
             requested_model: line.model.clone(),
@@ -934,15 +1045,6 @@ impl Runner {
     }
 }
 
-/// The `&'static` upstream path of a batch endpoint.
-fn endpoint_path(endpoint: &str) -> &'static str {
-    super::ENDPOINTS
-        .iter()
-        .find(|e| **e == endpoint)
-        .copied()
-        .unwrap_or(super::ENDPOINTS[0])
-}
-
 fn gateway_error(line: &Line, request_id: &str, e: &ApiError) -> String {
     let status = actix_web::ResponseError::status_code(e).as_u16();
     let body = serde_json::json!({"error": {"message": e.to_string(), "type": e.kind(),
@@ -967,7 +1069,6 @@ fn gateway_error(line: &Line, request_id: &str, e: &ApiError) -> String {
 /// What every line of one batch shares.
 struct LineCtx {
     batch_id: String,
-    endpoint: String,
     identity: Arc<Identity>,
     pin: Option<Pin>,
 }

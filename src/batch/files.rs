@@ -3,6 +3,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -71,6 +73,143 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+/// Bytes gathered before one write to disk.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// A file being written into the files directory under a temporary name, chunk by chunk
+/// (so an upload is never held whole in memory). `commit` syncs it and renames it to its
+/// id; dropped before that (an error, or the request future dropped at any await), the
+/// temporary file is removed.
+pub struct Incoming {
+    file: Option<std::fs::File>,
+    tmp: TmpGuard,
+    buf: Vec<u8>,
+    len: u64,
+}
+
+/// Removes its path on drop. `dropped` tells a blocking task that creates the file after
+/// the drop to remove it itself (whichever runs second removes it).
+struct TmpGuard {
+    path: PathBuf,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            self.dropped.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Incoming {
+    pub async fn create(dir: PathBuf) -> std::io::Result<Incoming> {
+        let tmp = TmpGuard {
+            path: dir.join(format!("incoming.tmp-{}", uuid::Uuid::new_v4().simple())),
+            dropped: Arc::new(AtomicBool::new(false)),
+        };
+        let (path, dropped) = (tmp.path.clone(), Arc::clone(&tmp.dropped));
+        let file = blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let file = std::fs::File::create(&path)?;
+            if dropped.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&path);
+            }
+            Ok(file)
+        })
+        .await?;
+        Ok(Incoming {
+            file: Some(file),
+            tmp,
+            buf: Vec::with_capacity(WRITE_CHUNK),
+            len: 0,
+        })
+    }
+
+    /// Bytes taken so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub async fn push(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.len += chunk.len() as u64;
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(std::io::Error::other("file already closed"));
+        };
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
+        let file = blocking(move || file.write_all(&buf).map(|()| file)).await?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Makes the bytes file `id` in the same directory, durably.
+    pub async fn commit(mut self, id: &str) -> std::io::Result<()> {
+        self.flush().await?;
+        let Some(file) = self.file.take() else {
+            return Err(std::io::Error::other("file already closed"));
+        };
+        let tmp = self.tmp.path.clone();
+        let dir = tmp.parent().map(Path::to_path_buf).unwrap_or_default();
+        let path = path_of(&dir, id)?;
+        blocking(move || {
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, path)
+        })
+        .await?;
+        self.tmp.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+/// Copies `src` (FIRST's input path) into file `id` without holding it in memory. `Err`
+/// inside: the file is larger than `limit` (its size), and nothing was kept.
+pub async fn import(
+    dir: PathBuf,
+    id: String,
+    src: PathBuf,
+    limit: u64,
+) -> std::io::Result<Result<u64, u64>> {
+    blocking(move || {
+        let mut from = std::fs::File::open(&src)?;
+        let size = from.metadata()?.len();
+        if size > limit {
+            return Ok(Err(size));
+        }
+        std::fs::create_dir_all(&dir)?;
+        let path = path_of(&dir, &id)?;
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+        let copied = (|| {
+            let mut to = std::fs::File::create(&tmp)?;
+            // The file may grow after the size was read: never take more than the limit.
+            let n = std::io::copy(&mut std::io::Read::take(&mut from, limit + 1), &mut to)?;
+            to.sync_all()?;
+            Ok::<u64, std::io::Error>(n)
+        })();
+        match copied {
+            Ok(n) if n <= limit => std::fs::rename(&tmp, &path).map(|()| Ok(n)),
+            other => {
+                let _ = std::fs::remove_file(&tmp);
+                other.map(Err)
+            }
+        }
+    })
+    .await
 }
 
 pub async fn read(dir: PathBuf, id: String) -> std::io::Result<Vec<u8>> {

@@ -1,6 +1,11 @@
 //! Batch input lines: validation (every line JSON with a unique `custom_id`, `method`
 //! POST, `url` the batch's endpoint, and a `body` object naming a `model`), and the lines
 //! of OpenAI's batch output format.
+//!
+//! FIRST's users write bare lines: the request body alone (`{"messages": [...]}`, no
+//! `custom_id`, `method`, `url` or `body`). Such a line's custom_id is its 1-based line
+//! number, and its endpoint comes from the body's shape (`messages` chat, `prompt`
+//! completions, `input` embeddings), else the batch's.
 
 use std::collections::HashSet;
 
@@ -14,6 +19,8 @@ pub struct Line {
     pub index: usize,
     pub custom_id: String,
     pub model: String,
+    /// Where it goes: the batch's endpoint, or for a bare line its body's shape.
+    pub endpoint: &'static str,
     /// The request body sent upstream.
     pub body: Bytes,
 }
@@ -44,8 +51,8 @@ pub fn parse(
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match parse_line(raw, endpoint, model) {
-            Ok((custom_id, model, body)) => {
+        match parse_line(raw, i + 1, endpoint, model) {
+            Ok((custom_id, model, endpoint, body)) => {
                 if !seen.insert(custom_id.clone()) {
                     errors.push(LineError {
                         line: i + 1,
@@ -57,6 +64,7 @@ pub fn parse(
                         index: i,
                         custom_id,
                         model,
+                        endpoint,
                         body,
                     });
                 }
@@ -82,10 +90,40 @@ pub fn parse(
     }
 }
 
-type Parsed = (String, String, Bytes);
+type Parsed = (String, String, &'static str, Bytes);
+
+/// The batch endpoint `name` is (the batch's own was checked when it was created).
+fn known_endpoint(name: &str) -> &'static str {
+    super::ENDPOINTS
+        .iter()
+        .find(|e| **e == name)
+        .copied()
+        .unwrap_or(super::ENDPOINTS[0])
+}
+
+/// A bare line's endpoint by its body's shape, else the batch's.
+fn endpoint_of(body: &serde_json::Map<String, Value>, batch: &'static str) -> &'static str {
+    if body.contains_key("messages") {
+        "/v1/chat/completions"
+    } else if body.contains_key("prompt") {
+        "/v1/completions"
+    } else if body.contains_key("input") {
+        "/v1/embeddings"
+    } else {
+        batch
+    }
+}
+
+/// Whether a line is a bare request body (FIRST): none of the batch line's own keys.
+fn is_bare(obj: &serde_json::Map<String, Value>) -> bool {
+    !["custom_id", "method", "url", "body"]
+        .iter()
+        .any(|k| obj.contains_key(*k))
+}
 
 fn parse_line(
     raw: &[u8],
+    line_no: usize,
     endpoint: &str,
     batch_model: Option<&str>,
 ) -> Result<Parsed, (Option<String>, String)> {
@@ -94,6 +132,15 @@ fn parse_line(
     let Value::Object(mut obj) = v else {
         return Err((None, "The line must be a JSON object.".into()));
     };
+    let batch_endpoint = known_endpoint(endpoint);
+    if is_bare(&obj) {
+        let endpoint = endpoint_of(&obj, batch_endpoint);
+        let custom_id = line_no.to_string();
+        let model = body_model(&mut obj, batch_model, Some(&custom_id))?;
+        let bytes =
+            serde_json::to_vec(&obj).map_err(|e| (Some(custom_id.clone()), e.to_string()))?;
+        return Ok((custom_id, model, endpoint, Bytes::from(bytes)));
+    }
     let custom_id = match obj.get("custom_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => {
@@ -120,6 +167,18 @@ fn parse_line(
     let Some(Value::Object(body)) = obj.get_mut("body") else {
         return Err((cid, "`body` is required and must be a JSON object.".into()));
     };
+    let model = body_model(body, batch_model, cid.as_deref())?;
+    let bytes = serde_json::to_vec(&obj["body"]).map_err(|e| (cid.clone(), e.to_string()))?;
+    Ok((custom_id, model, batch_endpoint, Bytes::from(bytes)))
+}
+
+/// Checks a request body's `stream` and `model` (filling in the batch's model).
+fn body_model(
+    body: &mut serde_json::Map<String, Value>,
+    batch_model: Option<&str>,
+    custom_id: Option<&str>,
+) -> Result<String, (Option<String>, String)> {
+    let cid = custom_id.map(str::to_string);
     if body.get("stream").and_then(Value::as_bool) == Some(true) {
         return Err((cid, "`body.stream` must not be true in a batch.".into()));
     }
@@ -142,8 +201,7 @@ fn parse_line(
             ))
         }
     };
-    let bytes = serde_json::to_vec(&obj["body"]).map_err(|e| (cid.clone(), e.to_string()))?;
-    Ok((custom_id, model, Bytes::from(bytes)))
+    Ok(model)
 }
 
 /// A new output line id.
@@ -257,6 +315,38 @@ mod tests {
         let body: Value = serde_json::from_slice(&lines[0].body).unwrap();
         assert_eq!(body["model"], "m");
         assert!(parse(line("a").as_bytes(), EP, Some("other")).is_err());
+    }
+
+    /// FIRST's guide: bare request bodies, one a line; the line number is the custom_id.
+    #[test]
+    fn bare_lines_take_their_number_and_endpoint_from_the_body() {
+        let input = concat!(
+            r#"{"messages": [{"role": "user", "content": "What is AI?"}], "max_tokens": 100}"#,
+            "\n\n",
+            r#"{"prompt": "Explain ML", "max_tokens": 100}"#,
+            "\n",
+            r#"{"input": "embed me"}"#,
+            "\n",
+        );
+        let lines = parse(input.as_bytes(), EP, Some("m")).unwrap();
+        let ids: Vec<&str> = lines.iter().map(|l| l.custom_id.as_str()).collect();
+        assert_eq!(ids, vec!["1", "3", "4"]);
+        let eps: Vec<&str> = lines.iter().map(|l| l.endpoint).collect();
+        assert_eq!(
+            eps,
+            vec!["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+        );
+        let body: Value = serde_json::from_slice(&lines[0].body).unwrap();
+        assert_eq!(body["model"], "m");
+        assert_eq!(body["max_tokens"], 100);
+        assert_eq!(body["messages"][0]["content"], "What is AI?");
+        // Without a batch model a bare line must name one; a body of another shape goes
+        // to the batch's endpoint.
+        assert!(parse(br#"{"messages": []}"#, EP, None).is_err());
+        let other = parse(br#"{"model": "m", "foo": 1}"#, "/v1/embeddings", None).unwrap();
+        assert_eq!(other[0].endpoint, "/v1/embeddings");
+        // A line with some of the batch keys is a batch line and must have them all.
+        assert!(parse(br#"{"body": {"model": "m"}}"#, EP, None).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod actor;
 pub mod files;
 pub mod lines;
 pub mod paths;
+pub mod repeat_log;
 
 use serde_json::{json, Value};
 

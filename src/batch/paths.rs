@@ -1,7 +1,9 @@
 //! FIRST's path form: a path a client names must lie under one of `batches.allowed_roots`.
-//! The path must be absolute and have no `..`; it is canonicalized (every symlink
-//! resolved) and the result must still be under a canonicalized root, so a symlink
-//! pointing out of the roots is refused like any other outside path.
+//! The path must be absolute and have no `..`. It is checked against the roots as written
+//! before anything on disk is touched (so the host's other files cannot be probed: a path
+//! outside the roots, a missing one and an unreadable one all get the same answer); then it
+//! is canonicalized (every symlink resolved) and the result must still be under a
+//! canonicalized root, so a symlink pointing out of the roots is refused the same way.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -16,6 +18,13 @@ pub enum Kind {
 
 fn refuse(param: &'static str, message: String) -> ApiError {
     ApiError::PathNotAllowed { message, param }
+}
+
+/// `path` without `.` components or a trailing slash (it is absolute and has no `..`).
+fn lexical(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
 }
 
 /// The canonical form of `raw` if it is allowed, else a 400 naming `param`.
@@ -46,35 +55,47 @@ pub fn confine(
             format!("`{param}` must not contain `..`; got `{shown}`."),
         ));
     }
-    let outside = || {
+    // One answer for outside, missing and unreadable alike.
+    let unusable = || {
+        let what = match kind {
+            Kind::File => "a readable file",
+            Kind::Dir => "a directory",
+        };
         refuse(
             param,
-            format!("`{param}` (`{shown}`) is not under a directory this gateway may use."),
+            format!(
+                "`{param}` (`{shown}`) is not {what} under a directory this gateway may use \
+                 (batches.allowed_roots)."
+            ),
         )
     };
-    let canonical = std::fs::canonicalize(path).map_err(|_| {
-        refuse(
-            param,
-            format!("`{param}` (`{shown}`) does not exist or cannot be read."),
-        )
-    })?;
-    let inside = roots
-        .iter()
-        .any(|root| std::fs::canonicalize(root).is_ok_and(|r| canonical.starts_with(&r)));
-    if !inside {
-        return Err(outside());
+    // The roots as configured and as they resolve (a root may be reached through a link).
+    let mut allowed: Vec<PathBuf> = Vec::with_capacity(roots.len() * 2);
+    let mut canonical_roots: Vec<PathBuf> = Vec::with_capacity(roots.len());
+    for root in roots {
+        allowed.push(lexical(root));
+        if let Ok(c) = std::fs::canonicalize(root) {
+            allowed.push(c.clone());
+            canonical_roots.push(c);
+        }
     }
-    let meta = std::fs::metadata(&canonical).map_err(|_| outside())?;
-    match kind {
-        Kind::File if !meta.is_file() => Err(refuse(
-            param,
-            format!("`{param}` (`{shown}`) is not a regular file."),
-        )),
-        Kind::Dir if !meta.is_dir() => Err(refuse(
-            param,
-            format!("`{param}` (`{shown}`) is not a directory."),
-        )),
-        _ => Ok(canonical),
+    let written = lexical(path);
+    if !allowed.iter().any(|r| written.starts_with(r)) {
+        return Err(unusable());
+    }
+    let canonical = std::fs::canonicalize(&written).map_err(|_| unusable())?;
+    if !canonical_roots.iter().any(|r| canonical.starts_with(r)) {
+        return Err(unusable());
+    }
+    let meta = std::fs::metadata(&canonical).map_err(|_| unusable())?;
+    let fits = match kind {
+        Kind::File => meta.is_file(),
+        Kind::Dir => meta.is_dir(),
+    };
+    if fits {
+        Ok(canonical)
+    } else {
+        Err(unusable())
     }
 }
 
@@ -116,5 +137,47 @@ mod tests {
                 .status_code(),
             400
         );
+    }
+
+    /// Outside the roots, an existing file and a missing one get the same answer: the
+    /// host's files cannot be probed through the error.
+    #[test]
+    fn outside_paths_cannot_be_told_apart() {
+        let root = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let roots = vec![root.path().to_path_buf()];
+        let exists = other.path().join("exists.jsonl");
+        std::fs::write(&exists, "x").unwrap();
+        let missing = other.path().join("missing.jsonl");
+        let inside_missing = root.path().join("missing.jsonl");
+        let message = |p: &std::path::Path| {
+            let e = confine(p.to_str().unwrap(), &roots, Kind::File, "input_file_path")
+                .unwrap_err()
+                .to_string();
+            e.replace(p.to_str().unwrap(), "PATH")
+        };
+        assert_eq!(message(&exists), message(&missing));
+        assert_eq!(message(&exists), message(&inside_missing));
+        assert_eq!(
+            message(Path::new("/etc/shadow")),
+            message(Path::new("/etc/nonexistent"))
+        );
+        // A symlink inside a root pointing out is refused with the same words.
+        let link = root.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&exists, &link).unwrap();
+        assert_eq!(message(&link), message(&missing));
+        // A root given through a symlink still works.
+        let via = other.path().join("via");
+        std::os::unix::fs::symlink(root.path(), &via).unwrap();
+        let file = root.path().join("ok.jsonl");
+        std::fs::write(&file, "x").unwrap();
+        assert!(confine(
+            via.join("ok.jsonl").to_str().unwrap(),
+            &[via.clone()],
+            Kind::File,
+            "p"
+        )
+        .is_ok());
+        assert!(confine(file.to_str().unwrap(), &[via], Kind::File, "p").is_ok());
     }
 }

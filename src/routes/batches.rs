@@ -4,7 +4,10 @@
 //! `BatchActor` does the work (woken with `Wake`).
 
 use actix_multipart::Multipart;
+use std::sync::Arc;
+
 use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::ConnectionType;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -18,7 +21,7 @@ use crate::json_body::JsonBody;
 use crate::quota::{Kind, Subject};
 use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
-use crate::store::{now_ms, BatchPatch, BatchRow, FileRow};
+use crate::store::{now_ms, BatchPatch, BatchRow, FileRow, StoreError};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -34,6 +37,17 @@ fn respond(req: &HttpRequest, state: &AppState, r: Result<HttpResponse>) -> Http
 fn internal(state: &AppState, what: &str, e: impl std::fmt::Display) -> ApiError {
     slog::error!(state.log, "batch storage failed"; "what" => what, "error" => e.to_string());
     ApiError::Internal
+}
+
+/// A database error: 503 when the database cannot be reached (a client may retry), else
+/// an internal error. Logged here, once.
+fn store_error(state: &AppState, what: &str, e: StoreError) -> ApiError {
+    if e.is_unavailable() {
+        slog::warn!(state.log, "database unavailable"; "what" => what, "error" => e.to_string());
+        ApiError::DatabaseUnavailable
+    } else {
+        internal(state, what, e)
+    }
 }
 
 #[derive(Deserialize)]
@@ -69,15 +83,51 @@ fn list_json<T>(mut rows: Vec<T>, limit: i64, to_json: impl Fn(&T) -> Value) -> 
 
 // ---------------------------------------------------------------------------- files
 
-/// `POST /v1/files` (multipart: `file`, `purpose=batch`).
+/// Room for a multipart body's boundaries and part headers beside the file itself.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+/// `POST /v1/files` (multipart: `file`, `purpose=batch`). The file part is written to a
+/// temporary file as it arrives, its size checked with every chunk; a declared
+/// `Content-Length` over the limit is refused before the body is read; at most
+/// `batches.max_concurrent_uploads` uploads are received at once (429 beyond).
 pub async fn upload(
     req: HttpRequest,
     Caller(caller): Caller,
     payload: Multipart,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let r = upload_inner(caller.id.clone(), payload, &state).await;
-    respond(&req, &state, r)
+    let r = async {
+        let limit = state.settings.batches.max_file_bytes;
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD)) {
+            return Err(ApiError::FileTooLarge {
+                param: "file",
+                size: None,
+                limit,
+            });
+        }
+        let Ok(_slot) = Arc::clone(&state.uploads).try_acquire_owned() else {
+            return Err(ApiError::TooManyUploads(
+                state.settings.batches.max_concurrent_uploads,
+            ));
+        };
+        upload_inner(caller.id.clone(), payload, &state).await
+    }
+    .await;
+    let mut res = respond(&req, &state, r);
+    if res.status().is_client_error() {
+        // The rest of a refused body is not read: the connection cannot be reused.
+        res.head_mut().set_connection_type(ConnectionType::Close);
+    }
+    res
+}
+
+fn multipart_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(format!("Invalid multipart body: {e}"))
 }
 
 async fn upload_inner(
@@ -85,35 +135,58 @@ async fn upload_inner(
     mut form: Multipart,
     state: &AppState,
 ) -> Result<HttpResponse> {
-    let limit = usize::try_from(state.settings.batches.max_file_bytes).unwrap_or(usize::MAX);
+    let limit = state.settings.batches.max_file_bytes;
+    let dir = files::dir(&state.settings);
     let mut purpose: Option<String> = None;
-    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut file: Option<(String, files::Incoming)> = None;
     while let Some(field) = form.next().await {
-        let mut field =
-            field.map_err(|e| ApiError::invalid(format!("Invalid multipart body: {e}")))?;
+        let mut field = field.map_err(multipart_error)?;
         let name = field.name().unwrap_or_default().to_string();
-        let filename = field
-            .content_disposition()
-            .and_then(|d| d.get_filename())
-            .map(str::to_string);
-        let cap = if name == "file" { limit } else { 1024 };
-        let mut bytes = Vec::new();
-        while let Some(chunk) = field.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::invalid(format!("Invalid multipart body: {e}")))?;
-            if bytes.len() + chunk.len() > cap {
-                return Err(if name == "file" {
-                    ApiError::PayloadTooLarge(limit)
-                } else {
-                    ApiError::invalid_param("purpose", "`purpose` is too long.")
-                });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
         match name.as_str() {
-            "purpose" => purpose = Some(String::from_utf8_lossy(&bytes).trim().to_string()),
-            "file" => file = Some((filename.unwrap_or_else(|| "upload.jsonl".into()), bytes)),
-            _ => {}
+            "file" => {
+                if file.is_some() {
+                    return Err(ApiError::invalid_param("file", "Send one `file` part."));
+                }
+                let filename = field
+                    .content_disposition()
+                    .and_then(|d| d.get_filename())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| "upload.jsonl".into());
+                let mut incoming = files::Incoming::create(dir.clone())
+                    .await
+                    .map_err(|e| internal(state, "creating an upload file", e))?;
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk.map_err(multipart_error)?;
+                    if incoming.len() + chunk.len() as u64 > limit {
+                        return Err(ApiError::FileTooLarge {
+                            param: "file",
+                            size: None,
+                            limit,
+                        });
+                    }
+                    incoming
+                        .push(&chunk)
+                        .await
+                        .map_err(|e| internal(state, "writing an upload", e))?;
+                }
+                file = Some((filename, incoming));
+            }
+            other => {
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk.map_err(multipart_error)?;
+                    if bytes.len() + chunk.len() > 1024 {
+                        return Err(ApiError::invalid(format!(
+                            "The form field `{}` is too long.",
+                            other.chars().take(64).collect::<String>()
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                if other == "purpose" {
+                    purpose = Some(String::from_utf8_lossy(&bytes).trim().to_string());
+                }
+            }
         }
     }
     match purpose.as_deref() {
@@ -129,36 +202,30 @@ async fn upload_inner(
         }
         None => return Err(ApiError::invalid_param("purpose", "`purpose` is required.")),
     }
-    let Some((filename, bytes)) = file else {
+    let Some((filename, incoming)) = file else {
         return Err(ApiError::invalid_param("file", "`file` is required."));
     };
-    let row = store_file(state, owner, filename, bytes).await?;
+    let row = file_row(files::new_file_id(), owner, filename, incoming.len());
+    incoming
+        .commit(&row.id)
+        .await
+        .map_err(|e| internal(state, "writing a file", e))?;
+    if let Err(e) = state.store.create_file(row.clone()).await {
+        let _ = files::remove(dir, row.id.clone()).await;
+        return Err(store_error(state, "files row", e));
+    }
     Ok(HttpResponse::Ok().json(files::file_json(&row)))
 }
 
-async fn store_file(
-    state: &AppState,
-    owner: String,
-    filename: String,
-    bytes: Vec<u8>,
-) -> Result<FileRow> {
-    let row = FileRow {
-        id: files::new_file_id(),
+fn file_row(id: String, owner: String, filename: String, bytes: u64) -> FileRow {
+    FileRow {
+        id,
         owner,
         filename: filename.chars().take(255).collect(),
         purpose: "batch".into(),
-        bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+        bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
         created_at: now_ms(),
-    };
-    files::write(files::dir(&state.settings), row.id.clone(), bytes)
-        .await
-        .map_err(|e| internal(state, "writing a file", e))?;
-    state
-        .store
-        .create_file(row.clone())
-        .await
-        .map_err(|e| internal(state, "files row", e))?;
-    Ok(row)
+    }
 }
 
 /// The caller's file, or 404 (also for another user's file).
@@ -167,7 +234,7 @@ async fn owned_file(state: &AppState, owner: &str, id: &str) -> Result<FileRow> 
         .store
         .get_file(id.to_string())
         .await
-        .map_err(|e| internal(state, "reading a file row", e))?;
+        .map_err(|e| store_error(state, "reading a file row", e))?;
     owned(row.filter(|f| f.owner == owner), "file", id)
 }
 
@@ -194,7 +261,7 @@ pub async fn list_files(
             .store
             .list_files(caller.id.clone(), page.after.clone(), limit + 1)
             .await
-            .map_err(|e| internal(&state, "listing files", e))?;
+            .map_err(|e| store_error(&state, "listing files", e))?;
         Ok(HttpResponse::Ok().json(list_json(rows, limit, files::file_json)))
     }
     .await;
@@ -244,7 +311,7 @@ pub async fn delete_file(
             .store
             .delete_file(f.id.clone())
             .await
-            .map_err(|e| internal(&state, "deleting a file row", e))?;
+            .map_err(|e| store_error(&state, "deleting a file row", e))?;
         files::remove(files::dir(&state.settings), f.id.clone())
             .await
             .map_err(|e| internal(&state, "deleting file bytes", e))?;
@@ -256,29 +323,67 @@ pub async fn delete_file(
 
 // -------------------------------------------------------------------------- batches
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBatch {
-    input_file_id: String,
-    endpoint: String,
-    completion_window: String,
-    #[serde(default)]
-    metadata: Option<Value>,
-}
+/// A batch request body, read field by field so that every refusal names the field in
+/// the client's words. Two forms: OpenAI's (`input_file_id`, an uploaded file) and
+/// FIRST's (`input_file_path`, or `input_file`, a path on this host).
+struct BatchBody(serde_json::Map<String, Value>);
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreatePathBatch {
-    input_file: String,
-    model: String,
-    #[serde(default)]
-    output_folder_path: Option<String>,
-    #[serde(default)]
-    endpoint: Option<String>,
-    #[serde(default)]
-    completion_window: Option<String>,
-    #[serde(default)]
-    metadata: Option<Value>,
+const OPENAI_FIELDS: [&str; 4] = ["input_file_id", "endpoint", "completion_window", "metadata"];
+const PATH_FIELDS: [&str; 7] = [
+    "input_file_path",
+    "input_file",
+    "output_folder_path",
+    "model",
+    "endpoint",
+    "completion_window",
+    "metadata",
+];
+
+impl BatchBody {
+    fn new(body: Value) -> Result<BatchBody> {
+        match body {
+            Value::Object(m) => Ok(BatchBody(m)),
+            _ => Err(ApiError::invalid(
+                "The body must be a JSON object: OpenAI's {\"input_file_id\", \"endpoint\", \"completion_window\"} or FIRST's {\"input_file_path\", \"output_folder_path\", \"model\"}.",
+            )),
+        }
+    }
+
+    /// The path field FIRST's form used, if any.
+    fn path_field(&self) -> Option<&'static str> {
+        ["input_file_path", "input_file"]
+            .into_iter()
+            .find(|k| self.0.get(*k).is_some_and(|v| !v.is_null()))
+    }
+
+    fn only(&self, allowed: &[&str], form: &str) -> Result<()> {
+        match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) => Err(ApiError::invalid(format!(
+                "Unknown field `{}` for a batch from {form}; the fields are {}.",
+                k.chars().take(64).collect::<String>(),
+                allowed.join(", ")
+            ))),
+        }
+    }
+
+    /// A string field (absent and null are `None`).
+    fn string(&self, key: &'static str) -> Result<Option<String>> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::invalid_param(
+                key,
+                format!("`{key}` must be a string."),
+            )),
+        }
+    }
+
+    fn required(&self, key: &'static str) -> Result<String> {
+        self.string(key)?
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ApiError::invalid_param(key, format!("`{key}` is required.")))
+    }
 }
 
 fn check_endpoint(endpoint: &str) -> Result<()> {
@@ -342,7 +447,7 @@ async fn check_batch_limit(state: &AppState, owner: &str) -> Result<()> {
         .store
         .count_active_batches(owner.to_string())
         .await
-        .map_err(|e| internal(state, "counting batches", e))?;
+        .map_err(|e| store_error(state, "counting batches", e))?;
     if u64::try_from(active).unwrap_or(0) >= limit {
         return Err(ApiError::TooManyBatches(limit));
     }
@@ -402,56 +507,86 @@ async fn insert_batch(
         .store
         .create_batch(row.clone())
         .await
-        .map_err(|e| internal(state, "creating a batch", e))?;
+        .map_err(|e| store_error(state, "creating a batch", e))?;
     if let Some(batches) = &state.batches {
         batches.do_send(Wake);
     }
     Ok(HttpResponse::Ok().json(batch_json(&row)))
 }
 
-/// `POST /v1/batches`.
+/// `POST /v1/batches`: OpenAI's form (`input_file_id`), or FIRST's form with a path
+/// (`input_file_path`), routed by any target serving the model.
 pub async fn create(
     req: HttpRequest,
     Caller(caller): Caller,
-    body: JsonBody<CreateBatch>,
+    body: JsonBody<Value>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let r = async {
-        let body = body.into_inner();
-        check_endpoint(&body.endpoint)?;
-        check_window(&body.completion_window)?;
-        let metadata = check_metadata(body.metadata)?;
-        let file = owned_file(&state, &caller.id, &body.input_file_id)
-            .await
-            .map_err(|_| {
-                ApiError::invalid_param(
-                    "input_file_id",
-                    format!(
-                        "No such file: `{}`.",
-                        body.input_file_id.chars().take(100).collect::<String>()
-                    ),
-                )
-            })?;
-        if file.purpose != "batch" {
-            return Err(ApiError::invalid_param(
-                "input_file_id",
-                "The input file must have been uploaded with purpose \"batch\".",
-            ));
+        let body = BatchBody::new(body.into_inner())?;
+        if body.path_field().is_some() && !body.0.contains_key("input_file_id") {
+            return create_path_batch(&state, &caller, body, None).await;
         }
-        check_batch_limit(&state, &caller.id).await?;
-        let new = NewBatch {
-            input_file_id: file.id,
-            endpoint: body.endpoint,
-            window: body.completion_window,
-            metadata,
-            model: None,
-            pin: None,
-            output_folder: None,
-        };
-        insert_batch(&state, &caller, new).await
+        create_file_batch(&state, &caller, body).await
     }
     .await;
     respond(&req, &state, r)
+}
+
+async fn create_file_batch(
+    state: &AppState,
+    caller: &crate::auth::identity::Identity,
+    body: BatchBody,
+) -> Result<HttpResponse> {
+    if body.path_field().is_some() {
+        return Err(ApiError::invalid_param(
+            "input_file_id",
+            "Give either `input_file_id` (an uploaded file) or `input_file_path` (a path), not both.",
+        ));
+    }
+    if body.0.get("input_file_id").is_none_or(Value::is_null) {
+        return Err(ApiError::invalid_param(
+            "input_file_id",
+            "`input_file_id` (an uploaded file) or `input_file_path` (a path on this host) is required.",
+        ));
+    }
+    body.only(&OPENAI_FIELDS, "an uploaded file")?;
+    let input_file_id = body.required("input_file_id")?;
+    let endpoint = body.required("endpoint")?;
+    let window = body.required("completion_window")?;
+    check_endpoint(&endpoint)?;
+    check_window(&window)?;
+    let metadata = check_metadata(body.0.get("metadata").cloned())?;
+    let file = owned_file(state, &caller.id, &input_file_id)
+        .await
+        .map_err(|e| match e {
+            // Another user's file is as missing as a file that never was.
+            ApiError::NotFound(_) => ApiError::invalid_param(
+                "input_file_id",
+                format!(
+                    "No such file: `{}`.",
+                    input_file_id.chars().take(100).collect::<String>()
+                ),
+            ),
+            other => other,
+        })?;
+    if file.purpose != "batch" {
+        return Err(ApiError::invalid_param(
+            "input_file_id",
+            "The input file must have been uploaded with purpose \"batch\".",
+        ));
+    }
+    check_batch_limit(state, &caller.id).await?;
+    let new = NewBatch {
+        input_file_id: file.id,
+        endpoint,
+        window,
+        metadata,
+        model: None,
+        pin: None,
+        output_folder: None,
+    };
+    insert_batch(state, caller, new).await
 }
 
 /// FIRST's `POST /{cluster}/{framework}/v1/batches` with an input path.
@@ -459,82 +594,108 @@ pub async fn create_from_path(
     req: HttpRequest,
     Caller(caller): Caller,
     path: web::Path<(String, String)>,
-    body: JsonBody<CreatePathBatch>,
+    body: JsonBody<Value>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let r = async {
-        let (cluster, framework) = path.into_inner();
-        let body = body.into_inner();
-        let endpoint = body.endpoint.unwrap_or_else(|| ENDPOINTS[0].to_string());
-        check_endpoint(&endpoint)?;
-        let window = body.completion_window.unwrap_or_else(|| WINDOW.to_string());
-        check_window(&window)?;
-        let metadata = check_metadata(body.metadata)?;
-        let roots = &state.settings.batches.allowed_roots;
-        let input = paths::confine(&body.input_file, roots, paths::Kind::File, "input_file")?;
-        let output_folder = match &body.output_folder_path {
-            Some(p) => Some(
-                paths::confine(p, roots, paths::Kind::Dir, "output_folder_path")?
-                    .display()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        let model = body.model.trim().to_string();
-        if model.is_empty() {
-            return Err(ApiError::invalid_param("model", "`model` is required."));
-        }
-        let known = state.directory.load().model(&model).is_some_and(|entry| {
-            entry
-                .targets
-                .iter()
-                .any(|t| t.spec.cluster == cluster && t.spec.framework == framework)
-        });
-        if !known {
-            return Err(ApiError::ModelNotFound(model));
-        }
-        if !caller.may_name(&model) {
-            return Err(ApiError::Forbidden(format!(
-                "This API key may not use model `{model}`."
-            )));
-        }
-        check_batch_limit(&state, &caller.id).await?;
-        let limit = state.settings.batches.max_file_bytes;
-        let read = input.clone();
-        let bytes = files::blocking(move || {
-            let len = std::fs::metadata(&read)?.len();
-            if len > limit {
-                return Ok(None);
-            }
-            std::fs::read(&read).map(Some)
-        })
-        .await
-        .map_err(|_| ApiError::PathNotAllowed {
-            message: "`input_file` could not be read.".into(),
-            param: "input_file",
-        })?
-        .ok_or(ApiError::PayloadTooLarge(
-            usize::try_from(limit).unwrap_or(usize::MAX),
-        ))?;
-        let filename = input
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "input.jsonl".into());
-        // The batch runs from its own copy: a later change to the path changes nothing.
-        let file = store_file(&state, caller.id.clone(), filename, bytes).await?;
-        let new = NewBatch {
-            input_file_id: file.id,
-            endpoint,
-            window,
-            metadata,
-            model: Some(model),
-            pin: Some((cluster, framework)),
-            output_folder,
-        };
-        insert_batch(&state, &caller, new).await
+        let body = BatchBody::new(body.into_inner())?;
+        create_path_batch(&state, &caller, body, Some(path.into_inner())).await
     }
     .await;
     respond(&req, &state, r)
+}
+
+/// FIRST's form: the input file (a path under `batches.allowed_roots`) is copied in, the
+/// output also goes to `output_folder_path`; pinned to a cluster and framework or not.
+async fn create_path_batch(
+    state: &AppState,
+    caller: &crate::auth::identity::Identity,
+    body: BatchBody,
+    pin: Option<(String, String)>,
+) -> Result<HttpResponse> {
+    body.only(&PATH_FIELDS, "a path")?;
+    let Some(input_param) = body.path_field() else {
+        return Err(ApiError::invalid_param(
+            "input_file_path",
+            "`input_file_path` (a path on this host) is required.",
+        ));
+    };
+    let input_raw = body.required(input_param)?;
+    let model = body.required("model")?.trim().to_string();
+    let endpoint = body
+        .string("endpoint")?
+        .unwrap_or_else(|| ENDPOINTS[0].to_string());
+    check_endpoint(&endpoint)?;
+    let window = body
+        .string("completion_window")?
+        .unwrap_or_else(|| WINDOW.to_string());
+    check_window(&window)?;
+    let metadata = check_metadata(body.0.get("metadata").cloned())?;
+    let roots = &state.settings.batches.allowed_roots;
+    let input = paths::confine(&input_raw, roots, paths::Kind::File, input_param)?;
+    let output_folder = match body.string("output_folder_path")? {
+        Some(p) => Some(
+            paths::confine(&p, roots, paths::Kind::Dir, "output_folder_path")?
+                .display()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let known = state.directory.load().model(&model).is_some_and(|entry| {
+        entry.targets.iter().any(|t| match &pin {
+            Some((cluster, framework)) => {
+                t.spec.cluster == *cluster && t.spec.framework == *framework
+            }
+            None => true,
+        })
+    });
+    if !known {
+        return Err(ApiError::ModelNotFound(model));
+    }
+    if !caller.may_name(&model) {
+        return Err(ApiError::Forbidden(format!(
+            "This API key may not use model `{model}`."
+        )));
+    }
+    check_batch_limit(state, &caller.id).await?;
+    let limit = state.settings.batches.max_file_bytes;
+    let id = files::new_file_id();
+    // The batch runs from its own copy: a later change to the path changes nothing.
+    let copied = files::import(
+        files::dir(&state.settings),
+        id.clone(),
+        input.clone(),
+        limit,
+    )
+    .await
+    .map_err(|_| ApiError::PathNotAllowed {
+        message: format!("`{input_param}` could not be read."),
+        param: input_param,
+    })?;
+    let bytes = copied.map_err(|size| ApiError::FileTooLarge {
+        param: input_param,
+        size: Some(size),
+        limit,
+    })?;
+    let filename = input
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input.jsonl".into());
+    let file = file_row(id, caller.id.clone(), filename, bytes);
+    if let Err(e) = state.store.create_file(file.clone()).await {
+        let _ = files::remove(files::dir(&state.settings), file.id.clone()).await;
+        return Err(store_error(state, "files row", e));
+    }
+    let new = NewBatch {
+        input_file_id: file.id,
+        endpoint,
+        window,
+        metadata,
+        model: Some(model),
+        pin,
+        output_folder,
+    };
+    insert_batch(state, caller, new).await
 }
 
 async fn owned_batch(state: &AppState, owner: &str, id: &str) -> Result<BatchRow> {
@@ -542,7 +703,7 @@ async fn owned_batch(state: &AppState, owner: &str, id: &str) -> Result<BatchRow
         .store
         .get_batch(id.to_string())
         .await
-        .map_err(|e| internal(state, "reading a batch", e))?;
+        .map_err(|e| store_error(state, "reading a batch", e))?;
     owned(row.filter(|b| b.owner == owner), "batch", id)
 }
 
@@ -558,7 +719,7 @@ pub async fn list(
             .store
             .list_batches(caller.id.clone(), page.after.clone(), limit + 1)
             .await
-            .map_err(|e| internal(&state, "listing batches", e))?;
+            .map_err(|e| store_error(&state, "listing batches", e))?;
         Ok(HttpResponse::Ok().json(list_json(rows, limit, batch_json)))
     }
     .await;
@@ -577,8 +738,8 @@ pub async fn get(
     respond(&req, &state, r)
 }
 
-/// `POST /v1/batches/{id}/cancel`: validating or in_progress → cancelling; the runner
-/// stops, keeps the lines done and writes their output (→ cancelled).
+/// `POST /v1/batches/{id}/cancel`: any state not final → cancelling; the runner stops,
+/// keeps the lines done and writes their output (→ cancelled).
 pub async fn cancel(
     req: HttpRequest,
     Caller(caller): Caller,
@@ -587,7 +748,10 @@ pub async fn cancel(
 ) -> HttpResponse {
     let r = async {
         let b = owned_batch(&state, &caller.id, &id).await?;
-        if matches!(b.status.as_str(), "validating" | "in_progress") {
+        if matches!(
+            b.status.as_str(),
+            "validating" | "in_progress" | "finalizing"
+        ) {
             let patch = BatchPatch {
                 status: Some("cancelling".into()),
                 cancelling_at: Some(now_ms()),
@@ -598,11 +762,15 @@ pub async fn cancel(
                 .update_batch(
                     b.id.clone(),
                     None,
-                    vec!["validating".into(), "in_progress".into()],
+                    vec![
+                        "validating".into(),
+                        "in_progress".into(),
+                        "finalizing".into(),
+                    ],
                     patch,
                 )
                 .await
-                .map_err(|e| internal(&state, "cancelling a batch", e))?;
+                .map_err(|e| store_error(&state, "cancelling a batch", e))?;
             if let Some(batches) = &state.batches {
                 batches.do_send(Wake);
             }

@@ -36,6 +36,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database could not be reached or did not answer (as opposed to a query it
+    /// refused): worth a 503 and a retry.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            StoreError::Connection(_) | StoreError::Timeout(_) => true,
+            StoreError::Query(Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )) => true,
+            StoreError::Query(Error::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Unix milliseconds, the unit of every time column.
@@ -397,12 +414,14 @@ pub trait BatchStore: Send + Sync {
     /// Claims one active batch whose lease is free, expired, or already `worker`'s: sets
     /// `lease_owner = worker`, `lease_until = until`. PostgreSQL picks candidates with
     /// `FOR UPDATE SKIP LOCKED`; both backends then take it with a conditional UPDATE.
+    /// Batches in `skip` and batches of `avoid_owners` are not taken (fair share).
     fn claim_batch(
         &self,
         worker: String,
         now: i64,
         until: i64,
         skip: Vec<String>,
+        avoid_owners: Vec<String>,
     ) -> BoxFuture<'_, StoreResult<Option<BatchRow>>>;
     /// Applies `patch` if `worker` holds the lease (when given) and the status is one of
     /// `from`; false when the batch moved on (cancelled, or claimed elsewhere).

@@ -482,6 +482,7 @@ macro_rules! impl_stores {
                 now: i64,
                 until: i64,
                 skip: Vec<String>,
+                avoid_owners: Vec<String>,
             ) -> BoxFuture<'_, StoreResult<Option<BatchRow>>> {
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
@@ -496,6 +497,7 @@ macro_rules! impl_stores {
                                 .filter(batches::status.eq_any(ACTIVE_BATCH_STATES))
                                 .filter(free)
                                 .filter(diesel::dsl::not(batches::id.eq_any(&skip)))
+                                .filter(diesel::dsl::not(batches::owner.eq_any(&avoid_owners)))
                                 .order(batches::id.asc())
                                 .limit(8);
                             let ids: Vec<String> =
