@@ -38,6 +38,38 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// The database could not be reached or could not take writes now (connection,
+    /// timeout, lock, read-only, serialization conflict): trying the same statement later
+    /// may succeed. Anything else (a value the database refuses) is about the statement.
+    pub fn is_unavailable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match self {
+            StoreError::Connection(_) | StoreError::Timeout(_) => true,
+            StoreError::Corrupt(_) => false,
+            StoreError::Query(E::DatabaseError(kind, info)) => match kind {
+                K::ClosedConnection
+                | K::UnableToSendCommand
+                | K::ReadOnlyTransaction
+                | K::SerializationFailure => true,
+                // SQLite's SQLITE_BUSY / SQLITE_LOCKED, and I/O or full-disk failures.
+                _ => {
+                    let m = info.message();
+                    m.contains("database is locked")
+                        || m.contains("database table is locked")
+                        || m.contains("disk I/O error")
+                        || m.contains("database or disk is full")
+                        || m.contains("No space left")
+                }
+            },
+            StoreError::Query(
+                E::BrokenTransactionManager | E::AlreadyInTransaction | E::RollbackErrorOnCommit { .. },
+            ) => true,
+            StoreError::Query(_) => false,
+        }
+    }
+}
+
 /// Unix milliseconds, the unit of every time column.
 pub fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)

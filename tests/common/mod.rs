@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod chaos;
 pub mod db;
+pub mod private_pg;
 
 use std::net::TcpListener;
 use std::sync::Arc;
