@@ -253,9 +253,11 @@ impl LogWriter {
         match &stored.quarantine_error {
             None => slog::error!(self.log, "request log: rows refused by the database, kept aside";
                 "rows" => stored.refused, "error" => stored.refused_error.clone(), "file" => file),
-            Some(e) => slog::error!(self.log, "request log: rows refused by the database and lost (quarantine file not written)";
+            Some(e) => {
+                slog::error!(self.log, "request log: rows refused by the database and lost (quarantine file not written)";
                 "rows" => stored.refused, "error" => stored.refused_error.clone(),
-                "file" => file, "file_error" => e.to_string()),
+                "file" => file, "file_error" => e.to_string())
+            }
         }
     }
 

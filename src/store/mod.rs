@@ -12,6 +12,7 @@ mod queries;
 pub mod schema;
 pub mod sqlite;
 mod sqlite_log_insert;
+pub mod storable;
 pub mod url;
 
 use std::sync::Arc;
@@ -63,7 +64,9 @@ impl StoreError {
                 }
             },
             StoreError::Query(
-                E::BrokenTransactionManager | E::AlreadyInTransaction | E::RollbackErrorOnCommit { .. },
+                E::BrokenTransactionManager
+                | E::AlreadyInTransaction
+                | E::RollbackErrorOnCommit { .. },
             ) => true,
             StoreError::Query(_) => false,
         }

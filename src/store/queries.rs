@@ -248,7 +248,9 @@ macro_rules! impl_stores {
                     if rows.is_empty() {
                         return Ok(0);
                     }
-                    self.insert_log_rows(rows).await
+                    // Client text (a NUL in `model`...) must not cost the batch its insert.
+                    self.insert_log_rows($crate::store::storable::log_rows(rows))
+                        .await
                 }))
             }
 

@@ -127,7 +127,10 @@ impl PrivatePg {
         self.running = true;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "the private PostgreSQL never listened");
+            assert!(
+                Instant::now() < deadline,
+                "the private PostgreSQL never listened"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
