@@ -14,6 +14,7 @@ pub mod logging;
 pub mod login;
 pub mod metrics;
 pub mod normalize_path;
+pub mod nul_input;
 pub mod openapi;
 pub mod proxy;
 pub mod quota;

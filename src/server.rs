@@ -347,17 +347,21 @@ pub fn start_with_source(
 }
 
 /// The app's innermost middleware: `/v1//models/` is routed as `/v1/models` (merged and
-/// trimmed slashes), and with gzip on, a small body of known size is marked
-/// `Content-Encoding: identity` for the `Compress` layer outside.
-async fn edges(
+/// trimmed slashes), a `%00` in the path or query is a 400 (`nul_input`), and with gzip
+/// on, a small body of known size is marked `Content-Encoding: identity` for the
+/// `Compress` layer outside.
+async fn edges<B: MessageBody + 'static>(
     mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<B>,
     gzip: bool,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<actix_web::body::EitherBody<B>>, actix_web::Error> {
     crate::normalize_path::normalize(&mut req);
+    if let Some(refused) = crate::nul_input::refuse(&req) {
+        return Ok(req.into_response(refused).map_into_right_body());
+    }
     let mut res = next.call(req).await?;
     if gzip {
         security::mark_small_body(&mut res);
     }
-    Ok(res)
+    Ok(res.map_into_left_body())
 }

@@ -2,13 +2,16 @@
 //! whole statement is refused), and client input reaches columns unchecked (a `model`
 //! field, a request id header, a path segment). Rust strings are valid UTF-8 already (bytes
 //! become strings lossily where they are read), so what is left is NUL, replaced here by
-//! U+FFFD as invalid UTF-8 is, and length: identifier columns are cut at
-//! [`MAX_FIELD_BYTES`] (on a character boundary). Applied once, where rows enter the store.
+//! U+FFFD as invalid UTF-8 is, and length: request-log identifier columns are cut at
+//! [`MAX_FIELD_BYTES`] (on a character boundary). Applied once, where rows enter the store
+//! (`queries.rs`): request-log rows, files, batches, batch line results, and ids looked up
+//! for a client. (Key users and orgs with NUL are refused by `/admin/keys`; a NUL in a
+//! path or query is refused before routing: `nul_input`.)
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::LogRow;
+use super::{BatchRow, FileRow, ItemRow, LogRow};
 
 /// The longest identifier (model, user, request id...) stored, in bytes.
 pub const MAX_FIELD_BYTES: usize = 1024;
@@ -117,6 +120,45 @@ pub fn log_rows(rows: Arc<[LogRow]>) -> Arc<[LogRow]> {
             r
         })
         .collect()
+}
+
+/// An id looked up for a client: one holding NUL cannot be stored, so it is looked up as
+/// what a stored one would be (nothing matches; PostgreSQL would refuse the query).
+pub fn lookup(id: String) -> String {
+    match text(&id, usize::MAX) {
+        Cow::Borrowed(_) => id,
+        Cow::Owned(fixed) => fixed,
+    }
+}
+
+/// A file row's client text (the upload's file name).
+pub fn file_row(mut f: FileRow) -> FileRow {
+    fix(&mut f.owner, usize::MAX);
+    fix(&mut f.filename, usize::MAX);
+    f
+}
+
+/// A batch row's client text (FIRST's form: model, cluster, framework, output folder).
+pub fn batch_row(mut b: BatchRow) -> BatchRow {
+    fix(&mut b.owner, usize::MAX);
+    fix(&mut b.input_file_id, usize::MAX);
+    for s in [
+        &mut b.model,
+        &mut b.cluster,
+        &mut b.framework,
+        &mut b.output_folder,
+    ] {
+        fix_opt(s, usize::MAX);
+    }
+    b
+}
+
+/// Batch line results: `custom_id` comes from the input file.
+pub fn item_rows(mut rows: Vec<ItemRow>) -> Vec<ItemRow> {
+    for r in &mut rows {
+        fix(&mut r.custom_id, usize::MAX);
+    }
+    rows
 }
 
 #[cfg(test)]
