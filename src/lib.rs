@@ -16,6 +16,7 @@ pub mod logging;
 pub mod login;
 pub mod metrics;
 pub mod normalize_path;
+pub mod nul_input;
 pub mod openapi;
 pub mod pbs_json;
 pub mod proxy;

@@ -14,7 +14,8 @@
 //! - quota/rate limiting: `gateway_queue_wait_seconds`, `gateway_rate_limit_rejections_total`,
 //!   `gateway_quota_rejections_total`;
 //! - auth: `gateway_auth_failures_total`, `gateway_introspection_cache_total`;
-//! - storage (the log writer): `gateway_log_queue_depth`, `gateway_log_spills_total`.
+//! - storage (the log writer): `gateway_log_queue_depth`, `gateway_log_spills_total`,
+//!   `gateway_log_quarantined_total`.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -92,6 +93,8 @@ pub struct Metrics {
     pub introspection_cache: IntCounterVec,
     pub log_queue_depth: IntGauge,
     pub log_spills: IntCounter,
+    /// Request-log rows the database refused on their own (kept in the quarantine file).
+    pub log_quarantined: IntCounter,
     /// Redis mode: 1 while Redis answers the quota component, 0 while it falls back.
     pub quota_redis_up: IntGauge,
     /// Redis mode: admissions decided on local limits because Redis was unreachable.
@@ -311,6 +314,16 @@ impl Metrics {
         )
         .unwrap_or_else(|e| bad("gateway_log_spills_total", e));
         register(&r, "gateway_log_spills_total", Box::new(log_spills.clone()));
+        let log_quarantined = IntCounter::new(
+            "gateway_log_quarantined_total",
+            "Request-log rows the database refused on their own, moved to quarantine.jsonl beside the spill file.",
+        )
+        .unwrap_or_else(|e| bad("gateway_log_quarantined_total", e));
+        register(
+            &r,
+            "gateway_log_quarantined_total",
+            Box::new(log_quarantined.clone()),
+        );
         let quota_redis_up = IntGauge::new(
             "gateway_quota_redis_up",
             "Redis mode: 1 while Redis answers the quota component, 0 while quotas fall back to local limits (0 without redis.url).",
@@ -412,6 +425,7 @@ impl Metrics {
             introspection_cache,
             log_queue_depth,
             log_spills,
+            log_quarantined,
             quota_redis_up,
             quota_redis_fallback,
             cache,
@@ -527,6 +541,11 @@ impl Metrics {
         let counted = self.log_spills.get();
         if spilled > counted {
             self.log_spills.inc_by(spilled - counted);
+        }
+        let quarantined = stats.quarantined.load(Ordering::Relaxed);
+        let counted = self.log_quarantined.get();
+        if quarantined > counted {
+            self.log_quarantined.inc_by(quarantined - counted);
         }
     }
 
@@ -680,6 +699,7 @@ mod tests {
             "gateway_introspection_cache_total",
             "gateway_log_queue_depth",
             "gateway_log_spills_total",
+            "gateway_log_quarantined_total",
             "gateway_quota_redis_up",
             "gateway_quota_redis_fallback_total",
             "gateway_cache_requests_total",

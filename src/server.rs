@@ -386,9 +386,10 @@ pub fn start_with_source(
 }
 
 /// The app's innermost middleware: `/v1//models/` is routed as `/v1/models` (merged and
-/// trimmed slashes); a request body that stops arriving for `body_timeout` is answered
-/// 408 with `Connection: close` (`body_timeout::wrap`); and with gzip on, a small body of
-/// known size is marked `Content-Encoding: identity` for the `Compress` layer outside.
+/// trimmed slashes); a `%00` in the path or query is a 400 (`nul_input`); a request body
+/// that stops arriving for `body_timeout` is answered 408 with `Connection: close`
+/// (`body_timeout::wrap`); and with gzip on, a small body of known size is marked
+/// `Content-Encoding: identity` for the `Compress` layer outside.
 async fn edges(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -396,6 +397,9 @@ async fn edges(
     body_timeout: Duration,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     crate::normalize_path::normalize(&mut req);
+    if let Some(refused) = crate::nul_input::refuse(&req) {
+        return Ok(req.into_response(refused).map_into_right_body());
+    }
     let fired = crate::body_timeout::wrap(&mut req, body_timeout);
     let res = next.call(req).await?;
     let mut res = if fired.is_some_and(|f| f.get()) {

@@ -467,3 +467,170 @@ async fn a_previous_runs_spill_file_is_replayed_at_start() {
     );
     gw.stop().await;
 }
+
+/// Good requests around one whose `model` holds a NUL.
+async fn around_a_nul(gw: &TestGateway) {
+    for i in 0..3 {
+        assert_eq!(
+            post_with_id(gw, &chat("llama"), &format!("good-{i}"))
+                .await
+                .0,
+            200
+        );
+    }
+    let nul = json!({"model": "x\u{0000}y", "messages": []});
+    let (status, body) = post_with_id(gw, &nul, "nul").await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    for i in 3..6 {
+        assert_eq!(
+            post_with_id(gw, &chat("llama"), &format!("good-{i}"))
+                .await
+                .0,
+            200
+        );
+    }
+    gw.flush_log().await;
+}
+
+/// Issue 19: PostgreSQL's text cannot hold NUL; the row's text is made storable, so the
+/// batch (and every batch after it) is written.
+#[actix_rt::test]
+async fn a_nul_in_the_model_does_not_stop_the_request_log() {
+    for db in TestDb::all("a_nul_in_the_model_does_not_stop_the_request_log") {
+        let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+        let spill_dir = tempfile::tempdir().unwrap();
+        let spill_path = spill_dir.path().display().to_string();
+        let url = db.config_url();
+        let gw = start(
+            &[target("a", "llama", mock.url())],
+            &[
+                ("GATEWAY__DATABASE__URL", &url),
+                ("GATEWAY__LOGGING__SPILL_DIR", &spill_path),
+            ],
+        )
+        .await;
+        around_a_nul(&gw).await;
+        let stored = rows(&gw).await;
+        let mut ids: Vec<&str> = stored.iter().map(|r| r.request_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["good-0", "good-1", "good-2", "good-3", "good-4", "good-5", "nul"],
+            "{}: every row stored",
+            db.name()
+        );
+        assert_eq!(by_request(&stored, "nul").model, "x\u{FFFD}y");
+        assert_eq!(
+            Spill::new(spill_dir.path().to_path_buf())
+                .pending()
+                .unwrap(),
+            0,
+            "{}: nothing waits in the spill file",
+            db.name()
+        );
+        let stats = gw.log_stats.clone().unwrap();
+        assert_eq!(LogStats::get(&stats.quarantined), 0);
+        gw.stop().await;
+    }
+}
+
+/// Makes the database refuse request-log rows whose model is `poison`.
+fn refuse_poison(db: &TestDb) {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    match db {
+        TestDb::Sqlite { path, .. } => {
+            let mut c =
+                diesel::sqlite::SqliteConnection::establish(&path.display().to_string()).unwrap();
+            c.batch_execute(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON request_log \
+                 WHEN NEW.model = 'poison' BEGIN SELECT RAISE(ABORT, 'poison row'); END;",
+            )
+            .unwrap();
+        }
+        TestDb::Pg { url, .. } => {
+            let mut c = diesel::pg::PgConnection::establish(url).unwrap();
+            c.batch_execute(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.model = 'poison' THEN RAISE EXCEPTION 'poison row'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON request_log \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Issue 19: a row the database refuses is kept aside alone (its own file, a metric, one
+/// log line); the rows of its batch, and the batches after it, are stored.
+#[actix_rt::test]
+async fn a_row_the_database_refuses_is_quarantined_alone() {
+    for db in TestDb::all("a_row_the_database_refuses_is_quarantined_alone") {
+        store::migrate::run(&db.url()).unwrap();
+        refuse_poison(&db);
+        let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+        let spill_dir = tempfile::tempdir().unwrap();
+        let spill_path = spill_dir.path().display().to_string();
+        let url = db.config_url();
+        let gw = start(
+            &[target("a", "llama", mock.url())],
+            &[
+                ("GATEWAY__DATABASE__URL", &url),
+                ("GATEWAY__LOGGING__SPILL_DIR", &spill_path),
+                ("GATEWAY__LOGGING__RETRY_INTERVAL_SECS", "1"),
+            ],
+        )
+        .await;
+        for (id, model) in [("a", "llama"), ("p", "poison"), ("b", "llama")] {
+            post_with_id(&gw, &chat(model), id).await;
+        }
+        gw.flush_log().await;
+        assert_eq!(post_with_id(&gw, &chat("llama"), "c").await.0, 200);
+        gw.flush_log().await;
+        let mut ids: Vec<String> = rows(&gw).await.into_iter().map(|r| r.request_id).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            ["a", "b", "c"],
+            "{}: the good rows are stored",
+            db.name()
+        );
+        let spill = Spill::new(spill_dir.path().to_path_buf());
+        assert_eq!(spill.pending().unwrap(), 0, "{}", db.name());
+        let quarantine = std::fs::read_to_string(
+            spill_dir
+                .path()
+                .join(inference_gateway::actors::log_writer::QUARANTINE),
+        )
+        .unwrap();
+        let lines: Vec<Value> = quarantine
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{}: {quarantine}", db.name());
+        assert_eq!(lines[0]["row"]["request_id"], "p");
+        assert!(
+            lines[0]["error"].as_str().unwrap().contains("poison row"),
+            "{}",
+            lines[0]
+        );
+        let stats = gw.log_stats.clone().unwrap();
+        assert_eq!(LogStats::get(&stats.quarantined), 1);
+        let mut res = gw.client().get(gw.at("/metrics")).send().await.unwrap();
+        let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+        assert!(
+            text.contains("gateway_log_quarantined_total 1"),
+            "{}",
+            db.name()
+        );
+        let logs = gw.logs();
+        assert_eq!(
+            logs.matches("request log: rows refused by the database")
+                .count(),
+            1,
+            "{logs}"
+        );
+        gw.stop().await;
+    }
+}

@@ -11,11 +11,18 @@
 //! while the database is slow): when an insert fails, the batch is appended to a
 //! JSON-lines spill file (fsync'd) and the writer counts the database as down: further
 //! batches go straight to the file, and every `retry_interval` the file is replayed into
-//! the database, then removed. Rows beyond `queue_capacity` go to the file too. Row ids
+//! the database, then removed. Rows beyond `queue_capacity` go to the file too. A replay
+//! that is due goes before the next batch (one operation runs at a time), so the file is
+//! drained while traffic goes on, and again after every replay until it is empty. Row ids
 //! are made by the gateway and inserts skip ids already stored, so a batch that reached
-//! the database before its acknowledgement was lost is not written twice. File I/O runs
-//! on tokio's blocking pool. `Flush` (awaited by the shutdown path) writes out everything
-//! queued.
+//! the database before its acknowledgement was lost is not written twice.
+//!
+//! A batch the database refuses for a reason other than being unavailable
+//! ([`StoreError::is_unavailable`]) is inserted again row by row: the rows it takes are
+//! stored, and a row it refuses alone is appended to `quarantine.jsonl` beside the spill
+//! file (with the error; counted, and logged once per batch), so one bad row never holds
+//! back the rows around it. File I/O runs on tokio's blocking pool. `Flush` (awaited by
+//! the shutdown path) replays the spill file, then writes out everything queued.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -74,6 +81,8 @@ pub struct LogStats {
     pub replayed: AtomicU64,
     /// Rows that could be neither stored nor spilled (disk full and database down).
     pub lost: AtomicU64,
+    /// Rows the database refused on their own, kept in the quarantine file.
+    pub quarantined: AtomicU64,
     /// Rows deleted by retention.
     pub pruned: AtomicU64,
 }
@@ -116,6 +125,8 @@ pub struct LogWriter {
     queue: VecDeque<LogRow>,
     /// An insert, spill of a failed batch, or replay is running (one at a time).
     busy: bool,
+    /// A replay should run as soon as nothing else is busy (it goes before the next batch).
+    replay_due: bool,
     /// Background operations running (busy work, overflow spills, prunes).
     ops: usize,
     db_down: bool,
@@ -138,6 +149,7 @@ impl LogWriter {
             cfg,
             queue: VecDeque::new(),
             busy: false,
+            replay_due: true,
             ops: 0,
             db_down: false,
             spill_dirty: true,
@@ -191,9 +203,16 @@ impl LogWriter {
         rows
     }
 
-    /// Starts the next batch if nothing else is running.
+    /// Starts the next operation if nothing else is running: a due replay first, else the
+    /// next batch.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.queue.is_empty() {
+        if self.busy {
+            return;
+        }
+        if self.replay_due {
+            return self.replay(ctx);
+        }
+        if self.queue.is_empty() {
             return;
         }
         let batch: Arc<[LogRow]> = self.take(self.cfg.batch_size).into();
@@ -204,25 +223,42 @@ impl LogWriter {
             return;
         }
         let store = Arc::clone(&self.store);
-        let work = async move {
-            let result = store.insert_log(Arc::clone(&batch)).await;
-            (result, batch)
-        };
-        ctx.spawn(work.into_actor(self).map(|(result, batch), act, ctx| {
-            match result {
-                Ok(_) => {
-                    add(&act.stats.written, batch.len());
+        let spill = Arc::clone(&self.spill);
+        let work = async move { store_rows(&*store, &spill, batch).await };
+        ctx.spawn(work.into_actor(self).map(|stored, act, ctx| {
+            add(&act.stats.written, stored.inserted);
+            act.quarantined(&stored);
+            match stored.down {
+                None => {
                     act.busy = false;
                     act.ops -= 1;
                     act.after_op(ctx);
                 }
-                Err(e) => {
-                    act.went_down(&e, batch.len());
+                Some((e, rest)) => {
+                    act.went_down(&e, rest.len());
                     // Still busy: the same operation goes on by spilling.
-                    act.spill_rows(batch, ctx, true);
+                    act.spill_rows(rest.into(), ctx, true);
                 }
             }
         }));
+    }
+
+    /// Counts and logs (one line) rows the database refused on their own.
+    fn quarantined(&mut self, stored: &Stored) {
+        if stored.refused == 0 {
+            return;
+        }
+        add(&self.stats.quarantined, stored.refused);
+        let file = self.spill.dir().join(QUARANTINE).display().to_string();
+        match &stored.quarantine_error {
+            None => slog::error!(self.log, "request log: rows refused by the database, kept aside";
+                "rows" => stored.refused, "error" => stored.refused_error.clone(), "file" => file),
+            Some(e) => {
+                slog::error!(self.log, "request log: rows refused by the database and lost (quarantine file not written)";
+                "rows" => stored.refused, "error" => stored.refused_error.clone(),
+                "file" => file, "file_error" => e.to_string())
+            }
+        }
     }
 
     fn went_down(&mut self, e: &StoreError, rows: usize) {
@@ -270,11 +306,14 @@ impl LogWriter {
         }));
     }
 
-    /// Replays the spill file into the database.
+    /// Replays the spill file into the database (when nothing else runs; else it is due
+    /// and goes before the next batch).
     fn replay(&mut self, ctx: &mut Context<Self>) {
+        self.replay_due = true;
         if self.busy {
             return;
         }
+        self.replay_due = false;
         self.busy = true;
         self.ops += 1;
         let spill = Arc::clone(&self.spill);
@@ -290,13 +329,16 @@ impl LogWriter {
             let (rows, skipped) = match taken {
                 Ok(Some(found)) => found,
                 Ok(None) => return Replayed::Nothing,
-                Err(e) => return Replayed::FileError(e),
+                Err(e) => return Replayed::FileError(e, Stored::default()),
             };
             let mut inserted = 0;
+            let mut refused = Stored::default();
             for chunk in rows.chunks(batch) {
-                match store.insert_log(chunk.to_vec().into()).await {
-                    Ok(n) => inserted += n,
-                    Err(e) => return Replayed::DbDown(e),
+                let stored = store_rows(&*store, &spill, chunk.to_vec().into()).await;
+                inserted += stored.inserted;
+                refused.add_refused(&stored);
+                if let Some((e, _)) = stored.down {
+                    return Replayed::DbDown(e, refused);
                 }
             }
             let removed = tokio::task::spawn_blocking(move || spill.finish_replay())
@@ -307,8 +349,9 @@ impl LogWriter {
                     rows: rows.len(),
                     inserted,
                     skipped,
+                    refused,
                 },
-                Err(e) => Replayed::FileError(e),
+                Err(e) => Replayed::FileError(e, refused),
             }
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
@@ -323,20 +366,24 @@ impl LogWriter {
                     rows,
                     inserted,
                     skipped,
+                    refused,
                 } => {
-                    add(&act.stats.replayed, rows);
+                    add(&act.stats.replayed, rows - refused.refused);
+                    act.quarantined(&refused);
                     slog::info!(act.log, "request log: spill file replayed into the database";
                         "rows" => rows, "rows_inserted" => inserted,
                         "lines_unreadable" => skipped);
                     act.db_down = false;
-                    // More may have been spilled meanwhile: look again at once.
-                    ctx.notify(Retry);
+                    // More may have been spilled meanwhile: look again before the next batch.
+                    act.replay_due = true;
                 }
-                Replayed::DbDown(e) => {
+                Replayed::DbDown(e, refused) => {
+                    act.quarantined(&refused);
                     slog::debug!(act.log, "request log: database still down"; "error" => e.to_string());
                     act.db_down = true;
                 }
-                Replayed::FileError(e) => {
+                Replayed::FileError(e, refused) => {
+                    act.quarantined(&refused);
                     slog::error!(act.log, "request log: cannot read the spill file";
                         "error" => e.to_string(),
                         "spill_dir" => act.cfg.spill_dir.display().to_string());
@@ -382,10 +429,10 @@ impl LogWriter {
     fn after_op(&mut self, ctx: &mut Context<Self>) {
         self.drain(ctx);
         let flushing = !self.flush_waiters.is_empty();
-        if flushing || self.queue.len() >= self.cfg.batch_size {
+        if flushing || self.replay_due || self.queue.len() >= self.cfg.batch_size {
             self.flush(ctx);
         }
-        if flushing && self.queue.is_empty() && self.ops == 0 {
+        if flushing && self.queue.is_empty() && self.ops == 0 && !self.replay_due {
             for waiter in self.flush_waiters.drain(..) {
                 let _ = waiter.send(());
             }
@@ -399,9 +446,91 @@ enum Replayed {
         rows: usize,
         inserted: usize,
         skipped: usize,
+        refused: Stored,
     },
-    DbDown(StoreError),
-    FileError(io::Error),
+    DbDown(StoreError, Stored),
+    FileError(io::Error, Stored),
+}
+
+/// What storing one batch came to.
+#[derive(Default)]
+struct Stored {
+    /// Rows inserted now (rows stored before are skipped and not counted).
+    inserted: usize,
+    /// Rows the database refused on their own (moved to the quarantine file).
+    refused: usize,
+    /// The database's last reason for refusing one.
+    refused_error: String,
+    /// Writing the quarantine file failed (those rows are lost).
+    quarantine_error: Option<String>,
+    /// The database is unavailable: why, and the rows not stored (to spill).
+    down: Option<(StoreError, Vec<LogRow>)>,
+}
+
+impl Stored {
+    fn add_refused(&mut self, other: &Stored) {
+        if other.refused > 0 {
+            self.refused += other.refused;
+            self.refused_error.clone_from(&other.refused_error);
+            if other.quarantine_error.is_some() {
+                self.quarantine_error.clone_from(&other.quarantine_error);
+            }
+        }
+    }
+}
+
+/// Inserts a batch. When the database refuses it for a reason other than being
+/// unavailable, the rows go again one by one: a row refused alone goes to the quarantine
+/// file, the others are stored. If every row of a batch of several is refused, the
+/// database, not the rows, is the problem: the batch counts as not stored (spilled).
+async fn store_rows(store: &dyn Store, spill: &Arc<Spill>, rows: Arc<[LogRow]>) -> Stored {
+    let e = match store.insert_log(Arc::clone(&rows)).await {
+        Ok(n) => {
+            return Stored {
+                inserted: n,
+                ..Stored::default()
+            }
+        }
+        Err(e) => e,
+    };
+    if e.is_unavailable() {
+        return Stored {
+            down: Some((e, rows.to_vec())),
+            ..Stored::default()
+        };
+    }
+    let mut stored = Stored::default();
+    let mut refused: Vec<(LogRow, String)> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        match store.insert_log(Arc::new([row.clone()])).await {
+            Ok(n) => stored.inserted += n,
+            Err(e) if e.is_unavailable() => {
+                // Went away meanwhile: the rest (refused ones included) waits in the spill.
+                let rest = refused
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .chain(rows[i..].iter().cloned())
+                    .collect();
+                stored.down = Some((e, rest));
+                return stored;
+            }
+            Err(e) => refused.push((row.clone(), e.to_string())),
+        }
+    }
+    if refused.len() == rows.len() && rows.len() > 1 {
+        stored.down = Some((e, rows.to_vec()));
+        return stored;
+    }
+    if let Some((_, error)) = refused.last() {
+        stored.refused = refused.len();
+        stored.refused_error.clone_from(error);
+        let spill = Arc::clone(spill);
+        let written = tokio::task::spawn_blocking(move || spill.quarantine(&refused))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        stored.quarantine_error = written.err().map(|e| e.to_string());
+    }
+    stored
 }
 
 impl Actor for LogWriter {
@@ -414,6 +543,7 @@ impl Actor for LogWriter {
         });
         ctx.run_interval(self.cfg.retry_interval, |act, ctx| {
             if act.db_down || act.spill_dirty {
+                // Runs now, or as soon as the operation in progress ends.
                 act.replay(ctx);
             }
         });
@@ -441,6 +571,10 @@ impl Handler<Flush> for LogWriter {
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.flush_waiters.push(tx);
+        // What waits in the spill file goes in first (the database may be back).
+        if self.db_down || self.spill_dirty {
+            self.replay_due = true;
+        }
         self.flush_after_deferred(ctx, Instant::now() + DEFERRED_WAIT);
         Box::pin(async move {
             let _ = rx.await;
@@ -477,6 +611,9 @@ impl Handler<Retry> for LogWriter {
 
 const ACTIVE: &str = "request-log.jsonl";
 const REPLAYING: &str = "request-log.replaying.jsonl";
+/// Rows the database refused on their own: `{"error", "quarantined_at", "row"}` a line,
+/// never replayed (an operator may fix and re-insert them).
+pub const QUARANTINE: &str = "quarantine.jsonl";
 
 /// The append-only spill file. New rows go to `request-log.jsonl`; a replay first renames
 /// it to `request-log.replaying.jsonl` (so appends during the replay go to a new file) and
@@ -514,6 +651,27 @@ impl Spill {
             .create(true)
             .append(true)
             .open(self.dir.join(ACTIVE))?;
+        file.write_all(&text)?;
+        file.sync_data()
+    }
+
+    /// Appends refused rows with their errors to the quarantine file, and fsyncs.
+    pub fn quarantine(&self, rows: &[(LogRow, String)]) -> io::Result<()> {
+        let _g = self.guard();
+        fs::create_dir_all(&self.dir)?;
+        let at = now_ms();
+        let mut text = Vec::with_capacity(rows.len() * 512);
+        for (row, error) in rows {
+            serde_json::to_writer(
+                &mut text,
+                &serde_json::json!({"error": error, "quarantined_at": at, "row": row}),
+            )?;
+            text.push(b'\n');
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(QUARANTINE))?;
         file.write_all(&text)?;
         file.sync_data()
     }

@@ -64,10 +64,20 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let user = body.user.trim().to_string();
-    if user.is_empty() || user.len() > 200 || user.contains(['<', '>']) {
+    if user.is_empty() || user.len() > 200 || user.contains(['<', '>', '\0']) {
         return Err(ApiError::invalid_param(
             "user",
             "`user` must be a non-empty name (at most 200 characters).",
+        ));
+    }
+    if body
+        .org
+        .as_deref()
+        .is_some_and(|o| o.len() > 200 || o.contains('\0'))
+    {
+        return Err(ApiError::invalid_param(
+            "org",
+            "`org` must be a name of at most 200 characters.",
         ));
     }
     let expires_at = match body.expires_in.as_deref() {

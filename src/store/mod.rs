@@ -12,6 +12,7 @@ mod queries;
 pub mod schema;
 pub mod sqlite;
 mod sqlite_log_insert;
+pub mod storable;
 pub mod url;
 
 use std::sync::Arc;
@@ -36,24 +37,41 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+pub type StoreResult<T> = Result<T, StoreError>;
+
 impl StoreError {
-    /// The database could not be reached or did not answer (as opposed to a query it
-    /// refused): worth a 503 and a retry.
+    /// The database could not be reached or could not take writes now (connection,
+    /// timeout, lock, read-only, serialization conflict): trying the same statement later
+    /// may succeed. Anything else (a value the database refuses) is about the statement.
     pub fn is_unavailable(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error};
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
         match self {
             StoreError::Connection(_) | StoreError::Timeout(_) => true,
-            StoreError::Query(Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                _,
-            )) => true,
-            StoreError::Query(Error::BrokenTransactionManager) => true,
-            _ => false,
+            StoreError::Corrupt(_) => false,
+            StoreError::Query(E::DatabaseError(kind, info)) => match kind {
+                K::ClosedConnection
+                | K::UnableToSendCommand
+                | K::ReadOnlyTransaction
+                | K::SerializationFailure => true,
+                // SQLite's SQLITE_BUSY / SQLITE_LOCKED, and I/O or full-disk failures.
+                _ => {
+                    let m = info.message();
+                    m.contains("database is locked")
+                        || m.contains("database table is locked")
+                        || m.contains("disk I/O error")
+                        || m.contains("database or disk is full")
+                        || m.contains("No space left")
+                }
+            },
+            StoreError::Query(
+                E::BrokenTransactionManager
+                | E::AlreadyInTransaction
+                | E::RollbackErrorOnCommit { .. },
+            ) => true,
+            StoreError::Query(_) => false,
         }
     }
 }
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Unix milliseconds, the unit of every time column.
 pub fn unix_ms(t: SystemTime) -> i64 {

@@ -248,7 +248,9 @@ macro_rules! impl_stores {
                     if rows.is_empty() {
                         return Ok(0);
                     }
-                    self.insert_log_rows(rows).await
+                    // Client text (a NUL in `model`...) must not cost the batch its insert.
+                    self.insert_log_rows($crate::store::storable::log_rows(rows))
+                        .await
                 }))
             }
 
@@ -349,6 +351,7 @@ macro_rules! impl_stores {
 
         impl BatchStore for $store {
             fn create_file(&self, row: FileRow) -> BoxFuture<'_, StoreResult<()>> {
+                let row = $crate::store::storable::file_row(row);
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     diesel::insert_into(files::table)
@@ -360,6 +363,7 @@ macro_rules! impl_stores {
             }
 
             fn put_file(&self, row: FileRow) -> BoxFuture<'_, StoreResult<()>> {
+                let row = $crate::store::storable::file_row(row);
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     diesel::insert_into(files::table)
@@ -378,6 +382,7 @@ macro_rules! impl_stores {
             }
 
             fn get_file(&self, id: String) -> BoxFuture<'_, StoreResult<Option<FileRow>>> {
+                let id = $crate::store::storable::lookup(id);
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     Ok(files::table
@@ -421,6 +426,7 @@ macro_rules! impl_stores {
             }
 
             fn create_batch(&self, row: BatchRow) -> BoxFuture<'_, StoreResult<()>> {
+                let row = $crate::store::storable::batch_row(row);
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     diesel::insert_into(batches::table)
@@ -432,6 +438,7 @@ macro_rules! impl_stores {
             }
 
             fn get_batch(&self, id: String) -> BoxFuture<'_, StoreResult<Option<BatchRow>>> {
+                let id = $crate::store::storable::lookup(id);
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     Ok(batches::table
@@ -562,6 +569,7 @@ macro_rules! impl_stores {
             }
 
             fn insert_items(&self, rows: Vec<ItemRow>) -> BoxFuture<'_, StoreResult<usize>> {
+                let rows = $crate::store::storable::item_rows(rows);
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     $crate::store::queries::insert_many!($batch, &mut *conn, rows, |rows, conn| {

@@ -24,16 +24,17 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the file at `path` with the gateway's pragmas.
     pub fn open(path: &Path, timeout: Duration) -> super::StoreResult<SqliteStore> {
-        let mut conn = open_sqlite(path, true)?;
-        conn.batch_execute(SQLITE_PRAGMAS)?;
         Ok(SqliteStore {
-            conn: Mutex::new(SyncConnectionWrapper::new(conn)),
+            conn: Mutex::new(connect(path)?),
             timeout,
         })
     }
 
+    /// The connection, waited for at most `timeout`.
     async fn conn(&self) -> super::StoreResult<MutexGuard<'_, Conn>> {
-        Ok(self.conn.lock().await)
+        tokio::time::timeout(self.timeout, self.conn.lock())
+            .await
+            .map_err(|_| super::StoreError::Timeout(self.timeout))
     }
 
     /// The whole batch in one blocking task and one transaction, on the sync connection:
@@ -60,14 +61,24 @@ impl SqliteStore {
         Ok(inserted)
     }
 
+    /// Runs `work` to its end: only the wait for the connection is bounded by `timeout`
+    /// ([`Self::conn`]); a statement waiting for a lock is bounded by SQLite's busy timeout
+    /// (5 s, `SQLITE_PRAGMAS`). An operation is never cancelled part way: cancelled inside
+    /// a transaction, it would leave the shared connection in that transaction (never
+    /// committed, every later write inside it) or panic diesel's wrapper on its next one.
     async fn timed<T>(
         &self,
         work: impl Future<Output = super::StoreResult<T>>,
     ) -> super::StoreResult<T> {
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| super::StoreError::Timeout(self.timeout))?
+        work.await
     }
+}
+
+/// A connection to `path` (created if needed) with the gateway's pragmas.
+fn connect(path: &Path) -> super::StoreResult<Conn> {
+    let mut conn = open_sqlite(path, true)?;
+    conn.batch_execute(SQLITE_PRAGMAS)?;
+    Ok(SyncConnectionWrapper::new(conn))
 }
 
 /// Inserts `N` rows at a time from the front of `rest` while `N` are left; returns the

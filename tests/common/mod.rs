@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod chaos;
 pub mod db;
+pub mod private_pg;
 pub mod raw_upstream;
 
 use std::net::TcpListener;
