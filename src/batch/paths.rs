@@ -173,7 +173,7 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         assert!(confine(
             via.join("ok.jsonl").to_str().unwrap(),
-            &[via.clone()],
+            std::slice::from_ref(&via),
             Kind::File,
             "p"
         )
