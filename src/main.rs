@@ -389,6 +389,27 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
             m.targets.join(", ")
         );
     }
+    // FIRST's path batches (`input_file_path`, `output_folder_path`) are refused unless
+    // their directories are listed: say which way this gateway is set.
+    if settings.batches.allowed_roots.is_empty() {
+        let _ = writeln!(
+            out,
+            "path batches: refused (batches.allowed_roots is empty; list the directories \
+             FIRST's input_file_path and output_folder_path may name)"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "path batches: allowed under {}",
+            settings
+                .batches
+                .allowed_roots
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if problems.is_empty() {
         ExitCode::SUCCESS
     } else {

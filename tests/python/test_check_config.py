@@ -49,3 +49,13 @@ def test_missing_fixture_field_names_it(gateways):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert "base_url" in output, output
+
+
+def test_it_says_whether_first_path_batches_can_be_used(gateways):
+    """FIRST's path batches (`input_file_path`) need `batches.allowed_roots`: say so."""
+    result = run_check(gateways, {})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "batches.allowed_roots is empty" in result.stdout, result.stdout
+    result = run_check(gateways, {"GATEWAY__BATCHES__ALLOWED_ROOTS": "/tmp"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "path batches: allowed under /tmp" in result.stdout, result.stdout
