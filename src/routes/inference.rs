@@ -217,25 +217,24 @@ async fn parse_multipart_head(req: &HttpRequest, body: &Bytes) -> Result<Parsed,
         actix_web::error::PayloadError,
     >(body.clone())));
     let mut form = actix_multipart::Multipart::new(req.headers(), chunks);
+    let malformed = |e: actix_multipart::MultipartError| {
+        ApiError::invalid(format!("The multipart body is malformed: {e}"))
+    };
     let mut model = None;
     let mut stream = false;
     while let Some(field) = form.next().await {
-        let mut field = field
-            .map_err(|e| ApiError::invalid(format!("The multipart body is malformed: {e}")))?;
+        let mut field = field.map_err(malformed)?;
         let name = field.name().map(str::to_owned);
         if !matches!(name.as_deref(), Some("model" | "stream")) {
             // Drain the part (file contents) without keeping it.
             while let Some(chunk) = field.next().await {
-                chunk.map_err(|e| {
-                    ApiError::invalid(format!("The multipart body is malformed: {e}"))
-                })?;
+                chunk.map_err(malformed)?;
             }
             continue;
         }
         let mut value = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk
-                .map_err(|e| ApiError::invalid(format!("The multipart body is malformed: {e}")))?;
+            let chunk = chunk.map_err(malformed)?;
             if value.len() + chunk.len() > 1024 {
                 return Err(ApiError::invalid(format!(
                     "The `{}` field is too long.",
