@@ -373,3 +373,97 @@ async fn federated_model_name_is_rewritten_for_each_target() {
     let _ = Duration::ZERO;
     gw.stop().await;
 }
+
+/// Sends `n` requests one after another (so nothing is in flight when the next is routed
+/// and only latency decides); returns how many reached `mock`.
+async fn sequential_share(gw: &TestGateway, mock: &MockUpstream, n: usize) -> usize {
+    let before = mock.request_count();
+    for _ in 0..n {
+        let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    mock.request_count() - before
+}
+
+/// Makes both targets measured: `slow` (200 ms) and `fast`, until the router prefers `fast`.
+async fn measure_both(gw: &TestGateway, slow: &MockUpstream, fast: &MockUpstream) {
+    for _ in 0..50 {
+        if slow.request_count() > 0 && fast.request_count() > 0 {
+            break;
+        }
+        gw.post("/v1/chat/completions", &chat("m")).await;
+    }
+    gw.wait_target("slow", |t| t["ewma_ttfb_ms"].as_f64() > Some(100.0))
+        .await;
+    gw.wait_target("fast", |t| t["ewma_ttfb_ms"].is_number())
+        .await;
+}
+
+fn slow_behavior() -> Behavior {
+    Behavior {
+        latency: Duration::from_millis(200),
+        ..Behavior::default()
+    }
+}
+
+#[actix_rt::test]
+async fn a_target_back_from_unhealthy_is_measured_again_not_ranked_by_its_old_latency() {
+    let slow = MockUpstream::start(slow_behavior()).await.unwrap();
+    let fast = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("slow", "m", slow.url()),
+            target("fast", "m", fast.url()),
+        ],
+        &[
+            ("GATEWAY__HEALTH__PATH", "/health"),
+            ("GATEWAY__HEALTH__UNHEALTHY_THRESHOLD", "1"),
+            ("GATEWAY__HEALTH__INTERVAL_SECS", "3600"),
+        ],
+    )
+    .await;
+    gw.wait_target("slow", |t| t["health"] == "healthy").await;
+    gw.wait_target("fast", |t| t["health"] == "healthy").await;
+    measure_both(&gw, &slow, &fast).await;
+    assert_eq!(sequential_share(&gw, &slow, 10).await, 0, "200 ms loses");
+
+    // It goes down and comes back fast (a restart on better hardware, say).
+    slow.set_behavior(Behavior {
+        health_status: 503,
+        ..Behavior::default()
+    });
+    gw.gateway.do_send(CheckAll);
+    gw.wait_target("slow", |t| t["health"] == "unhealthy").await;
+    slow.set_behavior(Behavior::default());
+    gw.gateway.do_send(CheckAll);
+    let state = gw.wait_target("slow", |t| t["health"] == "healthy").await;
+    assert!(state["ewma_ttfb_ms"].is_null(), "old latency kept: {state}");
+    let share = sequential_share(&gw, &slow, 10).await;
+    assert!(share >= 3, "the recovered target served {share} of 10");
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_latency_not_measured_for_30_s_is_forgotten_and_measured_again() {
+    let slow = MockUpstream::start(slow_behavior()).await.unwrap();
+    let fast = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("slow", "m", slow.url()),
+            target("fast", "m", fast.url()),
+        ],
+        &[],
+    )
+    .await;
+    measure_both(&gw, &slow, &fast).await;
+    // It got faster, but nothing sends it a request to find out.
+    slow.set_behavior(Behavior::default());
+    assert_eq!(sequential_share(&gw, &slow, 10).await, 0);
+
+    gw.advance(Duration::from_secs(31));
+    gw.wait_target("slow", |t| t["ewma_ttfb_ms"].is_null())
+        .await;
+    let share = sequential_share(&gw, &slow, 10).await;
+    assert!(share >= 3, "the re-measured target served {share} of 10");
+    gw.stop().await;
+}

@@ -18,6 +18,10 @@ use crate::target::{BreakerView, Health, Target, Verdict};
 const EWMA_ALPHA: f64 = 0.2;
 /// How often successes reported through the target's counters are folded in.
 const SUCCESS_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// A latency average with no new sample for this long is forgotten: the target gets the
+/// next request the router would give to either it or an equally loaded one, and is
+/// measured again (it may have become faster since it lost its share).
+const LATENCY_FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Largest health-check body read (and thrown away, so the connection can be reused).
 const HEALTH_BODY_LIMIT: usize = 64 * 1024;
 
@@ -43,6 +47,8 @@ pub struct BackendActor {
     failed_checks: u32,
     checking: bool,
     ewma_us: f64,
+    /// When `ewma_us` last took a sample (the gateway clock).
+    sampled_at: Instant,
     client: Option<awc::Client>,
     reopen_timer: Option<SpawnHandle>,
     /// `gateway_health_check_duration_seconds{target, result="ok"|"failed"}`, looked up once.
@@ -67,6 +73,7 @@ impl BackendActor {
         let check_failed = metrics
             .health_check_duration
             .with_label_values(&[target.slug(), "failed"]);
+        let clock_now = clock.now();
         let breaker = if restarted {
             Breaker::restarted(settings.failure_threshold, settings.open_for)
         } else {
@@ -89,6 +96,7 @@ impl BackendActor {
             failed_checks: 0,
             checking: false,
             ewma_us,
+            sampled_at: clock_now,
             client: None,
             reopen_timer: None,
             check_ok,
@@ -142,6 +150,10 @@ impl BackendActor {
         if count == 0 {
             return false;
         }
+        let now = self.clock.now();
+        if self.breaker.on_success(now) {
+            self.forget_latency();
+        }
         let mean = ttfb_us as f64 / count as f64;
         self.ewma_us = if self.ewma_us == 0.0 {
             mean
@@ -149,8 +161,26 @@ impl BackendActor {
             let weight = 1.0 - (1.0 - EWMA_ALPHA).powi(count.min(64) as i32);
             weight * mean + (1.0 - weight) * self.ewma_us
         };
-        self.breaker.on_success(self.clock.now());
+        self.sampled_at = now;
         true
+    }
+
+    /// The latency average no longer describes the target (it recovered from an outage, or
+    /// has not been measured for [`LATENCY_FORGET_AFTER`]): drop it, so the router tries
+    /// the target and measures it again instead of ranking it by a stale number.
+    fn forget_latency(&mut self) {
+        self.ewma_us = 0.0;
+    }
+
+    /// Called every [`SUCCESS_DRAIN_INTERVAL`]: true when something handlers read changed.
+    fn refresh_latency(&mut self) -> bool {
+        let drained = self.drain_successes();
+        let stale = self.ewma_us > 0.0
+            && self.clock.now().saturating_duration_since(self.sampled_at) >= LATENCY_FORGET_AFTER;
+        if stale {
+            self.forget_latency();
+        }
+        drained || stale
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -230,10 +260,11 @@ impl BackendActor {
         match result {
             Ok(()) => {
                 self.failed_checks = 0;
-                self.health = Health::Healthy;
-                if half_open {
-                    self.breaker.on_success(now);
+                let closed = half_open && self.breaker.on_success(now);
+                if closed || self.health == Health::Unhealthy {
+                    self.forget_latency();
                 }
+                self.health = Health::Healthy;
             }
             // The gateway is out of file descriptors: that says nothing about the target.
             Err(failure) if failure.ours => {}
@@ -277,7 +308,7 @@ impl Actor for BackendActor {
         );
         self.publish(ctx);
         ctx.run_interval(SUCCESS_DRAIN_INTERVAL, |act, ctx| {
-            if act.drain_successes() {
+            if act.refresh_latency() {
                 act.publish(ctx);
             }
         });
@@ -308,13 +339,18 @@ impl Handler<Report> for BackendActor {
         let now: Instant = self.clock.now();
         match msg.verdict {
             Verdict::Success { ttfb } => {
+                // The half-open probe closed the breaker: latencies from before the outage
+                // say nothing about the target now.
+                if self.breaker.on_success(now) {
+                    self.forget_latency();
+                }
                 let sample = ttfb.as_micros() as f64;
                 self.ewma_us = if self.ewma_us == 0.0 {
                     sample
                 } else {
                     EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * self.ewma_us
                 };
-                self.breaker.on_success(now);
+                self.sampled_at = now;
             }
             Verdict::Failure { error } => {
                 self.target.set_last_error(Some(error));

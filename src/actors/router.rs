@@ -57,7 +57,8 @@ impl Pin {
 }
 
 /// Picks a target and takes a lease on it: the best tier that has a target able to take
-/// the request, and within it the least in-flight, then the lowest latency. Only targets
+/// the request, and within it the least in-flight, then the lowest latency (see
+/// [`least_loaded`]). Only targets
 /// `accept` takes are considered (pinning, the caller's access); targets in `exclude`
 /// (already tried by this request) are skipped.
 pub fn pick(
@@ -88,13 +89,10 @@ pub fn pick(
             .position(|(t, _)| *t != tier)
             .map_or(entries.len(), |n| start + n);
         loop {
-            let best = (start..end)
-                .filter(|i| !rejected.contains(i) && eligible(&entries[*i].1))
-                .min_by_key(|i| {
-                    let t = &entries[*i].1;
-                    (t.in_flight(), t.ewma_ttfb_us())
-                });
-            let Some(i) = best else { break };
+            let open = |i: &usize| !rejected.contains(i) && eligible(&entries[*i].1);
+            let Some(i) = least_loaded(entries, (start..end).filter(open)) else {
+                break;
+            };
             match entries[i].1.try_lease() {
                 Some(lease) => return Some(lease),
                 // Its breaker opened since the snapshot, or another request has the probe.
@@ -104,6 +102,43 @@ pub fn pick(
         start = end;
     }
     None
+}
+
+/// Latencies within this much of the fastest (a factor, plus [`LATENCY_SLACK_US`]) count
+/// as equal: the difference is noise, and preferring the faster one would starve the other
+/// at low concurrency, so its latency would never be measured again.
+const LATENCY_TOLERANCE: f64 = 1.5;
+const LATENCY_SLACK_US: u64 = 1_000;
+
+thread_local! {
+    /// Turns among equally good targets (per worker thread: no shared counter to contend on).
+    static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Of `candidates` (indices into `entries`), the fewest in flight; among those, the fastest
+/// by latency average, taking turns among those about as fast. A target without a latency
+/// sample (0: new, recovered, or not measured for a while) counts as fastest, so it is
+/// measured.
+fn least_loaded(
+    entries: &[(u8, Arc<Target>)],
+    candidates: impl Iterator<Item = usize> + Clone,
+) -> Option<usize> {
+    let in_flight = candidates.clone().map(|i| entries[i].1.in_flight()).min()?;
+    let least = candidates.filter(move |&i| entries[i].1.in_flight() == in_flight);
+    let fastest = least.clone().map(|i| entries[i].1.ewma_ttfb_us()).min()?;
+    let bound = if fastest == 0 {
+        0
+    } else {
+        (fastest as f64 * LATENCY_TOLERANCE) as u64 + LATENCY_SLACK_US
+    };
+    let fast = least.filter(move |&i| entries[i].1.ewma_ttfb_us() <= bound);
+    let count = fast.clone().count();
+    let turn = ROTATION.with(|r| {
+        let n = r.get();
+        r.set(n.wrapping_add(1));
+        n
+    });
+    fast.clone().nth(turn % count)
 }
 
 pub struct FederatedRouterActor {
@@ -236,8 +271,8 @@ mod tests {
     #[test]
     fn least_in_flight_wins_within_a_tier() {
         let (a, b) = (target("a", "x"), target("b", "x"));
-        a.publish(Health::Healthy, BreakerView::Closed, 100);
-        b.publish(Health::Healthy, BreakerView::Closed, 900);
+        a.publish(Health::Healthy, BreakerView::Closed, 1_000);
+        b.publish(Health::Healthy, BreakerView::Closed, 9_000);
         let ranked = Ranked::rank(&[a.clone(), b.clone()]);
         let first = pick(&ranked, &|_| true, &[]).unwrap();
         assert_eq!(
@@ -249,6 +284,51 @@ mod tests {
         assert_eq!(second.target().slug(), "b", "a has one in flight now");
         let third = pick(&ranked, &|_| true, &[]).unwrap();
         assert_eq!(third.target().slug(), "a");
+    }
+
+    fn share_of_sequential_picks(ranked: &Ranked, rounds: usize) -> Vec<(String, usize)> {
+        let mut counts: Vec<(String, usize)> = ranked
+            .entries
+            .iter()
+            .map(|(_, t)| (t.slug().to_string(), 0))
+            .collect();
+        for _ in 0..rounds {
+            // Dropped at once: every pick sees nothing in flight, the case where only the
+            // latency decides.
+            let lease = pick(ranked, &|_| true, &[]).unwrap();
+            let slug = lease.target().slug();
+            if let Some(c) = counts.iter_mut().find(|(s, _)| s == slug) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn about_equally_fast_targets_take_turns_when_nothing_is_in_flight() {
+        let (a, b, slow) = (target("a", "x"), target("b", "x"), target("slow", "x"));
+        a.publish(Health::Healthy, BreakerView::Closed, 2_000);
+        b.publish(Health::Healthy, BreakerView::Closed, 2_900);
+        slow.publish(Health::Healthy, BreakerView::Closed, 20_000);
+        let ranked = Ranked::rank(&[a, b, slow]);
+        let counts = share_of_sequential_picks(&ranked, 10);
+        assert_eq!(
+            counts,
+            vec![("a".into(), 5), ("b".into(), 5), ("slow".into(), 0)],
+            "2.9 ms is within 1.5 × 2 ms + 1 ms of the fastest; 20 ms is not"
+        );
+    }
+
+    #[test]
+    fn a_target_without_a_latency_sample_is_tried_first() {
+        let (a, fresh) = (target("a", "x"), target("fresh", "x"));
+        a.publish(Health::Healthy, BreakerView::Closed, 500);
+        fresh.publish(Health::Healthy, BreakerView::Closed, 0);
+        let ranked = Ranked::rank(&[a, fresh]);
+        assert_eq!(
+            share_of_sequential_picks(&ranked, 4),
+            vec![("a".into(), 0), ("fresh".into(), 4)]
+        );
     }
 
     #[test]
