@@ -26,6 +26,7 @@ pub mod code {
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
     pub const STREAM_INTERRUPTED: &str = "stream_interrupted";
     pub const STREAM_IDLE_TIMEOUT: &str = "stream_idle_timeout";
+    pub const GATEWAY_SHUTDOWN: &str = "gateway_shutdown";
     pub const INTERNAL: &str = "internal_error";
     pub const INVALID_API_KEY: &str = "invalid_api_key";
     pub const FORBIDDEN: &str = "forbidden";

@@ -520,7 +520,19 @@ async fn run(
     }
     systemd::stopping(&log);
     // Stop accepting at once; in-flight requests and streams get up to the grace period.
-    handle.stop(true).await;
+    // Streams still open then end with an in-band error event (the server itself waits
+    // `CUT_SECS` longer, so they can send it), instead of a reset connection.
+    let stopping = handle.stop(true);
+    tokio::pin!(stopping);
+    tokio::select! {
+        _ = &mut stopping => {}
+        _ = actix_rt::time::sleep(Duration::from_secs(grace)) => {
+            slog::warn!(log, "shutdown grace period over: ending the streams still open";
+                "grace_secs" => grace);
+            inference_gateway::proxy::shutdown_cut::cut();
+            stopping.await;
+        }
+    }
     let _ = server.await;
     // Every request has ended: write the quota counters so a restart keeps them.
     use inference_gateway::quota::actor::FlushAll;

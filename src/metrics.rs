@@ -479,7 +479,7 @@ impl Metrics {
                 };
                 self.upstream_error(record.target.as_deref().unwrap_or(""), kind);
             }
-            Ending::Complete | Ending::Rejected => {}
+            Ending::Complete | Ending::Rejected | Ending::Shutdown => {}
         }
     }
 

@@ -353,7 +353,8 @@ pub fn start_with_source(
     .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
     .max_connections(settings.server.max_connections)
     .h1_allow_half_closed(false)
-    .shutdown_timeout(settings.server.shutdown_grace_secs)
+    // The grace, then time for the streams cut at its end to send their final event.
+    .shutdown_timeout(settings.server.shutdown_grace_secs + crate::proxy::shutdown_cut::CUT_SECS)
     .disable_signals();
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);

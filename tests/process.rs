@@ -131,6 +131,77 @@ async fn sigterm_lets_a_running_stream_finish_and_refuses_new_connections() {
     assert!(!gw.stdout_text().contains("sk-client-secret"));
 }
 
+#[actix_rt::test]
+async fn streams_still_open_when_the_grace_ends_get_a_final_error_event() {
+    // One stream keeps sending (an event every 200 ms), one has gone quiet (its next event
+    // is 60 s away): both outlive a 1 s grace.
+    let busy = MockUpstream::start(Behavior {
+        chunks: 100,
+        chunk_delay: Duration::from_millis(200),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let quiet = MockUpstream::start(Behavior {
+        chunks: 3,
+        chunk_delay: Duration::from_secs(60),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let mut gw = spawn(
+        &[
+            target("busy", "busy", busy.url()),
+            target("quiet", "quiet", quiet.url()),
+        ],
+        &[("GATEWAY__SERVER__SHUTDOWN_GRACE_SECS", "1".to_string())],
+    );
+    gw.wait_ready().await;
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut responses = Vec::new();
+    for model in ["busy", "quiet"] {
+        let mut body = chat(model);
+        body["stream"] = json!(true);
+        let mut res = client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .insert_header(("x-request-id", format!("cut-{model}")))
+            .send_json(&body)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let first = res.next().await.unwrap().unwrap().to_vec();
+        responses.push((model, res, first));
+    }
+
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    for (model, mut res, mut body) in responses {
+        while let Some(chunk) = res.next().await {
+            body.extend_from_slice(&chunk.expect("the stream ends cleanly, not reset"));
+        }
+        let events = sse_data(&body);
+        let last: serde_json::Value = serde_json::from_str(events.last().unwrap())
+            .unwrap_or_else(|_| panic!("{model}: last event is not the error: {events:?}"));
+        assert_eq!(last["error"]["code"], "gateway_shutdown", "{model}: {last}");
+        assert!(!events.contains(&"[DONE]".to_string()));
+    }
+    let code = gw.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+
+    let lines = gw.log_lines();
+    for model in ["busy", "quiet"] {
+        let record = lines
+            .iter()
+            .find(|l| l["msg"] == "request" && l["request_id"] == format!("cut-{model}"))
+            .unwrap_or_else(|| panic!("no record for the {model} stream"));
+        assert_eq!(record["ending"], "shutdown", "{record}");
+        assert_eq!(record["error_code"], "gateway_shutdown", "{record}");
+    }
+}
+
 fn recv(sock: &UnixDatagram, want: &str, within: Duration) -> Vec<String> {
     let deadline = Instant::now() + within;
     let mut seen = Vec::new();

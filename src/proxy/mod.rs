@@ -7,6 +7,7 @@ pub mod globus_compute;
 pub mod pickled;
 pub mod record;
 pub mod relay;
+pub mod shutdown_cut;
 pub mod sse;
 pub mod upstream_pool;
 pub mod usage;

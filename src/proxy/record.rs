@@ -41,6 +41,8 @@ pub enum Ending {
     IdleTimeout,
     /// The client disconnected before the end.
     ClientGone,
+    /// Still running when the shutdown grace period ended (in-band error sent).
+    Shutdown,
 }
 
 impl Ending {
@@ -51,6 +53,7 @@ impl Ending {
             Ending::UpstreamBroke => "upstream_broke",
             Ending::IdleTimeout => "idle_timeout",
             Ending::ClientGone => "client_gone",
+            Ending::Shutdown => "shutdown",
         }
     }
 }

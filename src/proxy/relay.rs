@@ -13,12 +13,14 @@ use actix_web::error::PayloadError;
 use bytes::Bytes;
 use futures_util::Stream;
 use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use crate::cache::{CacheKey, ResponseCache};
 use crate::error::{code, envelope};
 use crate::metrics::Metrics;
 use crate::proxy::record::{Ending, RequestRecord};
+use crate::proxy::shutdown_cut;
 use crate::proxy::sse::SseSplitter;
 use crate::proxy::usage::UsageMeter;
 use crate::target::{Lease, Verdict};
@@ -85,6 +87,9 @@ pin_project! {
         upstream: S,
         #[pin]
         idle: Sleep,
+        // Wakes the relay when the shutdown grace period ends (see `shutdown_cut`).
+        #[pin]
+        cut: OwnedNotified,
         idle_timeout: Duration,
         first: Option<Bytes>,
         framing: Framing,
@@ -98,9 +103,15 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(finish) = this.finish.take() {
-                // Dropped before the end: the client went away. The upstream body (and its
-                // connection) is dropped with us, so the backend stops generating.
-                complete(finish, this.meter, Ending::ClientGone, Verdict::Neutral);
+                // Dropped before the end: the client went away (or the server closed the
+                // connection at shutdown). The upstream body (and its connection) is
+                // dropped with us, so the backend stops generating.
+                let ending = if shutdown_cut::is_cut() {
+                    Ending::Shutdown
+                } else {
+                    Ending::ClientGone
+                };
+                complete(finish, this.meter, ending, Verdict::Neutral);
             }
         }
     }
@@ -122,6 +133,7 @@ where
         Relay {
             upstream,
             idle: tokio::time::sleep(idle_timeout),
+            cut: shutdown_cut::signal(),
             idle_timeout,
             first,
             framing,
@@ -277,6 +289,7 @@ fn complete(mut finish: Finish, meter: &UsageMeter, ending: Ending, verdict: Ver
     if !matches!(ending, Ending::Complete | Ending::ClientGone) {
         finish.record.error_code = Some(match ending {
             Ending::IdleTimeout => code::STREAM_IDLE_TIMEOUT,
+            Ending::Shutdown => code::GATEWAY_SHUTDOWN,
             _ => code::STREAM_INTERRUPTED,
         });
     }
@@ -355,6 +368,16 @@ where
         let mut this = self.project();
         if *this.done {
             return Poll::Ready(None);
+        }
+        if shutdown_cut::is_cut() {
+            *this.done = true;
+            return Poll::Ready(Self::fail(
+                this.framing,
+                this.meter,
+                this.finish,
+                Ending::Shutdown,
+                String::new(),
+            ));
         }
         if let Some(first) = this.first.take() {
             if let Some(out) = Self::accept(this.framing, this.meter, *this.hide_usage, first) {
@@ -468,6 +491,16 @@ where
                     ));
                 }
                 Poll::Pending => {
+                    if this.cut.as_mut().poll(cx).is_ready() {
+                        *this.done = true;
+                        return Poll::Ready(Self::fail(
+                            this.framing,
+                            this.meter,
+                            this.finish,
+                            Ending::Shutdown,
+                            String::new(),
+                        ));
+                    }
                     if this.idle.as_mut().poll(cx).is_ready() {
                         *this.done = true;
                         let message = format!(
@@ -505,16 +538,27 @@ impl<S> Relay<S> {
                 "The model stopped sending output before finishing.",
                 code::STREAM_IDLE_TIMEOUT,
             ),
+            Ending::Shutdown => (
+                "The gateway is restarting; the output is incomplete. Retry the request.",
+                code::GATEWAY_SHUTDOWN,
+            ),
             _ => (
                 "The model's response was interrupted; the output is incomplete.",
                 code::STREAM_INTERRUPTED,
             ),
         };
         if let Some(f) = finish.take() {
-            slog::warn!(f.log, "upstream failed mid-response";
-                "request_id" => &f.record.request_id, "target" => f.record.target.as_deref().unwrap_or(""),
-                "error" => &cause);
-            complete(f, meter, ending, Verdict::Failure { error: cause });
+            if ending == Ending::Shutdown {
+                // Not the target's fault.
+                slog::warn!(f.log, "stream ended by shutdown";
+                    "request_id" => &f.record.request_id, "target" => f.record.target.as_deref().unwrap_or(""));
+                complete(f, meter, ending, Verdict::Neutral);
+            } else {
+                slog::warn!(f.log, "upstream failed mid-response";
+                    "request_id" => &f.record.request_id, "target" => f.record.target.as_deref().unwrap_or(""),
+                    "error" => &cause);
+                complete(f, meter, ending, Verdict::Failure { error: cause });
+            }
         }
         match framing {
             Framing::Sse(_) => Some(Ok(sse_error_event(client_message, code))),
