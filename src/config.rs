@@ -383,6 +383,9 @@ pub enum SchedulerKind {
     Slurm,
     /// An HTTP URL answering FIRST's `/jobs` JSON.
     Http,
+    /// FIRST's way: its qstat function run on the cluster's Globus Compute endpoint
+    /// (`qstat_endpoint_uuid`, `qstat_function_uuid`), answering FIRST's `/jobs` JSON.
+    GlobusCompute,
 }
 
 /// A command line: a list of words, or one string split on whitespace (environment
@@ -431,6 +434,10 @@ pub struct ClusterSettings {
     /// ("" = the `[globus_compute]` ones).
     pub globus_client_id_env: String,
     pub globus_client_secret_env: String,
+    /// For `scheduler = "globus-compute"`: the endpoint and registered function that print
+    /// the cluster's jobs ("" = the cluster's `config` in clusters.json, as FIRST has them).
+    pub qstat_endpoint_uuid: String,
+    pub qstat_function_uuid: String,
 }
 
 impl Default for ClusterSettings {
@@ -447,6 +454,8 @@ impl Default for ClusterSettings {
             maintenance_notice: String::new(),
             globus_client_id_env: String::new(),
             globus_client_secret_env: String::new(),
+            qstat_endpoint_uuid: String::new(),
+            qstat_function_uuid: String::new(),
         }
     }
 }
@@ -471,7 +480,7 @@ impl ClusterSettings {
             SchedulerKind::Pbs => &["sh", "-c", PBS_JSON_JOBS],
             SchedulerKind::PbsText => &["sh", "-c", PBS_TEXT_JOBS],
             SchedulerKind::Slurm => &["squeue", "--json"],
-            SchedulerKind::None | SchedulerKind::Http => &[],
+            SchedulerKind::None | SchedulerKind::Http | SchedulerKind::GlobusCompute => &[],
         };
         default.iter().map(|s| s.to_string()).collect()
     }
@@ -928,7 +937,8 @@ impl Settings {
                         ));
                     }
                 }
-                SchedulerKind::None => {}
+                // The function may come from clusters.json: checked when the catalog is read.
+                SchedulerKind::None | SchedulerKind::GlobusCompute => {}
                 _ => {
                     if c.jobs_argv().is_empty() {
                         return Err(ConfigError::new(key("command"), "must not be empty"));

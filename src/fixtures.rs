@@ -108,6 +108,27 @@ pub struct ClusterSpec {
     pub extra: Map<String, Value>,
 }
 
+impl ClusterSpec {
+    /// A text value of the cluster's `config` (a JSON object, or FIRST's JSON-in-a-string).
+    pub fn config_text(&self, key: &str) -> Option<String> {
+        let config = self.extra.get("config")?;
+        let parsed;
+        let config = match config {
+            Value::String(text) => {
+                parsed = serde_json::from_str::<Value>(text).ok()?;
+                &parsed
+            }
+            other => other,
+        };
+        config
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(String::from)
+    }
+}
+
 /// A fixture problem: which file, which entry, which field, what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {entry}: {field}: {message}")]

@@ -225,15 +225,6 @@ pub fn start_with_source(
         Arc::clone(&clock),
         Arc::clone(&metrics),
     ));
-    let gateway = Gateway::new(
-        Arc::clone(&settings),
-        catalog,
-        clock,
-        Arc::clone(&directory),
-        log.clone(),
-        Arc::clone(&metrics),
-    )
-    .start();
     let streams = Arc::new(StreamHub::new(settings.streaming.buffer_events));
     let streaming_secret = std::env::var(&settings.streaming.secret_env)
         .ok()
@@ -257,6 +248,16 @@ pub fn start_with_source(
         Some(redis)
     };
     let globus = Arc::new(globus);
+    let gateway = Gateway::new(
+        Arc::clone(&settings),
+        catalog,
+        clock,
+        Arc::clone(&directory),
+        log.clone(),
+        Arc::clone(&metrics),
+    )
+    .with_globus(Arc::clone(&globus))
+    .start();
     let batches = settings.batches.enabled.then(|| {
         BatchSupervisor::start(BatchDeps {
             settings: Arc::clone(&settings),

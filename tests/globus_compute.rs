@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 const EP_A: &str = "11111111-1111-4111-8111-111111111111";
 const EP_B: &str = "22222222-2222-4222-8222-222222222222";
 const FUNC: &str = "33333333-3333-4333-8333-333333333333";
+/// FIRST's qstat function and the login-node endpoint it runs on.
+const QSTAT_EP: &str = "55555555-5555-4555-8555-555555555555";
+const QSTAT_FUNC: &str = "66666666-6666-4666-8666-666666666666";
 const CLIENT_ID: &str = "gateway-client";
 const CLIENT_SECRET: &str = "gateway-secret-do-not-log";
 
@@ -170,6 +173,37 @@ async fn submit(
     let state = state.get_ref().clone();
     let mut s = state.lock().unwrap();
     s.submits.push(body.0.clone());
+    if let Some(payloads) = body["tasks"][QSTAT_FUNC].as_array() {
+        // FIRST's qstat function: no arguments, returns json.dumps(jobs, indent=4).
+        assert_eq!(
+            path.as_str(),
+            QSTAT_EP,
+            "qstat runs on the cluster's qstat endpoint"
+        );
+        assert_eq!(
+            unpack(payloads[0].as_str().unwrap()),
+            vec!["11\n[]".to_string(), "11\n{}".to_string()]
+        );
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/data/globus-compute/qstat-result.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let id = format!("task-{}", s.tasks.len() + 1);
+        let result = format!("11\n{}", serde_json::to_string(&text).unwrap());
+        s.tasks.insert(
+            id.clone(),
+            (
+                0,
+                json!({"status": "success", "completion_t": "1773080793.43", "result": result}),
+            ),
+        );
+        return HttpResponse::Ok().json(
+            json!({"request_id": "5158de19-10b5-4deb-9d87-a86c1dec3461",
+            "task_group_id": "44444444-4444-4444-8444-444444444445", "endpoint_id": path.as_str(),
+            "tasks": {QSTAT_FUNC: [id]}}),
+        );
+    }
     let payloads = body["tasks"][FUNC].as_array().cloned().unwrap_or_default();
     let mut ids = Vec::new();
     for p in payloads {
@@ -1036,6 +1070,134 @@ async fn a_cluster_may_use_its_own_globus_client() {
     let s = std::mem::take(&mut *fake.state.lock().unwrap());
     assert_eq!(s.submits.len(), 1);
     assert_eq!(s.tokens_issued, 1);
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn firsts_qstat_function_on_the_clusters_endpoint_gives_scheduler_state() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1), (EP_B, "online", 1)]).await;
+    let endpoints = [
+        gc_target(
+            "sophia-llama8",
+            "meta-llama/Meta-Llama-3.1-8B-Instruct",
+            EP_A,
+            8000,
+        ),
+        gc_target(
+            "sophia-llama70",
+            "meta-llama/Llama-3.3-70B-Instruct",
+            EP_B,
+            8000,
+        ),
+    ];
+    // As in FIRST's clusters fixture: the function's ids live in the cluster's config.
+    let clusters = [
+        json!({"model": "resource_server.cluster", "pk": 1, "fields": {
+        "cluster_name": "sophia", "cluster_adapter": "resource_server_async.clusters.globus_compute.GlobusComputeCluster",
+        "frameworks": ["vllm"], "openai_endpoints": ["chat/completions"],
+        "config": {"qstat_endpoint_uuid": QSTAT_EP, "qstat_function_uuid": QSTAT_FUNC}}}),
+    ];
+    let id_var = "IGW_TEST_GC_ID_qstat";
+    let secret_var = "IGW_TEST_GC_SECRET_qstat";
+    std::env::set_var(id_var, CLIENT_ID);
+    std::env::set_var(secret_var, CLIENT_SECRET);
+    let gw = start_fixtures_with_clusters(
+        &endpoints,
+        &[],
+        &clusters,
+        Some("[clusters.sophia]\nscheduler = \"globus-compute\"\n"),
+        &[
+            ("GATEWAY__GLOBUS_COMPUTE__AUTH_BASE", fake.url.as_str()),
+            ("GATEWAY__GLOBUS_COMPUTE__COMPUTE_BASE", fake.url.as_str()),
+            ("GATEWAY__GLOBUS_COMPUTE__CLIENT_ID_ENV", id_var),
+            ("GATEWAY__GLOBUS_COMPUTE__CLIENT_SECRET_ENV", secret_var),
+            ("GATEWAY__GLOBUS_COMPUTE__POLL_INITIAL_MS", "5"),
+            ("GATEWAY__GLOBUS_COMPUTE__POLL_MAX_MS", "20"),
+        ],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sophia = loop {
+        let (status, v) = gw.get("/resource_server/status").await;
+        assert_eq!(status, 200);
+        if !matches!(
+            v["clusters"]["sophia"]["scheduler"].as_str(),
+            Some("unknown" | "pending")
+        ) {
+            break v["clusters"]["sophia"].clone();
+        }
+        assert!(Instant::now() < deadline, "never probed: {v}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(sophia["scheduler"], "ok", "{sophia}");
+    assert_eq!(sophia["free_nodes"], 3);
+    let (status, jobs) = gw.get("/sophia/jobs").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        jobs["running"][0]["Job ID"], "123456.sophia-pbs-01",
+        "{jobs}"
+    );
+    assert_eq!(
+        jobs["running"][0]["Models"],
+        "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    );
+    assert_eq!(jobs["queued"][0]["Job ID"], "123470.sophia-pbs-01");
+    assert_eq!(
+        jobs["queued"][0]["Estimated Start Time"],
+        "Mon Apr 01 11:00:00 2024 (Chicago time)"
+    );
+    let (_, models) = gw.get("/v1/models").await;
+    let status_of = |id: &str| {
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["status"].clone())
+    };
+    assert_eq!(
+        status_of("meta-llama/Meta-Llama-3.1-8B-Instruct"),
+        Some(json!("running")),
+        "{models}"
+    );
+    assert_eq!(
+        status_of("meta-llama/Llama-3.3-70B-Instruct"),
+        Some(json!("queued")),
+        "{models}"
+    );
+    assert!(!gw.logs().contains(CLIENT_SECRET));
+    gw.stop().await;
+    fake.handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn a_globus_compute_scheduler_without_its_function_says_which_keys_are_missing() {
+    let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
+    let gw = gateway(
+        &fake,
+        &[gc_target("sophia-llama8", "m", EP_A, 8000)],
+        "qstat_missing",
+        &[("GATEWAY__CLUSTERS__SOPHIA__SCHEDULER", "globus-compute")],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = gw.get("/resource_server/status").await;
+        if v["clusters"]["sophia"]["scheduler"] == "unknown" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = gw.logs();
+    assert!(
+        logs.contains("needs qstat_endpoint_uuid and qstat_function_uuid"),
+        "{logs}"
+    );
+    // The model still routes on health alone.
+    let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200, "{body}");
     gw.stop().await;
     fake.handle.stop(false).await;
 }

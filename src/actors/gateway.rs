@@ -21,6 +21,7 @@ use crate::cluster::ClusterState;
 use crate::config::Settings;
 use crate::fixtures::{Catalog, ModelSpec, TargetSpec};
 use crate::metrics::Metrics;
+use crate::proxy::globus_compute::GlobusShared;
 use crate::target::Target;
 
 /// How often the supervisor looks for dead children.
@@ -104,6 +105,8 @@ pub struct Gateway {
     /// when the last one ends.
     draining: Vec<BackendSlot>,
     metrics: Arc<Metrics>,
+    /// Globus Compute access, for clusters whose scheduler is a Globus Compute function.
+    globus: Option<Arc<GlobusShared>>,
 }
 
 struct PendingModel {
@@ -133,9 +136,16 @@ impl Gateway {
             pending: Vec::new(),
             draining: Vec::new(),
             metrics,
+            globus: None,
         };
         gateway.build();
         gateway
+    }
+
+    /// Lets the scheduler probes run Globus Compute functions (`scheduler = "globus-compute"`).
+    pub fn with_globus(mut self, globus: Arc<GlobusShared>) -> Self {
+        self.globus = Some(globus);
+        self
     }
 
     fn backend_settings(&self, health_path: Option<&str>) -> BackendSettings {
@@ -219,12 +229,23 @@ impl Gateway {
             if directory.clusters.contains_key(&name) {
                 continue;
             }
-            let settings = self
+            let mut settings = self
                 .settings
                 .clusters
                 .get(&name)
                 .cloned()
                 .unwrap_or_default();
+            // FIRST keeps its qstat function in the cluster's fixture config.
+            if let Some(spec) = self.catalog.clusters.iter().find(|c| c.name == name) {
+                for (value, key) in [
+                    (&mut settings.qstat_endpoint_uuid, "qstat_endpoint_uuid"),
+                    (&mut settings.qstat_function_uuid, "qstat_function_uuid"),
+                ] {
+                    if value.is_empty() {
+                        *value = spec.config_text(key).unwrap_or_default();
+                    }
+                }
+            }
             let members: Vec<Arc<Target>> = targets
                 .iter()
                 .filter(|t| t.spec.cluster == name)
@@ -288,6 +309,7 @@ impl Gateway {
             self.settings.cold_start.clone(),
             self.log.new(slog::o!("actor" => "scheduler_probe")),
         )
+        .with_globus(self.globus.clone())
         .start()
     }
 

@@ -18,6 +18,7 @@ use actix::prelude::*;
 use crate::actors::router::{FederatedRouterActor, TargetChanged};
 use crate::cluster::{ClusterState, ProbeState, Snapshot};
 use crate::config::{ColdStart, SchedulerKind};
+use crate::proxy::globus_compute::{self, GlobusShared};
 use crate::scheduler::{self, JobPhase, Observation};
 use crate::target::{SchedStatus, Target};
 
@@ -36,6 +37,8 @@ pub struct SchedulerProbe {
     fast_until: Option<Instant>,
     last_ok: Option<bool>,
     client: Option<awc::Client>,
+    /// For `scheduler = "globus-compute"`.
+    globus: Option<Arc<GlobusShared>>,
 }
 
 impl SchedulerProbe {
@@ -55,7 +58,13 @@ impl SchedulerProbe {
             fast_until: None,
             last_ok: None,
             client: None,
+            globus: None,
         }
+    }
+
+    pub fn with_globus(mut self, globus: Option<Arc<GlobusShared>>) -> Self {
+        self.globus = globus;
+        self
     }
 
     pub(crate) fn set_routers(&mut self, routers: Vec<Addr<FederatedRouterActor>>) {
@@ -106,6 +115,31 @@ impl SchedulerProbe {
                         .map_err(|e| format!("status URL body: {e}"))?;
                     let text = String::from_utf8(body.to_vec())
                         .map_err(|_| "status URL body is not UTF-8".to_string())?;
+                    parse_off_thread(move || scheduler::parse_first_jobs(&text)).await
+                })
+            }
+            SchedulerKind::GlobusCompute => {
+                let (Some(client), Some(globus)) = (self.client.clone(), self.globus.clone())
+                else {
+                    self.probing = false;
+                    return;
+                };
+                let name = self.cluster.name.clone();
+                Box::pin(async move {
+                    let (endpoint, function) =
+                        (&settings.qstat_endpoint_uuid, &settings.qstat_function_uuid);
+                    if endpoint.is_empty() || function.is_empty() {
+                        return Err(format!(
+                            "clusters.{name}: scheduler \"globus-compute\" needs \
+                             qstat_endpoint_uuid and qstat_function_uuid (in [clusters.{name}] \
+                             or the cluster's config in clusters.json)"
+                        ));
+                    }
+                    let text = globus_compute::run_no_arg_function(
+                        &client, &globus, &name, endpoint, function, timeout,
+                    )
+                    .await
+                    .map_err(|e| format!("qstat function: {e}"))?;
                     parse_off_thread(move || scheduler::parse_first_jobs(&text)).await
                 })
             }

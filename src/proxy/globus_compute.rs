@@ -467,53 +467,17 @@ pub(crate) async fn send(
         return Err(AttemptError::Starting(shared.retry_after));
     }
 
-    let submit = json!({
-        "create_queue": false,
-        "tasks": { &g.function_uuid: [task_payload(&params)] },
-        "result_serializers": [JSON_SERIALIZER],
-    });
-    let url = shared.url(
-        &shared.settings.compute_base,
-        &format!("/v3/endpoints/{}/submit", g.endpoint_uuid),
-    );
-    let mut res = client
-        .post(url)
-        .bearer_auth(&token)
-        .timeout(Duration::from_secs(60))
-        .send_json(&submit)
-        .await
-        .map_err(|e| AttemptError::Connect(format!("compute submit: {e}")))?;
-    let answer = res.body().limit(BODY_LIMIT).await.unwrap_or_default();
-    if !res.status().is_success() {
-        if res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::FORBIDDEN {
-            shared.forget_token(&client_id);
-        }
-        return Err(AttemptError::Status5xx(
-            502,
-            format!("compute submit answered HTTP {}", res.status().as_u16()),
-        ));
-    }
+    let task_id = submit_task(
+        client,
+        shared,
+        (&token, &client_id),
+        &g.endpoint_uuid,
+        &g.function_uuid,
+        task_payload(&params),
+    )
+    .await?;
     shared.mark_submitted(&g.endpoint_uuid);
-    let answer: Value = serde_json::from_slice(&answer)
-        .map_err(|_| AttemptError::Status5xx(502, "compute submit answered non-JSON".into()))?;
-    let task_id = answer
-        .pointer(&format!("/tasks/{}/0", g.function_uuid))
-        .and_then(Value::as_str)
-        .ok_or_else(|| AttemptError::Status5xx(502, "compute submit answered no task id".into()))?
-        .to_string();
-
-    let poll_url = shared.url(
-        &shared.settings.compute_base,
-        &format!("/v2/tasks/{task_id}"),
-    );
-    let poll = TaskPoll {
-        client: client.clone(),
-        url: poll_url,
-        token,
-        initial: Duration::from_millis(shared.settings.poll_initial_ms),
-        max: Duration::from_millis(shared.settings.poll_max_ms),
-        deadline,
-    };
+    let poll = TaskPoll::new(client, shared, &task_id, token, deadline);
     if let Some((registration, rx)) = callback {
         let task: TaskFuture = Box::pin(async move { poll.wait().await });
         return Ok(Committed::Callback(CallbackSource {
@@ -601,6 +565,105 @@ pub fn callback_parts(base: &str) -> Option<(String, String, u16)> {
 }
 
 /// Polls one task until it is `success` or `failed` (its document), or the deadline.
+/// Submits one task (`payload`, packed buffers) of `function` to `endpoint`, asking for a
+/// JSON result; returns its task id. `auth` is the token and the client id it belongs to.
+async fn submit_task(
+    client: &awc::Client,
+    shared: &GlobusShared,
+    auth: (&str, &str),
+    endpoint: &str,
+    function: &str,
+    payload: String,
+) -> Result<String, AttemptError> {
+    let (token, client_id) = auth;
+    let submit = json!({
+        "create_queue": false,
+        "tasks": { function: [payload] },
+        "result_serializers": [JSON_SERIALIZER],
+    });
+    let url = shared.url(
+        &shared.settings.compute_base,
+        &format!("/v3/endpoints/{endpoint}/submit"),
+    );
+    let mut res = client
+        .post(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(60))
+        .send_json(&submit)
+        .await
+        .map_err(|e| AttemptError::Connect(format!("compute submit: {e}")))?;
+    let answer = res.body().limit(BODY_LIMIT).await.unwrap_or_default();
+    if !res.status().is_success() {
+        if res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::FORBIDDEN {
+            shared.forget_token(client_id);
+        }
+        return Err(AttemptError::Status5xx(
+            502,
+            format!("compute submit answered HTTP {}", res.status().as_u16()),
+        ));
+    }
+    let answer: Value = serde_json::from_slice(&answer)
+        .map_err(|_| AttemptError::Status5xx(502, "compute submit answered non-JSON".into()))?;
+    answer
+        .pointer(&format!("/tasks/{function}/0"))
+        .and_then(Value::as_str)
+        .map(String::from)
+        .ok_or_else(|| AttemptError::Status5xx(502, "compute submit answered no task id".into()))
+}
+
+/// Runs a registered function that takes no arguments (FIRST's qstat function) on
+/// `endpoint` with the cluster's credentials, and returns the JSON text it returned (a
+/// returned string is unwrapped: FIRST's function returns `json.dumps(...)`). Errors are
+/// one line for the log and `/status`.
+pub async fn run_no_arg_function(
+    client: &awc::Client,
+    shared: &GlobusShared,
+    cluster: &str,
+    endpoint: &str,
+    function: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let describe = |e: AttemptError| match e {
+        AttemptError::Timeout => format!("no result within {} s", timeout.as_secs()),
+        AttemptError::Connect(m)
+        | AttemptError::Broken(m)
+        | AttemptError::Died(m)
+        | AttemptError::Status5xx(_, m)
+        | AttemptError::OutOfFds(m) => m,
+        AttemptError::RateLimited(..) => "rate limited by the web service".into(),
+        AttemptError::Starting(_) => "endpoint starting".into(),
+    };
+    let (token, client_id) = shared.token(client, cluster).await.map_err(describe)?;
+    let no_args = pack_buffers(&["11\n[]".to_string(), "11\n{}".to_string()]);
+    let task_id = submit_task(
+        client,
+        shared,
+        (&token, &client_id),
+        endpoint,
+        function,
+        no_args,
+    )
+    .await
+    .map_err(describe)?;
+    let doc = TaskPoll::new(client, shared, &task_id, token, deadline)
+        .wait()
+        .await
+        .map_err(describe)?;
+    if task_status(&doc).as_deref() != Some("success") {
+        return Err(format!(
+            "task {task_id} failed: {}",
+            last_line(failure_text(&doc))
+        ));
+    }
+    let result = doc
+        .get("result")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("task {task_id} succeeded without a result"))?;
+    let text = decode_result(result)?;
+    String::from_utf8(text.to_vec()).map_err(|_| "the result is not UTF-8".to_string())
+}
+
 struct TaskPoll {
     client: awc::Client,
     url: String,
@@ -611,6 +674,26 @@ struct TaskPoll {
 }
 
 impl TaskPoll {
+    fn new(
+        client: &awc::Client,
+        shared: &GlobusShared,
+        task_id: &str,
+        token: String,
+        deadline: Instant,
+    ) -> TaskPoll {
+        TaskPoll {
+            client: client.clone(),
+            url: shared.url(
+                &shared.settings.compute_base,
+                &format!("/v2/tasks/{task_id}"),
+            ),
+            token,
+            initial: Duration::from_millis(shared.settings.poll_initial_ms),
+            max: Duration::from_millis(shared.settings.poll_max_ms),
+            deadline,
+        }
+    }
+
     async fn wait(self) -> Result<Value, AttemptError> {
         let mut pause = self.initial;
         loop {

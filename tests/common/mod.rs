@@ -242,7 +242,26 @@ pub async fn start_fixtures(
     toml: Option<&str>,
     settings: &[(&str, &str)],
 ) -> TestGateway {
+    start_fixtures_with_clusters(endpoints, federated, &[], toml, settings).await
+}
+
+/// [`start_fixtures`] with a `clusters.json` too (when `clusters` is not empty).
+#[allow(dead_code)]
+pub async fn start_fixtures_with_clusters(
+    endpoints: &[Value],
+    federated: &[Value],
+    clusters: &[Value],
+    toml: Option<&str>,
+    settings: &[(&str, &str)],
+) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
+    if !clusters.is_empty() {
+        std::fs::write(
+            dir.path().join("clusters.json"),
+            serde_json::to_vec(clusters).unwrap(),
+        )
+        .unwrap();
+    }
     let config_file = toml.map(|text| {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, text).unwrap();
