@@ -239,7 +239,8 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~+/=".contains(c)
 }
 
-/// Replaces e-mail addresses, `Bearer <token>` and `sk-...`/`gw-...` key-shaped words.
+/// Replaces e-mail addresses, `Bearer <token>` and `sk-...`/`gw-...`/`igw_...` key-shaped
+/// words.
 pub fn redact_text(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -282,6 +283,18 @@ pub fn redact_text(text: &str) -> String {
                 continue;
             }
         }
+        // The gateway's own API keys: igw_ and 64 hex digits (16+ alphanumerics here).
+        if word_start && chars[i..].starts_with(&['i', 'g', 'w', '_']) {
+            let mut j = i + 4;
+            while j < chars.len() && chars[j].is_ascii_alphanumeric() {
+                j += 1;
+            }
+            if j - i >= 20 {
+                out.push_str(REDACTED);
+                i = j;
+                continue;
+            }
+        }
         if chars[i] == '@' {
             let mut start = out.len();
             let local: usize = out
@@ -318,7 +331,8 @@ pub fn redact_value(value: &mut Value) {
                 || s.contains("earer")
                 || s.contains("EARER")
                 || s.contains("sk-")
-                || s.contains("gw-") =>
+                || s.contains("gw-")
+                || s.contains("igw_") =>
         {
             *s = redact_text(s);
         }
@@ -340,11 +354,12 @@ pub fn redact_value(value: &mut Value) {
 /// an e-mail address (first: [`suspect`] looks for it apart), every secret-named key,
 /// `bearer` and key prefixes. Lines without
 /// any (nearly all request records) are written as they are, without a JSON round trip.
-const SUSPECT: [&str; 13] = [
+const SUSPECT: [&str; 14] = [
     "@",
     "bearer",
     "sk-",
     "gw-",
+    "igw_",
     "authoriz",
     "api_key",
     "apikey",
@@ -497,6 +512,12 @@ mod tests {
             redact_text("key sk-abcdefghijklmnop1234 used"),
             "key [redacted] used"
         );
+        let ours = format!("igw_{}", "0123456789abcdef".repeat(4));
+        assert_eq!(
+            redact_text(&format!("refused key {ours}, again:{ours}")),
+            "refused key [redacted], again:[redacted]"
+        );
+        assert_eq!(redact_text("igw_short"), "igw_short");
         // Things that only look a little like secrets stay.
         assert_eq!(
             redact_text("user@localhost sk-short"),
