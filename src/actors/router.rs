@@ -118,27 +118,52 @@ thread_local! {
 /// Of `candidates` (indices into `entries`), the fewest in flight; among those, the fastest
 /// by latency average, taking turns among those about as fast. A target without a latency
 /// sample (0: new, recovered, or not measured for a while) counts as fastest, so it is
-/// measured.
+/// measured. One pass, each target's counters read once: other threads change them
+/// meanwhile, so a second look could disagree with the first.
 fn least_loaded(
     entries: &[(u8, Arc<Target>)],
-    candidates: impl Iterator<Item = usize> + Clone,
+    candidates: impl Iterator<Item = usize>,
 ) -> Option<usize> {
-    let in_flight = candidates.clone().map(|i| entries[i].1.in_flight()).min()?;
-    let least = candidates.filter(move |&i| entries[i].1.in_flight() == in_flight);
-    let fastest = least.clone().map(|i| entries[i].1.ewma_ttfb_us()).min()?;
-    let bound = if fastest == 0 {
-        0
-    } else {
-        (fastest as f64 * LATENCY_TOLERANCE) as u64 + LATENCY_SLACK_US
-    };
-    let fast = least.filter(move |&i| entries[i].1.ewma_ttfb_us() <= bound);
-    let count = fast.clone().count();
     let turn = ROTATION.with(|r| {
         let n = r.get();
         r.set(n.wrapping_add(1));
         n
     });
-    fast.clone().nth(turn % count)
+    // The pick so far, its in-flight count, the lowest latency among its equals, and how
+    // many equals were seen (the newest replaces the pick one turn in `ties`: each of n
+    // equals is picked once in n turns).
+    let mut best: Option<(usize, u32, u64)> = None;
+    let mut ties = 0usize;
+    for i in candidates {
+        let target = &entries[i].1;
+        let (in_flight, ewma) = (target.in_flight(), target.ewma_ttfb_us());
+        let Some((_, best_in_flight, best_ewma)) = best else {
+            best = Some((i, in_flight, ewma));
+            ties = 1;
+            continue;
+        };
+        let near = |a: u64, b: u64| {
+            let (low, high) = (a.min(b), a.max(b));
+            low > 0 && high <= (low as f64 * LATENCY_TOLERANCE) as u64 + LATENCY_SLACK_US
+                || high == 0
+        };
+        if in_flight < best_in_flight
+            || (in_flight == best_in_flight && ewma < best_ewma && !near(ewma, best_ewma))
+        {
+            best = Some((i, in_flight, ewma));
+            ties = 1;
+        } else if in_flight == best_in_flight && near(ewma, best_ewma) {
+            ties += 1;
+            let low = ewma.min(best_ewma);
+            best = Some(match best {
+                // `ties - 1`: the first turn keeps the first in file order.
+                Some(_) if turn % ties == ties - 1 => (i, in_flight, low),
+                Some((j, f, _)) => (j, f, low),
+                None => (i, in_flight, low),
+            });
+        }
+    }
+    best.map(|(i, _, _)| i)
 }
 
 pub struct FederatedRouterActor {
@@ -317,6 +342,34 @@ mod tests {
             vec![("a".into(), 5), ("b".into(), 5), ("slow".into(), 0)],
             "2.9 ms is within 1.5 × 2 ms + 1 ms of the fastest; 20 ms is not"
         );
+    }
+
+    #[test]
+    fn picks_while_other_threads_change_latencies_always_find_a_target() {
+        // Handlers pick while BackendActors publish on other threads: a pick that reads a
+        // target's counters twice can see two values (it once divided by a count of 0).
+        let (a, b) = (target("a", "x"), target("b", "x"));
+        a.publish(Health::Healthy, BreakerView::Closed, 1_000);
+        b.publish(Health::Healthy, BreakerView::Closed, 1_000);
+        let ranked = Ranked::rank(&[a.clone(), b.clone()]);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (a, b, stop) = (a.clone(), b.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut n: u64 = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 50_000_000 {
+                    n += 1;
+                    // Swings both ways across the "about as fast" bound, 0 included.
+                    a.publish(Health::Healthy, BreakerView::Closed, (n % 7) * 900);
+                    b.publish(Health::Healthy, BreakerView::Closed, (n % 5) * 1_300);
+                }
+            })
+        };
+        for _ in 0..200_000 {
+            assert!(pick(&ranked, &|_| true, &[]).is_some());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
     }
 
     #[test]
