@@ -20,6 +20,7 @@ use crate::cache::{CacheKey, ResponseCache};
 use crate::error::{code, envelope, ApiError};
 use crate::fixtures::Transport;
 use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::proxy::demo;
 use crate::proxy::globus_compute::{self, GlobusShared};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
@@ -209,7 +210,7 @@ pub async fn forward(
                 call.pin.as_ref().is_none_or(|p| p.matches(t))
                     && call.caller.may_use(&t.spec)
                     // Globus Compute carries JSON bodies only.
-                    && (json || matches!(t.spec.transport, Transport::Http))
+                    && (json || !matches!(t.spec.transport, Transport::GlobusCompute(_)))
             };
             pick(&ranked, &accept, &tried)
         };
@@ -251,6 +252,10 @@ pub async fn forward(
         };
         let mut result = match &target.spec.transport {
             Transport::Http => send(&upstream.client, &target, &call, body.clone(), &lease).await,
+            // In process: the same sorting of its answer as an HTTP target's.
+            Transport::Demo => {
+                receive(demo::response(call.upstream_path, &body), &target, &lease).await
+            }
             Transport::GlobusCompute(g) => match &upstream.globus {
                 // Boxed: its future (about 7 KB) would otherwise size every HTTP request's.
                 Some(shared) => {
@@ -457,10 +462,21 @@ async fn send(
     if let Some(authorization) = target.authorization() {
         req = req.insert_header((header::AUTHORIZATION, authorization.clone()));
     }
-    let mut res = match req.send_body(body).await {
-        Ok(res) => res,
-        Err(e) => return Err(classify(e)),
-    };
+    match req.send_body(body).await {
+        Ok(res) => receive(res, target, lease).await,
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Sorts a target's response: a 2xx is committed once its first body chunk is in hand;
+/// anything else is read whole and sorted (rate limited, credentials, 5xx, the request's
+/// own 4xx). HTTP targets' responses come here from awc, the demo's from
+/// [`demo::response`].
+async fn receive(
+    mut res: awc::ClientResponse,
+    target: &Target,
+    lease: &Lease,
+) -> Result<Committed, AttemptError> {
     let status = res.status();
     if status.is_success() {
         // Wait for the first chunk before committing: a target that dies now can still be

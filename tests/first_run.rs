@@ -1,0 +1,185 @@
+//! What a new user meets first: the built-in `demo` target answering through the whole
+//! request path.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use inference_gateway::store::UsageFilter;
+use serde_json::{json, Value};
+
+fn demo_endpoint() -> Value {
+    json!({"model": "resource_server.endpoint", "pk": 100, "fields": {
+        "endpoint_slug": "local-demo", "cluster": "local", "framework": "demo", "model": "demo"}})
+}
+
+/// POSTs `body` to `path`; status, headers and the raw body.
+async fn post_raw(
+    gw: &TestGateway,
+    path: &str,
+    body: &Value,
+) -> (u16, awc::http::header::HeaderMap, String) {
+    let mut res = gw.client().post(gw.at(path)).send_json(body).await.unwrap();
+    let bytes = res.body().limit(8 << 20).await.unwrap();
+    (
+        res.status().as_u16(),
+        res.headers().clone(),
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+#[actix_rt::test]
+async fn the_demo_target_answers_every_route_through_the_whole_request_path() {
+    let gw = start_fixtures(
+        &[demo_endpoint()],
+        &[],
+        None,
+        &[
+            // Health checks on: the demo's is answered in process.
+            ("GATEWAY__HEALTH__PATH", "/health"),
+            ("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "50"),
+            ("GATEWAY__LOGGING__FLUSH_INTERVAL_MS", "20"),
+        ],
+    )
+    .await;
+    gw.wait_target("local-demo", |t| t["health"] == "healthy")
+        .await;
+    let (_, models) = gw.get("/v1/models").await;
+    let demo = &models["data"][0];
+    assert_eq!(demo["id"], "demo");
+    assert_eq!(demo["demo"], true, "labelled as a demo: {demo}");
+    assert!(demo["description"]
+        .as_str()
+        .unwrap()
+        .contains("not a language model"));
+    assert_eq!(demo["status"], "running");
+    assert_eq!(demo["targets"][0]["framework"], "demo");
+
+    let said = json!([{"role": "user", "content": "Hello gateway"}]);
+    let requests = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "demo", "messages": said}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "demo", "prompt": "Hello gateway"}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "demo", "input": ["a", "b"]}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "demo", "input": "Hello gateway"}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "demo", "max_tokens": 64, "messages": said}),
+        ),
+    ];
+    let mut count = 0;
+    for (path, body) in &requests {
+        let (status, headers, text) = post_raw(&gw, path, body).await;
+        count += 1;
+        assert_eq!(status, 200, "{path}: {text}");
+        assert!(headers.contains_key("x-ratelimit-remaining-requests"));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let answer = v["choices"][0]["message"]["content"]
+            .as_str()
+            .or(v["choices"][0]["text"].as_str())
+            .or(v["output"][0]["content"][0]["text"].as_str())
+            .or(v["content"][0]["text"].as_str());
+        if *path != "/v1/embeddings" {
+            assert!(
+                answer.unwrap().ends_with("\"Hello gateway\""),
+                "{path}: {text}"
+            );
+        }
+        assert!(v["usage"].is_object(), "{path}: {text}");
+        if *path == "/v1/embeddings" {
+            continue;
+        }
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let (status, headers, text) = post_raw(&gw, path, &streamed).await;
+        count += 1;
+        assert_eq!(status, 200, "{path} streamed: {text}");
+        assert_eq!(headers.get("content-type").unwrap(), "text/event-stream");
+        let last = text.trim_end().rsplit("\n\n").next().unwrap().to_string();
+        assert!(
+            ["data: [DONE]", "response.completed", "message_stop"]
+                .iter()
+                .any(|end| last.contains(end)),
+            "{path}: the stream ends properly: {last}"
+        );
+        // The gateway asked for usage (quotas) and hid the event the client did not ask for.
+        assert!(!text.contains("\"choices\":[]"), "{path}: {text}");
+    }
+
+    // Quotas counted every request; the breaker and the health view saw them.
+    let (_, headers, _) = post_raw(&gw, "/v1/chat/completions", &requests[0].1).await;
+    count += 1;
+    assert_eq!(
+        headers.get("x-ratelimit-remaining-requests").unwrap(),
+        &(50 - count).to_string()
+    );
+    let state = gw
+        .wait_target("local-demo", |t| t["requests"] == count)
+        .await;
+    assert_eq!(state["breaker"], "closed");
+    assert_eq!(state["failures"], 0);
+
+    // The request log has a row per request, with the demo's usage (not estimated).
+    gw.flush_log().await;
+    let rows = gw
+        .store
+        .list_log(UsageFilter::default(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), count as usize);
+    for row in &rows {
+        assert_eq!(
+            (row.target.as_str(), row.framework.as_str(), row.status),
+            ("local-demo", "demo", 200)
+        );
+        assert!(row.total_tokens > 0 && !row.tokens_estimated, "{row:?}");
+    }
+
+    // And the metrics.
+    let mut res = gw.client().get(gw.at("/metrics")).send().await.unwrap();
+    let text = String::from_utf8(res.body().limit(4 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains(r#"gateway_requests_total{model="demo",route="chat",status="200",target="local-demo"} 3"#),
+        "{text}"
+    );
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_demo_target_can_be_removed_from_the_fixtures() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let real = endpoint(1, &target("real", "m", mock.url()));
+    let gw = start_fixtures(&[demo_endpoint(), real.clone()], &[], None, &[]).await;
+    let (status, _, _) = post_raw(&gw, "/v1/chat/completions", &chat("demo")).await;
+    assert_eq!(status, 200);
+    std::fs::write(
+        gw.dir.path().join("endpoints.json"),
+        serde_json::to_vec(&json!([real])).unwrap(),
+    )
+    .unwrap();
+    gw.reloader.reload().await.unwrap();
+    let (_, models) = gw.get("/v1/models").await;
+    let ids: Vec<&Value> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["id"])
+        .collect();
+    assert_eq!(ids, vec![&json!("m")]);
+    let (status, _, text) = post_raw(&gw, "/v1/chat/completions", &chat("demo")).await;
+    assert_eq!(status, 404, "{text}");
+    let (status, _, _) = post_raw(&gw, "/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+    gw.stop().await;
+}
