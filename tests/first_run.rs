@@ -1,10 +1,13 @@
 //! What a new user meets first: the built-in `demo` target answering through the whole
-//! request path.
+//! request path, and `/v1/models` telling `offline` at the first failed check.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
+use inference_gateway::actors::gateway::CheckAll;
 use inference_gateway::store::UsageFilter;
 use serde_json::{json, Value};
 
@@ -181,5 +184,74 @@ async fn the_demo_target_can_be_removed_from_the_fixtures() {
     assert_eq!(status, 404, "{text}");
     let (status, _, _) = post_raw(&gw, "/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 200);
+    gw.stop().await;
+}
+
+/// Waits (bounded) until `/v1/models` gives `model` the status `want`; the last status.
+async fn wait_model_status(gw: &TestGateway, model: &str, want: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, models) = gw.get("/v1/models").await;
+        let status = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == model)
+            .map(|m| m["status"].as_str().unwrap().to_string())
+            .unwrap_or_default();
+        if status == want || Instant::now() > deadline {
+            return status;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn models_are_offline_after_the_first_failed_health_check() {
+    let flaky = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            target("dead", "dead-model", dead_url()),
+            target("flaky", "flaky-model", flaky.url()),
+        ],
+        &[
+            ("GATEWAY__HEALTH__PATH", "/health"),
+            ("GATEWAY__HEALTH__UNHEALTHY_THRESHOLD", "2"),
+            // No second check comes by itself within the test.
+            ("GATEWAY__HEALTH__INTERVAL_SECS", "3600"),
+        ],
+    )
+    .await;
+    let status = wait_model_status(&gw, "dead-model", "offline", Duration::from_secs(5)).await;
+    assert_eq!(
+        status, "offline",
+        "at the first failed check, not `unknown`"
+    );
+    assert_eq!(
+        gw.target_state("dead").await["health"],
+        "unhealthy",
+        "a target never seen healthy"
+    );
+
+    // A target seen healthy keeps the threshold's benefit of the doubt.
+    gw.wait_target("flaky", |t| t["health"] == "healthy").await;
+    flaky.set_behavior(Behavior {
+        health_status: 503,
+        ..Behavior::default()
+    });
+    let checks = flaky.health_checks();
+    gw.gateway.do_send(CheckAll);
+    assert!(
+        flaky
+            .wait_for(|m| m.health_checks() > checks, Duration::from_secs(5))
+            .await
+    );
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.target_state("flaky").await["health"], "healthy");
+    gw.gateway.do_send(CheckAll);
+    gw.wait_target("flaky", |t| t["health"] == "unhealthy")
+        .await;
+    let status = wait_model_status(&gw, "flaky-model", "offline", Duration::from_secs(5)).await;
+    assert_eq!(status, "offline");
     gw.stop().await;
 }
