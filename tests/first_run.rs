@@ -1,5 +1,7 @@
 //! What a new user meets first: the built-in `demo` target answering through the whole
-//! request path, and `/v1/models` telling `offline` at the first failed check.
+//! request path, failures that say which target failed and how (never where it is),
+//! `/v1/models` telling `offline` at the first failed check, and a pinned route that says
+//! where a model is served instead of "does not exist".
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -253,5 +255,126 @@ async fn models_are_offline_after_the_first_failed_health_check() {
         .await;
     let status = wait_model_status(&gw, "flaky-model", "offline", Duration::from_secs(5)).await;
     assert_eq!(status, "offline");
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn failures_name_the_target_and_how_it_failed_never_its_address() {
+    let sick = MockUpstream::start(Behavior {
+        status: 503,
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let slow = MockUpstream::start(Behavior {
+        latency: Duration::from_secs(5),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[
+            target("local-llama-cpp-smollm2", "smollm2", dead_url()),
+            target("sick", "sick-model", sick.url()),
+            target("slow", "slow-model", slow.url()),
+        ],
+        &[
+            ("GATEWAY__UPSTREAM__RESPONSE_TIMEOUT_SECS", "1"),
+            ("GATEWAY__BREAKER__FAILURE_THRESHOLD", "2"),
+        ],
+    )
+    .await;
+    let message = |body: &str| {
+        assert!(!body.contains("127.0.0.1"), "no address: {body}");
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["error"]["message"].as_str().unwrap().to_string()
+    };
+    let (status, _, body) = post_raw(&gw, "/v1/chat/completions", &chat("smollm2")).await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        message(&body),
+        "All targets for model `smollm2` failed (target local-llama-cpp-smollm2: connection \
+         refused); try again later."
+    );
+    let (status, _, body) = post_raw(&gw, "/v1/chat/completions", &chat("sick-model")).await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        message(&body),
+        "All targets for model `sick-model` failed (target sick: answered 503); try again later."
+    );
+    let (status, _, body) = post_raw(&gw, "/v1/chat/completions", &chat("slow-model")).await;
+    assert_eq!(status, 504);
+    assert_eq!(
+        message(&body),
+        "The model `slow-model` did not answer in time (target slow: timed out after 1 s)."
+    );
+
+    // A second refusal opens the breaker: the 503 says which target and why.
+    let (status, _, _) = post_raw(&gw, "/v1/chat/completions", &chat("smollm2")).await;
+    assert_eq!(status, 502);
+    gw.wait_target("local-llama-cpp-smollm2", |t| t["breaker"] == "open")
+        .await;
+    let (status, headers, body) = post_raw(&gw, "/v1/chat/completions", &chat("smollm2")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("retry-after").unwrap(), "5");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "no_available_target");
+    assert_eq!(
+        message(&body),
+        "No target for model `smollm2` is available right now (target \
+         local-llama-cpp-smollm2: circuit breaker open after repeated failures); try again \
+         later."
+    );
+    gw.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_pinned_route_names_the_clusters_that_serve_the_model() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = start(
+        &[
+            T {
+                slug: "a",
+                cluster: "polaris",
+                framework: "vllm",
+                model: "m",
+                base_url: mock.url(),
+            },
+            T {
+                slug: "b",
+                cluster: "local",
+                framework: "llama-cpp",
+                model: "m",
+                base_url: mock.url(),
+            },
+        ],
+        &[],
+    )
+    .await;
+    for path in [
+        "/sophia/vllm/v1/chat/completions",
+        "/resource_server/sophia/vllm/v1/chat/completions",
+    ] {
+        let (status, _, body) = post_raw(&gw, path, &chat("m")).await;
+        assert_eq!(status, 404, "{path}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {
+                "message": "The model `m` is not served by cluster `sophia` with framework `vllm`; it is served by `polaris` (vllm), `local` (llama-cpp). Name one of those in the path, or use the route without a cluster (/v1/...) to let the gateway choose.",
+                "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}),
+            "{path}"
+        );
+    }
+    // The right cluster with the wrong framework says the same; the right pair answers.
+    let (status, _, body) = post_raw(&gw, "/polaris/sglang/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("it is served by `polaris` (vllm)"), "{body}");
+    let (status, _, _) = post_raw(&gw, "/polaris/vllm/v1/chat/completions", &chat("m")).await;
+    assert_eq!(status, 200);
+    // A model served nowhere is still "does not exist".
+    let (status, _, body) = post_raw(&gw, "/polaris/vllm/v1/chat/completions", &chat("nope")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("does not exist"), "{body}");
     gw.stop().await;
 }

@@ -26,7 +26,7 @@ use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
 use crate::proxy::upstream_pool::{is_fd_exhaustion, PoolGate};
 use crate::proxy::usage::UsageMeter;
-use crate::target::{Lease, Target, Verdict};
+use crate::target::{BreakerView, Lease, Target, Verdict};
 
 // Header names set or read on every request, built once: a name made from a `&str` is
 // parsed, and unless it is a standard one allocated, at every use.
@@ -203,18 +203,24 @@ pub async fn forward(
     // One upstream connection slot of this worker for the whole request (all attempts).
     let mut pool_slot = upstream.pool.acquire(&call.metrics.pool, log).await;
 
+    let accept = |t: &Target| {
+        call.pin.as_ref().is_none_or(|p| p.matches(t))
+            && call.caller.may_use(&t.spec)
+            // Globus Compute carries JSON bodies only.
+            && (json || !matches!(t.spec.transport, Transport::GlobusCompute(_)))
+    };
+
     while record.attempts < settings.max_attempts {
-        let lease = {
-            let ranked = call.model.ranked.load();
-            let accept = |t: &Target| {
-                call.pin.as_ref().is_none_or(|p| p.matches(t))
-                    && call.caller.may_use(&t.spec)
-                    // Globus Compute carries JSON bodies only.
-                    && (json || !matches!(t.spec.transport, Transport::GlobusCompute(_)))
-            };
-            pick(&ranked, &accept, &tried)
+        let lease = pick(&call.model.ranked.load(), &accept, &tried);
+        let Some(mut lease) = lease else {
+            // Say why the targets not tried could not be: the client's message names them.
+            for t in call.model.targets.iter() {
+                if accept(t) && !tried.iter().any(|x| Arc::ptr_eq(x, t)) {
+                    causes.push(format!("target {}: {}", t.slug(), unavailable_cause(t)));
+                }
+            }
+            break;
         };
-        let Some(mut lease) = lease else { break };
         if record.attempts > 0 {
             let backoff = settings.retry_backoff() * 2u32.pow(record.attempts - 1);
             actix_rt::time::sleep(backoff.min(Duration::from_secs(2))).await;
@@ -401,7 +407,10 @@ pub async fn forward(
 
     let cause = causes.join("; ");
     let error = match last {
-        None => ApiError::NoAvailableTarget(model_name),
+        None => ApiError::NoAvailableTarget {
+            model: model_name,
+            cause,
+        },
         Some(AttemptError::Timeout) => ApiError::UpstreamTimeout {
             model: model_name,
             cause,
@@ -424,6 +433,19 @@ pub async fn forward(
         },
     };
     Err((error, record))
+}
+
+/// Why a target could not take a request, for the client: its state, never its address
+/// or the text of its last error.
+fn unavailable_cause(target: &Target) -> &'static str {
+    if target.in_maintenance() {
+        return "its cluster is in maintenance";
+    }
+    match target.breaker() {
+        BreakerView::Open => "circuit breaker open after repeated failures",
+        BreakerView::HalfOpen => "being probed after repeated failures (one request at a time)",
+        BreakerView::Closed => "not available",
+    }
 }
 
 pub(crate) enum Committed {
