@@ -8,6 +8,7 @@ pub mod body_timeout;
 pub mod cache;
 pub mod clock;
 pub mod cluster;
+pub mod compress;
 pub mod config;
 pub mod error;
 pub mod fixtures;

@@ -613,12 +613,6 @@ fn respond(
     if let Some(encoding) = res.headers().get(header::CONTENT_ENCODING) {
         builder.insert_header((header::CONTENT_ENCODING, encoding.clone()));
     }
-    let small = content_length.is_some_and(|n| n < crate::security::GZIP_MIN_BYTES);
-    if (sse || small) && res.headers().get(header::CONTENT_ENCODING).is_none() {
-        // Never compress a stream (compression would hold events back until a block
-        // fills), nor a small body (gzip's setup costs more than it saves).
-        builder.insert_header((header::CONTENT_ENCODING, "identity"));
-    }
     if sse {
         builder.insert_header((header::CACHE_CONTROL, "no-cache"));
         // Tell a reverse proxy in front of us (nginx) not to buffer the stream.
