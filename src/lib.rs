@@ -20,6 +20,7 @@ pub mod normalize_path;
 pub mod nul_input;
 pub mod openapi;
 pub mod pbs_json;
+pub mod probe;
 pub mod proxy;
 pub mod quota;
 pub mod reload;
