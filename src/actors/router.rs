@@ -123,9 +123,15 @@ fn least_loaded(
     entries: &[(u8, Arc<Target>)],
     candidates: impl Iterator<Item = usize> + Clone,
 ) -> Option<usize> {
+    // Each pass below reads the atomics again, and other workers (in flight) and the
+    // actor (latency) move them in between: a pass may find nobody. Then the first
+    // candidate is taken rather than none (a spurious 503) or a division by zero.
+    let first = candidates.clone().next()?;
     let in_flight = candidates.clone().map(|i| entries[i].1.in_flight()).min()?;
     let least = candidates.filter(move |&i| entries[i].1.in_flight() == in_flight);
-    let fastest = least.clone().map(|i| entries[i].1.ewma_ttfb_us()).min()?;
+    let Some(fastest) = least.clone().map(|i| entries[i].1.ewma_ttfb_us()).min() else {
+        return Some(first);
+    };
     let bound = if fastest == 0 {
         0
     } else {
@@ -133,12 +139,15 @@ fn least_loaded(
     };
     let fast = least.filter(move |&i| entries[i].1.ewma_ttfb_us() <= bound);
     let count = fast.clone().count();
+    if count == 0 {
+        return Some(first);
+    }
     let turn = ROTATION.with(|r| {
         let n = r.get();
         r.set(n.wrapping_add(1));
         n
     });
-    fast.clone().nth(turn % count)
+    fast.clone().nth(turn % count).or(Some(first))
 }
 
 pub struct FederatedRouterActor {
@@ -266,6 +275,49 @@ mod tests {
             vec!["e", "c", "b", "a"],
             "open breaker never picked"
         );
+    }
+
+    #[test]
+    fn a_pick_always_finds_a_target_while_other_threads_move_its_counts() {
+        // Other workers take and drop leases (in flight) and the actor publishes latencies
+        // between the reads of one pick: a pick must still return the only target, never
+        // nothing (a spurious 503) or a panic.
+        let a = target("a", "x");
+        a.publish(Health::Healthy, BreakerView::Closed, 1_000);
+        let ranked = Ranked::rank(std::slice::from_ref(&a));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let movers: Vec<_> = (0..2)
+            .map(|n| {
+                let (a, stop) = (Arc::clone(&a), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 50_000_000 {
+                        i += 1;
+                        if n == 0 {
+                            drop(a.try_lease());
+                        } else {
+                            a.publish(Health::Healthy, BreakerView::Closed, 1_000 + i % 7_000);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut picks = 0u32;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while std::time::Instant::now() < deadline && picks < 500_000 {
+                assert!(
+                    pick(&ranked, &|_| true, &[]).is_some(),
+                    "pick {picks} found none"
+                );
+                picks += 1;
+            }
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for m in movers {
+            m.join().unwrap();
+        }
+        assert!(result.is_ok(), "a pick failed while counts moved");
     }
 
     #[test]
