@@ -56,6 +56,19 @@ pub enum ApiError {
     InvalidField { message: String, param: String },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// A pinned route (`/{cluster}/{framework}/v1/...`) whose cluster and framework do not
+    /// serve the model, which other clusters (`elsewhere`: "`local` (llama-cpp)") do.
+    #[error(
+        "The model `{model}` is not served by cluster `{cluster}` with framework `{framework}`; \
+         it is served by {elsewhere}. Name one of those in the path, or use the route without \
+         a cluster (/v1/...) to let the gateway choose."
+    )]
+    ModelNotOnCluster {
+        model: String,
+        cluster: String,
+        framework: String,
+        elsewhere: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("Method {0} is not allowed on this route.")]
@@ -83,9 +96,13 @@ pub enum ApiError {
     /// and how it failed ("target a: connection refused"), never a URL or a secret.
     #[error("All targets for model `{model}` failed ({cause}); try again later.")]
     AllTargetsFailed { model: String, cause: String },
-    /// No target is healthy with a closed breaker.
-    #[error("No target for model `{0}` is available right now; try again later.")]
-    NoAvailableTarget(String),
+    /// No target could take the request (breakers open, probes in flight); `cause` names
+    /// each and why ("target a: circuit breaker open after repeated failures").
+    #[error(
+        "No target for model `{model}` is available right now{}; try again later.",
+        in_parens(cause)
+    )]
+    NoAvailableTarget { model: String, cause: String },
     /// `cause`: the target and the wait ("target a: timed out after 600 s").
     #[error("The model `{model}` did not answer in time ({cause}).")]
     UpstreamTimeout { model: String, cause: String },
@@ -157,6 +174,15 @@ fn file_too_large_message(param: &str, size: Option<u64>, limit: u64) -> String 
     }
 }
 
+/// " (text)", or nothing for an empty text.
+fn in_parens(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(" ({text})")
+    }
+}
+
 fn maintenance_message(cluster: &str, notice: &str) -> String {
     if notice.trim().is_empty() {
         format!("Cluster `{cluster}` is under maintenance; try again later.")
@@ -201,7 +227,9 @@ impl ApiError {
             ApiError::InvalidRequest { .. } | ApiError::InvalidField { .. } => {
                 code::INVALID_REQUEST
             }
-            ApiError::ModelNotFound(_) => code::MODEL_NOT_FOUND,
+            ApiError::ModelNotFound(_) | ApiError::ModelNotOnCluster { .. } => {
+                code::MODEL_NOT_FOUND
+            }
             ApiError::NotFound(_) => code::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => code::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => code::PAYLOAD_TOO_LARGE,
@@ -211,7 +239,7 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => code::INSUFFICIENT_QUOTA,
             ApiError::AllTargetsFailed { .. } => code::UPSTREAM_ERROR,
             ApiError::UpstreamCredentials { .. } => code::UPSTREAM_AUTH_ERROR,
-            ApiError::NoAvailableTarget(_) => code::NO_AVAILABLE_TARGET,
+            ApiError::NoAvailableTarget { .. } => code::NO_AVAILABLE_TARGET,
             ApiError::UpstreamTimeout { .. } => code::UPSTREAM_TIMEOUT,
             ApiError::Unauthorized(_) => code::INVALID_API_KEY,
             ApiError::Forbidden(_) => code::FORBIDDEN,
@@ -234,7 +262,13 @@ impl ApiError {
         match self.status_code().as_u16() {
             401 => "authentication_error",
             403 => "permission_error",
-            404 if matches!(self, ApiError::ModelNotFound(_)) => "invalid_request_error",
+            404 if matches!(
+                self,
+                ApiError::ModelNotFound(_) | ApiError::ModelNotOnCluster { .. }
+            ) =>
+            {
+                "invalid_request_error"
+            }
             404 => "not_found_error",
             429 if matches!(self, ApiError::QuotaExceeded { .. }) => "insufficient_quota",
             429 => "rate_limit_error",
@@ -247,7 +281,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { param, .. } => *param,
             ApiError::InvalidField { param, .. } => Some(param),
-            ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::ModelNotFound(_) | ApiError::ModelNotOnCluster { .. } => Some("model"),
             ApiError::PathNotAllowed { param, .. } | ApiError::FileTooLarge { param, .. } => {
                 Some(*param)
             }
@@ -281,7 +315,9 @@ impl ResponseError for ApiError {
             ApiError::InvalidJson(_)
             | ApiError::InvalidRequest { .. }
             | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_)
+            | ApiError::ModelNotOnCluster { .. }
+            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -292,7 +328,7 @@ impl ResponseError for ApiError {
             ApiError::AllTargetsFailed { .. } | ApiError::UpstreamCredentials { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ApiError::NoAvailableTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoAvailableTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -334,7 +370,7 @@ impl ResponseError for ApiError {
                     res.insert_header((RETRY_AFTER, v));
                 }
             }
-            ApiError::NoAvailableTarget(_)
+            ApiError::NoAvailableTarget { .. }
             | ApiError::GatewayOverloaded
             | ApiError::DatabaseUnavailable => {
                 res.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
@@ -516,6 +552,49 @@ mod tests {
     }
 
     #[test]
+    fn failures_name_each_target_and_how_it_failed() {
+        let e = ApiError::AllTargetsFailed {
+            model: "smollm2".into(),
+            cause: "target local-llama-cpp-smollm2: connection refused".into(),
+        };
+        assert_eq!(
+            body_of(&e),
+            serde_json::json!({"error":{
+                "message":"All targets for model `smollm2` failed (target local-llama-cpp-smollm2: connection refused); try again later.",
+                "type":"server_error","param":null,"code":"upstream_error"}})
+        );
+        let e = ApiError::NoAvailableTarget {
+            model: "m".into(),
+            cause: "target a: circuit breaker open after repeated failures".into(),
+        };
+        assert_eq!(
+            body_of(&e)["error"]["message"],
+            "No target for model `m` is available right now (target a: circuit breaker open \
+             after repeated failures); try again later."
+        );
+        let e = ApiError::NoAvailableTarget {
+            model: "m".into(),
+            cause: String::new(),
+        };
+        assert_eq!(
+            body_of(&e)["error"]["message"],
+            "No target for model `m` is available right now; try again later."
+        );
+        let e = ApiError::ModelNotOnCluster {
+            model: "m".into(),
+            cluster: "sophia".into(),
+            framework: "vllm".into(),
+            elsewhere: "`local` (llama-cpp)".into(),
+        };
+        assert_eq!(
+            body_of(&e),
+            serde_json::json!({"error":{
+                "message":"The model `m` is not served by cluster `sophia` with framework `vllm`; it is served by `local` (llama-cpp). Name one of those in the path, or use the route without a cluster (/v1/...) to let the gateway choose.",
+                "type":"invalid_request_error","param":"model","code":"model_not_found"}})
+        );
+    }
+
+    #[test]
     fn server_errors_say_nothing_internal() {
         let e = ApiError::Internal;
         assert_eq!(
@@ -601,7 +680,22 @@ mod tests {
                 },
                 502,
             ),
-            (ApiError::NoAvailableTarget("m".into()), 503),
+            (
+                ApiError::NoAvailableTarget {
+                    model: "m".into(),
+                    cause: String::new(),
+                },
+                503,
+            ),
+            (
+                ApiError::ModelNotOnCluster {
+                    model: "m".into(),
+                    cluster: "c".into(),
+                    framework: "f".into(),
+                    elsewhere: "`d` (f)".into(),
+                },
+                404,
+            ),
             (
                 ApiError::UpstreamTimeout {
                     model: "m".into(),

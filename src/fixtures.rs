@@ -34,7 +34,15 @@ pub enum Transport {
     Http,
     /// A registered function on a Globus Compute endpoint (FIRST's deployment model).
     GlobusCompute(GlobusComputeTarget),
+    /// The built-in demo responder (`framework: "demo"`): answered inside the gateway's
+    /// process by [`crate::proxy::demo`], no server, no port.
+    Demo,
 }
+
+/// The framework that names the built-in demo target.
+pub const DEMO_FRAMEWORK: &str = "demo";
+/// What a demo target shows where others show their server's address.
+pub const DEMO_BASE_URL: &str = "builtin://demo";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GlobusComputeTarget {
@@ -378,8 +386,22 @@ impl<'a> Entry<'a> {
             Some(s) if !s.is_empty() => s,
             _ => slugify(&format!("{cluster}-{framework}-{model}")),
         };
-        let transport = self.transport()?;
+        let transport = if framework == DEMO_FRAMEWORK {
+            for field in ["base_url", "api_url", "api_port", "transport"] {
+                if self.get(field).is_some_and(|v| !v.is_null()) {
+                    return Err(self.error(
+                        field,
+                        "a `demo` target is built into the gateway and has no server to \
+                         name (remove the field, or give the target another framework)",
+                    ));
+                }
+            }
+            Transport::Demo
+        } else {
+            self.transport()?
+        };
         let base_url = match &transport {
+            Transport::Demo => DEMO_BASE_URL.to_string(),
             // The model server is on the compute node; base_url is informative only.
             Transport::GlobusCompute(g) if self.optional_str("base_url")?.is_none() => {
                 format!("http://127.0.0.1:{}", g.api_port)
@@ -765,10 +787,35 @@ mod tests {
     }
 
     #[test]
-    fn shipped_fixtures_load() {
+    fn shipped_fixtures_load_with_the_demo_target() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
         let c = Catalog::load(&dir).unwrap();
         assert!(!c.targets.is_empty());
         assert!(!c.models.is_empty());
+        let demo = c.target("local-demo").unwrap();
+        assert_eq!(demo.transport, Transport::Demo);
+        assert_eq!(demo.model, "demo");
+    }
+
+    #[test]
+    fn the_demo_framework_is_built_in_and_names_no_server() {
+        let eps =
+            vec![json!({"pk":1,"fields":{"cluster":"local","framework":"demo","model":"demo"}})];
+        let c = Catalog::from_values(&eps, &[], &[]).unwrap();
+        let t = &c.targets[0];
+        assert_eq!(t.transport, Transport::Demo);
+        assert_eq!(t.slug, "local-demo-demo");
+        assert_eq!(t.base_url, DEMO_BASE_URL);
+        for (field, value) in [
+            ("base_url", json!("http://127.0.0.1:8000")),
+            ("api_port", json!(8000)),
+            ("transport", json!("http")),
+        ] {
+            let mut e = json!({"pk":1,"fields":{"cluster":"c","framework":"demo","model":"m"}});
+            e["fields"][field] = value;
+            let err = Catalog::from_values(&[e], &[], &[]).unwrap_err();
+            assert_eq!(err.field, field);
+            assert!(err.message.contains("built into the gateway"), "{err}");
+        }
     }
 }

@@ -38,8 +38,14 @@ struct Cli {
 enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Validate configuration and fixtures, print a summary, exit non-zero on any error.
-    CheckConfig,
+    /// Validate configuration and fixtures, print a summary and warnings (exit 0), exit
+    /// non-zero on any error.
+    CheckConfig {
+        /// Also ask each target once (its health path, within health.timeout_ms) and print
+        /// reachable, refused, timeout or its HTTP status.
+        #[arg(long)]
+        probe: bool,
+    },
     /// Apply pending database migrations (`database.url`) and exit. `serve` does it too.
     Migrate,
     /// Manage API keys in the database (`database.url`).
@@ -149,7 +155,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => check_config(&settings, &catalog),
+        Command::CheckConfig { probe } => check_config(&settings, &catalog, probe),
         Command::Serve | Command::Auth(_) | Command::Keys { .. } | Command::Migrate => {
             serve(settings, catalog, SettingsSource::process(cli.config))
         }
@@ -331,9 +337,12 @@ fn migrate(settings: &Settings) -> ExitCode {
     }
 }
 
-fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
+fn check_config(settings: &Settings, catalog: &Catalog, probe: bool) -> ExitCode {
     let mut out = std::io::stdout().lock();
+    // Problems stop `serve` (or make it misbehave) and exit 1 here; warnings are what
+    // `serve` only logs, and exit 0 here too.
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     if let Err(e) = inference_gateway::auth::admin::AdminKeys::from_config(&settings.auth) {
         problems.push(e.to_string());
     }
@@ -351,8 +360,10 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
         }
         if let Some(var) = &t.api_key_env {
             if std::env::var(var).map(|v| v.is_empty()).unwrap_or(true) {
-                problems.push(format!(
-                    "target {:?}: api_key_env_name {var} is not set in the environment",
+                // `serve` logs the same and sends the target's requests without a key.
+                warnings.push(format!(
+                    "target {:?}: api_key_env_name {var} is not set in the environment \
+                     (its requests go without a key)",
                     t.slug
                 ));
             }
@@ -369,24 +380,40 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
         }
         Err(e) => problems.push(e.to_string()),
     }
-    let _ = writeln!(
-        out,
-        "fixtures: ok ({} targets, {} models, {} clusters) from {}",
-        catalog.targets.len(),
-        catalog.models.len(),
-        catalog.clusters.len(),
-        fixtures::files(&settings.fixtures.dir)
+    // Only the files that were there: the optional ones may be missing.
+    let (read, missing): (Vec<PathBuf>, Vec<PathBuf>) = fixtures::files(&settings.fixtures.dir)
+        .into_iter()
+        .partition(|p| p.is_file());
+    let list = |paths: &[PathBuf]| {
+        paths
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "fixtures: ok ({} targets, {} models, {} clusters) read from {}",
+        catalog.targets.len(),
+        catalog.models.len(),
+        catalog.clusters.len(),
+        list(&read)
     );
+    if !missing.is_empty() {
+        let _ = writeln!(out, "  not found (optional): {}", list(&missing));
+    }
     for m in &catalog.models {
+        let demo = m.targets.iter().all(|slug| {
+            catalog
+                .target(slug)
+                .is_some_and(|t| t.transport == fixtures::Transport::Demo)
+        });
         let _ = writeln!(
             out,
-            "  model {:?}: targets {}",
+            "  model {:?}: targets {}{}",
             m.name,
-            m.targets.join(", ")
+            m.targets.join(", "),
+            if demo { " (built-in demo)" } else { "" }
         );
     }
     // FIRST's path batches (`input_file_path`, `output_folder_path`) are refused unless
@@ -410,6 +437,33 @@ fn check_config(settings: &Settings, catalog: &Catalog) -> ExitCode {
                 .join(", ")
         );
     }
+    if probe {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let timeout = Duration::from_millis(settings.health.timeout_ms);
+        let system = actix_rt::System::new();
+        let outcomes = system.block_on(inference_gateway::probe::probe_all(
+            &catalog.targets,
+            settings,
+            timeout,
+        ));
+        let _ = writeln!(
+            out,
+            "probe (one request each, within {} s):",
+            timeout.as_secs_f64()
+        );
+        for (t, outcome) in catalog.targets.iter().zip(&outcomes) {
+            let _ = writeln!(
+                out,
+                "  target {:?} ({}): {outcome}",
+                t.slug,
+                inference_gateway::probe::address(t)
+            );
+        }
+    }
+    for w in &warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let _ = writeln!(out, "warnings: {}", warnings.len());
     if problems.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -139,7 +139,7 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         "/v1/models".into(),
         json_get(
             "catalog",
-            "Models, with live status and targets (OpenAI model list).",
+            "Models, with live status and targets (OpenAI model list); the built-in demo is marked `demo: true`.",
             &[],
         ),
     );

@@ -67,7 +67,7 @@ impl Job {
     pub fn serves_target(&self, target: &crate::fixtures::TargetSpec) -> bool {
         let endpoint = match &target.transport {
             crate::fixtures::Transport::GlobusCompute(g) => Some(g.endpoint_uuid.as_str()),
-            crate::fixtures::Transport::Http => None,
+            crate::fixtures::Transport::Http | crate::fixtures::Transport::Demo => None,
         };
         self.serves(target.job_key(), &target.model, &target.framework, endpoint)
     }

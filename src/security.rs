@@ -9,9 +9,6 @@
 use std::io;
 use std::sync::Arc;
 
-use actix_web::body::{BodySize, MessageBody};
-use actix_web::dev::ServiceResponse;
-use actix_web::http::header::{HeaderValue, CONTENT_ENCODING};
 use actix_web::middleware::DefaultHeaders;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -38,23 +35,6 @@ pub fn headers(hsts_max_age: Option<u64>) -> DefaultHeaders {
         ));
     }
     h
-}
-
-/// Bodies smaller than this are never compressed: gzip's per-response setup (hundreds of
-/// KB of encoder state) costs more than it saves on a few hundred bytes. Measured in
-/// `docs/PERFORMANCE.md` ("Operations").
-pub const GZIP_MIN_BYTES: u64 = 1024;
-
-/// Marks a small body of known size `Content-Encoding: identity`, which the `Compress`
-/// middleware (wrapped outside the one calling this) leaves alone. Streams of unknown size
-/// are marked where they are built (`proxy::forward::respond`).
-pub fn mark_small_body<B: MessageBody>(res: &mut ServiceResponse<B>) {
-    if let BodySize::Sized(n) = res.response().body().size() {
-        if n < GZIP_MIN_BYTES && !res.headers().contains_key(CONTENT_ENCODING) {
-            res.headers_mut()
-                .insert(CONTENT_ENCODING, HeaderValue::from_static("identity"));
-        }
-    }
 }
 
 /// A rustls server configuration offering TLS 1.3 and 1.2 only, from PEM files.

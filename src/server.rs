@@ -9,7 +9,7 @@ use actix::{Actor, Addr};
 use actix_web::body::MessageBody;
 use actix_web::dev::Server;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Compress, Condition, Next};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
@@ -334,14 +334,11 @@ pub fn start_with_source(
                 web::PathConfig::default()
                     .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
             )
-            // Path normalization and small-body marking in one layer (each `from_fn`
+            // Path normalization, the body timeout and gzip in one layer (each `from_fn`
             // layer boxes a future per request).
             .wrap(from_fn(move |req, next| {
                 edges(req, next, gzip, body_timeout)
             }))
-            // gzip by Accept-Encoding, except SSE and small bodies, which say
-            // `Content-Encoding: identity` (Compress leaves those alone).
-            .wrap(Condition::new(gzip, Compress::default()))
             .wrap(security::headers(hsts))
             .service(
                 web::scope("/resource_server")
@@ -390,8 +387,8 @@ pub fn start_with_source(
 /// The app's innermost middleware: `/v1//models/` is routed as `/v1/models` (merged and
 /// trimmed slashes); a `%00` in the path or query is a 400 (`nul_input`); a request body
 /// that stops arriving for `body_timeout` is answered 408 with `Connection: close`
-/// (`body_timeout::wrap`); and with gzip on, a small body of known size is marked
-/// `Content-Encoding: identity` for the `Compress` layer outside.
+/// (`body_timeout::wrap`); and with gzip on, an answer worth it is gzipped when the
+/// client accepts it (`compress::maybe_gzip`: never an event stream or a small body).
 async fn edges(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -400,11 +397,13 @@ async fn edges(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     crate::normalize_path::normalize(&mut req);
     if let Some(refused) = crate::nul_input::refuse(&req) {
-        return Ok(req.into_response(refused).map_into_right_body());
+        let refused = req.into_response(refused).map_into_right_body();
+        return Ok(crate::compress::maybe_gzip(refused, false));
     }
     let fired = crate::body_timeout::wrap(&mut req, body_timeout);
+    let accepts_gzip = gzip && crate::compress::accepts_gzip(&req);
     let res = next.call(req).await?;
-    let mut res = if fired.is_some_and(|f| f.get()) {
+    let res = if fired.is_some_and(|f| f.get()) {
         let (req, _) = res.into_parts();
         let mut timeout = actix_web::ResponseError::error_response(&ApiError::RequestTimeout);
         timeout
@@ -414,8 +413,5 @@ async fn edges(
     } else {
         res.map_into_left_body()
     };
-    if gzip {
-        security::mark_small_body(&mut res);
-    }
-    Ok(res)
+    Ok(crate::compress::maybe_gzip(res, accepts_gzip))
 }

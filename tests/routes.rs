@@ -398,6 +398,6 @@ async fn untidy_paths_are_routed_like_clean_ones() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(mock.requests()[0].path, "/v1/chat/completions");
-    assert_eq!(res.headers().get("content-encoding").unwrap(), "identity");
+    assert!(res.headers().get("content-encoding").is_none());
     gw.stop().await;
 }

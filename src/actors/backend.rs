@@ -199,6 +199,12 @@ impl BackendActor {
         if self.checking {
             return;
         }
+        if matches!(self.target.spec.transport, crate::fixtures::Transport::Demo) {
+            // The built-in demo answers in this process: its check is that the actor runs.
+            self.check_ok.observe(0.0);
+            self.on_health(Ok(()), ctx);
+            return;
+        }
         let Some(client) = self.client.as_ref() else {
             return;
         };
@@ -252,7 +258,8 @@ impl BackendActor {
     /// A check's outcome. With active checks the check is also the half-open probe: a
     /// passing one closes a half-open breaker, a failing one opens it again. A check that
     /// times out marks the target unhealthy at once (requests sent to it would hang, maybe
-    /// for the whole response timeout); other failures need `unhealthy_threshold` in a row.
+    /// for the whole response timeout), and so does any failed check of a target whose
+    /// health is still unknown; other failures need `unhealthy_threshold` in a row.
     fn on_health(&mut self, result: Result<(), CheckFailure>, ctx: &mut Context<Self>) {
         let now = self.clock.now();
         self.breaker.poll(now);
@@ -270,7 +277,14 @@ impl BackendActor {
             Err(failure) if failure.ours => {}
             Err(failure) => {
                 self.failed_checks = self.failed_checks.saturating_add(1);
-                if failure.timed_out || self.failed_checks >= self.settings.unhealthy_threshold {
+                // A target not seen healthy yet (just started or rebuilt) has no good record
+                // to keep: its first failed check says it is down (`/v1/models`: offline,
+                // not unknown until a second check). A healthy one gets the threshold's
+                // benefit of the doubt.
+                if failure.timed_out
+                    || self.health == Health::Unknown
+                    || self.failed_checks >= self.settings.unhealthy_threshold
+                {
                     self.health = Health::Unhealthy;
                 }
                 if half_open {

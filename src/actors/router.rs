@@ -294,6 +294,49 @@ mod tests {
     }
 
     #[test]
+    fn a_pick_always_finds_a_target_while_other_threads_move_its_counts() {
+        // Other workers take and drop leases (in flight) and the actor publishes latencies
+        // between the reads of one pick: a pick must still return the only target, never
+        // nothing (a spurious 503) or a panic.
+        let a = target("a", "x");
+        a.publish(Health::Healthy, BreakerView::Closed, 1_000);
+        let ranked = Ranked::rank(std::slice::from_ref(&a));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let movers: Vec<_> = (0..2)
+            .map(|n| {
+                let (a, stop) = (Arc::clone(&a), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 50_000_000 {
+                        i += 1;
+                        if n == 0 {
+                            drop(a.try_lease());
+                        } else {
+                            a.publish(Health::Healthy, BreakerView::Closed, 1_000 + i % 7_000);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut picks = 0u32;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while std::time::Instant::now() < deadline && picks < 500_000 {
+                assert!(
+                    pick(&ranked, &|_| true, &[]).is_some(),
+                    "pick {picks} found none"
+                );
+                picks += 1;
+            }
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for m in movers {
+            m.join().unwrap();
+        }
+        assert!(result.is_ok(), "a pick failed while counts moved");
+    }
+
+    #[test]
     fn least_in_flight_wins_within_a_tier() {
         let (a, b) = (target("a", "x"), target("b", "x"));
         a.publish(Health::Healthy, BreakerView::Closed, 1_000);

@@ -933,7 +933,7 @@ impl Runner {
                     actix_rt::time::sleep(pause).await;
                 }
                 Err(
-                    e @ (ApiError::NoAvailableTarget(_)
+                    e @ (ApiError::NoAvailableTarget { .. }
                     | ApiError::AllTargetsFailed { .. }
                     | ApiError::UpstreamTimeout { .. }
                     | ApiError::ModelStarting { .. }),
@@ -992,7 +992,13 @@ impl Runner {
         }
         if let Some(pin) = &ctx.pin {
             if !entry.targets.iter().any(|t| pin.matches(t)) {
-                return refuse(ApiError::ModelNotFound(line.model.clone()), record);
+                let e = crate::routes::inference::not_on_cluster(
+                    &entry,
+                    caller,
+                    line.model.clone(),
+                    pin.clone(),
+                );
+                return refuse(e, record);
             }
         }
         if self.deps.quotas.enabled {

@@ -20,12 +20,13 @@ use crate::cache::{CacheKey, ResponseCache};
 use crate::error::{code, envelope, ApiError};
 use crate::fixtures::Transport;
 use crate::metrics::{Metrics, UpstreamErrorKind};
+use crate::proxy::demo;
 use crate::proxy::globus_compute::{self, GlobusShared};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
 use crate::proxy::upstream_pool::{is_fd_exhaustion, PoolGate};
 use crate::proxy::usage::UsageMeter;
-use crate::target::{Lease, Target, Verdict};
+use crate::target::{BreakerView, Lease, Target, Verdict};
 
 // Header names set or read on every request, built once: a name made from a `&str` is
 // parsed, and unless it is a standard one allocated, at every use.
@@ -202,18 +203,24 @@ pub async fn forward(
     // One upstream connection slot of this worker for the whole request (all attempts).
     let mut pool_slot = upstream.pool.acquire(&call.metrics.pool, log).await;
 
+    let accept = |t: &Target| {
+        call.pin.as_ref().is_none_or(|p| p.matches(t))
+            && call.caller.may_use(&t.spec)
+            // Globus Compute carries JSON bodies only.
+            && (json || !matches!(t.spec.transport, Transport::GlobusCompute(_)))
+    };
+
     while record.attempts < settings.max_attempts {
-        let lease = {
-            let ranked = call.model.ranked.load();
-            let accept = |t: &Target| {
-                call.pin.as_ref().is_none_or(|p| p.matches(t))
-                    && call.caller.may_use(&t.spec)
-                    // Globus Compute carries JSON bodies only.
-                    && (json || matches!(t.spec.transport, Transport::Http))
-            };
-            pick(&ranked, &accept, &tried)
+        let lease = pick(&call.model.ranked.load(), &accept, &tried);
+        let Some(mut lease) = lease else {
+            // Say why the targets not tried could not be: the client's message names them.
+            for t in call.model.targets.iter() {
+                if accept(t) && !tried.iter().any(|x| Arc::ptr_eq(x, t)) {
+                    causes.push(format!("target {}: {}", t.slug(), unavailable_cause(t)));
+                }
+            }
+            break;
         };
-        let Some(mut lease) = lease else { break };
         if record.attempts > 0 {
             let backoff = settings.retry_backoff() * 2u32.pow(record.attempts - 1);
             actix_rt::time::sleep(backoff.min(Duration::from_secs(2))).await;
@@ -251,6 +258,10 @@ pub async fn forward(
         };
         let mut result = match &target.spec.transport {
             Transport::Http => send(&upstream.client, &target, &call, body.clone(), &lease).await,
+            // In process: the same sorting of its answer as an HTTP target's.
+            Transport::Demo => {
+                receive(demo::response(call.upstream_path, &body), &target, &lease).await
+            }
             Transport::GlobusCompute(g) => match &upstream.globus {
                 // Boxed: its future (about 7 KB) would otherwise size every HTTP request's.
                 Some(shared) => {
@@ -396,7 +407,10 @@ pub async fn forward(
 
     let cause = causes.join("; ");
     let error = match last {
-        None => ApiError::NoAvailableTarget(model_name),
+        None => ApiError::NoAvailableTarget {
+            model: model_name,
+            cause,
+        },
         Some(AttemptError::Timeout) => ApiError::UpstreamTimeout {
             model: model_name,
             cause,
@@ -419,6 +433,19 @@ pub async fn forward(
         },
     };
     Err((error, record))
+}
+
+/// Why a target could not take a request, for the client: its state, never its address
+/// or the text of its last error.
+fn unavailable_cause(target: &Target) -> &'static str {
+    if target.in_maintenance() {
+        return "its cluster is in maintenance";
+    }
+    match target.breaker() {
+        BreakerView::Open => "circuit breaker open after repeated failures",
+        BreakerView::HalfOpen => "being probed after repeated failures (one request at a time)",
+        BreakerView::Closed => "not available",
+    }
 }
 
 pub(crate) enum Committed {
@@ -457,10 +484,21 @@ async fn send(
     if let Some(authorization) = target.authorization() {
         req = req.insert_header((header::AUTHORIZATION, authorization.clone()));
     }
-    let mut res = match req.send_body(body).await {
-        Ok(res) => res,
-        Err(e) => return Err(classify(e)),
-    };
+    match req.send_body(body).await {
+        Ok(res) => receive(res, target, lease).await,
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Sorts a target's response: a 2xx is committed once its first body chunk is in hand;
+/// anything else is read whole and sorted (rate limited, credentials, 5xx, the request's
+/// own 4xx). HTTP targets' responses come here from awc, the demo's from
+/// [`demo::response`].
+async fn receive(
+    mut res: awc::ClientResponse,
+    target: &Target,
+    lease: &Lease,
+) -> Result<Committed, AttemptError> {
     let status = res.status();
     if status.is_success() {
         // Wait for the first chunk before committing: a target that dies now can still be
@@ -574,12 +612,6 @@ fn respond(
     builder.insert_header((REQUEST_ID.clone(), call.request_id.clone()));
     if let Some(encoding) = res.headers().get(header::CONTENT_ENCODING) {
         builder.insert_header((header::CONTENT_ENCODING, encoding.clone()));
-    }
-    let small = content_length.is_some_and(|n| n < crate::security::GZIP_MIN_BYTES);
-    if (sse || small) && res.headers().get(header::CONTENT_ENCODING).is_none() {
-        // Never compress a stream (compression would hold events back until a block
-        // fills), nor a small body (gzip's setup costs more than it saves).
-        builder.insert_header((header::CONTENT_ENCODING, "identity"));
     }
     if sse {
         builder.insert_header((header::CACHE_CONTROL, "no-cache"));

@@ -2,6 +2,7 @@
 //! No actor sees a response chunk; handlers move bytes.
 
 pub mod cold_start;
+pub mod demo;
 pub mod forward;
 pub mod globus_compute;
 pub mod pickled;

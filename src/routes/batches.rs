@@ -641,16 +641,25 @@ async fn create_path_batch(
         ),
         None => None,
     };
-    let known = state.directory.load().model(&model).is_some_and(|entry| {
-        entry.targets.iter().any(|t| match &pin {
-            Some((cluster, framework)) => {
-                t.spec.cluster == *cluster && t.spec.framework == *framework
+    {
+        let directory = state.directory.load();
+        let Some(entry) = directory.model(&model) else {
+            return Err(ApiError::ModelNotFound(model));
+        };
+        if let Some((cluster, framework)) = &pin {
+            let pin = crate::actors::router::Pin {
+                cluster: cluster.clone(),
+                framework: framework.clone(),
+            };
+            if !entry.targets.iter().any(|t| pin.matches(t)) {
+                if !caller.may_name(&model) {
+                    return Err(ApiError::ModelNotFound(model));
+                }
+                return Err(crate::routes::inference::not_on_cluster(
+                    entry, caller, model, pin,
+                ));
             }
-            None => true,
-        })
-    });
-    if !known {
-        return Err(ApiError::ModelNotFound(model));
+        }
     }
     if !caller.may_name(&model) {
         return Err(ApiError::Forbidden(format!(

@@ -52,6 +52,20 @@ pub fn model_status(entry: &ModelEntry) -> &'static str {
     }
 }
 
+/// What `/v1/models` says about a model served only by the built-in demo target.
+pub const DEMO_DESCRIPTION: &str = "Built-in demo, not a language model: answers in the \
+    gateway's process with a fixed sentence and an echo of the last user message. Remove its \
+    target from the fixtures once real model servers are set up.";
+
+/// A model served only by the built-in demo target (`framework: "demo"`).
+pub fn is_demo(entry: &ModelEntry) -> bool {
+    !entry.targets.is_empty()
+        && entry
+            .targets
+            .iter()
+            .all(|t| matches!(t.spec.transport, crate::fixtures::Transport::Demo))
+}
+
 /// The models `caller` may see (as `/v1/models` lists them): it may name the model and use
 /// one of its targets.
 pub fn visible_models<'a>(
@@ -109,14 +123,20 @@ pub async fn models(Caller(caller): Caller, state: web::Data<AppState>) -> HttpR
                     })
                 })
                 .collect();
-            json!({
+            let mut model = json!({
                 "id": entry.spec.name,
                 "object": "model",
                 "created": created,
                 "owned_by": "inference-gateway",
                 "status": model_status(entry),
                 "targets": targets,
-            })
+            });
+            if is_demo(entry) {
+                // Nobody should take the demo's echo for a model's answer.
+                model["demo"] = Value::Bool(true);
+                model["description"] = Value::String(DEMO_DESCRIPTION.into());
+            }
+            model
         })
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))

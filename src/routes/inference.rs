@@ -264,6 +264,32 @@ async fn parse_multipart_head(req: &HttpRequest, body: &Bytes) -> Result<Parsed,
     }
 }
 
+/// The 404 of a pinned route whose cluster and framework do not serve `model`: which
+/// clusters do (those of targets the caller may use), or plain "not found" when none.
+pub(crate) fn not_on_cluster(
+    entry: &crate::actors::gateway::ModelEntry,
+    caller: &crate::auth::identity::Identity,
+    model: String,
+    pin: Pin,
+) -> ApiError {
+    let mut elsewhere: Vec<String> = Vec::new();
+    for t in entry.targets.iter().filter(|t| caller.may_use(&t.spec)) {
+        let place = format!("`{}` ({})", t.spec.cluster, t.spec.framework);
+        if !elsewhere.contains(&place) {
+            elsewhere.push(place);
+        }
+    }
+    if elsewhere.is_empty() {
+        return ApiError::ModelNotFound(model);
+    }
+    ApiError::ModelNotOnCluster {
+        model,
+        cluster: pin.cluster,
+        framework: pin.framework,
+        elsewhere: elsewhere.join(", "),
+    }
+}
+
 /// Asks the backend for usage in a stream: adds `"stream_options":{"include_usage":true}`.
 /// Without `stream_options` in the body, the member is spliced in before the closing brace,
 /// so every other byte stays as it was; otherwise the object is re-serialised with its
@@ -532,7 +558,7 @@ async fn prepare(
             framework: info.get("framework").unwrap_or_default().to_string(),
         };
         if !entry.targets.iter().any(|t| pin.matches(t)) {
-            return Err(ApiError::ModelNotFound(model));
+            return Err(not_on_cluster(&entry, &caller, model, pin));
         }
         Some(pin)
     } else {

@@ -97,11 +97,13 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 class ManagedProcess:
     """A child process whose stdout+stderr go to a file; stopped by its PID."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
+                 cwd: Path = REPO_ROOT) -> None:
         self.name = name
         self.argv = argv
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
@@ -116,7 +118,7 @@ class ManagedProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            cwd=str(REPO_ROOT),
+            cwd=str(self.cwd),
         )
 
     @property
