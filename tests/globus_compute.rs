@@ -430,6 +430,18 @@ async fn gateway(
     test: &str,
     extra: &[(&str, &str)],
 ) -> TestGateway {
+    gateway_with_clusters(fake, endpoints, &[], None, test, extra).await
+}
+
+/// [`gateway`] with a `clusters.json` and a config file.
+async fn gateway_with_clusters(
+    fake: &FakeCompute,
+    endpoints: &[Value],
+    clusters: &[Value],
+    toml: Option<&str>,
+    test: &str,
+    extra: &[(&str, &str)],
+) -> TestGateway {
     let id_var = format!("IGW_TEST_GC_ID_{test}");
     let secret_var = format!("IGW_TEST_GC_SECRET_{test}");
     std::env::set_var(&id_var, CLIENT_ID);
@@ -446,7 +458,7 @@ async fn gateway(
         ("GATEWAY__GLOBUS_COMPUTE__POLL_MAX_MS", "20"),
     ];
     settings.extend_from_slice(extra);
-    start_fixtures(endpoints, &[], None, &settings).await
+    start_fixtures_with_clusters(endpoints, &[], clusters, toml, &settings).await
 }
 
 #[actix_rt::test]
@@ -1098,39 +1110,16 @@ async fn firsts_qstat_function_on_the_clusters_endpoint_gives_scheduler_state() 
         "frameworks": ["vllm"], "openai_endpoints": ["chat/completions"],
         "config": {"qstat_endpoint_uuid": QSTAT_EP, "qstat_function_uuid": QSTAT_FUNC}}}),
     ];
-    let id_var = "IGW_TEST_GC_ID_qstat";
-    let secret_var = "IGW_TEST_GC_SECRET_qstat";
-    std::env::set_var(id_var, CLIENT_ID);
-    std::env::set_var(secret_var, CLIENT_SECRET);
-    let gw = start_fixtures_with_clusters(
+    let gw = gateway_with_clusters(
+        &fake,
         &endpoints,
-        &[],
         &clusters,
         Some("[clusters.sophia]\nscheduler = \"globus-compute\"\n"),
-        &[
-            ("GATEWAY__GLOBUS_COMPUTE__AUTH_BASE", fake.url.as_str()),
-            ("GATEWAY__GLOBUS_COMPUTE__COMPUTE_BASE", fake.url.as_str()),
-            ("GATEWAY__GLOBUS_COMPUTE__CLIENT_ID_ENV", id_var),
-            ("GATEWAY__GLOBUS_COMPUTE__CLIENT_SECRET_ENV", secret_var),
-            ("GATEWAY__GLOBUS_COMPUTE__POLL_INITIAL_MS", "5"),
-            ("GATEWAY__GLOBUS_COMPUTE__POLL_MAX_MS", "20"),
-        ],
+        "qstat",
+        &[],
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let sophia = loop {
-        let (status, v) = gw.get("/resource_server/status").await;
-        assert_eq!(status, 200);
-        if !matches!(
-            v["clusters"]["sophia"]["scheduler"].as_str(),
-            Some("unknown" | "pending")
-        ) {
-            break v["clusters"]["sophia"].clone();
-        }
-        assert!(Instant::now() < deadline, "never probed: {v}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(sophia["scheduler"], "ok", "{sophia}");
+    let sophia = wait_scheduler(&gw, "sophia", "ok").await;
     assert_eq!(sophia["free_nodes"], 3);
     let (status, jobs) = gw.get("/sophia/jobs").await;
     assert_eq!(status, 200);
@@ -1181,15 +1170,7 @@ async fn a_globus_compute_scheduler_without_its_function_says_which_keys_are_mis
         &[("GATEWAY__CLUSTERS__SOPHIA__SCHEDULER", "globus-compute")],
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, v) = gw.get("/resource_server/status").await;
-        if v["clusters"]["sophia"]["scheduler"] == "unknown" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_scheduler(&gw, "sophia", "unknown").await;
     let logs = gw.logs();
     assert!(
         logs.contains("needs qstat_endpoint_uuid and qstat_function_uuid"),

@@ -72,23 +72,6 @@ fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
 
-/// Waits (bounded) until `/status` shows `cluster` with scheduler state `want`.
-async fn wait_scheduler(gw: &TestGateway, cluster: &str, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, v) = gw.get("/resource_server/status").await;
-        assert_eq!(status, 200);
-        if v["clusters"][cluster]["scheduler"] == want {
-            return v["clusters"][cluster].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster {cluster} never reached scheduler state {want}: {v}"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn served_by(gw: &TestGateway, path: &str, model: &str) -> (u16, Value) {
     let (status, _, body) = gw.post(path, &chat(model)).await;
     (status, body)

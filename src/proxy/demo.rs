@@ -325,16 +325,22 @@ fn chat(request: &Value, model: &str, stream: bool) -> Answer {
     Answer::events(events)
 }
 
+/// The texts of a `prompt` or `input` list: strings as they are, anything else (token ids,
+/// nested lists) as its JSON.
+fn texts(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| match i {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
 fn completions(request: &Value, model: &str, stream: bool) -> Answer {
     let prompts: Vec<String> = match request.get("prompt") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect(),
+        Some(Value::Array(items)) if !items.is_empty() => texts(items),
         _ => {
             return Answer::error(
                 StatusCode::BAD_REQUEST,
@@ -420,13 +426,7 @@ fn embeddings(request: &Value, model: &str) -> Answer {
         Some(Value::Array(items)) if items.iter().all(Value::is_number) && !items.is_empty() => {
             vec![Value::Array(items.clone()).to_string()]
         }
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect(),
+        Some(Value::Array(items)) if !items.is_empty() => texts(items),
         _ => {
             return Answer::error(
                 StatusCode::BAD_REQUEST,

@@ -370,14 +370,7 @@ where
             return Poll::Ready(None);
         }
         if shutdown_cut::is_cut() {
-            *this.done = true;
-            return Poll::Ready(Self::fail(
-                this.framing,
-                this.meter,
-                this.finish,
-                Ending::Shutdown,
-                String::new(),
-            ));
+            return Self::cut_short(this.framing, this.meter, this.finish, this.done);
         }
         if let Some(first) = this.first.take() {
             if let Some(out) = Self::accept(this.framing, this.meter, *this.hide_usage, first) {
@@ -492,14 +485,7 @@ where
                 }
                 Poll::Pending => {
                     if this.cut.as_mut().poll(cx).is_ready() {
-                        *this.done = true;
-                        return Poll::Ready(Self::fail(
-                            this.framing,
-                            this.meter,
-                            this.finish,
-                            Ending::Shutdown,
-                            String::new(),
-                        ));
+                        return Self::cut_short(this.framing, this.meter, this.finish, this.done);
                     }
                     if this.idle.as_mut().poll(cx).is_ready() {
                         *this.done = true;
@@ -523,6 +509,24 @@ where
 }
 
 impl<S> Relay<S> {
+    /// Ends the response because the shutdown grace period is over (the flag was already
+    /// set when the relay was polled, or its `cut` signal fired while it waited).
+    fn cut_short(
+        framing: &mut Framing,
+        meter: &UsageMeter,
+        finish: &mut Option<Finish>,
+        done: &mut bool,
+    ) -> Poll<Option<Result<Bytes, actix_web::Error>>> {
+        *done = true;
+        Poll::Ready(Self::fail(
+            framing,
+            meter,
+            finish,
+            Ending::Shutdown,
+            String::new(),
+        ))
+    }
+
     /// Ends the response after an upstream failure: an SSE stream gets a final error event
     /// (partial events were held back, so it is well-formed); any other body is cut off,
     /// which the client sees as an incomplete response.

@@ -395,3 +395,21 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Waits (bounded) until `/status` shows `cluster` with scheduler state `want`.
+#[allow(dead_code)]
+pub async fn wait_scheduler(gw: &TestGateway, cluster: &str, want: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = gw.get("/resource_server/status").await;
+        assert_eq!(status, 200);
+        if v["clusters"][cluster]["scheduler"] == want {
+            return v["clusters"][cluster].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster {cluster} never reached scheduler state {want}: {v}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
