@@ -22,9 +22,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::actors::gateway::Directory;
 use crate::proxy::record::{Ending, RequestRecord};
-use crate::target::BreakerView;
+use crate::routing::directory::Directory;
+use crate::routing::target::BreakerView;
 
 /// Why an upstream attempt or response failed (`gateway_upstream_errors_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,7 +533,7 @@ impl Metrics {
     }
 
     /// The request log writer's queue depth and spills, read at scrape time.
-    pub fn refresh_log(&self, stats: &crate::actors::log_writer::LogStats) {
+    pub fn refresh_log(&self, stats: &crate::store::log_sink::LogStats) {
         use std::sync::atomic::Ordering;
         self.log_queue_depth
             .set(i64::try_from(stats.queued.load(Ordering::Relaxed)).unwrap_or(i64::MAX));

@@ -13,8 +13,8 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use arc_swap::ArcSwap;
 
-use crate::actors::gateway::{Directory, Gateway};
-use crate::actors::log_writer::{LogSink, LogStats, LogWriter, LogWriterConfig};
+use crate::actors::gateway::Gateway;
+use crate::actors::log_writer::{LogWriter, LogWriterConfig};
 use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::auth::globus::{GlobusAuth, GlobusClient};
@@ -35,7 +35,9 @@ use crate::proxy::globus_compute::GlobusShared;
 use crate::quota::actor::QuotaSupervisor;
 use crate::quota::{QuotaRedis, QuotaRegistry};
 use crate::routes;
+use crate::routing::directory::Directory;
 use crate::state::AppState;
+use crate::store::log_sink::{LogSink, LogStats};
 use crate::store::{self, DatabaseUrl, Store};
 
 /// PostgreSQL connections the request log's writer keeps (it writes one batch at a time).
@@ -191,7 +193,7 @@ pub fn start_with_source(
         let tx = writer.sender();
         let addr = writer.start();
         (
-            LogSink::new(addr.clone(), tx, &settings.logging),
+            LogSink::new(addr.clone().recipient(), tx, &settings.logging),
             Some(addr),
             Some(stats),
         )

@@ -8,8 +8,7 @@ use std::time::SystemTime;
 use actix::Addr;
 use arc_swap::ArcSwap;
 
-use crate::actors::gateway::{Directory, Gateway};
-use crate::actors::log_writer::LogSink;
+use crate::actors::gateway::Gateway;
 use crate::auth::admin::AdminKeys;
 use crate::auth::caller::Authenticator;
 use crate::cache::ResponseCache;
@@ -18,6 +17,8 @@ use crate::metrics::Metrics;
 use crate::quota::actor::QuotaSupervisor;
 use crate::quota::QuotaRegistry;
 use crate::reload::Reloader;
+use crate::routing::directory::Directory;
+use crate::store::log_sink::LogSink;
 use crate::store::Store;
 use crate::streaming::StreamHub;
 use crate::streaming_redis::RedisStreams;
@@ -45,7 +46,7 @@ pub struct AppState {
     /// Where request records send their row (disabled when `logging.request_log = false`).
     pub log_sink: LogSink,
     /// The request log writer's counters (queue depth, spills), for `/metrics`.
-    pub log_stats: Option<Arc<crate::actors::log_writer::LogStats>>,
+    pub log_stats: Option<Arc<crate::store::log_sink::LogStats>>,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<ResponseCache>,
     pub reloader: Arc<Reloader>,

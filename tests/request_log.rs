@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::chaos::ChaosProxy;
 use common::db::TestDb;
 use common::*;
-use inference_gateway::actors::log_writer::{LogStats, Spill};
+use inference_gateway::actors::log_writer::Spill;
+use inference_gateway::store::log_sink::LogStats;
 use inference_gateway::store::{self, LogRow, UsageFilter};
 use serde_json::{json, Value};
 

@@ -13,9 +13,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
 use inference_gateway::store::migrate::{self, SyncConn};
 use inference_gateway::store::schema::TABLES;
-use inference_gateway::store::{
-    self, ApiKeyRow, CatalogEntry, LogRow, QuotaOverrideRow, Store, UsageFilter,
-};
+use inference_gateway::store::{self, ApiKeyRow, LogRow, QuotaOverrideRow, Store, UsageFilter};
 
 fn open(db: &TestDb) -> Arc<dyn Store> {
     migrate::run(&db.url()).unwrap();
@@ -344,49 +342,6 @@ async fn a_large_batch_is_stored_whole_and_once() {
         let want: Vec<String> = (0..60).map(|i| format!("r{i:02}")).collect();
         assert_eq!(ids, want, "{b}: every row once, in time order");
         assert_eq!(stored[..41], rows[..], "{b}");
-    }
-}
-
-#[actix_rt::test]
-async fn catalog_replace_put_delete() {
-    for db in TestDb::all("catalog_replace_put_delete") {
-        let s = open(&db);
-        let b = db.name();
-        let e = |k: &str, spec: &str| CatalogEntry {
-            key: k.into(),
-            spec: spec.into(),
-        };
-        s.replace_catalog(
-            vec![e("t2", r#"{"n":2}"#), e("t1", r#"{"n":1}"#)],
-            vec![e("llama", r#"{"targets":["t1","t2"]}"#)],
-            1,
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.list_backends().await.unwrap(),
-            vec![e("t1", r#"{"n":1}"#), e("t2", r#"{"n":2}"#)],
-            "{b}"
-        );
-        assert_eq!(s.list_federated().await.unwrap().len(), 1, "{b}");
-        s.replace_catalog(vec![e("t3", "{}")], Vec::new(), 2)
-            .await
-            .unwrap();
-        assert_eq!(
-            s.list_backends().await.unwrap(),
-            vec![e("t3", "{}")],
-            "{b}: replaced whole"
-        );
-        assert!(s.list_federated().await.unwrap().is_empty(), "{b}");
-        s.put_backend(e("t3", r#"{"v":2}"#), 3).await.unwrap();
-        s.put_backend(e("t4", "{}"), 3).await.unwrap();
-        assert_eq!(
-            s.list_backends().await.unwrap(),
-            vec![e("t3", r#"{"v":2}"#), e("t4", "{}")],
-            "{b}"
-        );
-        assert!(s.delete_backend("t4".into()).await.unwrap(), "{b}");
-        assert!(!s.delete_backend("t4".into()).await.unwrap(), "{b}");
     }
 }
 

@@ -12,7 +12,7 @@ use crate::actors::router::{FederatedRouterActor, TargetChanged};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::proxy::upstream_pool::is_fd_exhaustion;
-use crate::target::{BreakerView, Health, Target, Verdict};
+use crate::routing::target::{BreakerView, Health, Report, Target, Verdict};
 
 /// Weight of the newest sample in the latency average.
 const EWMA_ALPHA: f64 = 0.2;
@@ -310,7 +310,7 @@ impl Actor for BackendActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.target.set_actor(ctx.address());
+        self.target.set_actor(ctx.address().recipient());
         // Without active checks, a request has to be the half-open probe.
         self.target
             .set_request_probes(self.settings.health_path.is_none());
@@ -333,14 +333,6 @@ impl Actor for BackendActor {
             });
         }
     }
-}
-
-/// The verdict of one request (sent by a dropped [`crate::target::Lease`]).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Report {
-    pub verdict: Verdict,
-    pub probe: bool,
 }
 
 impl Handler<Report> for BackendActor {

@@ -6,7 +6,7 @@
 //! ones leave the directory at once and their actor stops when their last request ends,
 //! new ones start, and every model gets a fresh router that ranks from live state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,62 +14,20 @@ use actix::prelude::*;
 use arc_swap::ArcSwap;
 
 use crate::actors::backend::{BackendActor, BackendSettings, CheckNow, Stop, Tick};
-use crate::actors::router::{FederatedRouterActor, Pin, Ranked};
+use crate::actors::router::FederatedRouterActor;
 use crate::actors::scheduler::{SchedulerProbe, SetProbeRouters};
 use crate::clock::Clock;
-use crate::cluster::ClusterState;
 use crate::config::Settings;
-use crate::fixtures::{Catalog, ModelSpec, TargetSpec};
+use crate::fixtures::{Catalog, TargetSpec};
 use crate::metrics::Metrics;
 use crate::proxy::globus_compute::GlobusShared;
-use crate::target::Target;
+use crate::routing::cluster::ClusterState;
+use crate::routing::directory::{Directory, ModelEntry};
+use crate::routing::ranking::Ranked;
+use crate::routing::target::Target;
 
 /// How often the supervisor looks for dead children.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
-
-/// A model as handlers see it.
-pub struct ModelEntry {
-    pub spec: ModelSpec,
-    pub targets: Vec<Arc<Target>>,
-    /// The ranking its router publishes.
-    pub ranked: Arc<ArcSwap<Ranked>>,
-}
-
-impl ModelEntry {
-    /// The targets a request may use under `pin` (all of them without one).
-    pub fn eligible<'a>(
-        &'a self,
-        pin: Option<&'a Pin>,
-    ) -> impl Iterator<Item = &'a Arc<Target>> + 'a {
-        self.targets
-            .iter()
-            .filter(move |t| pin.is_none_or(|p| p.matches(t)))
-    }
-}
-
-/// Everything handlers need to route, published by the supervisor; swapped whole on reload.
-#[derive(Default)]
-pub struct Directory {
-    /// Looked up on every request: foldhash, not SipHash (model names come from the
-    /// catalog, so there is no flooding to defend against).
-    pub models: foldhash::HashMap<String, Arc<ModelEntry>>,
-    /// Model names in catalog order (for listings).
-    pub model_order: Vec<String>,
-    /// Every target in catalog order.
-    pub targets: Vec<Arc<Target>>,
-    /// Every cluster: named by a target, `clusters.json` or a `[clusters.<name>]` table.
-    pub clusters: BTreeMap<String, Arc<ClusterState>>,
-}
-
-impl Directory {
-    pub fn model(&self, name: &str) -> Option<&Arc<ModelEntry>> {
-        self.models.get(name)
-    }
-
-    pub fn cluster(&self, name: &str) -> Option<&Arc<ClusterState>> {
-        self.clusters.get(name)
-    }
-}
 
 struct BackendSlot {
     target: Arc<Target>,

@@ -16,11 +16,13 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 
 use crate::actors::router::{FederatedRouterActor, TargetChanged};
-use crate::cluster::{ClusterState, ProbeState, Snapshot};
 use crate::config::{ColdStart, SchedulerKind};
 use crate::proxy::globus_compute::{self, GlobusShared};
+use crate::routing::cluster::{
+    ClusterState, ProbeHandle, ProbeState, Republish, Snapshot, StartOutcome, StartTarget,
+};
+use crate::routing::target::{SchedStatus, Target};
 use crate::scheduler::{self, JobPhase, Observation};
-use crate::target::{SchedStatus, Target};
 
 /// Largest output read from a command or status URL.
 const OUTPUT_LIMIT: usize = 64 * 1024 * 1024;
@@ -351,7 +353,11 @@ impl Actor for SchedulerProbe {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.cluster.set_probe(ctx.address());
+        let addr = ctx.address();
+        self.cluster.set_probe(ProbeHandle {
+            republish: addr.clone().recipient(),
+            start: addr.recipient(),
+        });
         self.client = Some(awc::Client::builder().disable_redirects().finish());
         if !self.configured() {
             return;
@@ -380,34 +386,12 @@ impl Handler<ProbeNow> for SchedulerProbe {
     }
 }
 
-/// The cluster's maintenance flag changed: re-rank the routers.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Republish;
-
 impl Handler<Republish> for SchedulerProbe {
     type Result = ();
 
     fn handle(&mut self, _: Republish, _: &mut Context<Self>) {
         self.notify_routers();
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartOutcome {
-    /// The start command was launched now.
-    Started,
-    /// It ran within the debounce period.
-    AlreadyStarting,
-    /// The target has no start command.
-    NoCommand,
-}
-
-/// Run a cold target's start command (debounced).
-#[derive(Message)]
-#[rtype(result = "StartOutcome")]
-pub struct StartTarget {
-    pub slug: String,
 }
 
 impl Handler<StartTarget> for SchedulerProbe {

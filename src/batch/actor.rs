@@ -39,9 +39,6 @@ use tokio::sync::Semaphore;
 use super::lines::{self, Line};
 use super::repeat_log::RepeatLog;
 use super::{files, is_terminal, paths};
-use crate::actors::gateway::{Directory, ModelEntry};
-use crate::actors::log_writer::LogSink;
-use crate::actors::router::Pin;
 use crate::auth::identity::Identity;
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -50,6 +47,9 @@ use crate::proxy::forward::{self, Call, Upstream};
 use crate::proxy::globus_compute::GlobusShared;
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::quota::{Kind, QuotaRegistry, Subject};
+use crate::routing::directory::{Directory, ModelEntry};
+use crate::routing::ranking::Pin;
+use crate::store::log_sink::LogSink;
 use crate::store::{now_ms, BatchPatch, BatchRow, FileRow, ItemRow, Store};
 
 /// How often the supervisor checks that the actor is alive.

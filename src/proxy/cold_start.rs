@@ -8,13 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::actors::gateway::{Directory, ModelEntry};
-use crate::actors::router::Pin;
-use crate::actors::scheduler::{StartOutcome, StartTarget};
 use crate::config::ColdStart;
 use crate::error::ApiError;
+use crate::routing::cluster::{StartOutcome, StartTarget};
+use crate::routing::directory::{Directory, ModelEntry};
+use crate::routing::ranking::Pin;
+use crate::routing::target::{SchedStatus, Target};
 use crate::streaming_redis::RedisStreams;
-use crate::target::{SchedStatus, Target};
 
 /// How often a waiting request looks at its targets again.
 const WAIT_STEP: Duration = Duration::from_millis(50);
@@ -113,6 +113,7 @@ async fn start_cold(
             }
         }
         match probe
+            .start
             .send(StartTarget {
                 slug: t.slug().to_string(),
             })

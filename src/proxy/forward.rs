@@ -14,8 +14,6 @@ use awc::error::SendRequestError;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::actors::gateway::ModelEntry;
-use crate::actors::router::{pick, Pin};
 use crate::cache::{CacheKey, ResponseCache};
 use crate::error::{code, envelope, ApiError};
 use crate::fixtures::Transport;
@@ -26,7 +24,9 @@ use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
 use crate::proxy::upstream_pool::{is_fd_exhaustion, PoolGate};
 use crate::proxy::usage::UsageMeter;
-use crate::target::{BreakerView, Lease, Target, Verdict};
+use crate::routing::directory::ModelEntry;
+use crate::routing::ranking::{pick, Pin};
+use crate::routing::target::{BreakerView, Lease, Target, Verdict};
 
 // Header names set or read on every request, built once: a name made from a `&str` is
 // parsed, and unless it is a standard one allocated, at every use.

@@ -40,9 +40,9 @@ use crate::error::envelope;
 use crate::fixtures::GlobusComputeTarget;
 use crate::proxy::forward::{AttemptError, Call, Committed};
 use crate::proxy::pickled::{self, Plain};
+use crate::routing::target::Target;
 use crate::streaming::{new_token, Registration, StreamEvent, StreamHub};
 use crate::streaming_redis::RedisStreams;
-use crate::target::Target;
 
 /// The serializer FIRST's gateway never asked for and we always do.
 pub const JSON_SERIALIZER: &str = "globus_compute_sdk.serialize.concretes.JSONData";

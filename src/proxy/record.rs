@@ -10,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use crate::actors::log_writer::LogSink;
 use crate::metrics::Metrics;
 use crate::proxy::usage::Usage;
 use crate::quota::Admission;
+use crate::store::log_sink::LogSink;
 use crate::store::{unix_ms, LogRow};
 
 /// The caller identity before authentication exists (also the response-cache tenant).

@@ -23,7 +23,7 @@ use crate::proxy::record::{Ending, RequestRecord};
 use crate::proxy::shutdown_cut;
 use crate::proxy::sse::SseSplitter;
 use crate::proxy::usage::UsageMeter;
-use crate::target::{Lease, Verdict};
+use crate::routing::target::{Lease, Verdict};
 
 /// Largest non-streaming body kept aside to read usage from (bodies pass through whole
 /// either way; a larger one just goes unmetered).
@@ -575,7 +575,7 @@ impl<S> Relay<S> {
 mod tests {
     use super::*;
     use crate::fixtures::TargetSpec;
-    use crate::target::Target;
+    use crate::routing::target::Target;
     use futures_util::{stream, StreamExt};
     use std::sync::Arc;
     use std::time::Instant as StdInstant;

@@ -647,7 +647,7 @@ async fn create_path_batch(
             return Err(ApiError::ModelNotFound(model));
         };
         if let Some((cluster, framework)) = &pin {
-            let pin = crate::actors::router::Pin {
+            let pin = crate::routing::ranking::Pin {
                 cluster: cluster.clone(),
                 framework: framework.clone(),
             };

@@ -9,11 +9,11 @@ use serde_json::{json, Value};
 
 use std::sync::Arc;
 
-use crate::actors::gateway::{Directory, ModelEntry};
 use crate::auth::caller::Caller;
 use crate::auth::identity::Identity;
+use crate::routing::directory::{Directory, ModelEntry};
+use crate::routing::target::{BreakerView, Health, SchedStatus, Target};
 use crate::state::AppState;
-use crate::target::{BreakerView, Health, SchedStatus, Target};
 
 /// Live status of a model from its targets: `running` when one is healthy, takes requests
 /// and (if its cluster has a scheduler) has a running job; else `starting` or `queued` when
@@ -21,7 +21,7 @@ use crate::target::{BreakerView, Health, SchedStatus, Target};
 /// target's cluster is in maintenance; else `offline`. Targets without a scheduler count
 /// on health alone.
 pub fn model_status(entry: &ModelEntry) -> &'static str {
-    let usable = |t: &&std::sync::Arc<crate::target::Target>| {
+    let usable = |t: &&std::sync::Arc<crate::routing::target::Target>| {
         t.breaker() != BreakerView::Open && !t.in_maintenance()
     };
     if !entry.targets.is_empty() && entry.targets.iter().all(|t| t.in_maintenance()) {

@@ -8,15 +8,15 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::actors::scheduler::Republish;
 use crate::auth::admin::Admin;
 use crate::auth::caller::Caller;
-use crate::cluster::{ClusterState, ProbeState};
 use crate::error::ApiError;
 use crate::routes::inference::{error_response, request_id};
+use crate::routing::cluster::Republish;
+use crate::routing::cluster::{ClusterState, ProbeState};
+use crate::routing::target::SchedStatus;
 use crate::scheduler::{Job, JobPhase};
 use crate::state::AppState;
-use crate::target::SchedStatus;
 
 fn status_doc(cluster: &ClusterState) -> Value {
     let snapshot = cluster.snapshot();
@@ -85,7 +85,7 @@ pub async fn jobs(_: Caller, req: HttpRequest, state: web::Data<AppState>) -> Ht
             &request_id(&req),
         );
     };
-    let stub = |t: &crate::target::Target| json!({"Models": t.spec.model, "Framework": t.spec.framework, "Cluster": cluster.name});
+    let stub = |t: &crate::routing::target::Target| json!({"Models": t.spec.model, "Framework": t.spec.framework, "Cluster": cluster.name});
     let mut running = Vec::new();
     let mut queued = Vec::new();
     let mut others = Vec::new();
@@ -96,7 +96,7 @@ pub async fn jobs(_: Caller, req: HttpRequest, state: web::Data<AppState>) -> Ht
         let snapshot = cluster.snapshot();
         if snapshot.state == ProbeState::Ok {
             for job in &snapshot.observation.jobs {
-                let served: Vec<&std::sync::Arc<crate::target::Target>> = cluster
+                let served: Vec<&std::sync::Arc<crate::routing::target::Target>> = cluster
                     .targets
                     .iter()
                     .filter(|t| job.serves_target(&t.spec))
@@ -190,7 +190,7 @@ pub async fn set_maintenance(
     }
     cluster.set_maintenance(body.enabled.then_some(notice));
     if let Some(probe) = cluster.probe() {
-        probe.do_send(Republish);
+        probe.republish.do_send(Republish);
     }
     slog::info!(state.log, "cluster maintenance changed";
         "cluster" => &cluster.name, "maintenance" => body.enabled, "request_id" => &rid);

@@ -25,7 +25,7 @@ pub async fn detailed(Caller(caller): Caller, state: web::Data<AppState>) -> Htt
                 "cluster": t.spec.cluster,
                 "framework": t.spec.framework,
                 "model": t.spec.model,
-                "healthy": crate::target::tier(t.health(), t.breaker()) == Some(0),
+                "healthy": crate::routing::target::tier(t.health(), t.breaker()) == Some(0),
                 "scheduler": t.sched().name(),
                 "maintenance": t.in_maintenance(),
                 "health": t.health().name(),

@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use crate::actors::router::Pin;
 use crate::auth::caller::Caller;
 use crate::cache::{self, CacheMode};
 use crate::config::BodyKind;
@@ -22,6 +21,7 @@ use crate::proxy::cold_start;
 use crate::proxy::forward::{self, passed_headers, Call, Upstream};
 use crate::proxy::record::{Ending, RequestRecord};
 use crate::quota::{rate_limit_headers, Kind, Subject, SubjectState};
+use crate::routing::ranking::Pin;
 use crate::state::AppState;
 
 /// One inference route: the path clients call and the path sent upstream.
@@ -267,7 +267,7 @@ async fn parse_multipart_head(req: &HttpRequest, body: &Bytes) -> Result<Parsed,
 /// The 404 of a pinned route whose cluster and framework do not serve `model`: which
 /// clusters do (those of targets the caller may use), or plain "not found" when none.
 pub(crate) fn not_on_cluster(
-    entry: &crate::actors::gateway::ModelEntry,
+    entry: &crate::routing::directory::ModelEntry,
     caller: &crate::auth::identity::Identity,
     model: String,
     pin: Pin,

@@ -6,6 +6,7 @@
 //! (`migrations/postgres`, `migrations/sqlite`) create the same tables (`schema.rs`).
 //! Migrations run on a sync connection before the server starts (`migrate.rs`).
 
+pub mod log_sink;
 pub mod migrate;
 pub mod pg;
 mod queries;
@@ -287,30 +288,6 @@ pub trait RequestLogStore: Send + Sync {
     fn list_log(&self, filter: UsageFilter, limit: i64) -> BoxFuture<'_, StoreResult<Vec<LogRow>>>;
 }
 
-// ------------------------------------------------------------------------------- catalog
-
-/// One stored fixture entry: its key (endpoint slug or federated model name) and its JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogEntry {
-    pub key: String,
-    pub spec: String,
-}
-
-pub trait BackendStore: Send + Sync {
-    /// Replaces the whole stored catalog in one transaction.
-    fn replace_catalog(
-        &self,
-        backends: Vec<CatalogEntry>,
-        federated: Vec<CatalogEntry>,
-        at: i64,
-    ) -> BoxFuture<'_, StoreResult<()>>;
-    /// Creates or replaces one backend.
-    fn put_backend(&self, entry: CatalogEntry, at: i64) -> BoxFuture<'_, StoreResult<()>>;
-    fn delete_backend(&self, id: String) -> BoxFuture<'_, StoreResult<bool>>;
-    fn list_backends(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>>;
-    fn list_federated(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>>;
-}
-
 // ------------------------------------------------------------------------ files, batches
 
 /// An uploaded (or batch-made) file; its bytes are at `{data_dir}/files/{id}`.
@@ -459,7 +436,7 @@ pub trait BatchStore: Send + Sync {
 }
 
 /// Every concern, on one backend.
-pub trait Store: KeyStore + CounterStore + RequestLogStore + BackendStore + BatchStore {
+pub trait Store: KeyStore + CounterStore + RequestLogStore + BatchStore {
     fn backend(&self) -> &'static str;
 }
 

@@ -23,13 +23,12 @@ macro_rules! impl_stores {
 
         use $crate::store::queries::{COMPLETION_SQL, ERRORS_SQL, PROMPT_SQL, TOTAL_SQL};
         use $crate::store::schema::{
-            api_keys, backends, batch_items, batches, federated_models, files, quota_overrides,
-            request_log, usage_counters,
+            api_keys, batch_items, batches, files, quota_overrides, request_log, usage_counters,
         };
         use $crate::store::{
-            ApiKeyRow, BackendStore, BatchPatch, BatchRow, BatchStore, CatalogEntry, CounterRow,
-            CounterStore, FileRow, ItemRow, KeyStore, LogRow, ModelUsage, QuotaOverrideRow,
-            RequestLogStore, StoreError, StoreResult, UsageFilter, ACTIVE_BATCH_STATES,
+            ApiKeyRow, BatchPatch, BatchRow, BatchStore, CounterRow, CounterStore, FileRow,
+            ItemRow, KeyStore, LogRow, ModelUsage, QuotaOverrideRow, RequestLogStore, StoreError,
+            StoreResult, UsageFilter, ACTIVE_BATCH_STATES,
         };
 
         impl KeyStore for $store {
@@ -602,126 +601,6 @@ macro_rules! impl_stores {
                         .select((batch_items::line_index, batch_items::ok))
                         .load(&mut *conn)
                         .await?)
-                }))
-            }
-        }
-
-        impl BackendStore for $store {
-            fn replace_catalog(
-                &self,
-                backend_entries: Vec<CatalogEntry>,
-                federated: Vec<CatalogEntry>,
-                at: i64,
-            ) -> BoxFuture<'_, StoreResult<()>> {
-                Box::pin(self.timed(async move {
-                    let mut conn = self.conn().await?;
-                    let b: Vec<_> = backend_entries
-                        .into_iter()
-                        .map(|e| {
-                            (
-                                backends::id.eq(e.key),
-                                backends::spec.eq(e.spec),
-                                backends::updated_at.eq(at),
-                            )
-                        })
-                        .collect();
-                    let f: Vec<_> = federated
-                        .into_iter()
-                        .map(|e| {
-                            (
-                                federated_models::name.eq(e.key),
-                                federated_models::spec.eq(e.spec),
-                                federated_models::updated_at.eq(at),
-                            )
-                        })
-                        .collect();
-                    conn.transaction::<_, StoreError, _>(|conn| {
-                        async move {
-                            diesel::delete(backends::table).execute(conn).await?;
-                            diesel::delete(federated_models::table)
-                                .execute(conn)
-                                .await?;
-                            $crate::store::queries::insert_many!(
-                                $batch,
-                                &mut *conn,
-                                b,
-                                |rows, conn| diesel::insert_into(backends::table)
-                                    .values(rows)
-                                    .execute(conn)
-                                    .await?
-                            )?;
-                            $crate::store::queries::insert_many!(
-                                $batch,
-                                &mut *conn,
-                                f,
-                                |rows, conn| diesel::insert_into(federated_models::table)
-                                    .values(rows)
-                                    .execute(conn)
-                                    .await?
-                            )?;
-                            Ok(())
-                        }
-                        .scope_boxed()
-                    })
-                    .await
-                }))
-            }
-
-            fn put_backend(&self, entry: CatalogEntry, at: i64) -> BoxFuture<'_, StoreResult<()>> {
-                Box::pin(self.timed(async move {
-                    let mut conn = self.conn().await?;
-                    diesel::insert_into(backends::table)
-                        .values((
-                            backends::id.eq(&entry.key),
-                            backends::spec.eq(&entry.spec),
-                            backends::updated_at.eq(at),
-                        ))
-                        .on_conflict(backends::id)
-                        .do_update()
-                        .set((backends::spec.eq(&entry.spec), backends::updated_at.eq(at)))
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                }))
-            }
-
-            fn delete_backend(&self, id: String) -> BoxFuture<'_, StoreResult<bool>> {
-                Box::pin(self.timed(async move {
-                    let mut conn = self.conn().await?;
-                    let n = diesel::delete(backends::table.find(id))
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(n > 0)
-                }))
-            }
-
-            fn list_backends(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>> {
-                Box::pin(self.timed(async move {
-                    let mut conn = self.conn().await?;
-                    let rows: Vec<(String, String)> = backends::table
-                        .select((backends::id, backends::spec))
-                        .order(backends::id.asc())
-                        .load(&mut *conn)
-                        .await?;
-                    Ok(rows
-                        .into_iter()
-                        .map(|(key, spec)| CatalogEntry { key, spec })
-                        .collect())
-                }))
-            }
-
-            fn list_federated(&self) -> BoxFuture<'_, StoreResult<Vec<CatalogEntry>>> {
-                Box::pin(self.timed(async move {
-                    let mut conn = self.conn().await?;
-                    let rows: Vec<(String, String)> = federated_models::table
-                        .select((federated_models::name, federated_models::spec))
-                        .order(federated_models::name.asc())
-                        .load(&mut *conn)
-                        .await?;
-                    Ok(rows
-                        .into_iter()
-                        .map(|(key, spec)| CatalogEntry { key, spec })
-                        .collect())
                 }))
             }
         }

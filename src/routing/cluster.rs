@@ -1,17 +1,16 @@
 //! One cluster's shared live state: its settings, its targets, the last scheduler
 //! observation (published by its `SchedulerProbe`, read by `/jobs` and `/status`) and its
-//! maintenance notice. Like [`crate::target::Target`], handlers read it without messages.
+//! maintenance notice. Like [`crate::routing::target::Target`], handlers read it without messages.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use actix::Addr;
+use actix::{Message, Recipient};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::actors::scheduler::SchedulerProbe;
 use crate::config::{ClusterSettings, SchedulerKind};
+use crate::routing::target::Target;
 use crate::scheduler::Observation;
-use crate::target::Target;
 
 /// How the last probe went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +51,7 @@ pub struct ClusterState {
     pub targets: Vec<Arc<Target>>,
     maintenance: ArcSwapOption<String>,
     snapshot: ArcSwap<Snapshot>,
-    probe: ArcSwapOption<Addr<SchedulerProbe>>,
+    probe: ArcSwapOption<ProbeHandle>,
 }
 
 impl ClusterState {
@@ -87,7 +86,7 @@ impl ClusterState {
 
     /// Puts the cluster in maintenance (`Some(notice)`) or takes it out (`None`). Takes
     /// effect for the next pick at once (leases check the targets' flag); routers re-rank
-    /// when the probe is told (see `actors::scheduler::Republish`).
+    /// when the probe is told (see [`Republish`]).
     pub fn set_maintenance(&self, notice: Option<String>) {
         let on = notice.is_some();
         self.maintenance.store(notice.map(Arc::new));
@@ -105,11 +104,40 @@ impl ClusterState {
         self.snapshot.store(Arc::new(snapshot));
     }
 
-    pub(crate) fn set_probe(&self, addr: Addr<SchedulerProbe>) {
-        self.probe.store(Some(Arc::new(addr)));
+    /// Called by the cluster's SchedulerProbe when it starts.
+    pub fn set_probe(&self, probe: ProbeHandle) {
+        self.probe.store(Some(Arc::new(probe)));
     }
 
-    pub fn probe(&self) -> Option<Arc<Addr<SchedulerProbe>>> {
+    pub fn probe(&self) -> Option<Arc<ProbeHandle>> {
         self.probe.load_full()
     }
+}
+
+/// What handlers may ask of a cluster's `SchedulerProbe`.
+pub struct ProbeHandle {
+    pub republish: Recipient<Republish>,
+    pub start: Recipient<StartTarget>,
+}
+
+/// The cluster's maintenance flag changed: re-rank the routers.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Republish;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// The start command was launched now.
+    Started,
+    /// It ran within the debounce period.
+    AlreadyStarting,
+    /// The target has no start command.
+    NoCommand,
+}
+
+/// Run a cold target's start command (debounced).
+#[derive(Message)]
+#[rtype(result = "StartOutcome")]
+pub struct StartTarget {
+    pub slug: String,
 }

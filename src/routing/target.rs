@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use actix::{Message, Recipient};
 use actix_web::http::header::HeaderValue;
 use actix_web::http::uri::{InvalidUri, Uri};
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::actors::backend::{BackendActor, Report};
 use crate::fixtures::TargetSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +163,7 @@ pub struct Target {
     pub(crate) failures: AtomicU64,
     pub(crate) restarts: AtomicU32,
     last_error: Mutex<Option<String>>,
-    addr: ArcSwapOption<Addr<BackendActor>>,
+    actor: ArcSwapOption<Recipient<Report>>,
     /// `Authorization: Bearer <api_key>`, built once (marked sensitive).
     authorization: Option<HeaderValue>,
     /// `base_url` + each upstream path asked for so far, parsed once ([`Target::uri`]).
@@ -208,7 +207,7 @@ impl Target {
             failures: AtomicU64::new(0),
             restarts: AtomicU32::new(0),
             last_error: Mutex::new(None),
-            addr: ArcSwapOption::empty(),
+            actor: ArcSwapOption::empty(),
         }
     }
 
@@ -319,7 +318,7 @@ impl Target {
     }
 
     /// True when a half-open breaker waits for a request to probe it (no active health
-    /// checks): such a target takes the next request before any other ([`crate::actors::router::pick`]).
+    /// checks): such a target takes the next request before any other ([`crate::routing::ranking::pick`]).
     pub fn request_probes(&self) -> bool {
         self.request_probes.load(Ordering::Relaxed)
     }
@@ -351,12 +350,13 @@ impl Target {
         }
     }
 
-    pub(crate) fn set_actor(&self, addr: Addr<BackendActor>) {
-        self.addr.store(Some(Arc::new(addr)));
+    /// Where this target's leases report their verdicts (its `BackendActor`).
+    pub fn set_actor(&self, actor: Recipient<Report>) {
+        self.actor.store(Some(Arc::new(actor)));
     }
 
-    pub fn actor(&self) -> Option<Arc<Addr<BackendActor>>> {
-        self.addr.load_full()
+    pub fn actor(&self) -> Option<Arc<Recipient<Report>>> {
+        self.actor.load_full()
     }
 
     /// Takes a lease if the target can take a request now. A half-open target admits
@@ -437,6 +437,14 @@ impl Lease {
     }
 }
 
+/// The verdict of one request (sent by a dropped [`Lease`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Report {
+    pub verdict: Verdict,
+    pub probe: bool,
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -457,7 +465,7 @@ impl Drop for Lease {
             _ => {}
         }
         match self.target.actor() {
-            Some(addr) => addr.do_send(Report {
+            Some(actor) => actor.do_send(Report {
                 verdict,
                 probe: self.probe,
             }),
