@@ -323,7 +323,7 @@ class GatewayFactory:
             # Each gateway's SQLite request log (and spill file) in its own directory.
             "GATEWAY__STORAGE__DATA_DIR": str(self.work_dir / f"data-{port}"),
             # Quotas stay on, but a session's burst of requests must not hit the default
-            # 50 requests/s of the one anonymous user (tests/quotas.rs covers the limits).
+            # 50 requests/s of the one anonymous user (tests/it/quotas.rs covers the limits).
             "GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND": "10000",
             "GATEWAY__QUOTAS__USER__BURST": "10000",
             "RUST_BACKTRACE": "1",

@@ -24,6 +24,8 @@ pub struct Behavior {
     pub close_after_response: bool,
     /// Body for non-2xx statuses; `None` means an OpenAI error envelope.
     pub error_body: Option<String>,
+    /// `Retry-After` seconds sent with non-2xx answers (default none).
+    pub retry_after_secs: Option<u64>,
     /// Status of `GET /health` (default 200).
     pub health_status: u16,
     /// Include `usage` (non-stream) or a final usage chunk (stream, only when the request
@@ -41,6 +43,7 @@ impl Default for Behavior {
             drop_after_chunks: None,
             close_after_response: false,
             error_body: None,
+            retry_after_secs: None,
             health_status: 200,
             usage: true,
         }

@@ -65,7 +65,14 @@ async fn inference(
             Some(b) => b.clone(),
             None => bodies::error_envelope(status.as_u16()),
         };
-        json(status, body)
+        let mut answer = json(status, body);
+        if let Some(secs) = behavior.retry_after_secs {
+            answer.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from(secs),
+            );
+        }
+        answer
     } else {
         let probe = Probe::parse(&body);
         let model_json = probe.model_json();

@@ -2,17 +2,13 @@
 //! gets its share of requests back (its half-open breaker is probed and closed even while
 //! another target is healthy), and a target that stops answering (frozen, like `kill
 //! -STOP`) stops getting new requests within one health interval.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::cell::Cell;
 use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::binary::{gateway_bin, spawn_binary, Binary};
-use common::*;
+use crate::common::binary::{gateway_bin, spawn_binary, Binary};
+use crate::common::*;
 use mock_upstream::MockOptions;
 use serde_json::Value;
 

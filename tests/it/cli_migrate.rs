@@ -1,7 +1,5 @@
 //! `inference-gateway migrate` against the real binary: applies the migrations once, is a
 //! no-op after, and refuses a bare path to a database that does not exist.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::process::Command;
 
 fn gateway(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {

@@ -2,13 +2,9 @@
 //! its queue), the x-ratelimit headers, token charging from usage (streams included, the
 //! usage event hidden), persistence across a restart, the admin API, and a QuotaActor
 //! crash.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use inference_gateway::quota::actor::{ActorOf, Crash, FlushAll, Restarts};
 use inference_gateway::quota::{Kind, Subject};
 use inference_gateway::store::UsageFilter;

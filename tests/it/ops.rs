@@ -1,38 +1,14 @@
 //! Operations end to end on a real gateway: metrics fed by real traffic, the response cache,
 //! gzip (never for SSE), security headers, the OpenAPI document covering every route,
 //! reload without dropping a request, and TLS.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::metrics::{metrics_text, sample};
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-
-async fn metrics(gw: &TestGateway) -> String {
-    let mut res = gw.client().get(gw.at("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(res
-        .headers()
-        .get("content-type")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    String::from_utf8(res.body().limit(4 << 20).await.unwrap().to_vec()).unwrap()
-}
-
-/// The value of the sample whose line starts with `series` (0 when absent).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
 
 #[actix_rt::test]
 async fn metrics_are_fed_by_real_traffic() {
@@ -82,8 +58,10 @@ async fn metrics_are_fed_by_real_traffic() {
 
     let mut text = String::new();
     for _ in 0..100 {
-        text = metrics(&gw).await;
-        if sample(&text, r#"gateway_stream_disconnects_total{route="chat"}"#) >= 1.0 {
+        text = metrics_text(&gw).await;
+        if sample(&text, r#"gateway_stream_disconnects_total{route="chat"}"#)
+            .is_some_and(|v| v >= 1.0)
+        {
             break;
         }
         actix_rt::time::sleep(Duration::from_millis(20)).await;
@@ -101,54 +79,55 @@ async fn metrics_are_fed_by_real_traffic() {
     let ok = sample(
         &text,
         r#"gateway_requests_total{model="m",route="chat",status="200",target="good"}"#,
-    );
+    )
+    .expect("the 200s of target good are counted");
     assert!(ok >= 3.0, "{text}");
     assert_eq!(
         sample(
             &text,
             r#"gateway_requests_total{model="unknown",route="chat",status="404",target=""}"#
         ),
-        1.0,
+        Some(1.0),
         "an unconfigured model name is not a label value"
     );
     assert!(!text.contains(r#"model="nope""#));
     assert!(
-        sample(&text, r#"gateway_failovers_total{model="m"}"#) >= 1.0,
+        sample(&text, r#"gateway_failovers_total{model="m"}"#).is_some_and(|v| v >= 1.0),
         "{text}"
     );
+    assert!(sample(
+        &text,
+        r#"gateway_upstream_errors_total{kind="connect",target="dead"}"#
+    )
+    .is_some_and(|v| v >= 1.0));
+    assert!(sample(&text, r#"gateway_prompt_tokens_total{model="m"}"#)
+        .is_some_and(|v| v >= usage["prompt_tokens"].as_f64().unwrap() * 2.0));
     assert!(
-        sample(
-            &text,
-            r#"gateway_upstream_errors_total{kind="connect",target="dead"}"#
-        ) >= 1.0
+        sample(&text, r#"gateway_completion_tokens_total{model="m"}"#).is_some_and(|v| v >= 4.0)
     );
-    assert!(
-        sample(&text, r#"gateway_prompt_tokens_total{model="m"}"#)
-            >= usage["prompt_tokens"].as_f64().unwrap() * 2.0
+    assert!(sample(
+        &text,
+        r#"gateway_time_to_first_token_seconds_count{model="m",route="chat"}"#
+    )
+    .is_some_and(|v| v >= 3.0));
+    assert!(sample(
+        &text,
+        r#"gateway_request_duration_seconds_count{model="m",route="chat"}"#
+    )
+    .is_some_and(|v| v >= 3.0));
+    assert_eq!(
+        sample(&text, r#"gateway_target_up{target="good"}"#),
+        Some(1.0)
     );
-    assert!(sample(&text, r#"gateway_completion_tokens_total{model="m"}"#) >= 4.0);
-    assert!(
-        sample(
-            &text,
-            r#"gateway_time_to_first_token_seconds_count{model="m",route="chat"}"#
-        ) >= 3.0
-    );
-    assert!(
-        sample(
-            &text,
-            r#"gateway_request_duration_seconds_count{model="m",route="chat"}"#
-        ) >= 3.0
-    );
-    assert_eq!(sample(&text, r#"gateway_target_up{target="good"}"#), 1.0);
     assert_eq!(
         sample(&text, r#"gateway_breaker_state{target="good"}"#),
-        0.0
+        Some(0.0)
     );
     assert!(text.contains(r#"gateway_target_up{target="dead"}"#));
-    assert_eq!(sample(&text, "gateway_requests_in_flight"), 0.0);
+    assert_eq!(sample(&text, "gateway_requests_in_flight"), Some(0.0));
     // Fed by the quota, auth and storage components.
     assert!(
-        sample(&text, "gateway_queue_wait_seconds_count") >= 3.0,
+        sample(&text, "gateway_queue_wait_seconds_count").is_some_and(|v| v >= 3.0),
         "every admitted request's quota wait is timed"
     );
     assert!(
@@ -158,7 +137,7 @@ async fn metrics_are_fed_by_real_traffic() {
     );
     assert_eq!(
         sample(&text, "gateway_log_spills_total"),
-        0.0,
+        Some(0.0),
         "the database is up: nothing spilled"
     );
     gw.stop().await;
@@ -187,11 +166,11 @@ async fn in_flight_counts_a_running_stream_and_breaker_state_follows_the_target(
         .await
         .unwrap();
     let _ = res.next().await;
-    let text = metrics(&gw).await;
-    assert_eq!(sample(&text, "gateway_requests_in_flight"), 1.0);
+    let text = metrics_text(&gw).await;
+    assert_eq!(sample(&text, "gateway_requests_in_flight"), Some(1.0));
     assert_eq!(
         sample(&text, r#"gateway_target_in_flight{target="a"}"#),
-        1.0
+        Some(1.0)
     );
     let _ = res.body().limit(1 << 20).await;
     drop(res);
@@ -200,17 +179,20 @@ async fn in_flight_counts_a_running_stream_and_breaker_state_follows_the_target(
     let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 502);
     gw.wait_target("a", |t| t["breaker"] == "open").await;
-    let text = metrics(&gw).await;
-    assert_eq!(sample(&text, r#"gateway_breaker_state{target="a"}"#), 1.0);
-    assert_eq!(sample(&text, r#"gateway_target_up{target="a"}"#), 0.0);
+    let text = metrics_text(&gw).await;
+    assert_eq!(
+        sample(&text, r#"gateway_breaker_state{target="a"}"#),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, r#"gateway_target_up{target="a"}"#), Some(0.0));
     assert_eq!(
         sample(
             &text,
             r#"gateway_upstream_errors_total{kind="status_5xx",target="a"}"#
         ),
-        1.0
+        Some(1.0)
     );
-    assert_eq!(sample(&text, "gateway_requests_in_flight"), 0.0);
+    assert_eq!(sample(&text, "gateway_requests_in_flight"), Some(0.0));
     gw.stop().await;
 }
 
@@ -223,12 +205,13 @@ async fn health_check_latency_is_observed() {
     )
     .await;
     gw.wait_target("a", |t| t["health"] == "healthy").await;
-    let text = metrics(&gw).await;
+    let text = metrics_text(&gw).await;
     assert!(
         sample(
             &text,
             r#"gateway_health_check_duration_seconds_count{result="ok",target="a"}"#
-        ) >= 1.0,
+        )
+        .is_some_and(|v| v >= 1.0),
         "{text}"
     );
     gw.stop().await;
@@ -297,13 +280,15 @@ async fn deterministic_requests_are_answered_from_the_cache() {
         (200, "miss")
     );
 
-    let text = metrics(&gw).await;
+    let text = metrics_text(&gw).await;
     assert_eq!(
         sample(&text, r#"gateway_cache_requests_total{result="hit"}"#),
-        2.0
+        Some(2.0)
     );
-    assert!(sample(&text, r#"gateway_cache_requests_total{result="bypass"}"#) >= 4.0);
-    assert_eq!(sample(&text, "gateway_cache_entries"), 3.0);
+    assert!(
+        sample(&text, r#"gateway_cache_requests_total{result="bypass"}"#).is_some_and(|v| v >= 4.0)
+    );
+    assert_eq!(sample(&text, "gateway_cache_entries"), Some(3.0));
     gw.stop().await;
 }
 
@@ -445,7 +430,7 @@ async fn openapi_describes_every_route() {
     let paths = doc["paths"].as_object().unwrap();
 
     // The registered routes, read from the route table's source.
-    let source = include_str!("../src/routes/mod.rs");
+    let source = include_str!("../../src/routes/mod.rs");
     let mut registered: Vec<String> = source
         .split("web::resource(\"")
         .skip(1)
@@ -560,10 +545,13 @@ async fn reload_adds_and_drains_targets_without_dropping_a_stream() {
     assert_eq!(sse_data(&all).last().unwrap(), "[DONE]");
     assert_eq!(a.streams_completed(), 1);
 
-    let text = metrics(&gw).await;
+    let text = metrics_text(&gw).await;
     assert!(text.contains(r#"gateway_target_up{target="b"}"#));
     assert!(!text.contains(r#"gateway_target_up{target="a"}"#));
-    assert_eq!(sample(&text, r#"gateway_reloads_total{result="ok"}"#), 1.0);
+    assert_eq!(
+        sample(&text, r#"gateway_reloads_total{result="ok"}"#),
+        Some(1.0)
+    );
 
     // Broken fixtures: 400 naming the file, and the gateway keeps serving on "b".
     std::fs::write(gw.dir.path().join("endpoints.json"), "[{not json").unwrap();

@@ -1,12 +1,8 @@
 //! Failover, the circuit breaker (with a manual clock), health-aware routing and
 //! supervision (injected panics).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use inference_gateway::actors::gateway::{CheckAll, CrashBackend, CrashRouter};
 use serde_json::json;
 
@@ -137,12 +133,14 @@ async fn all_targets_failing_is_502_and_attempts_are_bounded() {
 async fn every_target_rate_limited_is_429_with_retry_after() {
     let a = MockUpstream::start(Behavior {
         status: 429,
+        retry_after_secs: Some(7),
         ..Behavior::default()
     })
     .await
     .unwrap();
     let b = MockUpstream::start(Behavior {
         status: 429,
+        retry_after_secs: Some(7),
         ..Behavior::default()
     })
     .await
@@ -150,6 +148,11 @@ async fn every_target_rate_limited_is_429_with_retry_after() {
     let gw = start(&[target("a", "m", a.url()), target("b", "m", b.url())], &[]).await;
     let (status, headers, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 429);
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("7"),
+        "the Retry-After of the last target tried reaches the client"
+    );
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(
@@ -157,7 +160,6 @@ async fn every_target_rate_limited_is_429_with_retry_after() {
         2,
         "429 fails over to the other target"
     );
-    let _ = headers;
     // 429s are not breaker failures.
     assert_eq!(gw.target_state("a").await["failures"], 0);
     gw.stop().await;

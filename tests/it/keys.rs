@@ -1,12 +1,8 @@
 //! API keys end to end: the `keys` CLI and `/admin/keys` on one database, keys used as
 //! bearer tokens, roles, expiry, model limits and revocation.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const BOOTSTRAP: &str = "bootstrap-admin-key-0123456789";

@@ -1,21 +1,17 @@
 //! HPC integration: scheduler probes over fake `qstat`/`pbsnodes`/`squeue` scripts printing
 //! the documented PBS and Slurm shapes, scheduler-aware ranking and failover, `/jobs`,
 //! `/status`, maintenance and cold start.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
-const PBS_JSON: &str = include_str!("data/qstat-f-F-json.json");
-const PBS_TEXT: &str = include_str!("data/qstat-xf.txt");
-const PBSNODES: &str = include_str!("data/pbsnodes-a-F-json.json");
-const SQUEUE_2311: &str = include_str!("data/squeue-23.11.json");
-const SQUEUE_2302: &str = include_str!("data/squeue-23.02.json");
+const PBS_JSON: &str = include_str!("../data/qstat-f-F-json.json");
+const PBS_TEXT: &str = include_str!("../data/qstat-xf.txt");
+const PBSNODES: &str = include_str!("../data/pbsnodes-a-F-json.json");
+const SQUEUE_2311: &str = include_str!("../data/squeue-23.11.json");
+const SQUEUE_2302: &str = include_str!("../data/squeue-23.02.json");
 const PBS_NO_JOBS: &str =
     r#"{"timestamp":1717430400,"pbs_version":"2022.1.5.20240130","pbs_server":"sophia-pbs-01"}"#;
 
@@ -716,8 +712,8 @@ async fn cold_start_is_debounced_across_replicas_through_redis() {
     b.stop().await;
 }
 
-const POLARIS: &str = include_str!("data/qstat-f-F-json-polaris.txt");
-const SQUEUE_2405: &str = include_str!("data/squeue-24.05.json");
+const POLARIS: &str = include_str!("../data/qstat-f-F-json-polaris.txt");
+const SQUEUE_2405: &str = include_str!("../data/squeue-24.05.json");
 
 /// Real Polaris `qstat -f -F json` is not JSON (`Invalid \escape`, `005`): the jobs that
 /// can be read still count, the one that cannot is skipped and counted, and a `B` array

@@ -1,12 +1,8 @@
 //! Issue 19: a NUL byte from a client (`%00` in a path segment or query parameter, `\u0000`
 //! in a JSON string) never makes a 500, on SQLite and on PostgreSQL (whose text cannot
 //! hold NUL), with authentication required and without.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::db::TestDb;
-use common::*;
+use crate::common::db::TestDb;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Which credential a route takes.

@@ -1,14 +1,10 @@
 //! The stores on both backends (SQLite always; PostgreSQL with DATABASE_TEST_URL), and the
 //! migrations: each one up, down and up again, and both trees giving the same tables.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::db::TestDb;
+use crate::common::db::TestDb;
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
 use inference_gateway::store::migrate::{self, SyncConn};

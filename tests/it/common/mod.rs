@@ -2,9 +2,11 @@
 //! driven by a real HTTP client. Time-based actor state uses a manual clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod app;
 pub mod binary;
 pub mod chaos;
 pub mod db;
+pub mod metrics;
 pub mod private_pg;
 pub mod raw_upstream;
 
@@ -17,17 +19,15 @@ use actix_web::dev::ServerHandle;
 use inference_gateway::actors::gateway::{Gateway, TickAll};
 use inference_gateway::actors::log_writer::{Flush, LogWriter};
 use inference_gateway::clock::ManualClock;
-use inference_gateway::config::Settings;
-use inference_gateway::fixtures::Catalog;
-use inference_gateway::reload::{Reloader, SettingsSource};
-use inference_gateway::server;
+use inference_gateway::reload::Reloader;
 use inference_gateway::store::log_sink::LogStats;
-use inference_gateway::store::{self, Store};
+use inference_gateway::store::Store;
 use serde_json::{json, Value};
-use slog::Drain;
 
 #[allow(unused_imports)]
 pub use mock_upstream::{Behavior, MockUpstream};
+
+pub use app::TestApp;
 
 /// One target in a test fixture.
 pub struct T<'a> {
@@ -52,7 +52,7 @@ pub struct TestGateway {
     pub url: String,
     pub gateway: Addr<Gateway>,
     pub clock: Arc<ManualClock>,
-    logs: Arc<std::sync::Mutex<Vec<u8>>>,
+    pub(crate) logs: Arc<std::sync::Mutex<Vec<u8>>>,
     pub store: Arc<dyn Store>,
     pub log_writer: Option<Addr<LogWriter>>,
     pub log_stats: Option<Arc<LogStats>>,
@@ -60,8 +60,9 @@ pub struct TestGateway {
     pub quotas: Arc<inference_gateway::quota::QuotaRegistry>,
     pub quota_supervisor: Addr<inference_gateway::quota::actor::QuotaSupervisor>,
     pub batches: Option<Addr<inference_gateway::batch::actor::BatchSupervisor>>,
-    handle: ServerHandle,
+    pub(crate) handle: ServerHandle,
     pub dir: tempfile::TempDir,
+    pub(crate) in_flight: app::InFlight,
 }
 
 impl TestGateway {
@@ -247,7 +248,6 @@ pub async fn start_fixtures(
 }
 
 /// [`start_fixtures`] with a `clusters.json` too (when `clusters` is not empty).
-#[allow(dead_code)]
 pub async fn start_fixtures_with_clusters(
     endpoints: &[Value],
     federated: &[Value],
@@ -255,88 +255,15 @@ pub async fn start_fixtures_with_clusters(
     toml: Option<&str>,
     settings: &[(&str, &str)],
 ) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    if !clusters.is_empty() {
-        std::fs::write(
-            dir.path().join("clusters.json"),
-            serde_json::to_vec(clusters).unwrap(),
-        )
-        .unwrap();
+    let mut app = TestApp::builder()
+        .endpoints(endpoints)
+        .federated(federated)
+        .clusters(clusters)
+        .env(settings);
+    if let Some(toml) = toml {
+        app = app.toml(toml);
     }
-    let config_file = toml.map(|text| {
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    });
-    std::fs::write(
-        dir.path().join("endpoints.json"),
-        serde_json::to_vec(endpoints).unwrap(),
-    )
-    .unwrap();
-    if !federated.is_empty() {
-        std::fs::write(
-            dir.path().join("federated_endpoints.json"),
-            serde_json::to_vec(federated).unwrap(),
-        )
-        .unwrap();
-    }
-    let fixtures_dir = dir.path().display().to_string();
-    let mut env: Vec<(String, String)> = vec![
-        ("GATEWAY__FIXTURES__DIR".into(), fixtures_dir.clone()),
-        // The default SQLite database and the spill file live in the test's temp dir.
-        (
-            "GATEWAY__STORAGE__DATA_DIR".into(),
-            dir.path().join("data").display().to_string(),
-        ),
-        ("GATEWAY__SERVER__WORKERS".into(), "2".into()),
-        ("GATEWAY__HEALTH__PATH".into(), "".into()),
-        ("GATEWAY__UPSTREAM__RETRY_BACKOFF_MS".into(), "1".into()),
-    ];
-    for (k, v) in settings {
-        env.push((k.to_string(), v.to_string()));
-    }
-    let settings =
-        Settings::load_from(config_file.as_deref(), None, env.clone()).expect("settings");
-    // As `serve` does: migrate on a sync connection before the server starts.
-    let db_url = store::DatabaseUrl::from_settings(&settings).expect("database.url");
-    store::migrate::run(&db_url).expect("migrations");
-    let catalog = Catalog::load(dir.path()).expect("catalog");
-    let clock = Arc::new(ManualClock::default());
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = slog::Logger::root(
-        std::sync::Mutex::new(slog_json::Json::default(LogBuffer(Arc::clone(&logs))))
-            .map(slog::Fuse),
-        slog::o!(),
-    );
-    let running = server::start_with_source(
-        settings,
-        catalog,
-        clock.clone(),
-        log,
-        Some(listener),
-        SettingsSource::fixed(config_file, env),
-    )
-    .unwrap();
-    let scheme = if running.tls { "https" } else { "http" };
-    let url = format!("{scheme}://{}", running.addrs[0]);
-    let handle = running.server.handle();
-    actix_rt::spawn(running.server);
-    TestGateway {
-        url,
-        gateway: running.gateway,
-        clock,
-        logs,
-        store: running.store,
-        log_writer: running.log_writer,
-        log_stats: running.log_stats,
-        reloader: running.reloader,
-        quotas: running.quotas,
-        quota_supervisor: running.quota_supervisor,
-        batches: running.batches,
-        handle,
-        dir,
-    }
+    app.start().await
 }
 
 pub fn write_fixtures(dir: &std::path::Path, targets: &[T<'_>], federated: &[Value]) {

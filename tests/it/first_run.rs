@@ -2,13 +2,9 @@
 //! request path, failures that say which target failed and how (never where it is),
 //! `/v1/models` telling `offline` at the first failed check, and a pinned route that says
 //! where a model is served instead of "does not exist".
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use inference_gateway::actors::gateway::CheckAll;
 use inference_gateway::store::UsageFilter;
 use serde_json::{json, Value};

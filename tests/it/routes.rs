@@ -1,10 +1,6 @@
 //! The HTTP surface: every route, both prefixes, pinning, aliases, listings, and every
 //! error status in the OpenAI envelope.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn assert_envelope(body: &Value, code: &str) {

@@ -2,16 +2,12 @@
 //! 127.0.0.1:0 with the documented routes (HPC-WIRE.md §1): client-credentials token,
 //! endpoint status, v3 submit, v2 task polling. The fake plays FIRST's remote function:
 //! it decodes the JSONData task payload and answers with a JSON string result.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use common::*;
 use serde_json::{json, Value};
 
 const EP_A: &str = "11111111-1111-4111-8111-111111111111";
@@ -94,7 +90,7 @@ fn run_function(params: &Value) -> Value {
     }
 }
 
-const ANSWER: &str = include_str!("data/globus-compute/answer.json");
+const ANSWER: &str = include_str!("../data/globus-compute/answer.json");
 
 fn answer_text() -> String {
     ANSWER.trim_end().to_string()

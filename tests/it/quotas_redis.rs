@@ -7,15 +7,11 @@
 //! Needs `REDIS_TEST_URL` (e.g. redis://127.0.0.1:6379; each test uses its own key prefix)
 //! and, for the kill test, `redis-server` on the PATH; without them each test prints
 //! "NOT RUN on Redis: ..." and passes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use inference_gateway::config::Settings;
 use inference_gateway::quota::math::Window;
 use inference_gateway::quota::shared::Verdict;

@@ -3,16 +3,12 @@
 //! file, cancel, paging, MAX_BATCHES_PER_USER), FIRST's path form (confined paths:
 //! `..` and symlink escapes are 400), a BatchActor crash, a `kill -9` of the real binary
 //! mid-batch and its resume, and (PostgreSQL) two gateways sharing one database's work.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::binary::{spawn_gateway, Binary};
-use common::db::TestDb;
-use common::*;
+use crate::common::binary::{spawn_gateway, Binary};
+use crate::common::db::TestDb;
+use crate::common::*;
 use futures_util::StreamExt;
 use inference_gateway::batch::actor::{ActorAddr, Crash, Restarts};
 use inference_gateway::quota::{Kind, Subject};
@@ -1286,15 +1282,16 @@ async fn uploads_are_refused_early_and_bounded_in_number() {
     assert_eq!(code, 413);
     // Two uploads in flight (half sent) hold both slots: a third is 429 at once.
     use tokio::io::AsyncWriteExt;
-    let mut held = Vec::new();
-    for _ in 0..2 {
+    let hold = || async {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
         s.write_all(head(500_000).as_bytes()).await.unwrap();
         s.write_all(part.as_bytes()).await.unwrap();
         s.write_all(&[b'x'; 1000]).await.unwrap();
-        held.push(s);
-    }
-    // (Until the held uploads' handlers have run, a whole upload may still pass.)
+        s
+    };
+    let mut held = vec![hold().await, hold().await];
+    // Until the held uploads' handlers have run, a whole upload may still pass, and take
+    // a slot first: then a held one is refused (answered and closed) and is opened again.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, err) = upload(&gw.url, None, "batch", &input(1, "m")).await;
@@ -1304,6 +1301,13 @@ async fn uploads_are_refused_early_and_bounded_in_number() {
         }
         assert_eq!(status, 200, "{err}");
         assert!(Instant::now() < deadline, "never 429");
+        for h in held.iter_mut() {
+            let mut byte = [0u8; 1];
+            // Readable: it was answered (429) or closed.
+            if h.try_read(&mut byte).is_ok() {
+                *h = hold().await;
+            }
+        }
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
     drop(held);
@@ -1351,7 +1355,7 @@ async fn creating_a_batch_during_a_database_outage_is_503() {
     } else {
         format!("{host_port}:5432")
     };
-    let proxy = common::chaos::ChaosProxy::start(
+    let proxy = crate::common::chaos::ChaosProxy::start(
         host_port.replace("localhost", "127.0.0.1").parse().unwrap(),
     );
     let user = direct

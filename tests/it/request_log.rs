@@ -1,15 +1,11 @@
 //! The request log end to end: requests through a real gateway produce request_log rows
 //! (SQLite, and PostgreSQL with DATABASE_TEST_URL) that `/admin/usage` aggregates; payloads
 //! only when asked; and nothing lost while PostgreSQL is unreachable.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::chaos::ChaosProxy;
-use common::db::TestDb;
-use common::*;
+use crate::common::chaos::ChaosProxy;
+use crate::common::db::TestDb;
+use crate::common::*;
 use inference_gateway::actors::log_writer::Spill;
 use inference_gateway::store::log_sink::LogStats;
 use inference_gateway::store::{self, LogRow, UsageFilter};

@@ -1,12 +1,8 @@
 //! The relay end to end: bytes through unchanged, streaming, usage, disconnects, servers
 //! that close connections after streams, in-band stream errors.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 

@@ -5,19 +5,15 @@
 //! SQLite: a second connection holds `BEGIN EXCLUSIVE`. PostgreSQL: a private server
 //! (`initdb`, `pg_ctl stop -m immediate`, started again); skipped with a notice when the
 //! PostgreSQL binaries are missing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::binary::{spawn_gateway, Binary};
-use common::private_pg::PrivatePg;
-use common::*;
+use crate::common::binary::{spawn_gateway, Binary};
+use crate::common::private_pg::PrivatePg;
+use crate::common::*;
 use inference_gateway::actors::log_writer::Spill;
 use inference_gateway::store::{self, DatabaseUrl, LogRow, UsageFilter};
 
@@ -187,8 +183,8 @@ async fn outage_under_load(
 
 #[actix_rt::test]
 async fn sqlite_locked_for_seconds_catches_up_under_load_and_sigterm_keeps_every_row() {
-    let db = common::db::TestDb::sqlite();
-    let common::db::TestDb::Sqlite { path, .. } = &db else {
+    let db = crate::common::db::TestDb::sqlite();
+    let crate::common::db::TestDb::Sqlite { path, .. } = &db else {
         unreachable!()
     };
     store::migrate::run(&db.url()).unwrap();

@@ -1,16 +1,12 @@
 //! The real binary as systemd runs it: graceful shutdown on SIGTERM (a stream begun
 //! before it completes, new connections are refused, exit 0 within the grace, the log is
 //! flushed), the notify protocol (READY, WATCHDOG, RELOADING, STOPPING) and SIGHUP reload.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary::{gateway_bin, spawn_binary, Binary};
-use common::*;
+use crate::common::binary::{gateway_bin, spawn_binary, Binary};
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 

@@ -2,35 +2,16 @@
 //! gateway's own file descriptors: a request waiting for a slot is counted and the episode
 //! logged once; running out of descriptors is a 503 of the gateway and a metric, never a
 //! failure of a healthy target.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary::{gateway_bin, spawn_binary};
-use common::*;
+use crate::common::binary::{gateway_bin, spawn_binary};
+use crate::common::metrics::{metrics_text, sample};
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-
-/// A sample of `/metrics` (0 when the series is absent).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-async fn metrics_text(gw: &TestGateway) -> String {
-    let mut res = gw.client().get(gw.at("/metrics")).send().await.unwrap();
-    String::from_utf8_lossy(&res.body().await.unwrap()).into_owned()
-}
 
 #[actix_rt::test]
 async fn requests_waiting_for_an_upstream_slot_are_counted_and_logged_once_per_episode() {
@@ -75,7 +56,7 @@ async fn requests_waiting_for_an_upstream_slot_are_counted_and_logged_once_per_e
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = metrics_text(&gw).await;
-        if sample(&text, "gateway_upstream_pool_waiters") == 3.0 {
+        if sample(&text, "gateway_upstream_pool_waiters") == Some(3.0) {
             break;
         }
         assert!(
@@ -98,12 +79,12 @@ async fn requests_waiting_for_an_upstream_slot_are_counted_and_logged_once_per_e
         assert_eq!(w.await.unwrap(), 200);
     }
     let text = metrics_text(&gw).await;
-    assert_eq!(sample(&text, "gateway_upstream_pool_waiters"), 0.0);
+    assert_eq!(sample(&text, "gateway_upstream_pool_waiters"), Some(0.0));
     assert_eq!(
         sample(&text, "gateway_upstream_pool_wait_seconds_count"),
-        3.0
+        Some(3.0)
     );
-    assert!(sample(&text, "gateway_upstream_pool_wait_seconds_sum") > 0.0);
+    assert!(sample(&text, "gateway_upstream_pool_wait_seconds_sum").is_some_and(|v| v > 0.0));
     // One episode, one line (not one per waiting request).
     let lines = gw
         .logs()
@@ -172,8 +153,8 @@ async fn running_out_of_file_descriptors_is_the_gateways_503_not_the_targets_fai
     assert_eq!(exchange(&mut conn, "GET", "/health", "").0, 200);
     // The limit and the count are published (read while a descriptor is still free).
     let (_, before) = exchange(&mut conn, "GET", "/metrics", "");
-    assert_eq!(sample(&before, "gateway_max_fds"), 96.0);
-    let open = sample(&before, "gateway_open_fds");
+    assert_eq!(sample(&before, "gateway_max_fds"), Some(96.0));
+    let open = sample(&before, "gateway_open_fds").expect("gateway_open_fds is exported");
     assert!(open > 3.0 && open < 96.0, "{open}");
     // Fill the gateway's descriptors with idle connections (the rest wait in the backlog).
     let idle: Vec<TcpStream> = (0..150)
@@ -203,7 +184,7 @@ async fn running_out_of_file_descriptors_is_the_gateways_503_not_the_targets_fai
     assert_eq!(a["failures"], 0, "{a}");
     let (_, metrics) = exchange(&mut conn, "GET", "/metrics", "");
     assert!(
-        sample(&metrics, "gateway_fd_exhausted_total{op=\"connect\"}") >= 3.0,
+        sample(&metrics, "gateway_fd_exhausted_total{op=\"connect\"}").is_some_and(|v| v >= 3.0),
         "{}",
         metrics
             .lines()

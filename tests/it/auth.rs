@@ -1,17 +1,13 @@
 //! Authentication end to end against a fake Globus Auth + Groups service on 127.0.0.1:0
 //! answering with the documented shapes: active, inactive, expired, wrong IdP, missing
 //! group, failed policy; caching, one introspection per token, per-target access lists.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use common::*;
 use serde_json::{json, Value};
 
 const CLIENT_ID: &str = "gateway-client-id";

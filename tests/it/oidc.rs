@@ -1,15 +1,11 @@
 //! OIDC/JWT bearer tokens end to end: the test generates its own Ed25519 and P-256 keys,
 //! serves them as a JWKS on 127.0.0.1:0, and signs tokens the gateway must accept or refuse.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::common::*;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};

@@ -1,11 +1,7 @@
 //! Issue 19 item 5: what each route shows, and to whom, under `auth.mode = "required"`.
 //! Every route's exposure is one entry of `routes::exposure::ROUTES`; these tests hold the
 //! served routes, the OpenAPI document and the answers to that table.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const BOOTSTRAP: &str = "exposure-admin-key-0123456789";

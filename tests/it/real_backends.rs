@@ -1,14 +1,10 @@
 //! What real model servers do that our own mock does not: announce keep-alive and close
 //! anyway, answer 501/422 for requests they do not support, put extra fields (`timings`)
 //! on the usage event, and serve model-addressed routes beyond the OpenAI ones.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::raw_upstream::{Closing, RawRequest, RawUpstream, Reply};
-use common::*;
+use crate::common::raw_upstream::{Closing, RawRequest, RawUpstream, Reply};
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 

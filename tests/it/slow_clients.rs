@@ -2,16 +2,12 @@
 //! headers and half a body gets 408 and a closed connection after
 //! `server.body_read_timeout_ms`, and `server.max_connections` bounds what one worker
 //! holds while `/health` and normal requests keep being served.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::binary::spawn_gateway;
-use common::*;
+use crate::common::binary::spawn_gateway;
+use crate::common::*;
 
 const BODY_TIMEOUT_MS: u64 = 1500;
 const MAX_CONNECTIONS: usize = 16;

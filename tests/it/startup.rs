@@ -1,15 +1,11 @@
 //! The real binary when it cannot start: a port already in use is one clear error line
 //! naming the address and exit code 1, not a cascade of panics from a half-built system.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::binary::gateway_bin;
+use crate::common::binary::gateway_bin;
 
 #[test]
 fn a_port_in_use_is_one_error_line_naming_the_address_and_exit_1() {

@@ -1,7 +1,5 @@
 //! The token helper as a user runs it: the real binary against a fake Globus Auth token
 //! endpoint on 127.0.0.1:0 that checks PKCE, then refreshes an expiring token.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

@@ -1,11 +1,7 @@
 //! Issue 19 item 10: failed authentications, key creation and key revocation leave audit
 //! events in the log (who, which key, from where; never a secret), a refused admin key is
 //! counted, and the answer that carries a new key is never cached.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const BOOTSTRAP: &str = "audit-admin-key-0123456789";
