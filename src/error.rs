@@ -157,12 +157,66 @@ pub enum ApiError {
     /// `batches.max_concurrent_uploads` uploads are being received already.
     #[error("Too many file uploads are in progress ({0}); try again shortly.")]
     TooManyUploads(u64),
-    /// The database could not be reached (the cause is logged where it happened).
+    /// The database could not be reached. The cause is logged once, at the edge.
     #[error("The database is unavailable right now; try again shortly.")]
-    DatabaseUnavailable,
-    /// The cause is logged where it happens; the client sees only this.
+    DatabaseUnavailable(Cause),
+    /// Something failed inside the gateway. The cause is logged once, at the edge; the
+    /// client sees only this.
     #[error("internal error")]
-    Internal,
+    Internal(Cause),
+}
+
+/// What failed inside, for the log only: a 5xx body never carries it. [`ApiError`]'s
+/// response carries it in its extensions, and the edge layer (`server::edges`) logs it once
+/// with the request id and path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause(std::sync::Arc<str>);
+
+impl Cause {
+    pub fn new(what: &str, error: impl std::fmt::Display) -> Cause {
+        Cause(format!("{what}: {error}").into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ApiError {
+    /// An internal error: `what` failed with `error`.
+    pub fn internal(what: &str, error: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(Cause::new(what, error))
+    }
+
+    /// A database error while doing `what`: 503 when the database cannot be reached or did
+    /// not answer in time (a client may retry), else an internal error.
+    pub fn store(what: &str, error: crate::store::StoreError) -> ApiError {
+        if error.is_unavailable() {
+            ApiError::DatabaseUnavailable(Cause::new(what, error))
+        } else {
+            ApiError::Internal(Cause::new(what, error))
+        }
+    }
+
+    /// The inside cause of a 5xx the gateway made itself, to log.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            ApiError::Internal(c) | ApiError::DatabaseUnavailable(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> ApiError {
+        ApiError::store("database", error)
+    }
 }
 
 fn file_too_large_message(param: &str, size: Option<u64>, limit: u64) -> String {
@@ -252,8 +306,8 @@ impl ApiError {
             ApiError::GatewayOverloaded => code::GATEWAY_OVERLOADED,
             ApiError::FileTooLarge { .. } => code::PAYLOAD_TOO_LARGE,
             ApiError::TooManyUploads(_) => code::TOO_MANY_UPLOADS,
-            ApiError::DatabaseUnavailable => code::DATABASE_UNAVAILABLE,
-            ApiError::Internal => code::INTERNAL,
+            ApiError::DatabaseUnavailable(_) => code::DATABASE_UNAVAILABLE,
+            ApiError::Internal(_) => code::INTERNAL,
         }
     }
 
@@ -342,8 +396,8 @@ impl ResponseError for ApiError {
             ApiError::GatewayOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::FileTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyUploads(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -372,7 +426,7 @@ impl ResponseError for ApiError {
             }
             ApiError::NoAvailableTarget { .. }
             | ApiError::GatewayOverloaded
-            | ApiError::DatabaseUnavailable => {
+            | ApiError::DatabaseUnavailable(_) => {
                 res.insert_header((RETRY_AFTER, HeaderValue::from_static("5")));
             }
             ApiError::TooManyUploads(_) => {
@@ -386,7 +440,11 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        res.body(self.body())
+        let mut res = res.body(self.body());
+        if let Some(cause) = self.cause() {
+            res.extensions_mut().insert(cause.clone());
+        }
+        res
     }
 }
 
@@ -596,7 +654,7 @@ mod tests {
 
     #[test]
     fn server_errors_say_nothing_internal() {
-        let e = ApiError::Internal;
+        let e = ApiError::internal("test", "a cause the client never sees");
         assert_eq!(
             body_of(&e),
             serde_json::json!({"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}})
@@ -736,7 +794,10 @@ mod tests {
                 413,
             ),
             (ApiError::TooManyUploads(2), 429),
-            (ApiError::DatabaseUnavailable, 503),
+            (
+                ApiError::DatabaseUnavailable(Cause::new("test", "down")),
+                503,
+            ),
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{e:?}");

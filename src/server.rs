@@ -311,7 +311,9 @@ pub fn start_with_source(
     let max_body = settings.server.max_body_bytes;
     let gzip = settings.server.gzip;
     let body_timeout = Duration::from_millis(settings.server.body_read_timeout_ms);
+    let edge_log = state.log.clone();
     let mut server = HttpServer::new(move || {
+        let edge_log = edge_log.clone();
         let root_routes = routes.clone();
         let first_routes = routes.clone();
         App::new()
@@ -336,10 +338,11 @@ pub fn start_with_source(
                 web::PathConfig::default()
                     .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
             )
-            // Path normalization, the body timeout and gzip in one layer (each `from_fn`
+            // Path normalization, the body timeout, gzip and the log line of an error's
+            // inside cause in one layer (each `from_fn`
             // layer boxes a future per request).
             .wrap(from_fn(move |req, next| {
-                edges(req, next, gzip, body_timeout)
+                edges(req, next, gzip, body_timeout, edge_log.clone())
             }))
             .wrap(security::headers(hsts))
             .service(
@@ -391,11 +394,45 @@ pub fn start_with_source(
 /// that stops arriving for `body_timeout` is answered 408 with `Connection: close`
 /// (`body_timeout::wrap`); and with gzip on, an answer worth it is gzipped when the
 /// client accepts it (`compress::maybe_gzip`: never an event stream or a small body).
+/// Logs the inside cause of a 5xx the gateway made itself ([`crate::error::Cause`], put in
+/// the response by `ApiError`), once, with the request id and path: handlers do not log
+/// the errors they return.
+fn log_cause<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
+    let Some(cause) = res
+        .response()
+        .extensions()
+        .get::<crate::error::Cause>()
+        .cloned()
+    else {
+        return;
+    };
+    // A handler that returned the error did not name the request: the client's id, or a
+    // new one, goes on the response and in the line.
+    let request_id = match res.headers().get(&crate::proxy::forward::REQUEST_ID) {
+        Some(given) => given.to_str().unwrap_or("").to_string(),
+        None => {
+            let (id, header) = crate::routes::inference::request_id_and_header(res.request());
+            res.headers_mut()
+                .insert(crate::proxy::forward::REQUEST_ID.clone(), header);
+            id
+        }
+    };
+    let path = res.request().path().to_string();
+    if res.status() == actix_web::http::StatusCode::SERVICE_UNAVAILABLE {
+        slog::warn!(log, "unavailable"; "cause" => cause.as_str(), "path" => path,
+            "request_id" => request_id);
+    } else {
+        slog::error!(log, "internal error"; "cause" => cause.as_str(), "path" => path,
+            "request_id" => request_id);
+    }
+}
+
 async fn edges(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
     gzip: bool,
     body_timeout: Duration,
+    log: slog::Logger,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     crate::normalize_path::normalize(&mut req);
     if let Some(refused) = crate::nul_input::refuse(&req) {
@@ -404,7 +441,8 @@ async fn edges(
     }
     let fired = crate::body_timeout::wrap(&mut req, body_timeout);
     let accepts_gzip = gzip && crate::compress::accepts_gzip(&req);
-    let res = next.call(req).await?;
+    let mut res = next.call(req).await?;
+    log_cause(&log, &mut res);
     let res = if fired.is_some_and(|f| f.get()) {
         let (req, _) = res.into_parts();
         let mut timeout = actix_web::ResponseError::error_response(&ApiError::RequestTimeout);

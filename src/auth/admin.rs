@@ -88,7 +88,10 @@ impl FromRequest for Admin {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
-            return Either::Left(ready(Err(ApiError::Internal)));
+            return Either::Left(ready(Err(ApiError::internal(
+                "authenticating an admin",
+                "the application state is missing",
+            ))));
         };
         let Some(token) = super::bearer(req) else {
             audit::admin_failed(state, req, None, AdminRefusal::MissingToken, None);

@@ -75,7 +75,10 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
-            return Either::Left(ready(Err(ApiError::Internal)));
+            return Either::Left(ready(Err(ApiError::internal(
+                "authenticating a caller",
+                "the application state is missing",
+            ))));
         };
         if state.auth.mode == AuthMode::None {
             return Either::Left(ready(Ok(Caller(Arc::clone(&state.auth.anonymous)))));

@@ -974,7 +974,12 @@ impl Runner {
         record.keep_prompt(&line.body);
         record.model.clone_from(&line.model);
         record.model_known = true;
+        // A batch line has no HTTP edge to log an internal cause: it is logged here.
         let refuse = |e: ApiError, mut record: RequestRecord| {
+            if let Some(cause) = e.cause() {
+                slog::error!(log, "batch line failed inside the gateway";
+                    "request_id" => request_id, "cause" => cause.as_str());
+            }
             record.status = actix_web::ResponseError::status_code(&e).as_u16();
             record.error_code = Some(e.code());
             record.ending = Ending::Rejected;
@@ -983,7 +988,10 @@ impl Runner {
         };
         // Batch ids and line numbers: always a valid header value.
         let Ok(request_header) = HeaderValue::from_str(request_id) else {
-            return refuse(ApiError::Internal, record);
+            return refuse(
+                ApiError::internal("a batch line's request id", "not a header value"),
+                record,
+            );
         };
         if !caller.may_name(&line.model) {
             let e =

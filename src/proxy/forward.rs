@@ -251,9 +251,7 @@ pub async fn forward(
         let body = match rewritten {
             Ok(body) => body,
             Err(e) => {
-                slog::error!(log, "could not rewrite model field";
-                    "request_id" => &record.request_id, "error" => e);
-                return Err((ApiError::Internal, record));
+                return Err((ApiError::internal("rewriting the model field", e), record));
             }
         };
         let mut result = match &target.spec.transport {

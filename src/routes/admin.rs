@@ -68,10 +68,7 @@ pub async fn usage(
         .store
         .usage_by_model(filter.clone())
         .await
-        .map_err(|e| {
-            slog::error!(state.log, "usage query failed"; "error" => e.to_string());
-            ApiError::Internal
-        })?;
+        .map_err(|e| ApiError::store("the usage query", e))?;
     let mut totals = ModelUsage::default();
     for m in &models {
         totals.requests += m.requests;
@@ -153,8 +150,7 @@ pub async fn reload(
     match state.reloader.reload().await {
         Ok(report) => HttpResponse::Ok().json(json!({"status": "reloaded", "report": report})),
         Err(e @ crate::reload::ReloadError::Gateway) => {
-            slog::error!(state.log, "reload failed"; "error" => e.to_string());
-            error_response(&ApiError::Internal, &request_id(&req))
+            error_response(&ApiError::internal("reload", e), &request_id(&req))
         }
         Err(e) => error_response(&ApiError::invalid(e.to_string()), &request_id(&req)),
     }

@@ -21,33 +21,12 @@ use crate::json_body::JsonBody;
 use crate::quota::{Kind, Subject};
 use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
-use crate::store::{now_ms, BatchPatch, BatchRow, FileRow, StoreError};
+use crate::store::{now_ms, BatchPatch, BatchRow, FileRow};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-fn respond(req: &HttpRequest, state: &AppState, r: Result<HttpResponse>) -> HttpResponse {
-    r.unwrap_or_else(|e| {
-        if matches!(e, ApiError::Internal) {
-            slog::error!(state.log, "batch route failed"; "path" => req.path());
-        }
-        error_response(&e, &request_id(req))
-    })
-}
-
-fn internal(state: &AppState, what: &str, e: impl std::fmt::Display) -> ApiError {
-    slog::error!(state.log, "batch storage failed"; "what" => what, "error" => e.to_string());
-    ApiError::Internal
-}
-
-/// A database error: 503 when the database cannot be reached (a client may retry), else
-/// an internal error. Logged here, once.
-fn store_error(state: &AppState, what: &str, e: StoreError) -> ApiError {
-    if e.is_unavailable() {
-        slog::warn!(state.log, "database unavailable"; "what" => what, "error" => e.to_string());
-        ApiError::DatabaseUnavailable
-    } else {
-        internal(state, what, e)
-    }
+fn respond(req: &HttpRequest, r: Result<HttpResponse>) -> HttpResponse {
+    r.unwrap_or_else(|e| error_response(&e, &request_id(req)))
 }
 
 #[derive(Deserialize)]
@@ -118,7 +97,7 @@ pub async fn upload(
         upload_inner(caller.id.clone(), payload, &state).await
     }
     .await;
-    let mut res = respond(&req, &state, r);
+    let mut res = respond(&req, r);
     if res.status().is_client_error() {
         // The rest of a refused body is not read: the connection cannot be reused.
         res.head_mut().set_connection_type(ConnectionType::Close);
@@ -154,7 +133,7 @@ async fn upload_inner(
                     .unwrap_or_else(|| "upload.jsonl".into());
                 let mut incoming = files::Incoming::create(dir.clone())
                     .await
-                    .map_err(|e| internal(state, "creating an upload file", e))?;
+                    .map_err(|e| ApiError::internal("creating an upload file", e))?;
                 while let Some(chunk) = field.next().await {
                     let chunk = chunk.map_err(multipart_error)?;
                     if incoming.len() + chunk.len() as u64 > limit {
@@ -167,7 +146,7 @@ async fn upload_inner(
                     incoming
                         .push(&chunk)
                         .await
-                        .map_err(|e| internal(state, "writing an upload", e))?;
+                        .map_err(|e| ApiError::internal("writing an upload", e))?;
                 }
                 file = Some((filename, incoming));
             }
@@ -209,10 +188,10 @@ async fn upload_inner(
     incoming
         .commit(&row.id)
         .await
-        .map_err(|e| internal(state, "writing a file", e))?;
+        .map_err(|e| ApiError::internal("writing a file", e))?;
     if let Err(e) = state.store.create_file(row.clone()).await {
         let _ = files::remove(dir, row.id.clone()).await;
-        return Err(store_error(state, "files row", e));
+        return Err(ApiError::store("files row", e));
     }
     Ok(HttpResponse::Ok().json(files::file_json(&row)))
 }
@@ -234,7 +213,7 @@ async fn owned_file(state: &AppState, owner: &str, id: &str) -> Result<FileRow> 
         .store
         .get_file(id.to_string())
         .await
-        .map_err(|e| store_error(state, "reading a file row", e))?;
+        .map_err(|e| ApiError::store("reading a file row", e))?;
     owned(row.filter(|f| f.owner == owner), "file", id)
 }
 
@@ -261,11 +240,11 @@ pub async fn list_files(
             .store
             .list_files(caller.id.clone(), page.after.clone(), limit + 1)
             .await
-            .map_err(|e| store_error(&state, "listing files", e))?;
+            .map_err(|e| ApiError::store("listing files", e))?;
         Ok(HttpResponse::Ok().json(list_json(rows, limit, files::file_json)))
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 pub async fn get_file(
@@ -277,7 +256,7 @@ pub async fn get_file(
     let r = owned_file(&state, &caller.id, &id)
         .await
         .map(|f| HttpResponse::Ok().json(files::file_json(&f)));
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 pub async fn file_content(
@@ -290,13 +269,13 @@ pub async fn file_content(
         let f = owned_file(&state, &caller.id, &id).await?;
         let bytes = files::read(files::dir(&state.settings), f.id.clone())
             .await
-            .map_err(|e| internal(&state, "reading file bytes", e))?;
+            .map_err(|e| ApiError::internal("reading file bytes", e))?;
         Ok(HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, "application/octet-stream"))
             .body(bytes))
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 pub async fn delete_file(
@@ -311,14 +290,14 @@ pub async fn delete_file(
             .store
             .delete_file(f.id.clone())
             .await
-            .map_err(|e| store_error(&state, "deleting a file row", e))?;
+            .map_err(|e| ApiError::store("deleting a file row", e))?;
         files::remove(files::dir(&state.settings), f.id.clone())
             .await
-            .map_err(|e| internal(&state, "deleting file bytes", e))?;
+            .map_err(|e| ApiError::internal("deleting file bytes", e))?;
         Ok(HttpResponse::Ok().json(json!({"id": f.id, "object": "file", "deleted": true})))
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 // -------------------------------------------------------------------------- batches
@@ -447,7 +426,7 @@ async fn check_batch_limit(state: &AppState, owner: &str) -> Result<()> {
         .store
         .count_active_batches(owner.to_string())
         .await
-        .map_err(|e| store_error(state, "counting batches", e))?;
+        .map_err(|e| ApiError::store("counting batches", e))?;
     if u64::try_from(active).unwrap_or(0) >= limit {
         return Err(ApiError::TooManyBatches(limit));
     }
@@ -469,7 +448,7 @@ async fn insert_batch(
     caller: &crate::auth::identity::Identity,
     new: NewBatch,
 ) -> Result<HttpResponse> {
-    let identity = serde_json::to_string(caller).map_err(|e| internal(state, "identity", e))?;
+    let identity = serde_json::to_string(caller).map_err(|e| ApiError::internal("identity", e))?;
     let now = now_ms();
     let (cluster, framework) = new.pin.unzip();
     let row = BatchRow {
@@ -507,7 +486,7 @@ async fn insert_batch(
         .store
         .create_batch(row.clone())
         .await
-        .map_err(|e| store_error(state, "creating a batch", e))?;
+        .map_err(|e| ApiError::store("creating a batch", e))?;
     if let Some(batches) = &state.batches {
         batches.do_send(Wake);
     }
@@ -530,7 +509,7 @@ pub async fn create(
         create_file_batch(&state, &caller, body).await
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 async fn create_file_batch(
@@ -602,7 +581,7 @@ pub async fn create_from_path(
         create_path_batch(&state, &caller, body, Some(path.into_inner())).await
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 /// FIRST's form: the input file (a path under `batches.allowed_roots`) is copied in, the
@@ -693,7 +672,7 @@ async fn create_path_batch(
     let file = file_row(id, caller.id.clone(), filename, bytes);
     if let Err(e) = state.store.create_file(file.clone()).await {
         let _ = files::remove(files::dir(&state.settings), file.id.clone()).await;
-        return Err(store_error(state, "files row", e));
+        return Err(ApiError::store("files row", e));
     }
     let new = NewBatch {
         input_file_id: file.id,
@@ -712,7 +691,7 @@ async fn owned_batch(state: &AppState, owner: &str, id: &str) -> Result<BatchRow
         .store
         .get_batch(id.to_string())
         .await
-        .map_err(|e| store_error(state, "reading a batch", e))?;
+        .map_err(|e| ApiError::store("reading a batch", e))?;
     owned(row.filter(|b| b.owner == owner), "batch", id)
 }
 
@@ -728,11 +707,11 @@ pub async fn list(
             .store
             .list_batches(caller.id.clone(), page.after.clone(), limit + 1)
             .await
-            .map_err(|e| store_error(&state, "listing batches", e))?;
+            .map_err(|e| ApiError::store("listing batches", e))?;
         Ok(HttpResponse::Ok().json(list_json(rows, limit, batch_json)))
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 pub async fn get(
@@ -744,7 +723,7 @@ pub async fn get(
     let r = owned_batch(&state, &caller.id, &id)
         .await
         .map(|b| HttpResponse::Ok().json(batch_json(&b)));
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 /// `POST /v1/batches/{id}/cancel`: any state not final → cancelling; the runner stops,
@@ -779,7 +758,7 @@ pub async fn cancel(
                     patch,
                 )
                 .await
-                .map_err(|e| store_error(&state, "cancelling a batch", e))?;
+                .map_err(|e| ApiError::store("cancelling a batch", e))?;
             if let Some(batches) = &state.batches {
                 batches.do_send(Wake);
             }
@@ -794,7 +773,7 @@ pub async fn cancel(
         }
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }
 
 /// `GET /v1/batches/{id}/result` (FIRST): the output lines, then the error lines, as JSONL.
@@ -816,7 +795,7 @@ pub async fn result(
         for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
             let bytes = files::read(files::dir(&state.settings), file.clone())
                 .await
-                .map_err(|e| internal(&state, "reading a result file", e))?;
+                .map_err(|e| ApiError::internal("reading a result file", e))?;
             body.extend_from_slice(&bytes);
         }
         Ok(HttpResponse::Ok()
@@ -824,5 +803,5 @@ pub async fn result(
             .body(body))
     }
     .await;
-    respond(&req, &state, r)
+    respond(&req, r)
 }

@@ -299,7 +299,7 @@ fn add_include_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, Ap
         let end = body
             .iter()
             .rposition(|b| *b == b'}')
-            .ok_or(ApiError::Internal)?;
+            .ok_or_else(|| ApiError::internal("adding include_usage", "no closing brace"))?;
         let empty = body[..end]
             .iter()
             .rev()
@@ -329,7 +329,7 @@ fn add_include_usage(body: &Bytes, has_stream_options: bool) -> Result<Bytes, Ap
     }
     serde_json::to_vec(&value)
         .map(Bytes::from)
-        .map_err(|_| ApiError::Internal)
+        .map_err(|e| ApiError::internal("adding include_usage", e))
 }
 
 /// Handles one inference request on `route`; `pinned` routes carry cluster and framework
@@ -514,11 +514,9 @@ async fn prepare(
         BodyKind::Multipart => {
             let parsed = parse_multipart_head(req, &body).await?;
             // Checked above: a multipart/form-data content type with its boundary.
-            let content_type = req
-                .headers()
-                .get(CONTENT_TYPE)
-                .cloned()
-                .ok_or(ApiError::Internal)?;
+            let content_type = req.headers().get(CONTENT_TYPE).cloned().ok_or_else(|| {
+                ApiError::internal("a multipart request", "its content type is gone")
+            })?;
             (parsed, content_type)
         }
     };

@@ -51,11 +51,6 @@ pub fn describe(row: &ApiKeyRow) -> Value {
     })
 }
 
-fn store_error(state: &AppState, e: crate::store::StoreError) -> ApiError {
-    slog::error!(state.log, "key store failed"; "error" => e.to_string());
-    ApiError::Internal
-}
-
 pub async fn create(
     admin: Admin,
     req: HttpRequest,
@@ -96,7 +91,7 @@ pub async fn create(
     };
     let (secret, row) = keys::create(state.store.as_ref(), new)
         .await
-        .map_err(|e| store_error(&state, e))?;
+        .map_err(|e| ApiError::store("the key store", e))?;
     audit::key_created(&state, &req, &admin.by, &row);
     let mut out = describe(&row);
     out["key"] = json!(secret);
@@ -115,7 +110,7 @@ pub async fn list(
         .store
         .list_keys(query.into_inner().user)
         .await
-        .map_err(|e| store_error(&state, e))?;
+        .map_err(|e| ApiError::store("the key store", e))?;
     let data: Vec<Value> = rows.iter().map(describe).collect();
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }
@@ -131,7 +126,7 @@ pub async fn revoke(
         .store
         .revoke_key(id.clone(), now_ms())
         .await
-        .map_err(|e| store_error(&state, e))?;
+        .map_err(|e| ApiError::store("the key store", e))?;
     if !revoked {
         return Err(ApiError::NotFound(format!("No active API key {id}.")));
     }

@@ -17,9 +17,9 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         Ok(text) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4; charset=utf-8")
             .body(text),
-        Err(e) => {
-            slog::error!(state.log, "could not render metrics"; "error" => e.to_string());
-            error_response(&ApiError::Internal, &request_id(&req))
-        }
+        Err(e) => error_response(
+            &ApiError::internal("rendering /metrics", e),
+            &request_id(&req),
+        ),
     }
 }

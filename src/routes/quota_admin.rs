@@ -32,11 +32,6 @@ fn subject_of(path: &str) -> Result<Subject, ApiError> {
     })
 }
 
-fn internal(state: &AppState, what: &str, e: crate::store::StoreError) -> ApiError {
-    slog::error!(state.log, "quota admin query failed"; "what" => what, "error" => e.to_string());
-    ApiError::Internal
-}
-
 /// Redis mode: tells the other replicas (they reload the override or reset their state).
 /// Redis down: logged; those replicas pick overrides up when their subscriber reconnects.
 async fn notify(state: &AppState, op: &str, subject: &Subject, limits: Option<&QuotaOverrideRow>) {
@@ -102,12 +97,12 @@ async fn describe(
                 .store
                 .get_usage(key.clone(), "day".into(), Window::Day.start(now))
                 .await
-                .map_err(|e| internal(state, "usage", e))?;
+                .map_err(|e| ApiError::store("quota usage", e))?;
             let month = state
                 .store
                 .get_usage(key, "month".into(), Window::Month.start(now))
                 .await
-                .map_err(|e| internal(state, "usage", e))?;
+                .map_err(|e| ApiError::store("quota usage", e))?;
             json!({
                 "live": false,
                 "source": source,
@@ -156,7 +151,7 @@ pub async fn list(
         .store
         .list_overrides()
         .await
-        .map_err(|e| internal(&state, "overrides", e))?;
+        .map_err(|e| ApiError::store("quota overrides", e))?;
     let mut keys: BTreeSet<String> = overrides.iter().map(|o| o.subject.clone()).collect();
     keys.extend(
         state
@@ -203,7 +198,7 @@ pub async fn get(
         .store
         .get_override(subject.key().to_string())
         .await
-        .map_err(|e| internal(&state, "override", e))?;
+        .map_err(|e| ApiError::store("quota override", e))?;
     Ok(HttpResponse::Ok().json(describe(&state, &subject, stored).await?))
 }
 
@@ -240,14 +235,14 @@ pub async fn put(
             .store
             .delete_override(subject.key().to_string())
             .await
-            .map_err(|e| internal(&state, "override", e))?;
+            .map_err(|e| ApiError::store("quota override", e))?;
         None
     } else {
         state
             .store
             .put_override(row.clone())
             .await
-            .map_err(|e| internal(&state, "override", e))?;
+            .map_err(|e| ApiError::store("quota override", e))?;
         Some(row)
     };
     state.quotas.apply_override(&subject, stored.as_ref());
@@ -278,12 +273,12 @@ pub async fn reset(
         .store
         .reset_usage(subject.key().to_string())
         .await
-        .map_err(|e| internal(&state, "reset", e))?;
+        .map_err(|e| ApiError::store("quota reset", e))?;
     slog::info!(state.log, "quota usage reset"; "subject" => subject.key(), "windows" => windows);
     let stored = state
         .store
         .get_override(subject.key().to_string())
         .await
-        .map_err(|e| internal(&state, "override", e))?;
+        .map_err(|e| ApiError::store("quota override", e))?;
     Ok(HttpResponse::Ok().json(describe(&state, &subject, stored).await?))
 }

@@ -126,9 +126,10 @@ async fn handle(
                 Ok(()) => Ok(()),
                 Err(ForwardError::Deliver(e)) => Err(e),
                 Err(ForwardError::Redis(e)) => {
-                    slog::error!(state.log, "redis unavailable for a streaming callback";
-                        "error" => e, "stream_task_id" => id.to_string());
-                    return Err(ApiError::Internal);
+                    return Err(ApiError::internal(
+                        &format!("redis, forwarding a callback of stream {id}"),
+                        e,
+                    ));
                 }
             };
         }

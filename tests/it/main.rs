@@ -10,6 +10,7 @@ mod common;
 mod audit;
 mod auth;
 mod batches;
+mod errors;
 mod cli_migrate;
 mod exposure;
 mod failover;

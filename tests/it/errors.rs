@@ -1,0 +1,137 @@
+//! Errors the gateway makes itself: a database that cannot answer is a 503 with
+//! `Retry-After` on every route that uses it (never a 500 here and a 503 there), and the
+//! inside cause is logged once, at the edge, with the request id — never in the body.
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use serde_json::Value;
+
+/// Holds SQLite's write lock on `db` from another connection until dropped.
+struct Locked(
+    Option<std::sync::mpsc::Sender<()>>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Locked {
+    fn hold(db: std::path::PathBuf) -> Locked {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            use diesel::connection::SimpleConnection;
+            use diesel::Connection;
+            let mut c =
+                diesel::sqlite::SqliteConnection::establish(&db.display().to_string()).unwrap();
+            c.batch_execute("PRAGMA busy_timeout = 10000; BEGIN EXCLUSIVE")
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+            c.batch_execute("COMMIT").unwrap();
+        });
+        locked_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        Locked(Some(release_tx), Some(thread))
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        if let Some(t) = self.1.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+async fn admin_call(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    request_id: &str,
+) -> (u16, Option<String>, Value) {
+    let client = gw.client();
+    let req = match method {
+        "PUT" => client.put(gw.at(path)),
+        "POST" => client.post(gw.at(path)),
+        _ => client.get(gw.at(path)),
+    }
+    .bearer_auth(ADMIN_KEY)
+    .insert_header(("x-request-id", request_id));
+    let mut res = match body {
+        Some(b) => req.send_json(&b).await.unwrap(),
+        None => req.send().await.unwrap(),
+    };
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = res.body().await.unwrap();
+    (
+        res.status().as_u16(),
+        retry_after,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[actix_rt::test]
+async fn a_database_that_cannot_answer_is_503_on_every_admin_write_and_logged_once() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = admin_key_file(keys.path());
+    let gw = TestApp::builder()
+        .env(&[
+            ("GATEWAY__AUTH__ADMIN_KEY_FILE", key_file.as_str()),
+            ("GATEWAY__DATABASE__TIMEOUT_SECS", "1"),
+        ])
+        .start()
+        .await;
+    let db = gw.dir.path().join("data").join("gateway.db");
+    assert!(db.exists(), "the default SQLite file is {}", db.display());
+    let quota = || Some(serde_json::json!({"tokens_per_day": 7}));
+    let key = || Some(serde_json::json!({"user": "ada"}));
+    let (status, _, body) =
+        admin_call(&gw, "PUT", "/admin/quota/user:ada", quota(), "before").await;
+    assert_eq!(status, 200, "{body}");
+
+    // SQLite in WAL mode still serves reads under another writer's lock: writes wait.
+    let locked = Locked::hold(db);
+    // Before: these were a 500 on the quota and key routes and a 503 on the batch routes.
+    let writes = [
+        ("PUT", "/admin/quota/user:ada", quota()),
+        ("POST", "/admin/keys", key()),
+    ];
+    for (i, (method, path, body)) in writes.into_iter().enumerate() {
+        let request_id = format!("locked-{i}");
+        let started = Instant::now();
+        let (status, retry_after, body) = admin_call(&gw, method, path, body, &request_id).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "database_unavailable", "{path}");
+        assert_eq!(retry_after.as_deref(), Some("5"), "{path}");
+        assert!(
+            !body.to_string().contains("locked") && !body.to_string().contains("gateway.db"),
+            "{path}: no cause in the body: {body}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "{path}");
+        // Logged once, with its cause and request id (a handler that also logged would
+        // make it two).
+        let lines: Vec<String> = gw
+            .logs()
+            .lines()
+            .filter(|l| l.contains(&format!("\"request_id\":\"{request_id}\"")))
+            .filter(|l| l.contains("\"cause\""))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(lines.len(), 1, "{path}: {lines:?}");
+        let line: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(line["msg"], "unavailable", "{line}");
+        assert_eq!(line["path"], *path, "{line}");
+        assert!(
+            line["cause"]
+                .as_str()
+                .is_some_and(|c| c.contains("database")),
+            "{line}"
+        );
+    }
+    drop(locked);
+    let (status, _, body) = admin_call(&gw, "PUT", "/admin/quota/user:ada", quota(), "after").await;
+    assert_eq!(status, 200, "{body}");
+    gw.stop().await;
+}
