@@ -33,3 +33,4 @@ pub mod store;
 pub mod streaming;
 pub mod streaming_redis;
 pub mod systemd;
+pub mod ttl_cache;

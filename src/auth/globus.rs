@@ -7,7 +7,7 @@
 //! carry it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -18,8 +18,9 @@ use crate::auth::admin::sha256;
 use crate::auth::identity::Identity;
 use crate::auth::policy::{check_groups, identify, Introspection, Refusal, Rules};
 use crate::config::Globus;
+use crate::ttl_cache::TtlCache;
 
-/// Most cached tokens; past it, expired entries go, then everything (bounded memory).
+/// Most cached tokens; past it the cache evicts (bounded memory).
 const CACHE_CAPACITY: usize = 100_000;
 const GROUPS_RESOURCE_SERVER: &str = "groups.api.globus.org";
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -35,53 +36,34 @@ pub enum AuthFailure {
 
 type Outcome = Result<Arc<Identity>, AuthFailure>;
 
-#[derive(Clone)]
-struct Entry {
-    value: Outcome,
-    expires: Instant,
+/// The identity cache, shared by every worker and the introspector.
+pub struct IdentityCache {
+    entries: TtlCache<[u8; 32], Outcome>,
 }
 
-/// The identity cache, shared by every worker and the introspector.
-#[derive(Default)]
-pub struct IdentityCache {
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+impl Default for IdentityCache {
+    fn default() -> Self {
+        IdentityCache {
+            entries: TtlCache::new(CACHE_CAPACITY),
+        }
+    }
 }
 
 impl IdentityCache {
     fn get(&self, key: &[u8; 32], now: Instant) -> Option<Outcome> {
-        let entries = self.entries.lock().ok()?;
-        entries
-            .get(key)
-            .filter(|e| e.expires > now)
-            .map(|e| e.value.clone())
+        self.entries.get(key, now)
     }
 
     fn put(&self, key: [u8; 32], value: Outcome, ttl: Duration) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        if entries.len() >= CACHE_CAPACITY {
-            entries.retain(|_, e| e.expires > now);
-            if entries.len() >= CACHE_CAPACITY {
-                entries.clear();
-            }
-        }
-        entries.insert(
-            key,
-            Entry {
-                value,
-                expires: now + ttl,
-            },
-        );
+        self.entries.insert(key, value, Instant::now() + ttl);
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 }
 

@@ -4,19 +4,20 @@
 //! cached for `KEY_CACHE_TTL`, so a request costs no database query; revoking a key on
 //! this replica drops it from the cache at once (other replicas within the TTL).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::admin::sha256;
 use crate::auth::identity::{Identity, Method};
 use crate::error::ApiError;
 use crate::store::{now_ms, ApiKeyRow, Store, StoreError};
+use crate::ttl_cache::TtlCache;
 
 /// Every key starts with this, so it is recognisable (and found by secret scanners).
 pub const KEY_PREFIX: &str = "igw_";
 /// How long a resolved key (or an unknown one) is trusted without asking the database.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Most keys cached; past it the cache evicts (bounded memory under a flood of bad keys).
 const CACHE_CAPACITY: usize = 100_000;
 
 pub const ROLE_USER: &str = "user";
@@ -103,8 +104,8 @@ type Resolved = Option<Found>;
 /// Resolves keys through a short-lived cache in front of the store.
 pub struct ApiKeys {
     store: Arc<dyn Store>,
-    /// By key hash: what it resolved to, and when.
-    cache: Mutex<HashMap<String, (Resolved, Instant)>>,
+    /// By key hash: what it resolved to, for `KEY_CACHE_TTL`.
+    cache: TtlCache<String, Resolved>,
     log: slog::Logger,
 }
 
@@ -112,7 +113,7 @@ impl ApiKeys {
     pub fn new(store: Arc<dyn Store>, log: slog::Logger) -> ApiKeys {
         ApiKeys {
             store,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlCache::new(CACHE_CAPACITY),
             log,
         }
     }
@@ -120,36 +121,27 @@ impl ApiKeys {
     pub async fn resolve(&self, token: &str) -> Result<Arc<Identity>, ApiError> {
         let hashed = hash(token);
         let now = Instant::now();
-        let cached = self.cache.lock().ok().and_then(|c| {
-            c.get(&hashed)
-                .filter(|(_, at)| now.duration_since(*at) < KEY_CACHE_TTL)
-                .map(|(v, _)| v.clone())
-        });
-        let found =
-            match cached {
-                Some(found) => found,
-                None => {
-                    let row = self.store.find_key_by_hash(hashed.clone()).await.map_err(|e| {
-                    slog::error!(self.log, "API key lookup failed"; "error" => e.to_string());
-                    ApiError::AuthUnavailable
-                })?;
-                    let found = row.map(|r| Found {
-                        identity: Arc::new(identity_of(&r)),
-                        expires_at: r.expires_at,
-                        revoked: r.revoked_at.is_some(),
-                    });
-                    if let Ok(mut cache) = self.cache.lock() {
-                        if cache.len() >= CACHE_CAPACITY {
-                            cache.retain(|_, (_, at)| now.duration_since(*at) < KEY_CACHE_TTL);
-                            if cache.len() >= CACHE_CAPACITY {
-                                cache.clear();
-                            }
-                        }
-                        cache.insert(hashed, (found.clone(), now));
-                    }
-                    found
-                }
-            };
+        let found = match self.cache.get(&hashed, now) {
+            Some(found) => found,
+            None => {
+                let row = self
+                    .store
+                    .find_key_by_hash(hashed.clone())
+                    .await
+                    .map_err(|e| {
+                        slog::error!(self.log, "API key lookup failed"; "error" => e.to_string());
+                        ApiError::AuthUnavailable
+                    })?;
+                let found = row.map(|r| Found {
+                    identity: Arc::new(identity_of(&r)),
+                    expires_at: r.expires_at,
+                    revoked: r.revoked_at.is_some(),
+                });
+                self.cache
+                    .insert(hashed, found.clone(), now + KEY_CACHE_TTL);
+                found
+            }
+        };
         match found {
             Some(f) if f.revoked => Err(ApiError::Unauthorized("Invalid API key.".into())),
             Some(f) if f.expires_at.is_none_or(|at| at > now_ms()) => Ok(f.identity),
@@ -161,17 +153,13 @@ impl ApiKeys {
     /// The id of the key `token` is, when this replica has looked it up lately (a refused
     /// key that was issued: expired or revoked). For the audit log; never the secret.
     pub fn recent_id(&self, token: &str) -> Option<String> {
-        let hashed = hash(token);
-        let cache = self.cache.lock().ok()?;
-        let (found, _) = cache.get(&hashed)?;
-        found.as_ref().and_then(|f| f.identity.key_id.clone())
+        let found = self.cache.get(&hash(token), Instant::now())?;
+        found.and_then(|f| f.identity.key_id.clone())
     }
 
     /// Forgets every cached key (after a revocation on this replica).
     pub fn forget_all(&self) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.clear();
-        }
+        self.cache.clear();
     }
 }
 
