@@ -74,13 +74,9 @@ async fn admin_call(
 
 #[actix_rt::test]
 async fn a_database_that_cannot_answer_is_503_on_every_admin_write_and_logged_once() {
-    let keys = tempfile::tempdir().unwrap();
-    let key_file = admin_key_file(keys.path());
     let gw = TestApp::builder()
-        .env(&[
-            ("GATEWAY__AUTH__ADMIN_KEY_FILE", key_file.as_str()),
-            ("GATEWAY__DATABASE__TIMEOUT_SECS", "1"),
-        ])
+        .admin_key()
+        .env(&[("GATEWAY__DATABASE__TIMEOUT_SECS", "1")])
         .start()
         .await;
     let db = gw.dir.path().join("data").join("gateway.db");

@@ -48,6 +48,7 @@ pub struct TestApp {
     toml: Option<String>,
     env: Vec<(String, String)>,
     tweaks: Vec<Tweak>,
+    admin_key: bool,
     allow_in_flight: bool,
 }
 
@@ -114,6 +115,12 @@ impl TestApp {
         self
     }
 
+    /// The admin API accepts [`super::ADMIN_KEY`] (from a file in the gateway's directory).
+    pub fn admin_key(mut self) -> Self {
+        self.admin_key = true;
+        self
+    }
+
     /// For a test that ends with requests deliberately still running: skip the in-flight
     /// check when the gateway is dropped.
     pub fn allow_in_flight_at_drop(mut self) -> Self {
@@ -153,6 +160,13 @@ impl TestApp {
             ("GATEWAY__HEALTH__PATH".into(), "".into()),
             ("GATEWAY__UPSTREAM__RETRY_BACKOFF_MS".into(), "1".into()),
         ];
+        if self.admin_key {
+            env.push(("GATEWAY__AUTH__ADMIN_KEY_ENV".into(), String::new()));
+            env.push((
+                "GATEWAY__AUTH__ADMIN_KEY_FILE".into(),
+                super::admin_key_file(dir.path()),
+            ));
+        }
         env.extend(self.env);
         let mut settings =
             Settings::load_from(config_file.as_deref(), None, env.clone()).expect("settings");

@@ -1,0 +1,124 @@
+//! `[logging]`, `[database]`, `[storage]` and `[redis]`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{positive, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    pub level: String,
+    /// Write one request-log row per request to the database.
+    pub request_log: bool,
+    /// Store prompts and completions in the request log.
+    pub store_payloads: bool,
+    /// Largest prompt or completion stored, in bytes (longer ones are cut).
+    pub payload_max_bytes: usize,
+    /// Rows older than this many days are deleted (0 = keep forever).
+    pub retention_days: u32,
+    /// Rows per insert.
+    pub batch_size: usize,
+    /// Most time a row waits before its batch is written, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Rows kept in memory while the database is slow or down; more go to the spill file.
+    pub queue_capacity: usize,
+    /// Seconds between attempts to replay the spill file while the database is down.
+    pub retry_interval_secs: u64,
+    /// Directory of the spill file ("" = `{storage.data_dir}/log-spill`).
+    pub spill_dir: PathBuf,
+}
+
+/// `[database]`. `url` may carry a password: Debug prints it redacted.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub url: String,
+    pub pool_size: usize,
+    /// Most time one background database operation (a log batch, a prune) may take.
+    pub timeout_secs: u64,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &crate::store::url::redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+}
+
+/// Redis, shared by replicas ("" = none: each replica on its own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    /// Prefix of every key and channel this gateway uses.
+    pub key_prefix: String,
+}
+
+impl Logging {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        crate::logging::parse_level(&self.level).ok_or_else(|| {
+            ConfigError::new(
+                "logging.level",
+                format!(
+                    "unknown level {:?}; use one of trace, debug, info, warning, error, critical",
+                    self.level
+                ),
+            )
+        })?;
+        positive("logging.batch_size", self.batch_size as u64)?;
+        if self.batch_size > 1000 {
+            // 24 columns per row: stays under SQLite's and PostgreSQL's bind limits.
+            return Err(ConfigError::new("logging.batch_size", "at most 1000"));
+        }
+        positive("logging.flush_interval_ms", self.flush_interval_ms)?;
+        if self.queue_capacity < self.batch_size {
+            return Err(ConfigError::new(
+                "logging.queue_capacity",
+                format!("must be at least logging.batch_size ({})", self.batch_size),
+            ));
+        }
+        positive("logging.retry_interval_secs", self.retry_interval_secs)
+    }
+}
+
+impl Storage {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl Database {
+    /// The pool and the timeout (the URL is read with `storage`: see
+    /// `store::DatabaseUrl::from_settings`).
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        positive("database.pool_size", self.pool_size as u64)?;
+        positive("database.timeout_secs", self.timeout_secs)
+    }
+}
+
+impl Redis {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.url;
+        if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "redis.url",
+                "must start with redis:// or rediss:// (or be empty)",
+            ));
+        }
+        Ok(())
+    }
+}
