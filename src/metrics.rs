@@ -447,7 +447,7 @@ impl Metrics {
         let route = record.route;
         let status = status_label(record.status);
         self.requests
-            .with_label_values(&[route, model, record.target.as_deref().unwrap_or(""), status])
+            .with_label_values(&[route, model, record.target_slug(), status])
             .inc();
         self.request_duration
             .with_label_values(&[route, model])
@@ -477,7 +477,7 @@ impl Metrics {
                 } else {
                     UpstreamErrorKind::StreamBroken
                 };
-                self.upstream_error(record.target.as_deref().unwrap_or(""), kind);
+                self.upstream_error(record.target_slug(), kind);
             }
             Ending::Complete | Ending::Rejected | Ending::Shutdown => {}
         }
@@ -717,7 +717,12 @@ mod tests {
         let mut r = RequestRecord::new("id".into(), "chat", Instant::now());
         r.model = "m".into();
         r.model_known = true;
-        r.target = Some("t".into());
+        let t = std::sync::Arc::new(crate::routing::target::Target::new(
+            crate::fixtures::TargetSpec::for_test("t", "c"),
+            None,
+            Duration::from_secs(1),
+        ));
+        r.on_attempt(&t);
         r.status = 200;
         r.ttft = Some(Duration::from_millis(3));
         r.usage = Some(crate::proxy::usage::Usage {
@@ -727,7 +732,7 @@ mod tests {
         });
         m.observe_request(&r);
         let mut gone = RequestRecord::new("id2".into(), "chat", Instant::now());
-        gone.target = Some("t".into());
+        gone.on_attempt(&t);
         gone.status = 200;
         gone.ending = Ending::ClientGone;
         gone.model = "not-configured".into();

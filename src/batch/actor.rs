@@ -45,7 +45,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::proxy::forward::{self, Call, Upstream};
 use crate::proxy::globus_compute::GlobusShared;
-use crate::proxy::record::{Ending, RequestRecord};
+use crate::proxy::record::RequestRecord;
 use crate::quota::{Kind, QuotaRegistry, Subject};
 use crate::routing::directory::{Directory, ModelEntry};
 use crate::routing::ranking::Pin;
@@ -980,9 +980,7 @@ impl Runner {
                 slog::error!(log, "batch line failed inside the gateway";
                     "request_id" => request_id, "cause" => cause.as_str());
             }
-            record.status = actix_web::ResponseError::status_code(&e).as_u16();
-            record.error_code = Some(e.code());
-            record.ending = Ending::Rejected;
+            record.on_rejected(&e);
             record.finish(log, &self.deps.metrics);
             Err(e)
         };

@@ -20,7 +20,7 @@ use crate::fixtures::Transport;
 use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::proxy::demo;
 use crate::proxy::globus_compute::{self, GlobusShared};
-use crate::proxy::record::{Ending, RequestRecord};
+use crate::proxy::record::RequestRecord;
 use crate::proxy::relay::{CacheStore, Finish, Framing, Relay};
 use crate::proxy::upstream_pool::{is_fd_exhaustion, PoolGate};
 use crate::proxy::usage::UsageMeter;
@@ -225,17 +225,14 @@ pub async fn forward(
             let backoff = settings.retry_backoff() * 2u32.pow(record.attempts - 1);
             actix_rt::time::sleep(backoff.min(Duration::from_secs(2))).await;
         }
-        record.attempts += 1;
         let target = Arc::clone(lease.target());
+        record.on_attempt(&target);
         if record.attempts > 1 {
             call.metrics
                 .failovers
                 .with_label_values(&[&call.requested_model])
                 .inc();
         }
-        record.target = Some(target.spec.slug.clone());
-        record.cluster = Some(target.spec.cluster.clone());
-        record.framework = Some(target.spec.framework.clone());
 
         let rewritten = if json {
             rewrite_model(&call.body, &call.requested_model, &target.spec.model)
@@ -298,11 +295,11 @@ pub async fn forward(
         match result {
             Ok(Committed::Response(res, first)) => {
                 lease.hold_pool_slot(pool_slot.take());
-                record.ttft = Some(lease.started().elapsed());
+                record.on_first_byte(lease.started().elapsed());
                 return Ok(respond(res, first, lease, record, &call, settings, log));
             }
             Ok(Committed::Callback(source)) => {
-                record.ttft = Some(lease.started().elapsed());
+                record.on_first_byte(lease.started().elapsed());
                 return Ok(respond_callback(
                     source, lease, record, &call, settings, log,
                 ));
@@ -311,9 +308,8 @@ pub async fn forward(
                 let ttfb = lease.started().elapsed();
                 lease.set_verdict(Verdict::Success { ttfb });
                 drop(lease);
-                record.ttft = Some(ttfb);
-                record.status = status.as_u16();
-                record.ending = Ending::Complete;
+                record.on_first_byte(ttfb);
+                record.on_answer(status.as_u16());
                 let mut meter = UsageMeter::default();
                 meter.observe_json(&body);
                 record.usage = meter.usage();
@@ -342,8 +338,7 @@ pub async fn forward(
                 lease.set_verdict(Verdict::Success {
                     ttfb: lease.started().elapsed(),
                 });
-                record.status = status.as_u16();
-                record.ending = Ending::Complete;
+                record.on_answer(status.as_u16());
                 drop(lease);
                 let response = pass_client_error(status, &headers, body, &call.request_id);
                 record.finish_soon(log.clone(), &call.metrics);

@@ -5,14 +5,16 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::proxy::usage::Usage;
 use crate::quota::Admission;
+use crate::routing::target::Target;
 use crate::store::log_sink::LogSink;
 use crate::store::{unix_ms, LogRow};
 
@@ -65,9 +67,9 @@ pub struct RequestRecord {
     pub model: String,
     /// The model is in the catalog (else metrics count it as `unknown`).
     pub model_known: bool,
-    pub target: Option<String>,
-    pub cluster: Option<String>,
-    pub framework: Option<String>,
+    /// The target of the last attempt ([`Self::on_attempt`]): its slug, cluster and
+    /// framework are copied into the row only when the record is written.
+    target: Option<Arc<Target>>,
     pub stream: bool,
     pub status: u16,
     pub error_code: Option<&'static str>,
@@ -112,8 +114,6 @@ impl RequestRecord {
             model: String::new(),
             model_known: false,
             target: None,
-            cluster: None,
-            framework: None,
             stream: false,
             status: 0,
             error_code: None,
@@ -135,6 +135,35 @@ impl RequestRecord {
             in_flight: None,
             quota: None,
         }
+    }
+
+    /// One more attempt, on `target`.
+    pub fn on_attempt(&mut self, target: &Arc<Target>) {
+        self.attempts += 1;
+        self.target = Some(Arc::clone(target));
+    }
+
+    /// The slug of the last attempt's target ("" before any).
+    pub fn target_slug(&self) -> &str {
+        self.target.as_ref().map_or("", |t| t.slug())
+    }
+
+    /// The request was refused with `error` before (or instead of) an answer.
+    pub fn on_rejected(&mut self, error: &ApiError) {
+        self.status = actix_web::ResponseError::status_code(error).as_u16();
+        self.error_code = Some(error.code());
+        self.ending = Ending::Rejected;
+    }
+
+    /// An answer's head arrived `ttft` after its attempt started.
+    pub fn on_first_byte(&mut self, ttft: Duration) {
+        self.ttft = Some(ttft);
+    }
+
+    /// The answer (whole, not streamed) is `status`.
+    pub fn on_answer(&mut self, status: u16) {
+        self.status = status;
+        self.ending = Ending::Complete;
     }
 
     /// Sends rows to `sink`; starts collecting the completion when payloads are stored.
@@ -204,9 +233,21 @@ impl RequestRecord {
             user_id: self.user,
             org_id: self.org,
             model: self.model,
-            cluster: self.cluster.unwrap_or_default(),
-            framework: self.framework.unwrap_or_default(),
-            target: self.target.unwrap_or_default(),
+            cluster: self
+                .target
+                .as_ref()
+                .map(|t| t.spec.cluster.clone())
+                .unwrap_or_default(),
+            framework: self
+                .target
+                .as_ref()
+                .map(|t| t.spec.framework.clone())
+                .unwrap_or_default(),
+            target: self
+                .target
+                .as_ref()
+                .map(|t| t.spec.slug.clone())
+                .unwrap_or_default(),
             client_ip,
         }
     }
@@ -346,9 +387,10 @@ impl slog::KV for AccessLine<'_> {
         s.emit_str("route", r.route)?;
         s.emit_str("user", &r.user)?;
         some(s, "model", Some(&r.model))?;
-        some(s, "target", r.target.as_deref())?;
-        some(s, "cluster", r.cluster.as_deref())?;
-        some(s, "framework", r.framework.as_deref())?;
+        let target = r.target.as_ref().map(|t| &t.spec);
+        some(s, "target", target.map(|t| t.slug.as_str()))?;
+        some(s, "cluster", target.map(|t| t.cluster.as_str()))?;
+        some(s, "framework", target.map(|t| t.framework.as_str()))?;
         s.emit_bool("stream", r.stream)?;
         s.emit_u16("status", r.status)?;
         some(s, "error_code", r.error_code)?;
@@ -377,6 +419,11 @@ impl slog::KV for AccessLine<'_> {
 mod tests {
     use super::*;
 
+    fn target_t() -> Arc<Target> {
+        let spec = crate::fixtures::TargetSpec::for_test("t", "c");
+        Arc::new(Target::new(spec, None, Duration::from_secs(1)))
+    }
+
     fn record() -> RequestRecord {
         let mut r = RequestRecord::new("rid".into(), "chat", Instant::now());
         r.model = "llama".into();
@@ -388,7 +435,7 @@ mod tests {
     fn reported_usage_is_exact() {
         let mut r = record();
         r.status = 200;
-        r.target = Some("t".into());
+        r.on_attempt(&target_t());
         r.usage = Some(Usage {
             prompt_tokens: 5,
             completion_tokens: 7,
@@ -412,7 +459,7 @@ mod tests {
     fn relayed_answers_without_usage_are_estimated_and_rejections_count_nothing() {
         let mut r = record();
         r.status = 200;
-        r.target = Some("t".into());
+        r.on_attempt(&target_t());
         r.events = 9;
         assert_eq!(r.tokens(), (11, 9, 20, true));
         let mut rejected = record();
@@ -465,9 +512,7 @@ mod tests {
 
         let mut r = record();
         r.status = 200;
-        r.target = Some("t".into());
-        r.cluster = Some("c".into());
-        r.framework = Some("vllm".into());
+        r.on_attempt(&target_t());
         r.stream = true;
         r.events = 3;
         r.ttft = Some(Duration::from_millis(2));

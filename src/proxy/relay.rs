@@ -555,11 +555,11 @@ impl<S> Relay<S> {
             if ending == Ending::Shutdown {
                 // Not the target's fault.
                 slog::warn!(f.log, "stream ended by shutdown";
-                    "request_id" => &f.record.request_id, "target" => f.record.target.as_deref().unwrap_or(""));
+                    "request_id" => &f.record.request_id, "target" => f.record.target_slug());
                 complete(f, meter, ending, Verdict::Neutral);
             } else {
                 slog::warn!(f.log, "upstream failed mid-response";
-                    "request_id" => &f.record.request_id, "target" => f.record.target.as_deref().unwrap_or(""),
+                    "request_id" => &f.record.request_id, "target" => f.record.target_slug(),
                     "error" => &cause);
                 complete(f, meter, ending, Verdict::Failure { error: cause });
             }

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::metrics::InFlight;
 use crate::proxy::cold_start;
 use crate::proxy::forward::{self, passed_headers, Call, Upstream};
-use crate::proxy::record::{Ending, RequestRecord};
+use crate::proxy::record::RequestRecord;
 use crate::quota::{rate_limit_headers, Kind, Subject, SubjectState};
 use crate::routing::ranking::Pin;
 use crate::state::AppState;
@@ -354,36 +354,43 @@ pub async fn handle(
     } else {
         None
     };
-    let mut response = serve(
-        req,
+    let inbound = Inbound {
+        req: &req,
         caller,
-        user_quota.as_ref(),
-        payload,
-        &state,
-        &upstream,
-        &route,
+        user_quota: user_quota.as_ref(),
+        state: &state,
+        route: &route,
         pinned,
-    )
-    .await;
+    };
+    let mut response = serve(inbound, payload, &upstream).await;
     if let Some(user) = &user_quota {
         rate_limit_headers(response.headers_mut(), user);
     }
     response
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    req: HttpRequest,
+/// One inference request as its handler took it in: who asks, on which route.
+struct Inbound<'a> {
+    req: &'a HttpRequest,
     caller: Arc<crate::auth::identity::Identity>,
-    user_quota: Option<&Arc<SubjectState>>,
-    payload: web::Payload,
-    state: &web::Data<AppState>,
-    upstream: &web::Data<Upstream>,
-    route: &Arc<InferenceRoute>,
+    /// The caller's quota state, when quotas are on.
+    user_quota: Option<&'a Arc<SubjectState>>,
+    state: &'a AppState,
+    route: &'a InferenceRoute,
+    /// The route names cluster and framework in its path.
     pinned: bool,
+}
+
+async fn serve(
+    inbound: Inbound<'_>,
+    payload: web::Payload,
+    upstream: &web::Data<Upstream>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let (request_id, request_header) = request_id_and_header(&req);
+    let Inbound {
+        req, state, route, ..
+    } = inbound;
+    let (request_id, request_header) = request_id_and_header(req);
     // Lines about the request name `request_id` themselves (no child logger to build
     // and serialize per request).
     let log = &state.log;
@@ -392,18 +399,7 @@ async fn serve(
     record.client_ip = req.peer_addr().map(|a| a.ip());
     record.log_to(state.log_sink.clone());
 
-    let (mut call, temperature) = match prepare(
-        &req,
-        caller,
-        user_quota,
-        payload,
-        state,
-        route,
-        pinned,
-        request_header,
-        &mut record,
-    )
-    .await
+    let (mut call, temperature) = match prepare(&inbound, payload, request_header, &mut record).await
     {
         Ok(call) => call,
         Err(error) => return reject(error, record, state, log),
@@ -471,25 +467,26 @@ fn reject(
     log: &slog::Logger,
 ) -> HttpResponse {
     let response = error_response(&error, &record.request_id);
-    record.status = response.status().as_u16();
-    record.error_code = Some(error.code());
-    record.ending = Ending::Rejected;
+    record.on_rejected(&error);
     record.finish(log, &state.metrics);
     response
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn prepare(
-    req: &HttpRequest,
-    caller: Arc<crate::auth::identity::Identity>,
-    user_quota: Option<&Arc<SubjectState>>,
+    inbound: &Inbound<'_>,
     payload: web::Payload,
-    state: &AppState,
-    route: &InferenceRoute,
-    pinned: bool,
     request_id: HeaderValue,
     record: &mut RequestRecord,
 ) -> Result<(Call, Option<f64>), ApiError> {
+    let Inbound {
+        req,
+        user_quota,
+        state,
+        route,
+        pinned,
+        ..
+    } = *inbound;
+    let caller = Arc::clone(&inbound.caller);
     let hops = req
         .headers()
         .get(&forward::HOPS)
