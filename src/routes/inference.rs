@@ -399,11 +399,11 @@ async fn serve(
     record.client_ip = req.peer_addr().map(|a| a.ip());
     record.log_to(state.log_sink.clone());
 
-    let (mut call, temperature) = match prepare(&inbound, payload, request_header, &mut record).await
-    {
-        Ok(call) => call,
-        Err(error) => return reject(error, record, state, log),
-    };
+    let (mut call, temperature) =
+        match prepare(&inbound, payload, request_header, &mut record).await {
+            Ok(call) => call,
+            Err(error) => return reject(error, record, state, log),
+        };
     if state.cache.enabled() {
         let mode =
             CacheMode::from_header(req.headers().get(&cache::HEADER_NAME).map(|v| v.as_bytes()));
