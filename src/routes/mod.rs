@@ -86,151 +86,97 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
     for route in routes.iter().filter(|r| !r.relayed) {
         inference_services(cfg, route);
     }
+    files_and_batches(cfg);
+    models_and_caller(cfg);
+    admin(cfg);
+    operations(cfg);
+    clusters_and_callbacks(cfg);
+    // After the fixed routes: a pinned `/{cluster}/{framework}/tokenize` would otherwise
+    // shadow `/v1/files/{id}` and its like.
+    for route in routes.iter().filter(|r| r.relayed) {
+        inference_services(cfg, route);
+    }
+    // Last: `{cluster}` would otherwise shadow fixed two-segment paths.
+    cfg.service(resource("/{cluster}/jobs").route(web::get().to(clusters::jobs)));
+}
+
+/// A route whose other methods answer 405 in the OpenAI envelope.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// The Files and Batch APIs, and FIRST's pinned batch form.
+fn files_and_batches(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/v1/files")
+        resource("/v1/files")
             .route(web::post().to(batches::upload))
-            .route(web::get().to(batches::list_files))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::get().to(batches::list_files)),
     );
     cfg.service(
-        web::resource("/v1/files/{id}")
+        resource("/v1/files/{id}")
             .route(web::get().to(batches::get_file))
-            .route(web::delete().to(batches::delete_file))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::delete().to(batches::delete_file)),
     );
+    cfg.service(resource("/v1/files/{id}/content").route(web::get().to(batches::file_content)));
     cfg.service(
-        web::resource("/v1/files/{id}/content")
-            .route(web::get().to(batches::file_content))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/v1/batches")
+        resource("/v1/batches")
             .route(web::post().to(batches::create))
-            .route(web::get().to(batches::list))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::get().to(batches::list)),
     );
-    cfg.service(
-        web::resource("/v1/batches/{id}")
-            .route(web::get().to(batches::get))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/v1/batches/{id}/cancel")
-            .route(web::post().to(batches::cancel))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/v1/batches/{id}/result")
-            .route(web::get().to(batches::result))
-            .default_service(web::to(method_not_allowed)),
-    );
+    cfg.service(resource("/v1/batches/{id}").route(web::get().to(batches::get)));
+    cfg.service(resource("/v1/batches/{id}/cancel").route(web::post().to(batches::cancel)));
+    cfg.service(resource("/v1/batches/{id}/result").route(web::get().to(batches::result)));
     // FIRST's path form, pinned to a cluster and framework.
     cfg.service(
-        web::resource("/{cluster}/{framework}/v1/batches")
-            .route(web::post().to(batches::create_from_path))
-            .default_service(web::to(method_not_allowed)),
+        resource("/{cluster}/{framework}/v1/batches")
+            .route(web::post().to(batches::create_from_path)),
     );
+}
+
+/// Models, endpoints, liveness, the caller.
+fn models_and_caller(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/models").route(web::get().to(catalog::models)));
+    cfg.service(resource("/list-endpoints").route(web::get().to(catalog::list_endpoints)));
+    cfg.service(resource("/health").route(web::get().to(health::live)));
+    cfg.service(resource("/whoami").route(web::get().to(catalog::whoami)));
+}
+
+/// Keys, backends, usage, quotas.
+fn admin(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/v1/models")
-            .route(web::get().to(catalog::models))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/list-endpoints")
-            .route(web::get().to(catalog::list_endpoints))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/health")
-            .route(web::get().to(health::live))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/whoami")
-            .route(web::get().to(catalog::whoami))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/admin/keys")
+        resource("/admin/keys")
             .route(web::post().to(keys_admin::create))
-            .route(web::get().to(keys_admin::list))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::get().to(keys_admin::list)),
     );
+    cfg.service(resource("/admin/keys/{id}").route(web::delete().to(keys_admin::revoke)));
+    cfg.service(resource("/admin/backends").route(web::get().to(admin::backends)));
+    cfg.service(resource("/admin/usage").route(web::get().to(admin::usage)));
+    cfg.service(resource("/admin/quotas").route(web::get().to(quota_admin::list)));
     cfg.service(
-        web::resource("/admin/keys/{id}")
-            .route(web::delete().to(keys_admin::revoke))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/admin/backends")
-            .route(web::get().to(admin::backends))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/admin/usage")
-            .route(web::get().to(admin::usage))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/admin/quotas")
-            .route(web::get().to(quota_admin::list))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/admin/quota/{subject}")
+        resource("/admin/quota/{subject}")
             .route(web::get().to(quota_admin::get))
-            .route(web::put().to(quota_admin::put))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::put().to(quota_admin::put)),
     );
+    cfg.service(resource("/admin/quota/{subject}/reset").route(web::post().to(quota_admin::reset)));
+}
+
+/// Detailed health, reload, metrics, the API description.
+fn operations(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/health/detailed").route(web::get().to(health::detailed)));
+    cfg.service(resource("/admin/reload").route(web::post().to(admin::reload)));
+    cfg.service(resource("/metrics").route(web::get().to(ops::metrics)));
+    cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::openapi_json)));
+    cfg.service(resource("/docs").route(web::get().to(crate::openapi::docs)));
+    cfg.service(resource("/docs/docs.js").route(web::get().to(crate::openapi::docs_js)));
+    cfg.service(resource("/docs/docs.css").route(web::get().to(crate::openapi::docs_css)));
+}
+
+/// Cluster status and maintenance, the streaming callbacks.
+fn clusters_and_callbacks(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/status").route(web::get().to(clusters::status)));
     cfg.service(
-        web::resource("/admin/quota/{subject}/reset")
-            .route(web::post().to(quota_admin::reset))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/health/detailed")
-            .route(web::get().to(health::detailed))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/admin/reload")
-            .route(web::post().to(admin::reload))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/metrics")
-            .route(web::get().to(ops::metrics))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/openapi.json")
-            .route(web::get().to(crate::openapi::openapi_json))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/docs")
-            .route(web::get().to(crate::openapi::docs))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/docs/docs.js")
-            .route(web::get().to(crate::openapi::docs_js))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/docs/docs.css")
-            .route(web::get().to(crate::openapi::docs_css))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/status")
-            .route(web::get().to(clusters::status))
-            .default_service(web::to(method_not_allowed)),
-    );
-    cfg.service(
-        web::resource("/admin/clusters/{name}/maintenance")
-            .route(web::put().to(clusters::set_maintenance))
-            .default_service(web::to(method_not_allowed)),
+        resource("/admin/clusters/{name}/maintenance")
+            .route(web::put().to(clusters::set_maintenance)),
     );
     for (path, kind) in [
         ("/api/streaming/data", streaming::Kind::Data),
@@ -238,26 +184,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<InferenceRoute>]) {
         ("/api/streaming/error", streaming::Kind::Error),
     ] {
         cfg.service(
-            web::resource(path)
-                .route(
-                    web::post().to(move |req, payload, state| {
-                        streaming::callback(req, payload, state, kind)
-                    }),
-                )
-                .default_service(web::to(method_not_allowed)),
+            resource(path).route(
+                web::post()
+                    .to(move |req, payload, state| streaming::callback(req, payload, state, kind)),
+            ),
         );
     }
-    // After the fixed routes: a pinned `/{cluster}/{framework}/tokenize` would otherwise
-    // shadow `/v1/files/{id}` and its like.
-    for route in routes.iter().filter(|r| r.relayed) {
-        inference_services(cfg, route);
-    }
-    // Last: `{cluster}` would otherwise shadow fixed two-segment paths.
-    cfg.service(
-        web::resource("/{cluster}/jobs")
-            .route(web::get().to(clusters::jobs))
-            .default_service(web::to(method_not_allowed)),
-    );
 }
 
 /// One inference route, federated and pinned (`/{cluster}/{framework}{path}`).

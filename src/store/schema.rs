@@ -72,22 +72,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    backends (id) {
-        id -> Text,
-        spec -> Text,
-        updated_at -> BigInt,
-    }
-}
-
-diesel::table! {
-    federated_models (name) {
-        name -> Text,
-        spec -> Text,
-        updated_at -> BigInt,
-    }
-}
-
-diesel::table! {
     files (id) {
         id -> Text,
         owner -> Text,
@@ -147,21 +131,17 @@ diesel::allow_tables_to_appear_in_same_query!(
     usage_counters,
     quota_overrides,
     request_log,
-    backends,
-    federated_models,
     files,
     batches,
     batch_items,
 );
 
 /// Every table the migrations create (both trees), for tests and `migrate` output.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 7] = [
     "api_keys",
     "usage_counters",
     "quota_overrides",
     "request_log",
-    "backends",
-    "federated_models",
     "files",
     "batches",
     "batch_items",

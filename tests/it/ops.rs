@@ -432,7 +432,7 @@ async fn openapi_describes_every_route() {
     // The registered routes, read from the route table's source.
     let source = include_str!("../../src/routes/mod.rs");
     let mut registered: Vec<String> = source
-        .split("web::resource(\"")
+        .split("resource(\"")
         .skip(1)
         .map(|rest| rest.split('"').next().unwrap().to_string())
         .collect();

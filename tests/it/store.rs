@@ -417,7 +417,7 @@ fn every_migration_goes_up_down_and_up_again() {
         let b = db.name();
         let mut conn = SyncConn::connect(&db.url()).unwrap();
         let total = conn.migration_count();
-        assert_eq!(total, 7, "{b}");
+        assert_eq!(total, 8, "{b}");
         let mut seen = Vec::new();
         for step in 0..total {
             let before = shape(&mut conn);
