@@ -338,8 +338,8 @@ pub fn start_with_source(
                 web::PathConfig::default()
                     .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
             )
-            // Path normalization, the body timeout, gzip and the log line of an error's
-            // inside cause in one layer (each `from_fn`
+            // Path normalization, the body timeout, gzip, and an error answer's request id
+            // and the log line of its inside cause, in one layer (each `from_fn`
             // layer boxes a future per request).
             .wrap(from_fn(move |req, next| {
                 edges(req, next, gzip, body_timeout, edge_log.clone())
@@ -394,20 +394,16 @@ pub fn start_with_source(
 /// that stops arriving for `body_timeout` is answered 408 with `Connection: close`
 /// (`body_timeout::wrap`); and with gzip on, an answer worth it is gzipped when the
 /// client accepts it (`compress::maybe_gzip`: never an event stream or a small body).
-/// Logs the inside cause of a 5xx the gateway made itself ([`crate::error::Cause`], put in
-/// the response by `ApiError`), once, with the request id and path: handlers do not log
-/// the errors they return.
-fn log_cause<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
-    let Some(cause) = res
-        .response()
-        .extensions()
-        .get::<crate::error::Cause>()
-        .cloned()
-    else {
+/// An error answer leaves with a request id (the client's, or a new one) when its handler
+/// returned the error without naming the request; and the inside cause of a 5xx the
+/// gateway made itself ([`crate::error::Cause`], put in the response by `ApiError`) is
+/// logged here, once, with the request id and path: handlers do not log the errors they
+/// return. Successful answers pass untouched.
+fn name_error<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
         return;
-    };
-    // A handler that returned the error did not name the request: the client's id, or a
-    // new one, goes on the response and in the line.
+    }
     let request_id = match res.headers().get(&crate::proxy::forward::REQUEST_ID) {
         Some(given) => given.to_str().unwrap_or("").to_string(),
         None => {
@@ -417,8 +413,16 @@ fn log_cause<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
             id
         }
     };
+    let Some(cause) = res
+        .response()
+        .extensions()
+        .get::<crate::error::Cause>()
+        .cloned()
+    else {
+        return;
+    };
     let path = res.request().path().to_string();
-    if res.status() == actix_web::http::StatusCode::SERVICE_UNAVAILABLE {
+    if status == actix_web::http::StatusCode::SERVICE_UNAVAILABLE {
         slog::warn!(log, "unavailable"; "cause" => cause.as_str(), "path" => path,
             "request_id" => request_id);
     } else {
@@ -442,7 +446,7 @@ async fn edges(
     let fired = crate::body_timeout::wrap(&mut req, body_timeout);
     let accepts_gzip = gzip && crate::compress::accepts_gzip(&req);
     let mut res = next.call(req).await?;
-    log_cause(&log, &mut res);
+    name_error(&log, &mut res);
     let res = if fired.is_some_and(|f| f.get()) {
         let (req, _) = res.into_parts();
         let mut timeout = actix_web::ResponseError::error_response(&ApiError::RequestTimeout);

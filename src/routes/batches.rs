@@ -229,11 +229,10 @@ fn owned<T>(row: Option<T>, what: &str, id: &str) -> Result<T> {
 }
 
 pub async fn list_files(
-    req: HttpRequest,
     Caller(caller): Caller,
     page: web::Query<Page>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let limit = page.limit(10000, 10000)?;
         let rows = state
@@ -244,27 +243,25 @@ pub async fn list_files(
         Ok(HttpResponse::Ok().json(list_json(rows, limit, files::file_json)))
     }
     .await;
-    respond(&req, r)
+    r
 }
 
 pub async fn get_file(
-    req: HttpRequest,
     Caller(caller): Caller,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = owned_file(&state, &caller.id, &id)
         .await
         .map(|f| HttpResponse::Ok().json(files::file_json(&f)));
-    respond(&req, r)
+    r
 }
 
 pub async fn file_content(
-    req: HttpRequest,
     Caller(caller): Caller,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let f = owned_file(&state, &caller.id, &id).await?;
         let bytes = files::read(files::dir(&state.settings), f.id.clone())
@@ -275,15 +272,14 @@ pub async fn file_content(
             .body(bytes))
     }
     .await;
-    respond(&req, r)
+    r
 }
 
 pub async fn delete_file(
-    req: HttpRequest,
     Caller(caller): Caller,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let f = owned_file(&state, &caller.id, &id).await?;
         state
@@ -297,7 +293,7 @@ pub async fn delete_file(
         Ok(HttpResponse::Ok().json(json!({"id": f.id, "object": "file", "deleted": true})))
     }
     .await;
-    respond(&req, r)
+    r
 }
 
 // -------------------------------------------------------------------------- batches
@@ -496,11 +492,10 @@ async fn insert_batch(
 /// `POST /v1/batches`: OpenAI's form (`input_file_id`), or FIRST's form with a path
 /// (`input_file_path`), routed by any target serving the model.
 pub async fn create(
-    req: HttpRequest,
     Caller(caller): Caller,
     body: JsonBody<Value>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let body = BatchBody::new(body.into_inner())?;
         if body.path_field().is_some() && !body.0.contains_key("input_file_id") {
@@ -509,7 +504,7 @@ pub async fn create(
         create_file_batch(&state, &caller, body).await
     }
     .await;
-    respond(&req, r)
+    r
 }
 
 async fn create_file_batch(
@@ -570,18 +565,17 @@ async fn create_file_batch(
 
 /// FIRST's `POST /{cluster}/{framework}/v1/batches` with an input path.
 pub async fn create_from_path(
-    req: HttpRequest,
     Caller(caller): Caller,
     path: web::Path<(String, String)>,
     body: JsonBody<Value>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let body = BatchBody::new(body.into_inner())?;
         create_path_batch(&state, &caller, body, Some(path.into_inner())).await
     }
     .await;
-    respond(&req, r)
+    r
 }
 
 /// FIRST's form: the input file (a path under `batches.allowed_roots`) is copied in, the
@@ -696,11 +690,10 @@ async fn owned_batch(state: &AppState, owner: &str, id: &str) -> Result<BatchRow
 }
 
 pub async fn list(
-    req: HttpRequest,
     Caller(caller): Caller,
     page: web::Query<Page>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let limit = page.limit(20, 100)?;
         let rows = state
@@ -711,29 +704,27 @@ pub async fn list(
         Ok(HttpResponse::Ok().json(list_json(rows, limit, batch_json)))
     }
     .await;
-    respond(&req, r)
+    r
 }
 
 pub async fn get(
-    req: HttpRequest,
     Caller(caller): Caller,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = owned_batch(&state, &caller.id, &id)
         .await
         .map(|b| HttpResponse::Ok().json(batch_json(&b)));
-    respond(&req, r)
+    r
 }
 
 /// `POST /v1/batches/{id}/cancel`: any state not final → cancelling; the runner stops,
 /// keeps the lines done and writes their output (→ cancelled).
 pub async fn cancel(
-    req: HttpRequest,
     Caller(caller): Caller,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let b = owned_batch(&state, &caller.id, &id).await?;
         if matches!(
@@ -773,16 +764,15 @@ pub async fn cancel(
         }
     }
     .await;
-    respond(&req, r)
+    r
 }
 
 /// `GET /v1/batches/{id}/result` (FIRST): the output lines, then the error lines, as JSONL.
 pub async fn result(
-    req: HttpRequest,
     Caller(caller): Caller,
     id: web::Path<String>,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> Result<HttpResponse> {
     let r = async {
         let b = owned_batch(&state, &caller.id, &id).await?;
         if !is_terminal(&b.status) {
@@ -803,5 +793,5 @@ pub async fn result(
             .body(body))
     }
     .await;
-    respond(&req, r)
+    r
 }

@@ -131,3 +131,28 @@ async fn a_database_that_cannot_answer_is_503_on_every_admin_write_and_logged_on
     assert_eq!(status, 200, "{body}");
     gw.stop().await;
 }
+
+#[actix_rt::test]
+async fn an_error_a_handler_returns_carries_the_request_id() {
+    let gw = TestApp::builder().start().await;
+    // The batch handlers return their errors; the edge names the request.
+    let res = gw
+        .client()
+        .get(gw.at("/v1/batches/batch_nope"))
+        .insert_header(("x-request-id", "mine-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers().get("x-request-id").unwrap(), "mine-1");
+    let res = gw
+        .client()
+        .get(gw.at("/v1/files/file_nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let id = res.headers().get("x-request-id").unwrap().to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    gw.stop().await;
+}
