@@ -167,7 +167,7 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         "/admin/backends".into(),
         json_get(
             "admin",
-            "Every target with its base URL and fixture extras (admin role).",
+            "Every target with its live state (health, breaker, scheduler, in-flight, latency, last error), base URL and fixture extras, and every model with its status (admin role).",
             &ADMIN_ERRORS,
         ),
     );
@@ -184,6 +184,18 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
     paths.insert(
         "/docs".into(),
         json!({"get": get_op("operations", "This document rendered as a page.", "text/html", &[])}),
+    );
+    paths.insert(
+        "/admin/ui".into(),
+        json!({"get": get_op("admin", "The admin console: a page that signs in with an admin key and shows what the admin API answers.", "text/html", &[])}),
+    );
+    paths.insert(
+        "/admin/ui/console.js".into(),
+        json!({"get": get_op("admin", "The script of the admin console.", "text/javascript", &[])}),
+    );
+    paths.insert(
+        "/admin/ui/console.css".into(),
+        json!({"get": get_op("admin", "The style sheet of the admin console.", "text/css", &[])}),
     );
     paths.insert("/docs/docs.js".into(), json!({"get": get_op("operations", "The script of the docs page.", "text/javascript", &[])}));
     paths.insert(
@@ -211,13 +223,13 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         "/admin/usage".into(),
         json_get(
             "admin",
-            "The request log aggregated (?user=&org=&model=&since=&until=): totals and per model.",
+            "The request log aggregated (?user=&org=&model=&since=&until=&bucket=): totals and per model; with bucket=minute|hour|day also `series`, one entry per time bucket (empty ones included) with its totals and per-model split, over the last hour, day or 30 days unless since/until say otherwise.",
             &[
                 ADMIN_ERRORS[0],
                 ADMIN_ERRORS[1],
                 (
                     "400",
-                    "A bad time or unknown parameter; the message names it.",
+                    "A bad time, bucket or unknown parameter, or a window of more than 2000 buckets; the message names it.",
                 ),
             ],
         ),
@@ -236,6 +248,25 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
     paths.insert(
         "/admin/keys/{id}".into(),
         json!({"delete": json_op("admin", "Revoke an API key.", &revoke_errors)}),
+    );
+    let mut batch_list_errors = ADMIN_ERRORS.to_vec();
+    batch_list_errors.push((
+        "400",
+        "A bad status, limit or unknown parameter; the message names it.",
+    ));
+    paths.insert(
+        "/admin/batches".into(),
+        json!({"get": json_op("admin", "Every user's batches, newest first, each with its `owner` (?user=&status=&limit=&after=).", &batch_list_errors)}),
+    );
+    let mut batch_cancel_errors = ADMIN_ERRORS.to_vec();
+    batch_cancel_errors.push(("404", "No such batch."));
+    batch_cancel_errors.push((
+        "409",
+        "The batch has already ended (completed, failed or expired).",
+    ));
+    paths.insert(
+        "/admin/batches/{id}/cancel".into(),
+        json!({"post": json_op("admin", "Cancel any user's batch: the lines done are kept and written out.", &batch_cancel_errors)}),
     );
     paths.insert(
         "/admin/quotas".into(),
@@ -275,6 +306,10 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
     );
     let mut maintenance_errors = ADMIN_ERRORS.to_vec();
     maintenance_errors.push(("404", "No such cluster."));
+    paths.insert(
+        "/admin/clusters".into(),
+        json!({"get": json_op("admin", "Each cluster as /status shows it (for the admin key).", &ADMIN_ERRORS)}),
+    );
     paths.insert(
         "/admin/clusters/{name}/maintenance".into(),
         json!({"put": json_op("admin", "Put a cluster in or out of maintenance ({enabled, notice}).", &maintenance_errors)}),

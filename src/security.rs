@@ -3,8 +3,8 @@
 //! Every response gets `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
 //! `Referrer-Policy: no-referrer` and, unless the handler set its own, the strictest
 //! `Content-Security-Policy` (`default-src 'none'`): API answers are data, never pages.
-//! The one page, `/docs`, sets a policy that allows only its own script and style. With
-//! TLS on, `Strict-Transport-Security` is added too.
+//! The two pages, `/docs` and `/admin/ui`, set a policy that allows only their own script
+//! and style. With TLS on, `Strict-Transport-Security` is added too.
 
 use std::io;
 use std::sync::Arc;
@@ -20,6 +20,11 @@ pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
+
+/// The admin console (`/admin/ui`): the same as the docs page, its own script and style and
+/// calls to the admin API of this origin. Bars are sized through the CSSOM, which a policy
+/// without `'unsafe-inline'` allows.
+pub const CONSOLE_CSP: &str = DOCS_CSP;
 
 /// The headers middleware; `hsts_max_age` is `Some` when the listener speaks TLS.
 pub fn headers(hsts_max_age: Option<u64>) -> DefaultHeaders {

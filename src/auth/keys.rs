@@ -4,6 +4,7 @@
 //! cached for `KEY_CACHE_TTL`, so a request costs no database query; revoking a key on
 //! this replica drops it from the cache at once (other replicas within the TTL).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ use crate::ttl_cache::TtlCache;
 pub const KEY_PREFIX: &str = "igw_";
 /// How long a resolved key (or an unknown one) is trusted without asking the database.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How often a key's `last_used_at` is written while it is in use (per replica).
+const TOUCH_EVERY_MS: i64 = 60_000;
 /// Most keys cached; past it the cache evicts (bounded memory under a flood of bad keys).
 const CACHE_CAPACITY: usize = 100_000;
 
@@ -66,6 +69,7 @@ pub async fn create(store: &dyn Store, new: NewKey) -> Result<(String, ApiKeyRow
         expires_at: new.expires_at,
         revoked_at: None,
         allowed_models: serde_json::to_string(&new.models).unwrap_or_else(|_| "[]".into()),
+        last_used_at: None,
     };
     store.create_key(row.clone()).await?;
     Ok((secret, row))
@@ -96,6 +100,8 @@ struct Found {
     identity: Arc<Identity>,
     expires_at: Option<i64>,
     revoked: bool,
+    /// The `last_used_at` written last (unix ms), shared by every copy of this entry.
+    last_used: Arc<AtomicI64>,
 }
 
 /// A resolved key, or `None` for a hash nobody issued.
@@ -136,6 +142,7 @@ impl ApiKeys {
                     identity: Arc::new(identity_of(&r)),
                     expires_at: r.expires_at,
                     revoked: r.revoked_at.is_some(),
+                    last_used: Arc::new(AtomicI64::new(r.last_used_at.unwrap_or(0))),
                 });
                 self.cache
                     .insert(hashed, found.clone(), now + KEY_CACHE_TTL);
@@ -144,10 +151,38 @@ impl ApiKeys {
         };
         match found {
             Some(f) if f.revoked => Err(ApiError::Unauthorized("Invalid API key.".into())),
-            Some(f) if f.expires_at.is_none_or(|at| at > now_ms()) => Ok(f.identity),
+            Some(f) if f.expires_at.is_none_or(|at| at > now_ms()) => {
+                self.touch(&f);
+                Ok(f.identity)
+            }
             Some(_) => Err(ApiError::Unauthorized("This API key has expired.".into())),
             None => Err(ApiError::Unauthorized("Invalid API key.".into())),
         }
+    }
+
+    /// Writes the key's `last_used_at` in the background when the stored one is a minute
+    /// old or more; one request per key and minute wins the race and writes it.
+    fn touch(&self, found: &Found) {
+        let now = now_ms();
+        let last = found.last_used.load(Ordering::Relaxed);
+        if now - last < TOUCH_EVERY_MS
+            || found
+                .last_used
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let Some(id) = found.identity.key_id.clone() else {
+            return;
+        };
+        let (store, log) = (self.store.clone(), self.log.clone());
+        actix_rt::spawn(async move {
+            if let Err(e) = store.touch_key(id.clone(), now).await {
+                slog::warn!(log, "could not record an API key's last use";
+                    "key_id" => id, "error" => e.to_string());
+            }
+        });
     }
 
     /// The id of the key `token` is, when this replica has looked it up lately (a refused

@@ -5,20 +5,26 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
 
 use crate::auth::admin::Admin;
 use crate::error::ApiError;
+use crate::routes::catalog::model_status;
 use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
-use crate::store::{ModelUsage, UsageFilter};
+use crate::store::{now_ms, BucketUsage, ModelUsage, UsageBucket, UsageFilter};
 
+/// `GET /admin/backends`: every target (`data`) with its live state and what only an
+/// operator may see, and every model (`models`) with its status and targets.
 pub async fn backends(_: Admin, state: web::Data<AppState>) -> HttpResponse {
     let directory = state.directory.load();
     let targets: Vec<Value> = directory
         .targets
         .iter()
         .map(|t| {
+            let ewma = t.ewma_ttfb_us();
             json!({
                 "id": t.slug(),
                 "cluster": t.spec.cluster,
@@ -29,16 +35,37 @@ pub async fn backends(_: Admin, state: web::Data<AppState>) -> HttpResponse {
                 "api_key_set": t.api_key.is_some(),
                 "health": t.health().name(),
                 "breaker": t.breaker().name(),
+                "scheduler": t.sched().name(),
+                "maintenance": t.in_maintenance(),
                 "in_flight": t.in_flight(),
+                "ewma_ttfb_ms": (ewma > 0).then(|| ewma as f64 / 1000.0),
+                "requests": t.requests_total(),
+                "failures": t.failures_total(),
+                "last_error": t.last_error(),
                 "extra": t.spec.extra,
             })
         })
         .collect();
-    HttpResponse::Ok().json(json!({"object": "list", "data": targets}))
+    let models: Vec<Value> = directory
+        .model_order
+        .iter()
+        .filter_map(|name| directory.model(name))
+        .map(|m| {
+            json!({
+                "id": m.spec.name,
+                "status": model_status(m),
+                "targets": m.targets.iter().map(|t| t.slug()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"object": "list", "data": targets, "models": models}))
 }
 
-/// `GET /admin/usage?user=&org=&model=&since=&until=`: the request log aggregated, totals
-/// and per model. `since` (inclusive) and `until` (exclusive) are RFC 3339 or unix seconds.
+/// `GET /admin/usage?user=&org=&model=&since=&until=&bucket=`: the request log aggregated,
+/// totals and per model. `since` (inclusive) and `until` (exclusive) are RFC 3339 or unix
+/// seconds. With `bucket=minute|hour|day` the answer adds `series`, one entry per bucket
+/// from `since` to `until` (empty buckets included), and the window defaults to the last
+/// hour, day or 30 days; the database groups the rows, one query for the whole answer.
 pub async fn usage(
     _: Admin,
     req: HttpRequest,
@@ -47,8 +74,17 @@ pub async fn usage(
     let params = web::Query::<UsageParams>::from_query(req.query_string())
         .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}")))?
         .into_inner();
-    let since = time_param("since", params.since.as_deref())?;
-    let until = time_param("until", params.until.as_deref())?;
+    let bucket = match non_empty(params.bucket) {
+        None => None,
+        Some(b) => Some(UsageBucket::parse(&b).ok_or_else(|| {
+            ApiError::invalid_param("bucket", "`bucket` must be minute, hour or day.")
+        })?),
+    };
+    let mut since = time_param("since", params.since.as_deref())?;
+    let mut until = time_param("until", params.until.as_deref())?;
+    if let Some(bucket) = bucket {
+        (since, until) = bucket_window(bucket, since, until, now_ms())?;
+    }
     if let (Some(s), Some(u)) = (since, until) {
         if u < s {
             return Err(ApiError::invalid_param(
@@ -64,24 +100,40 @@ pub async fn usage(
         since,
         until,
     };
-    let models = state
-        .store
-        .usage_by_model(filter.clone())
-        .await
-        .map_err(|e| ApiError::store("the usage query", e))?;
+    let (models, series) = match bucket {
+        None => {
+            let models = state
+                .store
+                .usage_by_model(filter.clone())
+                .await
+                .map_err(|e| ApiError::store("the usage query", e))?;
+            (models, None)
+        }
+        Some(bucket) => {
+            let rows = state
+                .store
+                .usage_series(filter.clone(), bucket)
+                .await
+                .map_err(|e| ApiError::store("the usage query", e))?;
+            let (since, until) = (since.unwrap_or(0), until.unwrap_or(0));
+            (
+                per_model(&rows),
+                Some(dense_series(&rows, bucket, since, until)),
+            )
+        }
+    };
     let mut totals = ModelUsage::default();
     for m in &models {
-        totals.requests += m.requests;
-        totals.errors += m.errors;
-        totals.prompt_tokens += m.prompt_tokens;
-        totals.completion_tokens += m.completion_tokens;
-        totals.total_tokens += m.total_tokens;
+        add(
+            &mut totals,
+            m.requests,
+            m.errors,
+            m.prompt_tokens,
+            m.completion_tokens,
+            m.total_tokens,
+        );
     }
-    let millis_to_rfc3339 = |ms: Option<i64>| {
-        ms.and_then(chrono::DateTime::from_timestamp_millis)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    };
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "object": "usage",
         "filters": {
             "user": filter.user,
@@ -90,15 +142,127 @@ pub async fn usage(
             "since": millis_to_rfc3339(filter.since),
             "until": millis_to_rfc3339(filter.until),
         },
-        "totals": {
-            "requests": totals.requests,
-            "errors": totals.errors,
-            "prompt_tokens": totals.prompt_tokens,
-            "completion_tokens": totals.completion_tokens,
-            "total_tokens": totals.total_tokens,
-        },
+        "totals": usage_json(&totals),
         "models": models,
-    })))
+    });
+    if let (Some(bucket), Some(series)) = (bucket, series) {
+        body["bucket"] = json!(bucket.name());
+        body["series"] = series;
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Most buckets one answer may hold (a month of hours fits; a month of minutes does not).
+const MAX_BUCKETS: i64 = 2000;
+
+/// The window of a bucketed report: `until` defaults to the end of the current bucket,
+/// `since` to `until` less the bucket's default span; both are floored to bucket starts.
+fn bucket_window(
+    bucket: UsageBucket,
+    since: Option<i64>,
+    until: Option<i64>,
+    now: i64,
+) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let ms = bucket.millis();
+    let floor = |t: i64| t.div_euclid(ms) * ms;
+    let until = until.map(|u| floor(u + ms - 1)).unwrap_or(floor(now) + ms);
+    let since = since.map(floor).unwrap_or(until - bucket.default_span());
+    if since < 0 {
+        return Err(ApiError::invalid_param(
+            "since",
+            "`since` must not be before 1970 in a bucketed report.",
+        ));
+    }
+    if until > since && (until - since) / ms > MAX_BUCKETS {
+        return Err(ApiError::invalid_param(
+            "bucket",
+            format!(
+                "That window holds more than {MAX_BUCKETS} {}s; pick a wider bucket or a \
+                 shorter window.",
+                bucket.name()
+            ),
+        ));
+    }
+    Ok((Some(since), Some(until)))
+}
+
+fn add(t: &mut ModelUsage, requests: i64, errors: i64, prompt: i64, completion: i64, total: i64) {
+    t.requests += requests;
+    t.errors += errors;
+    t.prompt_tokens += prompt;
+    t.completion_tokens += completion;
+    t.total_tokens += total;
+}
+
+fn usage_json(u: &ModelUsage) -> Value {
+    json!({
+        "requests": u.requests,
+        "errors": u.errors,
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total_tokens,
+    })
+}
+
+fn millis_to_rfc3339(ms: Option<i64>) -> Option<String> {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// The series' rows summed per model, by model name.
+fn per_model(rows: &[BucketUsage]) -> Vec<ModelUsage> {
+    let mut by_model: BTreeMap<&str, ModelUsage> = BTreeMap::new();
+    for r in rows {
+        let m = by_model.entry(&r.model).or_insert_with(|| ModelUsage {
+            model: r.model.clone(),
+            ..ModelUsage::default()
+        });
+        add(
+            m,
+            r.requests,
+            r.errors,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.total_tokens,
+        );
+    }
+    by_model.into_values().collect()
+}
+
+/// One entry per bucket in `[since, until)`, in time order, empty ones included: the
+/// bucket's totals (`start` in unix seconds) and its per-model split.
+fn dense_series(rows: &[BucketUsage], bucket: UsageBucket, since: i64, until: i64) -> Value {
+    let ms = bucket.millis();
+    let mut rows = rows.iter().peekable();
+    let mut out = Vec::new();
+    let mut start = since;
+    while start < until {
+        let mut totals = ModelUsage::default();
+        let mut models = Map::new();
+        while let Some(r) = rows.next_if(|r| r.start < start + ms) {
+            if r.start < start {
+                continue;
+            }
+            add(
+                &mut totals,
+                r.requests,
+                r.errors,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.total_tokens,
+            );
+            models.insert(
+                r.model.clone(),
+                json!({"requests": r.requests, "errors": r.errors, "total_tokens": r.total_tokens}),
+            );
+        }
+        let mut entry = usage_json(&totals);
+        entry["start"] = json!(start / 1000);
+        entry["models"] = Value::Object(models);
+        out.push(entry);
+        start += ms;
+    }
+    Value::Array(out)
 }
 
 #[derive(Deserialize)]
@@ -109,6 +273,7 @@ struct UsageParams {
     model: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    bucket: Option<String>,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -159,6 +324,58 @@ pub async fn reload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(start: i64, model: &str, requests: i64) -> BucketUsage {
+        BucketUsage {
+            start,
+            model: model.into(),
+            requests,
+            errors: 1,
+            total_tokens: 10 * requests,
+            ..BucketUsage::default()
+        }
+    }
+
+    #[test]
+    fn bucket_windows_default_to_the_last_span_and_floor_to_bucket_starts() {
+        let now = 1_700_000_123_456; // 2023-11-14T22:15:23.456Z
+        let (s, u) = bucket_window(UsageBucket::Minute, None, None, now).unwrap();
+        assert_eq!(u, Some(1_700_000_160_000)); // end of the current minute
+        assert_eq!(s, Some(1_700_000_160_000 - 3_600_000));
+        let (s, u) = bucket_window(UsageBucket::Day, None, None, now).unwrap();
+        assert_eq!((u.unwrap() % 86_400_000, s.unwrap() % 86_400_000), (0, 0));
+        assert_eq!(u.unwrap() - s.unwrap(), 30 * 86_400_000);
+        // An explicit window is widened to whole buckets.
+        let (s, u) =
+            bucket_window(UsageBucket::Hour, Some(3_600_001), Some(7_200_001), now).unwrap();
+        assert_eq!((s, u), (Some(3_600_000), Some(10_800_000)));
+        let err = bucket_window(UsageBucket::Minute, Some(0), Some(now), now).unwrap_err();
+        assert!(
+            err.body().contains("\"param\":\"bucket\""),
+            "{}",
+            err.body()
+        );
+    }
+
+    #[test]
+    fn series_are_dense_and_split_per_model() {
+        let rows = [row(0, "a", 2), row(0, "b", 1), row(120_000, "a", 5)];
+        let series = dense_series(&rows, UsageBucket::Minute, 0, 180_000);
+        let series = series.as_array().unwrap();
+        assert_eq!(series.len(), 3);
+        assert_eq!(series[0]["start"], 0);
+        assert_eq!(series[0]["requests"], 3);
+        assert_eq!(series[0]["errors"], 2);
+        assert_eq!(series[0]["models"]["b"]["requests"], 1);
+        assert_eq!(series[1]["requests"], 0);
+        assert_eq!(series[1]["models"], json!({}));
+        assert_eq!(series[2]["start"], 120);
+        assert_eq!(series[2]["total_tokens"], 50);
+        let models = per_model(&rows);
+        assert_eq!(models.len(), 2);
+        assert_eq!((models[0].model.as_str(), models[0].requests), ("a", 7));
+        assert_eq!(models[1].requests, 1);
+    }
 
     #[test]
     fn times_are_rfc3339_or_unix_seconds() {

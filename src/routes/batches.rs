@@ -31,12 +31,12 @@ fn respond(req: &HttpRequest, r: Result<HttpResponse>) -> HttpResponse {
 
 #[derive(Deserialize)]
 pub struct Page {
-    limit: Option<i64>,
-    after: Option<String>,
+    pub limit: Option<i64>,
+    pub after: Option<String>,
 }
 
 impl Page {
-    fn limit(&self, default: i64, max: i64) -> Result<i64> {
+    pub fn limit(&self, default: i64, max: i64) -> Result<i64> {
         match self.limit {
             None => Ok(default),
             Some(n) if (1..=max).contains(&n) => Ok(n),
@@ -50,7 +50,7 @@ impl Page {
 
 /// One page of an OpenAI list from `rows`, fetched with `limit + 1` so that the extra row
 /// tells whether there are more (`has_more`); the extra row is not shown.
-fn list_json<T>(mut rows: Vec<T>, limit: i64, to_json: impl Fn(&T) -> Value) -> Value {
+pub fn list_json<T>(mut rows: Vec<T>, limit: i64, to_json: impl Fn(&T) -> Value) -> Value {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let has_more = rows.len() > limit;
     rows.truncate(limit);
@@ -698,7 +698,7 @@ pub async fn list(
         let limit = page.limit(20, 100)?;
         let rows = state
             .store
-            .list_batches(caller.id.clone(), page.after.clone(), limit + 1)
+            .list_batches(Some(caller.id.clone()), None, page.after.clone(), limit + 1)
             .await
             .map_err(|e| ApiError::store("listing batches", e))?;
         Ok(HttpResponse::Ok().json(list_json(rows, limit, batch_json)))
@@ -725,46 +725,54 @@ pub async fn cancel(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let r = async {
-        let b = owned_batch(&state, &caller.id, &id).await?;
-        if matches!(
-            b.status.as_str(),
-            "validating" | "in_progress" | "finalizing"
-        ) {
-            let patch = BatchPatch {
-                status: Some("cancelling".into()),
-                cancelling_at: Some(now_ms()),
-                ..BatchPatch::default()
-            };
-            state
-                .store
-                .update_batch(
-                    b.id.clone(),
-                    None,
-                    vec![
-                        "validating".into(),
-                        "in_progress".into(),
-                        "finalizing".into(),
-                    ],
-                    patch,
-                )
-                .await
-                .map_err(|e| ApiError::store("cancelling a batch", e))?;
-            if let Some(batches) = &state.batches {
-                batches.do_send(Wake);
-            }
-        }
-        let b = owned_batch(&state, &caller.id, &id).await?;
-        match b.status.as_str() {
-            "cancelling" | "cancelled" => Ok(HttpResponse::Ok().json(batch_json(&b))),
-            other => Err(ApiError::Conflict(format!(
-                "Batch `{}` is {other} and cannot be cancelled.",
-                b.id
-            ))),
+    let b = owned_batch(&state, &caller.id, &id).await?;
+    let b = cancel_batch(&state, b).await?;
+    Ok(HttpResponse::Ok().json(batch_json(&b)))
+}
+
+/// Moves `b` to cancelling (when not final) and wakes the runner; the batch as it is now,
+/// or 409 when it had already ended otherwise. Also used by the admin view.
+pub async fn cancel_batch(state: &AppState, b: BatchRow) -> Result<BatchRow> {
+    if matches!(
+        b.status.as_str(),
+        "validating" | "in_progress" | "finalizing"
+    ) {
+        let patch = BatchPatch {
+            status: Some("cancelling".into()),
+            cancelling_at: Some(now_ms()),
+            ..BatchPatch::default()
+        };
+        state
+            .store
+            .update_batch(
+                b.id.clone(),
+                None,
+                vec![
+                    "validating".into(),
+                    "in_progress".into(),
+                    "finalizing".into(),
+                ],
+                patch,
+            )
+            .await
+            .map_err(|e| ApiError::store("cancelling a batch", e))?;
+        if let Some(batches) = &state.batches {
+            batches.do_send(Wake);
         }
     }
-    .await;
-    r
+    let b = state
+        .store
+        .get_batch(b.id.clone())
+        .await
+        .map_err(|e| ApiError::store("reading a batch", e))?
+        .ok_or_else(|| ApiError::NotFound(format!("No batch `{}`.", b.id)))?;
+    match b.status.as_str() {
+        "cancelling" | "cancelled" => Ok(b),
+        other => Err(ApiError::Conflict(format!(
+            "Batch `{}` is {other} and cannot be cancelled.",
+            b.id
+        ))),
+    }
 }
 
 /// `GET /v1/batches/{id}/result` (FIRST): the output lines, then the error lines, as JSONL.

@@ -32,8 +32,7 @@ fn status_doc(cluster: &ClusterState) -> Value {
     })
 }
 
-/// `GET /status` (any caller): every cluster, up or in maintenance, with its scheduler state.
-pub async fn status(_: Caller, state: web::Data<AppState>) -> HttpResponse {
+fn all_clusters(state: &AppState) -> HttpResponse {
     let directory = state.directory.load();
     let clusters: Map<String, Value> = directory
         .clusters
@@ -41,6 +40,17 @@ pub async fn status(_: Caller, state: web::Data<AppState>) -> HttpResponse {
         .map(|c| (c.name.clone(), status_doc(c)))
         .collect();
     HttpResponse::Ok().json(json!({"clusters": clusters}))
+}
+
+/// `GET /status` (any caller): every cluster, up or in maintenance, with its scheduler state.
+pub async fn status(_: Caller, state: web::Data<AppState>) -> HttpResponse {
+    all_clusters(&state)
+}
+
+/// `GET /admin/clusters` (admin role): what `/status` says, for the console and scripts that
+/// hold the admin key rather than a caller's token.
+pub async fn admin_status(_: Admin, state: web::Data<AppState>) -> HttpResponse {
+    all_clusters(&state)
 }
 
 fn job_entry(job: &Job, models: &str, framework: &str, cluster: &str) -> Value {

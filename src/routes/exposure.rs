@@ -86,7 +86,13 @@ pub const ROUTES: &[(&str, &str, Exposure)] = &[
     ("PUT", "/admin/quota/{subject}", Admin),
     ("POST", "/admin/quota/{subject}/reset", Admin),
     ("POST", "/admin/reload", Admin),
+    ("GET", "/admin/clusters", Admin),
     ("PUT", "/admin/clusters/{name}/maintenance", Admin),
+    ("GET", "/admin/batches", Admin),
+    ("POST", "/admin/batches/{id}/cancel", Admin),
+    ("GET", "/admin/ui", Public),
+    ("GET", "/admin/ui/console.js", Public),
+    ("GET", "/admin/ui/console.css", Public),
 ];
 
 /// The exposure of `method` on the registered `path`; inference routes not in the table

@@ -46,6 +46,7 @@ pub fn describe(row: &ApiKeyRow) -> Value {
         "created_at": row.created_at / 1000,
         "expires_at": row.expires_at.map(|t| t / 1000),
         "revoked_at": row.revoked_at.map(|t| t / 1000),
+        "last_used_at": row.last_used_at.map(|t| t / 1000),
         "models": row.allowed_models().unwrap_or_default(),
         "active": row.is_active(now_ms()),
     })

@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod batches;
+pub mod batches_admin;
 pub mod catalog;
 pub mod clusters;
+pub mod console;
 pub mod exposure;
 pub mod health;
 pub mod inference;
@@ -150,6 +152,10 @@ fn admin(cfg: &mut web::ServiceConfig) {
     );
     cfg.service(resource("/admin/keys/{id}").route(web::delete().to(keys_admin::revoke)));
     cfg.service(resource("/admin/backends").route(web::get().to(admin::backends)));
+    cfg.service(resource("/admin/batches").route(web::get().to(batches_admin::list)));
+    cfg.service(
+        resource("/admin/batches/{id}/cancel").route(web::post().to(batches_admin::cancel)),
+    );
     cfg.service(resource("/admin/usage").route(web::get().to(admin::usage)));
     cfg.service(resource("/admin/quotas").route(web::get().to(quota_admin::list)));
     cfg.service(
@@ -164,6 +170,9 @@ fn admin(cfg: &mut web::ServiceConfig) {
 fn operations(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/health/detailed").route(web::get().to(health::detailed)));
     cfg.service(resource("/admin/reload").route(web::post().to(admin::reload)));
+    cfg.service(resource("/admin/ui").route(web::get().to(console::page)));
+    cfg.service(resource("/admin/ui/console.js").route(web::get().to(console::script)));
+    cfg.service(resource("/admin/ui/console.css").route(web::get().to(console::style)));
     cfg.service(resource("/metrics").route(web::get().to(ops::metrics)));
     cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::openapi_json)));
     cfg.service(resource("/docs").route(web::get().to(crate::openapi::docs)));
@@ -174,6 +183,7 @@ fn operations(cfg: &mut web::ServiceConfig) {
 /// Cluster status and maintenance, the streaming callbacks.
 fn clusters_and_callbacks(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/status").route(web::get().to(clusters::status)));
+    cfg.service(resource("/admin/clusters").route(web::get().to(clusters::admin_status)));
     cfg.service(
         resource("/admin/clusters/{name}/maintenance")
             .route(web::put().to(clusters::set_maintenance)),

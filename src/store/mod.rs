@@ -104,6 +104,8 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<i64>,
     /// JSON array of model names; `[]` = every model.
     pub allowed_models: String,
+    /// When the key last authenticated a request (to the minute; see `auth::keys`).
+    pub last_used_at: Option<i64>,
 }
 
 impl ApiKeyRow {
@@ -128,6 +130,8 @@ pub trait KeyStore: Send + Sync {
     fn revoke_key(&self, id: String, at: i64) -> BoxFuture<'_, StoreResult<bool>>;
     /// The key whose hash is `hash`, revoked or not (the caller checks `is_active`).
     fn find_key_by_hash(&self, hash: String) -> BoxFuture<'_, StoreResult<Option<ApiKeyRow>>>;
+    /// Records that key `id` was used at `at` (kept if a later use is already recorded).
+    fn touch_key(&self, id: String, at: i64) -> BoxFuture<'_, StoreResult<()>>;
 }
 
 // ------------------------------------------------------------------ counters and quotas
@@ -276,6 +280,64 @@ pub struct ModelUsage {
     pub total_tokens: i64,
 }
 
+/// The width of the time buckets of `/admin/usage?bucket=`. Buckets start at multiples of
+/// their width since the unix epoch, so days are UTC days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageBucket {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl UsageBucket {
+    pub fn parse(text: &str) -> Option<UsageBucket> {
+        match text {
+            "minute" => Some(UsageBucket::Minute),
+            "hour" => Some(UsageBucket::Hour),
+            "day" => Some(UsageBucket::Day),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UsageBucket::Minute => "minute",
+            UsageBucket::Hour => "hour",
+            UsageBucket::Day => "day",
+        }
+    }
+
+    pub fn millis(self) -> i64 {
+        match self {
+            UsageBucket::Minute => 60_000,
+            UsageBucket::Hour => 3_600_000,
+            UsageBucket::Day => 86_400_000,
+        }
+    }
+
+    /// The span shown when the caller names no `since`: an hour of minutes, a day of
+    /// hours, thirty days of days.
+    pub fn default_span(self) -> i64 {
+        match self {
+            UsageBucket::Minute => 3_600_000,
+            UsageBucket::Hour => 86_400_000,
+            UsageBucket::Day => 30 * 86_400_000,
+        }
+    }
+}
+
+/// The aggregate of one model's rows in one time bucket; `start` is unix milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BucketUsage {
+    pub start: i64,
+    pub model: String,
+    pub requests: i64,
+    pub errors: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
 pub trait RequestLogStore: Send + Sync {
     /// Inserts rows; rows whose id is already stored are skipped. Returns rows inserted.
     /// Shared, so the caller keeps the batch (to spill it if the insert fails) without a copy.
@@ -284,6 +346,13 @@ pub trait RequestLogStore: Send + Sync {
     fn prune_log(&self, before: i64) -> BoxFuture<'_, StoreResult<usize>>;
     /// Per-model aggregates of the rows matching `filter`, by model name.
     fn usage_by_model(&self, filter: UsageFilter) -> BoxFuture<'_, StoreResult<Vec<ModelUsage>>>;
+    /// Per-bucket, per-model aggregates of the rows matching `filter`, by bucket then model;
+    /// buckets without rows are absent.
+    fn usage_series(
+        &self,
+        filter: UsageFilter,
+        bucket: UsageBucket,
+    ) -> BoxFuture<'_, StoreResult<Vec<BucketUsage>>>;
     /// Rows matching `filter`, oldest first, at most `limit`.
     fn list_log(&self, filter: UsageFilter, limit: i64) -> BoxFuture<'_, StoreResult<Vec<LogRow>>>;
 }
@@ -400,7 +469,8 @@ pub trait BatchStore: Send + Sync {
     /// The owner's batches, newest first, ids below `after` when given, at most `limit`.
     fn list_batches(
         &self,
-        owner: String,
+        owner: Option<String>,
+        status: Option<String>,
         after: Option<String>,
         limit: i64,
     ) -> BoxFuture<'_, StoreResult<Vec<BatchRow>>>;

@@ -14,6 +14,30 @@ pub(super) const PROMPT_SQL: &str = "CAST(COALESCE(SUM(prompt_tokens), 0) AS BIG
 pub(super) const COMPLETION_SQL: &str = "CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT)";
 pub(super) const TOTAL_SQL: &str = "CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT)";
 
+/// Narrows a boxed `request_log` query to the rows a [`UsageFilter`] selects.
+macro_rules! log_filter {
+    ($q:expr, $filter:expr) => {{
+        let mut q = $q;
+        let filter = $filter;
+        if let Some(user) = filter.user {
+            q = q.filter(request_log::user_id.eq(user));
+        }
+        if let Some(org) = filter.org {
+            q = q.filter(request_log::org_id.eq(org));
+        }
+        if let Some(model) = filter.model {
+            q = q.filter(request_log::model.eq(model));
+        }
+        if let Some(since) = filter.since {
+            q = q.filter(request_log::created_at.ge(since));
+        }
+        if let Some(until) = filter.until {
+            q = q.filter(request_log::created_at.lt(until));
+        }
+        q
+    }};
+}
+
 macro_rules! impl_stores {
     ($store:ty, $batch:ident) => {
         use diesel::prelude::*;
@@ -27,7 +51,7 @@ macro_rules! impl_stores {
         };
         use $crate::store::{
             ApiKeyRow, BatchPatch, BatchRow, BatchStore, CounterRow, CounterStore, FileRow,
-            ItemRow, KeyStore, LogRow, ModelUsage, QuotaOverrideRow, RequestLogStore, StoreError,
+            ItemRow, KeyStore, LogRow, ModelUsage, UsageBucket, BucketUsage, QuotaOverrideRow, RequestLogStore, StoreError,
             StoreResult, UsageFilter, ACTIVE_BATCH_STATES,
         };
 
@@ -87,6 +111,23 @@ macro_rules! impl_stores {
                         .first(&mut *conn)
                         .await
                         .optional()?)
+                }))
+            }
+
+            fn touch_key(&self, id: String, at: i64) -> BoxFuture<'_, StoreResult<()>> {
+                Box::pin(self.timed(async move {
+                    let mut conn = self.conn().await?;
+                    diesel::update(
+                        api_keys::table.filter(api_keys::id.eq(id)).filter(
+                            api_keys::last_used_at
+                                .is_null()
+                                .or(api_keys::last_used_at.lt(at)),
+                        ),
+                    )
+                    .set(api_keys::last_used_at.eq(Some(at)))
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
                 }))
             }
         }
@@ -272,7 +313,7 @@ macro_rules! impl_stores {
                     use diesel::dsl::{count_star, sql};
                     use diesel::sql_types::BigInt;
                     let mut conn = self.conn().await?;
-                    let mut q = request_log::table
+                    let q = request_log::table
                         .group_by(request_log::model)
                         .select((
                             request_log::model,
@@ -284,21 +325,7 @@ macro_rules! impl_stores {
                         ))
                         .order(request_log::model.asc())
                         .into_boxed();
-                    if let Some(user) = filter.user {
-                        q = q.filter(request_log::user_id.eq(user));
-                    }
-                    if let Some(org) = filter.org {
-                        q = q.filter(request_log::org_id.eq(org));
-                    }
-                    if let Some(model) = filter.model {
-                        q = q.filter(request_log::model.eq(model));
-                    }
-                    if let Some(since) = filter.since {
-                        q = q.filter(request_log::created_at.ge(since));
-                    }
-                    if let Some(until) = filter.until {
-                        q = q.filter(request_log::created_at.lt(until));
-                    }
+                    let q = $crate::store::queries::log_filter!(q, filter);
                     let rows: Vec<(String, i64, i64, i64, i64, i64)> = q.load(&mut *conn).await?;
                     Ok(rows
                         .into_iter()
@@ -316,6 +343,50 @@ macro_rules! impl_stores {
                 }))
             }
 
+            fn usage_series(
+                &self,
+                filter: UsageFilter,
+                bucket: UsageBucket,
+            ) -> BoxFuture<'_, StoreResult<Vec<BucketUsage>>> {
+                Box::pin(self.timed(async move {
+                    use diesel::dsl::sql;
+                    use diesel::sql_types::{BigInt, Text};
+                    let mut conn = self.conn().await?;
+                    // Integer division floors the (non-negative) start time to its bucket
+                    // in both dialects; the bucket width is one of three constants.
+                    let ms = bucket.millis();
+                    let q = request_log::table
+                        .select(sql::<(BigInt, Text, BigInt, BigInt, BigInt, BigInt, BigInt)>(
+                            &format!(
+                                "(created_at / {ms}) * {ms}, model, COUNT(*), {ERRORS_SQL}, \
+                                 {PROMPT_SQL}, {COMPLETION_SQL}, {TOTAL_SQL}"
+                            ),
+                        ))
+                        .group_by(sql::<BigInt>("1, 2"))
+                        .order(sql::<BigInt>("1, 2"))
+                        .into_boxed();
+                    let q = $crate::store::queries::log_filter!(q, filter);
+                    let rows: Vec<(i64, String, i64, i64, i64, i64, i64)> =
+                        q.load(&mut *conn).await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(
+                            |(start, model, requests, errors, prompt, completion, total)| {
+                                BucketUsage {
+                                    start,
+                                    model,
+                                    requests,
+                                    errors,
+                                    prompt_tokens: prompt,
+                                    completion_tokens: completion,
+                                    total_tokens: total,
+                                }
+                            },
+                        )
+                        .collect())
+                }))
+            }
+
             fn list_log(
                 &self,
                 filter: UsageFilter,
@@ -323,26 +394,12 @@ macro_rules! impl_stores {
             ) -> BoxFuture<'_, StoreResult<Vec<LogRow>>> {
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
-                    let mut q = request_log::table
+                    let q = request_log::table
                         .select(LogRow::as_select())
                         .order((request_log::created_at.asc(), request_log::id.asc()))
                         .limit(limit)
                         .into_boxed();
-                    if let Some(user) = filter.user {
-                        q = q.filter(request_log::user_id.eq(user));
-                    }
-                    if let Some(org) = filter.org {
-                        q = q.filter(request_log::org_id.eq(org));
-                    }
-                    if let Some(model) = filter.model {
-                        q = q.filter(request_log::model.eq(model));
-                    }
-                    if let Some(since) = filter.since {
-                        q = q.filter(request_log::created_at.ge(since));
-                    }
-                    if let Some(until) = filter.until {
-                        q = q.filter(request_log::created_at.lt(until));
-                    }
+                    let q = $crate::store::queries::log_filter!(q, filter);
                     Ok(q.load(&mut *conn).await?)
                 }))
             }
@@ -451,18 +508,24 @@ macro_rules! impl_stores {
 
             fn list_batches(
                 &self,
-                owner: String,
+                owner: Option<String>,
+                status: Option<String>,
                 after: Option<String>,
                 limit: i64,
             ) -> BoxFuture<'_, StoreResult<Vec<BatchRow>>> {
                 Box::pin(self.timed(async move {
                     let mut conn = self.conn().await?;
                     let mut q = batches::table
-                        .filter(batches::owner.eq(owner))
                         .select(BatchRow::as_select())
                         .order(batches::id.desc())
                         .limit(limit)
                         .into_boxed();
+                    if let Some(owner) = owner {
+                        q = q.filter(batches::owner.eq(owner));
+                    }
+                    if let Some(status) = status {
+                        q = q.filter(batches::status.eq(status));
+                    }
                     if let Some(after) = after {
                         q = q.filter(batches::id.lt(after));
                     }
@@ -664,3 +727,4 @@ macro_rules! lock_rows {
 pub(super) use impl_stores;
 pub(super) use insert_many;
 pub(super) use lock_rows;
+pub(super) use log_filter;

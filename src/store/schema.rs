@@ -14,6 +14,7 @@ diesel::table! {
         expires_at -> Nullable<BigInt>,
         revoked_at -> Nullable<BigInt>,
         allowed_models -> Text,
+        last_used_at -> Nullable<BigInt>,
     }
 }
 

@@ -1543,3 +1543,139 @@ async fn one_users_batches_leave_a_slot_for_another_user() {
     }
     gw.stop().await;
 }
+
+/// The admin view: every user's batches with their owner, filtered by user and status;
+/// an admin cancels anyone's batch; users and callers without a key get nothing.
+#[actix_rt::test]
+async fn admins_list_every_users_batches_and_cancel_any() {
+    let admin = "batch-admin-view-key-0123456789";
+    std::env::set_var("IGW_TEST_BATCH_ADMIN_VIEW", admin);
+    let mock = MockUpstream::start(Behavior {
+        latency: Duration::from_millis(100),
+        ..Behavior::default()
+    })
+    .await
+    .unwrap();
+    let gw = start(
+        &[target("a", "m", mock.url())],
+        &[
+            ("GATEWAY__AUTH__MODE", "required"),
+            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BATCH_ADMIN_VIEW"),
+            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
+        ],
+    )
+    .await;
+    let alice = user_key(&gw.url, admin, "alice").await;
+    let bob = user_key(&gw.url, admin, "bob").await;
+    let mut ids = Vec::new();
+    for (key, lines) in [(&alice, 200), (&bob, 1)] {
+        let (status, f) = upload(&gw.url, Some(key), "batch", &input(lines, "m")).await;
+        assert_eq!(status, 200, "{f}");
+        let (status, b) = create_batch(&gw.url, Some(key), f["id"].as_str().unwrap()).await;
+        assert_eq!(status, 200, "{b}");
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    let (alice_batch, bob_batch) = (&ids[0], &ids[1]);
+    wait_batch(
+        &gw.url,
+        Some(&bob),
+        bob_batch,
+        Duration::from_secs(30),
+        terminal,
+    )
+    .await;
+
+    let (status, all) = json_call(&gw.url, "GET", "/admin/batches", Some(admin), None).await;
+    assert_eq!(status, 200, "{all}");
+    let owners: Vec<(&str, &str)> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_str().unwrap(), b["owner"].as_str().unwrap()))
+        .collect();
+    assert_eq!(owners.len(), 2, "{all}");
+    assert!(owners.contains(&(alice_batch.as_str(), "alice")), "{all}");
+    assert!(owners.contains(&(bob_batch.as_str(), "bob")), "{all}");
+    let (_, only_bob) =
+        json_call(&gw.url, "GET", "/admin/batches?user=bob", Some(admin), None).await;
+    assert_eq!(only_bob["data"].as_array().unwrap().len(), 1, "{only_bob}");
+    assert_eq!(only_bob["data"][0]["status"], "completed", "{only_bob}");
+    let (_, done) = json_call(
+        &gw.url,
+        "GET",
+        "/admin/batches?status=completed",
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(done["data"][0]["id"], bob_batch.as_str(), "{done}");
+    let (_, page) = json_call(&gw.url, "GET", "/admin/batches?limit=1", Some(admin), None).await;
+    assert_eq!(
+        (page["data"].as_array().unwrap().len(), &page["has_more"]),
+        (1, &json!(true))
+    );
+    let (status, bad) = json_call(
+        &gw.url,
+        "GET",
+        "/admin/batches?status=running",
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, bad["error"]["param"].as_str()),
+        (400, Some("status")),
+        "{bad}"
+    );
+
+    // Users see only their own through /v1/batches, and nothing through the admin view.
+    let (status, _) = json_call(&gw.url, "GET", "/admin/batches", Some(&alice), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = json_call(&gw.url, "GET", "/admin/batches", None, None).await;
+    assert_eq!(status, 401);
+    let path = format!("/admin/batches/{alice_batch}/cancel");
+    let (status, _) = json_call(&gw.url, "POST", &path, Some(&bob), None).await;
+    assert_eq!(status, 403, "a user may not cancel through the admin view");
+
+    // The admin cancels alice's batch; alice sees it cancelled, with the lines done kept.
+    let (status, c) = json_call(&gw.url, "POST", &path, Some(admin), None).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["owner"], "alice", "{c}");
+    assert!(
+        matches!(c["status"].as_str(), Some("cancelling" | "cancelled")),
+        "{c}"
+    );
+    let b = wait_batch(
+        &gw.url,
+        Some(&alice),
+        alice_batch,
+        Duration::from_secs(30),
+        terminal,
+    )
+    .await;
+    assert_eq!(b["status"], "cancelled", "{b}");
+    let (status, err) = json_call(
+        &gw.url,
+        "POST",
+        &format!("/admin/batches/{bob_batch}/cancel"),
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{err}"
+    );
+    let (status, _) = json_call(
+        &gw.url,
+        "POST",
+        "/admin/batches/batch_nope/cancel",
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}

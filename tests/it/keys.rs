@@ -235,11 +235,32 @@ async fn admin_api_creates_lists_and_revokes_keys() {
     }
 
     // The user key works until revoked; revocation takes effect at once on this replica.
+    assert!(
+        list["data"][1]["last_used_at"].is_null(),
+        "{list}: not used yet"
+    );
     assert_eq!(
         send(&gw, "GET", "/whoami", Some(&user_key), None).await.0,
         200
     );
     let id = user["id"].as_str().unwrap();
+    // The use is recorded (in the background, to the minute) and listed.
+    let mut last_used = Value::Null;
+    for _ in 0..100 {
+        let (_, bob) = send(&gw, "GET", "/admin/keys?user=bob", Some(&admin_key), None).await;
+        last_used = bob["data"][0]["last_used_at"].clone();
+        if !last_used.is_null() {
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let created = user["created_at"].as_i64().unwrap();
+    assert!(
+        last_used
+            .as_i64()
+            .is_some_and(|t| t >= created && t <= created + 60),
+        "last_used_at: {last_used}"
+    );
     let (status, _) = send(
         &gw,
         "DELETE",

@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod batches;
 mod cli_migrate;
+mod console;
 mod errors;
 mod exposure;
 mod failover;

@@ -168,6 +168,43 @@ async fn requests_become_rows_and_admin_usage_aggregates_them() {
             "{b}: no user before auth lands"
         );
 
+        // Bucketed: the last hour by minute by default, these requests in the last bucket.
+        let (status, series) = gw.get_admin("/admin/usage?bucket=minute").await;
+        assert_eq!(status, 200, "{b}: {series}");
+        assert_eq!(series["bucket"], "minute", "{b}");
+        let buckets = series["series"].as_array().unwrap();
+        assert_eq!(buckets.len(), 60, "{b}: an hour of minutes");
+        let in_buckets: i64 = buckets
+            .iter()
+            .map(|x| x["requests"].as_i64().unwrap())
+            .sum();
+        assert_eq!(in_buckets, 5, "{b}: {series}");
+        assert_eq!(series["totals"]["requests"], 5, "{b}");
+        assert_eq!(series["totals"]["total_tokens"], expected_total, "{b}");
+        let last = buckets.iter().rev().find(|x| x["requests"] != 0).unwrap();
+        assert_eq!(last["models"]["llama"]["requests"], 4, "{b}: {last}");
+        assert!(
+            last["start"].as_i64().unwrap() * 1000 <= now,
+            "{b}: bucket start in unix seconds"
+        );
+        let (_, days) = gw.get_admin("/admin/usage?bucket=day&model=nope").await;
+        assert_eq!(days["series"].as_array().unwrap().len(), 30, "{b}");
+        assert_eq!(days["totals"]["requests"], 1, "{b}: {days}");
+        let (status, bad) = gw.get_admin("/admin/usage?bucket=week").await;
+        assert_eq!(
+            (status, bad["error"]["param"].as_str()),
+            (400, Some("bucket")),
+            "{b}"
+        );
+        let (status, bad) = gw
+            .get_admin("/admin/usage?bucket=minute&since=2020-01-01T00:00:00Z")
+            .await;
+        assert_eq!(
+            (status, bad["error"]["param"].as_str()),
+            (400, Some("bucket")),
+            "{b}: too many buckets"
+        );
+
         let (status, bad) = gw.get_admin("/admin/usage?since=yesterday").await;
         assert_eq!(status, 400, "{b}");
         assert_eq!(bad["error"]["param"], "since", "{b}: {bad}");

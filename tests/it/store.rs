@@ -9,7 +9,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
 use inference_gateway::store::migrate::{self, SyncConn};
 use inference_gateway::store::schema::TABLES;
-use inference_gateway::store::{self, ApiKeyRow, LogRow, QuotaOverrideRow, Store, UsageFilter};
+use inference_gateway::store::{
+    self, ApiKeyRow, LogRow, QuotaOverrideRow, Store, UsageBucket, UsageFilter,
+};
 
 fn open(db: &TestDb) -> Arc<dyn Store> {
     migrate::run(&db.url()).unwrap();
@@ -28,6 +30,7 @@ fn key(id: &str, user: &str, hash: &str, created_at: i64) -> ApiKeyRow {
         expires_at: None,
         revoked_at: None,
         allowed_models: r#"["llama"]"#.into(),
+        last_used_at: None,
     }
 }
 
@@ -306,6 +309,79 @@ async fn request_log_insert_is_idempotent_and_aggregates() {
     }
 }
 
+/// `/admin/usage?bucket=` is grouped in the database: rows land in the bucket their start
+/// time floors to (UTC minutes, hours, days), per model, with the filter applied.
+#[actix_rt::test]
+async fn usage_series_groups_by_time_bucket_and_model() {
+    for db in TestDb::all("usage_series_groups_by_time_bucket_and_model") {
+        let s = open(&db);
+        let b = db.name();
+        let day = 86_400_000;
+        let rows = vec![
+            row("a", "alice", "llama", 10 * day, 200, (1, 2)),
+            row("b", "alice", "llama", 10 * day + 59_999, 500, (1, 0)),
+            row("c", "bob", "qwen", 10 * day + 30_000, 200, (5, 5)),
+            row("d", "alice", "llama", 10 * day + 60_000, 200, (2, 2)),
+            row("e", "bob", "llama", 11 * day + 3_600_000, 200, (3, 3)),
+        ];
+        s.insert_log(rows.into()).await.unwrap();
+        let minutes = s
+            .usage_series(UsageFilter::default(), UsageBucket::Minute)
+            .await
+            .unwrap();
+        let got: Vec<(i64, &str, i64, i64, i64)> = minutes
+            .iter()
+            .map(|r| {
+                (
+                    r.start,
+                    r.model.as_str(),
+                    r.requests,
+                    r.errors,
+                    r.total_tokens,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (10 * day, "llama", 2, 1, 4),
+                (10 * day, "qwen", 1, 0, 10),
+                (10 * day + 60_000, "llama", 1, 0, 4),
+                (11 * day + 3_600_000, "llama", 1, 0, 6),
+            ],
+            "{b}"
+        );
+        let days = s
+            .usage_series(
+                UsageFilter {
+                    user: Some("alice".into()),
+                    ..Default::default()
+                },
+                UsageBucket::Day,
+            )
+            .await
+            .unwrap();
+        assert_eq!(days.len(), 1, "{b}: {days:?}");
+        assert_eq!(
+            (days[0].start, days[0].requests, days[0].prompt_tokens),
+            (10 * day, 3, 4),
+            "{b}"
+        );
+        let hours = s
+            .usage_series(
+                UsageFilter {
+                    since: Some(11 * day),
+                    ..Default::default()
+                },
+                UsageBucket::Hour,
+            )
+            .await
+            .unwrap();
+        assert_eq!(hours.len(), 1, "{b}");
+        assert_eq!(hours[0].start, 11 * day + 3_600_000, "{b}");
+    }
+}
+
 /// A batch of several full multi-row statements and a remainder (SQLite inserts 16 rows
 /// per statement), a replay of it mixed with new rows, and rows that share a timestamp.
 #[actix_rt::test]
@@ -417,7 +493,7 @@ fn every_migration_goes_up_down_and_up_again() {
         let b = db.name();
         let mut conn = SyncConn::connect(&db.url()).unwrap();
         let total = conn.migration_count();
-        assert_eq!(total, 8, "{b}");
+        assert_eq!(total, 9, "{b}");
         let mut seen = Vec::new();
         for step in 0..total {
             let before = shape(&mut conn);

