@@ -197,6 +197,10 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         "/admin/ui/console.css".into(),
         json!({"get": get_op("admin", "The style sheet of the admin console.", "text/css", &[])}),
     );
+    paths.insert(
+        "/admin/ui/favicon.svg".into(),
+        json!({"get": get_op("admin", "The admin console's icon.", "image/svg+xml", &[])}),
+    );
     paths.insert("/docs/docs.js".into(), json!({"get": get_op("operations", "The script of the docs page.", "text/javascript", &[])}));
     paths.insert(
         "/docs/docs.css".into(),

@@ -12,6 +12,7 @@ use crate::security::CONSOLE_CSP;
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const CONSOLE_JS: &str = include_str!("../ui/console.js");
 const CONSOLE_CSS: &str = include_str!("../ui/console.css");
+const FAVICON_SVG: &str = include_str!("../ui/favicon.svg");
 
 fn asset(content_type: &str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
@@ -32,4 +33,9 @@ pub async fn script() -> HttpResponse {
 
 pub async fn style() -> HttpResponse {
     asset("text/css; charset=utf-8", CONSOLE_CSS)
+}
+
+/// Its own icon, so the browser's request for one is not a 404 in the console.
+pub async fn icon() -> HttpResponse {
+    asset("image/svg+xml", FAVICON_SVG)
 }

@@ -93,6 +93,7 @@ pub const ROUTES: &[(&str, &str, Exposure)] = &[
     ("GET", "/admin/ui", Public),
     ("GET", "/admin/ui/console.js", Public),
     ("GET", "/admin/ui/console.css", Public),
+    ("GET", "/admin/ui/favicon.svg", Public),
 ];
 
 /// The exposure of `method` on the registered `path`; inference routes not in the table

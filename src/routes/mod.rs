@@ -173,6 +173,7 @@ fn operations(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/admin/ui").route(web::get().to(console::page)));
     cfg.service(resource("/admin/ui/console.js").route(web::get().to(console::script)));
     cfg.service(resource("/admin/ui/console.css").route(web::get().to(console::style)));
+    cfg.service(resource("/admin/ui/favicon.svg").route(web::get().to(console::icon)));
     cfg.service(resource("/metrics").route(web::get().to(ops::metrics)));
     cfg.service(resource("/openapi.json").route(web::get().to(crate::openapi::openapi_json)));
     cfg.service(resource("/docs").route(web::get().to(crate::openapi::docs)));
