@@ -306,6 +306,13 @@ def test_a_quota_override_is_set_shown_and_removed(browser, gw, user_key, shots)
     assert api["override"]["tokens_per_day"] == 123456, api
     assert api["limits"]["tokens_per_day"] == 123456, api
     shot(browser, shots, "quotas")
+    # Reset: the user's counted usage (one request, from the overview test) is forgotten.
+    assert admin(gw, "GET", "/admin/quota/user:console-user").json()["usage"]["day"]["requests"] >= 1
+    css(browser, 'button[data-reset="user:console-user"]')[0].click()
+    wait_for("the usage reset", lambda: admin(
+        gw, "GET", "/admin/quota/user:console-user").json()["usage"]["day"]["requests"] == 0)
+    meter = '#quotas-table tr[data-subject="user:console-user"] [data-meter="requests / day"] .muted'
+    wait_for("the reset shown", lambda: css(browser, meter)[0].text.startswith("0 "))
     by_id(browser, "quota-remove").click()
     wait_for("the override removed", lambda: "defaults" in css(
         browser, '#quotas-table tr[data-subject="user:console-user"]')[0].text)
