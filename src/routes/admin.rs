@@ -12,7 +12,6 @@ use serde_json::{json, Map, Value};
 use crate::auth::admin::Admin;
 use crate::error::ApiError;
 use crate::routes::catalog::model_status;
-use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
 use crate::store::{now_ms, BucketUsage, ModelUsage, UsageBucket, UsageFilter};
 
@@ -307,17 +306,11 @@ fn time_param(param: &'static str, value: Option<&str>) -> Result<Option<i64>, A
 
 /// Applies new configuration and fixtures; 400 (naming the key or file) when they are
 /// invalid, and the gateway keeps running on the old ones.
-pub async fn reload(
-    _: Admin,
-    req: actix_web::HttpRequest,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn reload(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match state.reloader.reload().await {
-        Ok(report) => HttpResponse::Ok().json(json!({"status": "reloaded", "report": report})),
-        Err(e @ crate::reload::ReloadError::Gateway) => {
-            error_response(&ApiError::internal("reload", e), &request_id(&req))
-        }
-        Err(e) => error_response(&ApiError::invalid(e.to_string()), &request_id(&req)),
+        Ok(report) => Ok(HttpResponse::Ok().json(json!({"status": "reloaded", "report": report}))),
+        Err(e @ crate::reload::ReloadError::Gateway) => Err(ApiError::internal("reload", e)),
+        Err(e) => Err(ApiError::invalid(e.to_string())),
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::admin::Admin;
 use crate::auth::caller::Caller;
 use crate::error::ApiError;
-use crate::routes::inference::{error_response, request_id};
+use crate::routes::inference::request_id;
 use crate::routing::cluster::Republish;
 use crate::routing::cluster::{ClusterState, ProbeState};
 use crate::routing::target::SchedStatus;
@@ -86,15 +86,16 @@ fn job_entry(job: &Job, models: &str, framework: &str, cluster: &str) -> Value {
 /// (`running` holds running and starting jobs, with `Model Status` telling which);
 /// `stopped` lists targets with no job. Under maintenance, only `stopped`, with every
 /// model. Jobs serving no known target are not shown.
-pub async fn jobs(_: Caller, req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn jobs(
+    _: Caller,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let name = req.match_info().get("cluster").unwrap_or_default();
     let directory = state.directory.load();
-    let Some(cluster) = directory.cluster(name) else {
-        return error_response(
-            &ApiError::NotFound(format!("No cluster `{name}`.")),
-            &request_id(&req),
-        );
-    };
+    let cluster = directory
+        .cluster(name)
+        .ok_or_else(|| ApiError::NotFound(format!("No cluster `{name}`.")))?;
     let stub = |t: &crate::routing::target::Target| json!({"Models": t.spec.model, "Framework": t.spec.framework, "Cluster": cluster.name});
     let mut running = Vec::new();
     let mut queued = Vec::new();
@@ -142,7 +143,7 @@ pub async fn jobs(_: Caller, req: HttpRequest, state: web::Data<AppState>) -> Ht
     }
     let mut cluster_status = status_doc(cluster);
     cluster_status["cluster"] = json!(cluster.name);
-    HttpResponse::Ok().json(json!({
+    Ok(HttpResponse::Ok().json(json!({
         "running": running,
         "queued": queued,
         "stopped": stopped,
@@ -150,7 +151,7 @@ pub async fn jobs(_: Caller, req: HttpRequest, state: web::Data<AppState>) -> Ht
         "private_batch_running": [],
         "private_batch_queued": [],
         "cluster_status": cluster_status,
-    }))
+    })))
 }
 
 #[derive(Deserialize)]
@@ -170,39 +171,30 @@ pub async fn set_maintenance(
     req: HttpRequest,
     body: web::Bytes,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let rid = request_id(&req);
+) -> Result<HttpResponse, ApiError> {
     let name = req.match_info().get("name").unwrap_or_default();
     let directory = state.directory.load();
-    let Some(cluster) = directory.cluster(name) else {
-        return error_response(&ApiError::NotFound(format!("No cluster `{name}`.")), &rid);
-    };
-    let body: MaintenanceBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return error_response(
-                &ApiError::invalid(format!(
-                    "Expected {{\"enabled\": bool, \"notice\": string}}: {e}"
-                )),
-                &rid,
-            )
-        }
-    };
+    let cluster = directory
+        .cluster(name)
+        .ok_or_else(|| ApiError::NotFound(format!("No cluster `{name}`.")))?;
+    let body: MaintenanceBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!(
+            "Expected {{\"enabled\": bool, \"notice\": string}}: {e}"
+        ))
+    })?;
     let notice = body.notice.unwrap_or_default();
     if notice.len() > NOTICE_LIMIT {
-        return error_response(
-            &ApiError::invalid_param(
-                "notice",
-                format!("The notice is longer than {NOTICE_LIMIT} bytes."),
-            ),
-            &rid,
-        );
+        return Err(ApiError::invalid_param(
+            "notice",
+            format!("The notice is longer than {NOTICE_LIMIT} bytes."),
+        ));
     }
     cluster.set_maintenance(body.enabled.then_some(notice));
     if let Some(probe) = cluster.probe() {
         probe.republish.do_send(Republish);
     }
     slog::info!(state.log, "cluster maintenance changed";
-        "cluster" => &cluster.name, "maintenance" => body.enabled, "request_id" => &rid);
-    HttpResponse::Ok().json(json!({"cluster": cluster.name, "status": status_doc(cluster)}))
+        "cluster" => &cluster.name, "maintenance" => body.enabled,
+        "request_id" => request_id(&req));
+    Ok(HttpResponse::Ok().json(json!({"cluster": cluster.name, "status": status_doc(cluster)})))
 }
