@@ -134,7 +134,34 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
             inference_op(route, true),
         );
     }
-    let json_get = |tag: &str, summary: &str, errors: &[(&str, &str)]| json!({"get": get_op(tag, summary, "application/json", errors)});
+    catalog_and_operations_paths(&mut paths);
+    admin_paths(&mut paths);
+    hpc_paths(&mut paths);
+    batch_paths(&mut paths);
+    secure_every_operation(&mut paths);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "inference-gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "An OpenAI-compatible gateway in front of many inference servers. Every path is also served under /resource_server (FIRST's prefix). Every error is an OpenAI error envelope."
+        },
+        "paths": paths,
+        "security": [{"bearer": []}],
+        "components": components(),
+    })
+}
+
+fn json_op(tag: &str, summary: &str, errors: &[(&str, &str)]) -> Value {
+    get_op(tag, summary, "application/json", errors)
+}
+
+fn json_get(tag: &str, summary: &str, errors: &[(&str, &str)]) -> Value {
+    json!({"get": json_op(tag, summary, errors)})
+}
+
+/// The catalog, health, auth and operations routes, and the two pages.
+fn catalog_and_operations_paths(paths: &mut Map<String, Value>) {
     paths.insert(
         "/v1/models".into(),
         json_get(
@@ -206,9 +233,10 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         "/docs/docs.css".into(),
         json!({"get": get_op("operations", "The style sheet of the docs page.", "text/css", &[])}),
     );
-    let json_op = |tag: &str, summary: &str, errors: &[(&str, &str)]| {
-        get_op(tag, summary, "application/json", errors)
-    };
+}
+
+/// The admin API (keys, usage, batches, quotas; the pages' own routes are with the pages).
+fn admin_paths(paths: &mut Map<String, Value>) {
     paths.insert(
         "/whoami".into(),
         json_get(
@@ -292,6 +320,10 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
         "/admin/quota/{subject}/reset".into(),
         json!({"post": json_op("admin", "Forget the subject's usage in every window.", &quota_errors)}),
     );
+}
+
+/// Clusters, jobs, maintenance and the Globus Compute streaming callbacks.
+fn hpc_paths(paths: &mut Map<String, Value>) {
     paths.insert(
         "/status".into(),
         json_get(
@@ -332,7 +364,11 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
             )}),
         );
     }
-    batch_paths(&mut paths);
+}
+
+/// Path parameters, `security` and refusals from the exposure table, and the 405 of every
+/// operation.
+fn secure_every_operation(paths: &mut Map<String, Value>) {
     for (path, item) in paths.iter_mut() {
         let Some(ops) = item.as_object_mut() else {
             continue;
@@ -348,48 +384,41 @@ pub fn document(routes: &[std::sync::Arc<InferenceRoute>]) -> Value {
             }
         }
     }
+}
+
+fn components() -> Value {
     json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "inference-gateway",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "An OpenAI-compatible gateway in front of many inference servers. Every path is also served under /resource_server (FIRST's prefix). Every error is an OpenAI error envelope."
-        },
-        "paths": paths,
-        "security": [{"bearer": []}],
-        "components": {
-        "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "A gateway API key (`igw_...`), a Globus Auth token or an OIDC/JWT token; for admin routes the bootstrap admin key or an admin-role API key."},
-            "internalSecret": {"type": "apiKey", "in": "header", "name": "X-Internal-Secret"},
-            "taskToken": {"type": "apiKey", "in": "header", "name": "X-Stream-Task-Token"}
-        },
-        "schemas": {
-        "SseEvent": {
-            "description": "One server-sent event of a streamed answer: `data: <JSON chunk of the target's answer>` separated by a blank line, the last `data: [DONE]`; a stream the target breaks ends with `data: {\"error\": ...}`.",
-            "type": "object", "required": ["data"],
+    "securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "A gateway API key (`igw_...`), a Globus Auth token or an OIDC/JWT token; for admin routes the bootstrap admin key or an admin-role API key."},
+        "internalSecret": {"type": "apiKey", "in": "header", "name": "X-Internal-Secret"},
+        "taskToken": {"type": "apiKey", "in": "header", "name": "X-Stream-Task-Token"}
+    },
+    "schemas": {
+    "SseEvent": {
+        "description": "One server-sent event of a streamed answer: `data: <JSON chunk of the target's answer>` separated by a blank line, the last `data: [DONE]`; a stream the target breaks ends with `data: {\"error\": ...}`.",
+        "type": "object", "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "data": {"oneOf": [
+                {"const": "[DONE]"},
+                {"type": "string", "contentMediaType": "application/json"}
+            ]}
+        }
+    },
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["message", "type", "param", "code"],
             "properties": {
-                "event": {"type": "string"},
-                "id": {"type": "string"},
-                "data": {"oneOf": [
-                    {"const": "[DONE]"},
-                    {"type": "string", "contentMediaType": "application/json"}
-                ]}
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]}
             }
-        },
-        "Error": {
-            "type": "object", "required": ["error"],
-            "properties": {"error": {
-                "type": "object", "required": ["message", "type", "param", "code"],
-                "properties": {
-                    "message": {"type": "string"},
-                    "type": {"type": "string"},
-                    "param": {"type": ["string", "null"]},
-                    "code": {"type": ["string", "null"]}
-                }
-            }}
-        }}}
-    })
+        }}
+    }}})
 }
 
 /// A `text/event-stream` body: a string of events, each described by `SseEvent`
