@@ -76,12 +76,7 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     pub rate_limit_rejections: IntCounterVec,
     pub quota_rejections: IntCounterVec,
-    pub target_up: IntGaugeVec,
-    pub breaker_state: IntGaugeVec,
-    pub target_in_flight: IntGaugeVec,
-    pub actor_restarts: IntGaugeVec,
-    /// Jobs the cluster's last scheduler probe could not read (and skipped).
-    pub scheduler_unreadable_jobs: IntGaugeVec,
+    targets: TargetGauges,
     pub health_check_duration: HistogramVec,
     pub retries: IntCounterVec,
     pub failovers: IntCounterVec,
@@ -91,10 +86,7 @@ pub struct Metrics {
     /// Refused credentials on the admin API, by reason (`auth::audit::AdminRefusal`).
     pub admin_auth_failures: IntCounterVec,
     pub introspection_cache: IntCounterVec,
-    pub log_queue_depth: IntGauge,
-    pub log_spills: IntCounter,
-    /// Request-log rows the database refused on their own (kept in the quarantine file).
-    pub log_quarantined: IntCounter,
+    log: LogGauges,
     /// Redis mode: 1 while Redis answers the quota component, 0 while it falls back.
     pub quota_redis_up: IntGauge,
     /// Redis mode: admissions decided on local limits because Redis was unreachable.
@@ -130,6 +122,25 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], b: &[f64]) -
     h
 }
 
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| bad(name, e));
+    register(r, name, Box::new(g.clone()));
+    g
+}
+
+fn int_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| bad(name, e));
+    register(r, name, Box::new(c.clone()));
+    c
+}
+
+fn plain_histogram(r: &Registry, name: &str, help: &str, b: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec()))
+        .unwrap_or_else(|e| bad(name, e));
+    register(r, name, Box::new(h.clone()));
+    h
+}
+
 fn register(r: &Registry, name: &str, c: Box<dyn prometheus::core::Collector>) {
     if let Err(e) = r.register(c) {
         bad(name, e)
@@ -143,6 +154,138 @@ fn bad(name: &str, e: prometheus::Error) -> ! {
     panic!("metric {name} is defined wrongly: {e}")
 }
 
+/// The gauges rebuilt from the published directory at each scrape: one series per target
+/// (and per cluster with a scheduler); targets removed by a reload disappear.
+struct TargetGauges {
+    up: IntGaugeVec,
+    breaker_state: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    actor_restarts: IntGaugeVec,
+    /// Jobs the cluster's last scheduler probe could not read (and skipped).
+    scheduler_unreadable_jobs: IntGaugeVec,
+}
+
+impl TargetGauges {
+    fn new(r: &Registry) -> TargetGauges {
+        let up = gauge(
+            r,
+            "gateway_target_up",
+            "1 when the target is routable with a good health check, else 0.",
+            &["target"],
+        );
+        let breaker_state = gauge(
+            r,
+            "gateway_breaker_state",
+            "Circuit breaker of a target: 0 closed, 1 open, 2 half-open.",
+            &["target"],
+        );
+        let in_flight = gauge(
+            r,
+            "gateway_target_in_flight",
+            "Requests in flight on a target.",
+            &["target"],
+        );
+        let actor_restarts = gauge(
+            r,
+            "gateway_target_actor_restarts",
+            "Times a target's BackendActor was rebuilt after a crash (since its target was created).",
+            &["target"],
+        );
+        let scheduler_unreadable_jobs = gauge(
+            r,
+            "gateway_scheduler_unreadable_jobs",
+            "Jobs in the cluster's last scheduler output that could not be read and were skipped (the others still count).",
+            &["cluster"],
+        );
+        TargetGauges {
+            up,
+            breaker_state,
+            in_flight,
+            actor_restarts,
+            scheduler_unreadable_jobs,
+        }
+    }
+
+    fn refresh(&self, directory: &Directory) {
+        self.up.reset();
+        self.breaker_state.reset();
+        self.in_flight.reset();
+        self.actor_restarts.reset();
+        self.scheduler_unreadable_jobs.reset();
+        for (name, c) in &directory.clusters {
+            if c.settings.scheduler != crate::config::SchedulerKind::None {
+                self.scheduler_unreadable_jobs
+                    .with_label_values(&[name.as_str()])
+                    .set(c.snapshot().observation.skipped as i64);
+            }
+        }
+        for t in &directory.targets {
+            let slug = [t.slug()];
+            self.up
+                .with_label_values(&slug)
+                .set(i64::from(t.tier() == Some(0)));
+            self.breaker_state
+                .with_label_values(&slug)
+                .set(match t.breaker() {
+                    BreakerView::Closed => 0,
+                    BreakerView::Open => 1,
+                    BreakerView::HalfOpen => 2,
+                });
+            self.in_flight
+                .with_label_values(&slug)
+                .set(i64::from(t.in_flight()));
+            self.actor_restarts
+                .with_label_values(&slug)
+                .set(i64::from(t.restarts()));
+        }
+    }
+}
+
+/// The request log writer's state, copied from its `LogStats` at each scrape.
+struct LogGauges {
+    queue_depth: IntGauge,
+    spills: IntCounter,
+    /// Request-log rows the database refused on their own (kept in the quarantine file).
+    quarantined: IntCounter,
+}
+
+impl LogGauges {
+    fn new(r: &Registry) -> LogGauges {
+        LogGauges {
+            queue_depth: int_gauge(
+                r,
+                "gateway_log_queue_depth",
+                "Request-log rows waiting for the database writer (fed by the storage component).",
+            ),
+            spills: int_counter(
+                r,
+                "gateway_log_spills_total",
+                "Request-log rows spilled to disk because the queue was full (fed by the storage component).",
+            ),
+            quarantined: int_counter(
+                r,
+                "gateway_log_quarantined_total",
+                "Request-log rows the database refused on their own, moved to quarantine.jsonl beside the spill file.",
+            ),
+        }
+    }
+
+    fn refresh(&self, stats: &crate::store::log_sink::LogStats) {
+        use std::sync::atomic::Ordering;
+        self.queue_depth
+            .set(i64::try_from(stats.queued.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let spilled = stats.spilled.load(Ordering::Relaxed);
+        if spilled > self.spills.get() {
+            self.spills.inc_by(spilled - self.spills.get());
+        }
+        let quarantined = stats.quarantined.load(Ordering::Relaxed);
+        if quarantined > self.quarantined.get() {
+            self.quarantined
+                .inc_by(quarantined - self.quarantined.get());
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -152,288 +295,176 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let requests = counter(
-            &r,
-            "gateway_requests_total",
-            "Inference requests by route, model, target (\"\" when none was reached) and status.",
-            &["route", "model", "target", "status"],
-        );
-        let request_duration = histogram(
-            &r,
-            "gateway_request_duration_seconds",
-            "Inference request duration, from the request head to the last byte sent.",
-            &["route", "model"],
-            &LATENCY_BUCKETS,
-        );
-        let ttft = histogram(
-            &r,
-            "gateway_time_to_first_token_seconds",
-            "Time from the request head to the first response byte from the target.",
-            &["route", "model"],
-            &LATENCY_BUCKETS,
-        );
-        let prompt_tokens = counter(
-            &r,
-            "gateway_prompt_tokens_total",
-            "Prompt tokens reported by targets (usage objects).",
-            &["model"],
-        );
-        let completion_tokens = counter(
-            &r,
-            "gateway_completion_tokens_total",
-            "Completion tokens reported by targets (usage objects).",
-            &["model"],
-        );
-        let in_flight = IntGauge::new(
-            "gateway_requests_in_flight",
-            "Inference requests being handled now (streams included).",
-        )
-        .unwrap_or_else(|e| bad("gateway_requests_in_flight", e));
-        register(
-            &r,
-            "gateway_requests_in_flight",
-            Box::new(in_flight.clone()),
-        );
-        let queue_wait = Histogram::with_opts(
-            HistogramOpts::new(
+        let metrics = Metrics {
+            requests: counter(
+                &r,
+                "gateway_requests_total",
+                "Inference requests by route, model, target (\"\" when none was reached) and status.",
+                &["route", "model", "target", "status"],
+            ),
+            request_duration: histogram(
+                &r,
+                "gateway_request_duration_seconds",
+                "Inference request duration, from the request head to the last byte sent.",
+                &["route", "model"],
+                &LATENCY_BUCKETS,
+            ),
+            ttft: histogram(
+                &r,
+                "gateway_time_to_first_token_seconds",
+                "Time from the request head to the first response byte from the target.",
+                &["route", "model"],
+                &LATENCY_BUCKETS,
+            ),
+            prompt_tokens: counter(
+                &r,
+                "gateway_prompt_tokens_total",
+                "Prompt tokens reported by targets (usage objects).",
+                &["model"],
+            ),
+            completion_tokens: counter(
+                &r,
+                "gateway_completion_tokens_total",
+                "Completion tokens reported by targets (usage objects).",
+                &["model"],
+            ),
+            in_flight: int_gauge(
+                &r,
+                "gateway_requests_in_flight",
+                "Inference requests being handled now (streams included).",
+            ),
+            queue_wait: plain_histogram(
+                &r,
                 "gateway_queue_wait_seconds",
                 "Time a request waited for admission (fed by the quota component).",
-            )
-            .buckets(SHORT_BUCKETS.to_vec()),
-        )
-        .unwrap_or_else(|e| bad("gateway_queue_wait_seconds", e));
-        register(
-            &r,
-            "gateway_queue_wait_seconds",
-            Box::new(queue_wait.clone()),
-        );
-        let rate_limit_rejections = counter(
-            &r,
-            "gateway_rate_limit_rejections_total",
-            "Requests refused by rate limiting, by reason (fed by the quota component).",
-            &["reason"],
-        );
-        let quota_rejections = counter(
-            &r,
-            "gateway_quota_rejections_total",
-            "Requests refused by quotas, by reason (fed by the quota component).",
-            &["reason"],
-        );
-        let target_up = gauge(
-            &r,
-            "gateway_target_up",
-            "1 when the target is routable with a good health check, else 0.",
-            &["target"],
-        );
-        let breaker_state = gauge(
-            &r,
-            "gateway_breaker_state",
-            "Circuit breaker of a target: 0 closed, 1 open, 2 half-open.",
-            &["target"],
-        );
-        let target_in_flight = gauge(
-            &r,
-            "gateway_target_in_flight",
-            "Requests in flight on a target.",
-            &["target"],
-        );
-        let actor_restarts = gauge(
-            &r,
-            "gateway_target_actor_restarts",
-            "Times a target's BackendActor was rebuilt after a crash (since its target was created).",
-            &["target"],
-        );
-        let scheduler_unreadable_jobs = gauge(
-            &r,
-            "gateway_scheduler_unreadable_jobs",
-            "Jobs in the cluster's last scheduler output that could not be read and were skipped (the others still count).",
-            &["cluster"],
-        );
-        let health_check_duration = histogram(
-            &r,
-            "gateway_health_check_duration_seconds",
-            "Duration of active health checks, by target and result (ok, failed).",
-            &["target", "result"],
-            &SHORT_BUCKETS,
-        );
-        let retries = counter(
-            &r,
-            "gateway_retries_total",
-            "Requests resent to the same target on a fresh connection (stale pooled connection).",
-            &["target"],
-        );
-        let failovers = counter(
-            &r,
-            "gateway_failovers_total",
-            "Attempts moved to another target after a failure, by model.",
-            &["model"],
-        );
-        let upstream_errors = counter(
-            &r,
-            "gateway_upstream_errors_total",
-            "Failed upstream attempts and broken responses, by target and kind.",
-            &["target", "kind"],
-        );
-        let stream_disconnects = counter(
-            &r,
-            "gateway_stream_disconnects_total",
-            "Responses the client went away from before the end, by route.",
-            &["route"],
-        );
-        let auth_failures = counter(
-            &r,
-            "gateway_auth_failures_total",
-            "Refused credentials, by reason (fed by the auth component).",
-            &["reason"],
-        );
-        let admin_auth_failures = counter(
-            &r,
-            "gateway_admin_auth_failures_total",
-            "Refused credentials on the admin API, by reason: missing_token, invalid_admin_key, no_admin_key, invalid_token, not_admin.",
-            &["reason"],
-        );
-        let introspection_cache = counter(
-            &r,
-            "gateway_introspection_cache_total",
-            "Token introspection cache lookups, by result: hit, miss (fed by the auth component).",
-            &["result"],
-        );
-        let log_queue_depth = IntGauge::new(
-            "gateway_log_queue_depth",
-            "Request-log rows waiting for the database writer (fed by the storage component).",
-        )
-        .unwrap_or_else(|e| bad("gateway_log_queue_depth", e));
-        register(
-            &r,
-            "gateway_log_queue_depth",
-            Box::new(log_queue_depth.clone()),
-        );
-        let log_spills = IntCounter::new(
-            "gateway_log_spills_total",
-            "Request-log rows spilled to disk because the queue was full (fed by the storage component).",
-        )
-        .unwrap_or_else(|e| bad("gateway_log_spills_total", e));
-        register(&r, "gateway_log_spills_total", Box::new(log_spills.clone()));
-        let log_quarantined = IntCounter::new(
-            "gateway_log_quarantined_total",
-            "Request-log rows the database refused on their own, moved to quarantine.jsonl beside the spill file.",
-        )
-        .unwrap_or_else(|e| bad("gateway_log_quarantined_total", e));
-        register(
-            &r,
-            "gateway_log_quarantined_total",
-            Box::new(log_quarantined.clone()),
-        );
-        let quota_redis_up = IntGauge::new(
-            "gateway_quota_redis_up",
-            "Redis mode: 1 while Redis answers the quota component, 0 while quotas fall back to local limits (0 without redis.url).",
-        )
-        .unwrap_or_else(|e| bad("gateway_quota_redis_up", e));
-        register(
-            &r,
-            "gateway_quota_redis_up",
-            Box::new(quota_redis_up.clone()),
-        );
-        let quota_redis_fallback = IntCounter::new(
-            "gateway_quota_redis_fallback_total",
-            "Redis mode: requests admitted on local limits because Redis was unreachable.",
-        )
-        .unwrap_or_else(|e| bad("gateway_quota_redis_fallback_total", e));
-        register(
-            &r,
-            "gateway_quota_redis_fallback_total",
-            Box::new(quota_redis_fallback.clone()),
-        );
-        let cache = counter(
-            &r,
-            "gateway_cache_requests_total",
-            "Response cache lookups by result: hit, miss, bypass (not cacheable).",
-            &["result"],
-        );
-        let cache_entries =
-            IntGauge::new("gateway_cache_entries", "Entries in the response cache.")
-                .unwrap_or_else(|e| bad("gateway_cache_entries", e));
-        register(&r, "gateway_cache_entries", Box::new(cache_entries.clone()));
-        let reloads = counter(
-            &r,
-            "gateway_reloads_total",
-            "Configuration and fixture reloads, by result: ok, failed.",
-            &["result"],
-        );
-        let build_info = gauge(
-            &r,
-            "gateway_build_info",
-            "Always 1; the version label is the running build.",
-            &["version"],
-        );
-        build_info
+                &SHORT_BUCKETS,
+            ),
+            rate_limit_rejections: counter(
+                &r,
+                "gateway_rate_limit_rejections_total",
+                "Requests refused by rate limiting, by reason (fed by the quota component).",
+                &["reason"],
+            ),
+            quota_rejections: counter(
+                &r,
+                "gateway_quota_rejections_total",
+                "Requests refused by quotas, by reason (fed by the quota component).",
+                &["reason"],
+            ),
+            targets: TargetGauges::new(&r),
+            health_check_duration: histogram(
+                &r,
+                "gateway_health_check_duration_seconds",
+                "Duration of active health checks, by target and result (ok, failed).",
+                &["target", "result"],
+                &SHORT_BUCKETS,
+            ),
+            retries: counter(
+                &r,
+                "gateway_retries_total",
+                "Requests resent to the same target on a fresh connection (stale pooled connection).",
+                &["target"],
+            ),
+            failovers: counter(
+                &r,
+                "gateway_failovers_total",
+                "Attempts moved to another target after a failure, by model.",
+                &["model"],
+            ),
+            upstream_errors: counter(
+                &r,
+                "gateway_upstream_errors_total",
+                "Failed upstream attempts and broken responses, by target and kind.",
+                &["target", "kind"],
+            ),
+            stream_disconnects: counter(
+                &r,
+                "gateway_stream_disconnects_total",
+                "Responses the client went away from before the end, by route.",
+                &["route"],
+            ),
+            auth_failures: counter(
+                &r,
+                "gateway_auth_failures_total",
+                "Refused credentials, by reason (fed by the auth component).",
+                &["reason"],
+            ),
+            admin_auth_failures: counter(
+                &r,
+                "gateway_admin_auth_failures_total",
+                "Refused credentials on the admin API, by reason: missing_token, invalid_admin_key, no_admin_key, invalid_token, not_admin.",
+                &["reason"],
+            ),
+            introspection_cache: counter(
+                &r,
+                "gateway_introspection_cache_total",
+                "Token introspection cache lookups, by result: hit, miss (fed by the auth component).",
+                &["result"],
+            ),
+            log: LogGauges::new(&r),
+            quota_redis_up: int_gauge(&r, "gateway_quota_redis_up", "Redis mode: 1 while Redis answers the quota component, 0 while quotas fall back to local limits (0 without redis.url)."),
+            quota_redis_fallback: int_counter(
+                &r,
+                "gateway_quota_redis_fallback_total",
+                "Redis mode: requests admitted on local limits because Redis was unreachable.",
+            ),
+            cache: counter(
+                &r,
+                "gateway_cache_requests_total",
+                "Response cache lookups by result: hit, miss, bypass (not cacheable).",
+                &["result"],
+            ),
+            cache_entries: int_gauge(
+                &r,
+                "gateway_cache_entries",
+                "Entries in the response cache.",
+            ),
+            reloads: counter(
+                &r,
+                "gateway_reloads_total",
+                "Configuration and fixture reloads, by result: ok, failed.",
+                &["result"],
+            ),
+            build_info: gauge(
+                &r,
+                "gateway_build_info",
+                "Always 1; the version label is the running build.",
+                &["version"],
+            ),
+            batch_lines: counter(
+                &r,
+                "gateway_batch_lines_total",
+                "Batch lines finished by this process, by result: completed (2xx answer), failed.",
+                &["result"],
+            ),
+            batches_active: int_gauge(
+                &r,
+                "gateway_batches_active",
+                "Batches this process is running now.",
+            ),
+            pool: crate::proxy::upstream_pool::PoolMetrics::register(&r)
+                .unwrap_or_else(|e| bad("gateway_upstream_pool_*", e)),
+            registry: r,
+        };
+        metrics.prime();
+        metrics
+    }
+
+    /// Series with a fixed set of label values exist from the start (build info at 1, the
+    /// others at zero), so dashboards and alerts see them (and rate() works) before the
+    /// first event.
+    fn prime(&self) {
+        self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let batch_lines = counter(
-            &r,
-            "gateway_batch_lines_total",
-            "Batch lines finished by this process, by result: completed (2xx answer), failed.",
-            &["result"],
-        );
-        let batches_active = IntGauge::new(
-            "gateway_batches_active",
-            "Batches this process is running now.",
-        )
-        .unwrap_or_else(|e| bad("gateway_batches_active", e));
-        register(
-            &r,
-            "gateway_batches_active",
-            Box::new(batches_active.clone()),
-        );
         for result in ["completed", "failed"] {
-            batch_lines.with_label_values(&[result]);
+            self.batch_lines.with_label_values(&[result]);
         }
-        // Series whose label values are a fixed set start at zero, so dashboards and
-        // alerts see them (and rate() works) before the first event.
         for result in ["ok", "failed"] {
-            reloads.with_label_values(&[result]);
+            self.reloads.with_label_values(&[result]);
         }
         for result in ["hit", "miss"] {
-            introspection_cache.with_label_values(&[result]);
-        }
-        let pool = crate::proxy::upstream_pool::PoolMetrics::register(&r)
-            .unwrap_or_else(|e| bad("gateway_upstream_pool_*", e));
-        Metrics {
-            pool,
-            registry: r,
-            requests,
-            request_duration,
-            ttft,
-            prompt_tokens,
-            completion_tokens,
-            in_flight,
-            queue_wait,
-            rate_limit_rejections,
-            quota_rejections,
-            target_up,
-            breaker_state,
-            target_in_flight,
-            actor_restarts,
-            scheduler_unreadable_jobs,
-            health_check_duration,
-            retries,
-            failovers,
-            upstream_errors,
-            stream_disconnects,
-            auth_failures,
-            admin_auth_failures,
-            introspection_cache,
-            log_queue_depth,
-            log_spills,
-            log_quarantined,
-            quota_redis_up,
-            quota_redis_fallback,
-            cache,
-            cache_entries,
-            reloads,
-            build_info,
-            batch_lines,
-            batches_active,
+            self.introspection_cache.with_label_values(&[result]);
         }
     }
 
@@ -499,54 +530,12 @@ impl Metrics {
     /// Refreshes the per-target gauges from the published directory (on scrape). Targets
     /// removed by a reload disappear from the output.
     pub fn refresh_targets(&self, directory: &Directory) {
-        self.target_up.reset();
-        self.breaker_state.reset();
-        self.target_in_flight.reset();
-        self.actor_restarts.reset();
-        self.scheduler_unreadable_jobs.reset();
-        for (name, c) in &directory.clusters {
-            if c.settings.scheduler != crate::config::SchedulerKind::None {
-                self.scheduler_unreadable_jobs
-                    .with_label_values(&[name.as_str()])
-                    .set(c.snapshot().observation.skipped as i64);
-            }
-        }
-        for t in &directory.targets {
-            let slug = [t.slug()];
-            self.target_up
-                .with_label_values(&slug)
-                .set(i64::from(t.tier() == Some(0)));
-            self.breaker_state
-                .with_label_values(&slug)
-                .set(match t.breaker() {
-                    BreakerView::Closed => 0,
-                    BreakerView::Open => 1,
-                    BreakerView::HalfOpen => 2,
-                });
-            self.target_in_flight
-                .with_label_values(&slug)
-                .set(i64::from(t.in_flight()));
-            self.actor_restarts
-                .with_label_values(&slug)
-                .set(i64::from(t.restarts()));
-        }
+        self.targets.refresh(directory);
     }
 
     /// The request log writer's queue depth and spills, read at scrape time.
     pub fn refresh_log(&self, stats: &crate::store::log_sink::LogStats) {
-        use std::sync::atomic::Ordering;
-        self.log_queue_depth
-            .set(i64::try_from(stats.queued.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-        let spilled = stats.spilled.load(Ordering::Relaxed);
-        let counted = self.log_spills.get();
-        if spilled > counted {
-            self.log_spills.inc_by(spilled - counted);
-        }
-        let quarantined = stats.quarantined.load(Ordering::Relaxed);
-        let counted = self.log_quarantined.get();
-        if quarantined > counted {
-            self.log_quarantined.inc_by(quarantined - counted);
-        }
+        self.log.refresh(stats);
     }
 
     /// Counts a refused credential by a bounded reason.
