@@ -120,6 +120,175 @@ pub fn bind_listener(settings: &Settings) -> io::Result<TcpListener> {
     })
 }
 
+fn invalid_input(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
+
+/// API keys, Globus and OIDC as configured; and the flag that says whether some target has
+/// `allowed_globus_groups` (then Globus groups are fetched even without a global group
+/// rule), which the reloader keeps true to the catalog.
+fn authenticator(
+    settings: &Settings,
+    catalog: &Catalog,
+    store: Arc<dyn store::Store>,
+    metrics: &Metrics,
+    log: &slog::Logger,
+) -> io::Result<(Authenticator, Arc<std::sync::atomic::AtomicBool>)> {
+    let target_groups = Arc::new(std::sync::atomic::AtomicBool::new(
+        catalog_has_target_groups(catalog),
+    ));
+    let globus = if settings.auth.globus.enabled {
+        let client = GlobusClient::from_config(&settings.auth.globus).map_err(invalid_input)?;
+        let rules = Rules {
+            target_groups: Arc::clone(&target_groups),
+            ..Rules::from_config(&settings.auth.globus)
+        };
+        Some(GlobusAuth::start(
+            client,
+            rules,
+            log.clone(),
+            metrics.introspection_cache.clone(),
+        ))
+    } else {
+        None
+    };
+    let auth = Authenticator {
+        mode: settings.auth.mode,
+        anonymous: Arc::new(Identity::anonymous()),
+        globus,
+        keys: ApiKeys::new(store, log.clone()),
+        oidc: settings
+            .auth
+            .oidc
+            .enabled
+            .then(|| OidcAuth::start(settings.auth.oidc.clone(), log.clone())),
+    };
+    Ok((auth, target_groups))
+}
+
+/// The request log: the sink handlers write rows to, the `LogWriter` and its stats (none
+/// when `logging.request_log` is off).
+#[allow(clippy::type_complexity)]
+fn request_log(
+    settings: &Settings,
+    db_url: &DatabaseUrl,
+    store: &Arc<dyn store::Store>,
+    db_timeout: Duration,
+    log: &slog::Logger,
+) -> io::Result<(LogSink, Option<Addr<LogWriter>>, Option<Arc<LogStats>>)> {
+    if !settings.logging.request_log {
+        return Ok((LogSink::disabled(), None, None));
+    }
+    // PostgreSQL: the writer gets its own small pool, on this (the system's) thread, so
+    // its connections outlive the HTTP workers for the flush at shutdown.
+    let writer_store = match db_url {
+        DatabaseUrl::Postgres(_) => store::open(db_url, LOG_WRITER_POOL, db_timeout)
+            .map_err(|e| io::Error::other(e.to_string()))?,
+        DatabaseUrl::Sqlite { .. } => Arc::clone(store),
+    };
+    let writer = LogWriter::new(
+        writer_store,
+        LogWriterConfig::from_settings(settings),
+        log.clone(),
+    );
+    let stats = writer.stats();
+    let tx = writer.sender();
+    let addr = writer.start();
+    Ok((
+        LogSink::new(addr.clone().recipient(), tx, &settings.logging),
+        Some(addr),
+        Some(stats),
+    ))
+}
+
+/// The quota registry and its supervisor; in Redis mode (`redis.url`) the shared counters
+/// and their sync task.
+fn quota_state(
+    settings: &Settings,
+    store: &Arc<dyn store::Store>,
+    metrics: &Metrics,
+    log: &slog::Logger,
+) -> io::Result<(Arc<QuotaRegistry>, Addr<QuotaSupervisor>)> {
+    let quotas = Arc::new(QuotaRegistry::new(
+        &settings.quotas,
+        Arc::clone(store),
+        log.clone(),
+    ));
+    let quota_supervisor = QuotaSupervisor::start(Arc::clone(&quotas), &settings.quotas);
+    if !settings.redis.url.is_empty() {
+        let redis = QuotaRedis::new(
+            &settings.redis.url,
+            &settings.redis.key_prefix,
+            &settings.quotas,
+            metrics.quota_redis_up.clone(),
+            metrics.quota_redis_fallback.clone(),
+            log.clone(),
+        )
+        .map(Arc::new)
+        .map_err(|e| invalid_input(format!("redis.url: {e}")))?;
+        quotas.set_redis(Arc::clone(&redis));
+        crate::quota::shared::spawn_sync(redis, Arc::clone(&quotas));
+    }
+    Ok((quotas, quota_supervisor))
+}
+
+/// What Globus Compute targets share (token and status caches, the stream hub); in Redis
+/// mode also the cross-replica stream callbacks and their subscriber.
+fn globus_compute(
+    settings: &Settings,
+    streams: &Arc<StreamHub>,
+    log: &slog::Logger,
+) -> io::Result<(Arc<GlobusShared>, Option<Arc<RedisStreams>>)> {
+    let mut globus = GlobusShared::new(
+        &settings.globus_compute,
+        &settings.clusters,
+        &settings.streaming,
+        Arc::clone(streams),
+        Duration::from_secs(settings.cold_start.retry_after_secs),
+    );
+    let redis_streams = if settings.redis.url.is_empty() {
+        None
+    } else {
+        let redis = RedisStreams::new(&settings.redis.url, &settings.redis.key_prefix)
+            .map(Arc::new)
+            .map_err(|e| invalid_input(format!("redis.url: {e}")))?;
+        redis.spawn_subscriber(Arc::clone(streams), log.clone());
+        globus = globus.with_redis(Arc::clone(&redis), log.clone());
+        Some(redis)
+    };
+    Ok((Arc::new(globus), redis_streams))
+}
+
+/// What every worker's app holds: the state, the API description, its own upstream client
+/// (and connection pool), and extractor settings whose errors leave in the OpenAI envelope
+/// too (JSON routes take `json_body::JsonBody`; any `web::Json` left answers alike).
+fn app_data(
+    cfg: &mut web::ServiceConfig,
+    state: &web::Data<AppState>,
+    openapi: &web::Data<OpenApi>,
+    upstream: Upstream,
+    max_body: usize,
+) {
+    cfg.app_data(state.clone())
+        .app_data(openapi.clone())
+        .app_data(web::PayloadConfig::new(max_body))
+        .app_data(web::Data::new(upstream))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(crate::json_body::JSON_LIMIT)
+                .error_handler(|e, _| crate::error::json_payload_error(e).into()),
+        )
+        .app_data(
+            web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::invalid(format!("Invalid query string: {e}")).into()
+            }),
+        )
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
+        );
+}
+
 /// Like [`start`]; `source` is where a reload reads settings again.
 pub fn start_with_source(
     settings: Settings,
@@ -137,89 +306,17 @@ pub fn start_with_source(
         None
     };
     let hsts = tls.as_ref().map(|_| settings.server.tls.hsts_max_age_secs);
-    let invalid =
-        |e: crate::config::ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
     let metrics = Arc::new(Metrics::new());
-    // Whether some target has `allowed_globus_groups` (then Globus groups are fetched even
-    // without a global group rule); the reloader keeps it true to the catalog.
-    let target_groups = Arc::new(std::sync::atomic::AtomicBool::new(
-        catalog_has_target_groups(&catalog),
-    ));
-    let globus = if settings.auth.globus.enabled {
-        let client = GlobusClient::from_config(&settings.auth.globus).map_err(invalid)?;
-        let rules = Rules {
-            target_groups: Arc::clone(&target_groups),
-            ..Rules::from_config(&settings.auth.globus)
-        };
-        Some(GlobusAuth::start(
-            client,
-            rules,
-            log.clone(),
-            metrics.introspection_cache.clone(),
-        ))
-    } else {
-        None
-    };
     let db_url = DatabaseUrl::from_settings(&settings)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let db_timeout = Duration::from_secs(settings.database.timeout_secs);
     let store = store::open(&db_url, settings.database.pool_size, db_timeout)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let auth = Authenticator {
-        mode: settings.auth.mode,
-        anonymous: Arc::new(Identity::anonymous()),
-        globus,
-        keys: ApiKeys::new(Arc::clone(&store), log.clone()),
-        oidc: settings
-            .auth
-            .oidc
-            .enabled
-            .then(|| OidcAuth::start(settings.auth.oidc.clone(), log.clone())),
-    };
-    let (log_sink, log_writer, log_stats) = if settings.logging.request_log {
-        // PostgreSQL: the writer gets its own small pool, on this (the system's) thread, so
-        // its connections outlive the HTTP workers for the flush at shutdown.
-        let writer_store = match &db_url {
-            DatabaseUrl::Postgres(_) => store::open(&db_url, LOG_WRITER_POOL, db_timeout)
-                .map_err(|e| io::Error::other(e.to_string()))?,
-            DatabaseUrl::Sqlite { .. } => Arc::clone(&store),
-        };
-        let writer = LogWriter::new(
-            writer_store,
-            LogWriterConfig::from_settings(&settings),
-            log.clone(),
-        );
-        let stats = writer.stats();
-        let tx = writer.sender();
-        let addr = writer.start();
-        (
-            LogSink::new(addr.clone().recipient(), tx, &settings.logging),
-            Some(addr),
-            Some(stats),
-        )
-    } else {
-        (LogSink::disabled(), None, None)
-    };
-    let quotas = Arc::new(QuotaRegistry::new(
-        &settings.quotas,
-        Arc::clone(&store),
-        log.clone(),
-    ));
-    let quota_supervisor = QuotaSupervisor::start(Arc::clone(&quotas), &settings.quotas);
-    if !settings.redis.url.is_empty() {
-        let redis = QuotaRedis::new(
-            &settings.redis.url,
-            &settings.redis.key_prefix,
-            &settings.quotas,
-            metrics.quota_redis_up.clone(),
-            metrics.quota_redis_fallback.clone(),
-            log.clone(),
-        )
-        .map(Arc::new)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("redis.url: {e}")))?;
-        quotas.set_redis(Arc::clone(&redis));
-        crate::quota::shared::spawn_sync(redis, Arc::clone(&quotas));
-    }
+    let (auth, target_groups) =
+        authenticator(&settings, &catalog, Arc::clone(&store), &metrics, &log)?;
+    let (log_sink, log_writer, log_stats) =
+        request_log(&settings, &db_url, &store, db_timeout, &log)?;
+    let (quotas, quota_supervisor) = quota_state(&settings, &store, &metrics, &log)?;
     let settings = Arc::new(settings);
     let directory = Arc::new(ArcSwap::from_pointee(Directory::default()));
     let cache = Arc::new(ResponseCache::new(
@@ -232,24 +329,7 @@ pub fn start_with_source(
         .ok()
         .filter(|s| !s.is_empty())
         .map(|s| token_hash(&s));
-    let mut globus = GlobusShared::new(
-        &settings.globus_compute,
-        &settings.clusters,
-        &settings.streaming,
-        Arc::clone(&streams),
-        Duration::from_secs(settings.cold_start.retry_after_secs),
-    );
-    let redis_streams = if settings.redis.url.is_empty() {
-        None
-    } else {
-        let redis = RedisStreams::new(&settings.redis.url, &settings.redis.key_prefix)
-            .map(Arc::new)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("redis.url: {e}")))?;
-        redis.spawn_subscriber(Arc::clone(&streams), log.clone());
-        globus = globus.with_redis(Arc::clone(&redis), log.clone());
-        Some(redis)
-    };
-    let globus = Arc::new(globus);
+    let (globus, redis_streams) = globus_compute(&settings, &streams, &log)?;
     let gateway = Gateway::new(
         Arc::clone(&settings),
         catalog,
@@ -316,28 +396,9 @@ pub fn start_with_source(
         let edge_log = edge_log.clone();
         let root_routes = routes.clone();
         let first_routes = routes.clone();
+        let upstream = Upstream::new(&upstream_settings).with_globus(Arc::clone(&globus));
         App::new()
-            .app_data(state.clone())
-            .app_data(openapi.clone())
-            .app_data(web::PayloadConfig::new(max_body))
-            // One upstream client (and connection pool) per worker thread.
-            .app_data(web::Data::new(
-                Upstream::new(&upstream_settings).with_globus(Arc::clone(&globus)),
-            ))
-            // actix-web's own extractor errors leave in the OpenAI envelope too.
-            // JSON routes take `json_body::JsonBody`; any `web::Json` left answers alike.
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(crate::json_body::JSON_LIMIT)
-                    .error_handler(|e, _| crate::error::json_payload_error(e).into()),
-            )
-            .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                ApiError::invalid(format!("Invalid query string: {e}")).into()
-            }))
-            .app_data(
-                web::PathConfig::default()
-                    .error_handler(|e, _| ApiError::invalid(format!("Invalid path: {e}")).into()),
-            )
+            .configure(|c| app_data(c, &state, &openapi, upstream, max_body))
             // Path normalization, the body timeout, gzip, and an error answer's request id
             // and the log line of its inside cause, in one layer (each `from_fn`
             // layer boxes a future per request).
