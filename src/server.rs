@@ -455,14 +455,24 @@ pub fn start_with_source(
 /// that stops arriving for `body_timeout` is answered 408 with `Connection: close`
 /// (`body_timeout::wrap`); and with gzip on, an answer worth it is gzipped when the
 /// client accepts it (`compress::maybe_gzip`: never an event stream or a small body).
-/// An error answer leaves with a request id (the client's, or a new one) when its handler
-/// returned the error without naming the request; and the inside cause of a 5xx the
-/// gateway made itself ([`crate::error::Cause`], put in the response by `ApiError`) is
-/// logged here, once, with the request id and path: handlers do not log the errors they
-/// return. Successful answers pass untouched.
-fn name_error<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
+/// Every answer leaves with `x-request-id`: the handler's (the inference routes set it),
+/// else the client's when it is a sane id, else a new UUID; the edge's own refusals (NUL,
+/// 408) included. The inside cause of a 5xx the gateway made itself
+/// ([`crate::error::Cause`], put in the response by `ApiError`) is logged here, once, with
+/// the request id and path: handlers do not log the errors they return.
+fn name_answer<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
     let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error {
+        // The inference routes name their answers; the rest are named here.
+        if !res
+            .headers()
+            .contains_key(&crate::proxy::forward::REQUEST_ID)
+        {
+            let (_, header) = crate::routes::inference::request_id_and_header(res.request());
+            res.headers_mut()
+                .insert(crate::proxy::forward::REQUEST_ID.clone(), header);
+        }
         return;
     }
     let request_id = match res.headers().get(&crate::proxy::forward::REQUEST_ID) {
@@ -501,14 +511,14 @@ async fn edges(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     crate::normalize_path::normalize(&mut req);
     if let Some(refused) = crate::nul_input::refuse(&req) {
-        let refused = req.into_response(refused).map_into_right_body();
+        let mut refused = req.into_response(refused).map_into_right_body();
+        name_answer(&log, &mut refused);
         return Ok(crate::compress::maybe_gzip(refused, false));
     }
     let fired = crate::body_timeout::wrap(&mut req, body_timeout);
     let accepts_gzip = gzip && crate::compress::accepts_gzip(&req);
-    let mut res = next.call(req).await?;
-    name_error(&log, &mut res);
-    let res = if fired.is_some_and(|f| f.get()) {
+    let res = next.call(req).await?;
+    let mut res = if fired.is_some_and(|f| f.get()) {
         let (req, _) = res.into_parts();
         let mut timeout = actix_web::ResponseError::error_response(&ApiError::RequestTimeout);
         timeout
@@ -518,5 +528,6 @@ async fn edges(
     } else {
         res.map_into_left_body()
     };
+    name_answer(&log, &mut res);
     Ok(crate::compress::maybe_gzip(res, accepts_gzip))
 }

@@ -156,3 +156,63 @@ async fn an_error_a_handler_returns_carries_the_request_id() {
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
     gw.stop().await;
 }
+
+/// Every answer names its request, whatever produced it: a handler's success, the
+/// router's 404 and 405, the edge's own refusals (a NUL in the path, a body that stops
+/// arriving), a public page. The client's id is echoed when it gives one.
+#[actix_rt::test]
+async fn every_answer_carries_a_request_id() {
+    let gw = TestApp::builder()
+        .env(&[("GATEWAY__SERVER__BODY_READ_TIMEOUT_MS", "300")])
+        .start()
+        .await;
+    for (method, path, want) in [
+        ("GET", "/v1/models", 200),
+        ("GET", "/health", 200),
+        ("GET", "/metrics", 200),
+        ("GET", "/admin/ui", 200),
+        ("GET", "/no/such/route", 404),
+        ("DELETE", "/v1/models", 405),
+        ("GET", "/v1/models%00", 400),
+    ] {
+        for given in [Some("client-id-7"), None] {
+            let mut req = gw.client().request(method.parse().unwrap(), gw.at(path));
+            if let Some(id) = given {
+                req = req.insert_header(("x-request-id", id));
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status().as_u16(), want, "{method} {path}");
+            let id = res
+                .headers()
+                .get("x-request-id")
+                .unwrap_or_else(|| panic!("{method} {path}: no x-request-id"))
+                .to_str()
+                .unwrap();
+            match given {
+                Some(g) => assert_eq!(id, g, "{method} {path}"),
+                None => assert!(uuid::Uuid::parse_str(id).is_ok(), "{method} {path}: {id}"),
+            }
+        }
+    }
+    // A body that stops arriving: the edge answers 408 itself.
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\nx-request-id: slow-1\r\n\r\n{\"model\"",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = actix_rt::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("x-request-id: slow-1"), "{answer}");
+    gw.stop().await;
+}
