@@ -470,25 +470,25 @@ impl Metrics {
 
     /// Counts one finished inference request (called once, where its record is written).
     pub fn observe_request(&self, record: &RequestRecord) {
-        let model = if record.model_known {
-            record.model.as_str()
+        let model = if record.model_known() {
+            record.model()
         } else {
             UNKNOWN_MODEL
         };
-        let route = record.route;
-        let status = status_label(record.status);
+        let route = record.route();
+        let status = status_label(record.status());
         self.requests
             .with_label_values(&[route, model, record.target_slug(), status])
             .inc();
         self.request_duration
             .with_label_values(&[route, model])
-            .observe(record.started.elapsed().as_secs_f64());
-        if let Some(ttft) = record.ttft {
+            .observe(record.elapsed().as_secs_f64());
+        if let Some(ttft) = record.ttft() {
             self.ttft
                 .with_label_values(&[route, model])
                 .observe(ttft.as_secs_f64());
         }
-        if let Some(usage) = record.usage {
+        if let Some(usage) = record.usage() {
             if usage.prompt_tokens > 0 {
                 self.prompt_tokens
                     .with_label_values(&[model])
@@ -500,10 +500,10 @@ impl Metrics {
                     .inc_by(usage.completion_tokens);
             }
         }
-        match record.ending {
+        match record.ending() {
             Ending::ClientGone => self.stream_disconnects.with_label_values(&[route]).inc(),
             Ending::UpstreamBroke | Ending::IdleTimeout => {
-                let kind = if record.ending == Ending::IdleTimeout {
+                let kind = if record.ending() == Ending::IdleTimeout {
                     UpstreamErrorKind::StreamIdle
                 } else {
                     UpstreamErrorKind::StreamBroken
@@ -704,28 +704,27 @@ mod tests {
     fn a_request_record_feeds_counts_tokens_and_latency() {
         let m = Metrics::new();
         let mut r = RequestRecord::new("id".into(), "chat", Instant::now());
-        r.model = "m".into();
-        r.model_known = true;
+        r.on_parsed("m", false);
+        r.on_model_known();
         let t = std::sync::Arc::new(crate::routing::target::Target::new(
             crate::fixtures::TargetSpec::for_test("t", "c"),
             None,
             Duration::from_secs(1),
         ));
         r.on_attempt(&t);
-        r.status = 200;
-        r.ttft = Some(Duration::from_millis(3));
-        r.usage = Some(crate::proxy::usage::Usage {
+        r.on_first_byte(Duration::from_millis(3));
+        r.on_answer(200);
+        r.on_usage(Some(crate::proxy::usage::Usage {
             prompt_tokens: 5,
             completion_tokens: 7,
             total_tokens: 12,
-        });
+        }));
         m.observe_request(&r);
         let mut gone = RequestRecord::new("id2".into(), "chat", Instant::now());
         gone.on_attempt(&t);
-        gone.status = 200;
-        gone.ending = Ending::ClientGone;
-        gone.model = "not-configured".into();
-        gone.model_known = false;
+        gone.on_head(200);
+        gone.on_end(Ending::ClientGone, None, 0);
+        gone.on_parsed("not-configured", true);
         m.observe_request(&gone);
         let text = m.render().unwrap();
         assert!(text.contains(

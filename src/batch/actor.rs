@@ -969,11 +969,10 @@ impl Runner {
         let caller = &ctx.identity;
         let mut record = RequestRecord::new(request_id.to_string(), "batch", Instant::now());
         record.log_to(self.deps.log_sink.clone());
-        record.user.clone_from(&caller.id);
-        record.org = caller.org.clone().unwrap_or_default();
+        record.on_caller(&caller.id, caller.org.as_deref());
         record.keep_prompt(&line.body);
-        record.model.clone_from(&line.model);
-        record.model_known = true;
+        record.on_parsed(&line.model, false);
+        record.on_model_known();
         // A batch line has no HTTP edge to log an internal cause: it is logged here.
         let refuse = |e: ApiError, mut record: RequestRecord| {
             if let Some(cause) = e.cause() {
@@ -1015,7 +1014,7 @@ impl Runner {
             }
             subjects.push(quotas.state(Subject::new(Kind::Model, &line.model)).await);
             match quotas.admit(&subjects).await {
-                Ok(admission) => record.quota = Some(admission),
+                Ok(admission) => record.on_admitted(admission),
                 Err(e) => {
                     // Counted, but no request record: the line waits and tries again, and
                     // the request log gets one row for the attempt that is let through.

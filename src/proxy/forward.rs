@@ -210,7 +210,7 @@ pub async fn forward(
             && (json || !matches!(t.spec.transport, Transport::GlobusCompute(_)))
     };
 
-    while record.attempts < settings.max_attempts {
+    while record.attempts() < settings.max_attempts {
         let lease = pick(&call.model.ranked.load(), &accept, &tried);
         let Some(mut lease) = lease else {
             // Say why the targets not tried could not be: the client's message names them.
@@ -221,13 +221,13 @@ pub async fn forward(
             }
             break;
         };
-        if record.attempts > 0 {
-            let backoff = settings.retry_backoff() * 2u32.pow(record.attempts - 1);
+        if record.attempts() > 0 {
+            let backoff = settings.retry_backoff() * 2u32.pow(record.attempts() - 1);
             actix_rt::time::sleep(backoff.min(Duration::from_secs(2))).await;
         }
         let target = Arc::clone(lease.target());
         record.on_attempt(&target);
-        if record.attempts > 1 {
+        if record.attempts() > 1 {
             call.metrics
                 .failovers
                 .with_label_values(&[&call.requested_model])
@@ -288,7 +288,7 @@ pub async fn forward(
                 // Not a target failure, not a failover: the same lease, no verdict yet.
                 stale_retry_used = true;
                 slog::debug!(log, "resending on a fresh connection";
-                    "request_id" => &record.request_id, "target" => target.slug());
+                    "request_id" => record.request_id(), "target" => target.slug());
                 result = send(&upstream.fresh, &target, &call, body, &lease).await;
             }
         }
@@ -312,7 +312,7 @@ pub async fn forward(
                 record.on_answer(status.as_u16());
                 let mut meter = UsageMeter::default();
                 meter.observe_json(&body);
-                record.usage = meter.usage();
+                record.on_usage(meter.usage());
                 let response = HttpResponse::build(status)
                     .content_type("application/json")
                     .insert_header((REQUEST_ID.clone(), call.request_id.clone()))
@@ -326,7 +326,7 @@ pub async fn forward(
                 lease.set_verdict(Verdict::Neutral);
                 drop(lease);
                 slog::warn!(log, "target refused the gateway's credentials";
-                    "request_id" => &record.request_id, "target" => target.slug(),
+                    "request_id" => record.request_id(), "target" => target.slug(),
                     "status" => status.as_u16());
                 let error = ApiError::UpstreamCredentials {
                     target: target.spec.slug.clone(),
@@ -376,8 +376,8 @@ pub async fn forward(
                     call.metrics.upstream_error(target.slug(), kind);
                 }
                 slog::warn!(log, "attempt failed";
-                    "request_id" => &record.request_id, "target" => target.slug(),
-                    "attempt" => record.attempts, "error" => detail);
+                    "request_id" => record.request_id(), "target" => target.slug(),
+                    "attempt" => record.attempts(), "error" => detail);
                 lease.set_verdict(verdict);
                 drop(lease);
                 causes.push(format!(
@@ -587,7 +587,7 @@ fn respond(
     log: &slog::Logger,
 ) -> HttpResponse {
     let status = res.status();
-    record.status = status.as_u16();
+    record.on_head(status.as_u16());
     let content_type = res
         .headers()
         .get(header::CONTENT_TYPE)
@@ -651,9 +651,9 @@ fn respond_callback(
     settings: &crate::config::Upstream,
     log: &slog::Logger,
 ) -> HttpResponse {
-    record.status = 200;
+    record.on_head(200);
     slog::debug!(log, "streaming through Globus Compute callbacks";
-        "request_id" => &record.request_id, "stream_task_id" => source.stream_id().to_string());
+        "request_id" => record.request_id(), "stream_task_id" => source.stream_id().to_string());
     let mut builder = HttpResponse::Ok();
     builder.insert_header((header::CONTENT_TYPE, "text/event-stream"));
     builder.insert_header((REQUEST_ID.clone(), call.request_id.clone()));

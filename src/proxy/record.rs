@@ -4,13 +4,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use crate::error::ApiError;
+use crate::error::{code, ApiError};
 use crate::metrics::Metrics;
 use crate::proxy::usage::Usage;
 use crate::quota::Admission;
@@ -62,48 +63,48 @@ impl Ending {
 
 #[derive(Debug)]
 pub struct RequestRecord {
-    pub request_id: String,
-    pub route: &'static str,
-    pub model: String,
+    request_id: String,
+    route: &'static str,
+    model: String,
     /// The model is in the catalog (else metrics count it as `unknown`).
-    pub model_known: bool,
+    model_known: bool,
     /// The target of the last attempt ([`Self::on_attempt`]): its slug, cluster and
     /// framework are copied into the row only when the record is written.
     target: Option<Arc<Target>>,
-    pub stream: bool,
-    pub status: u16,
-    pub error_code: Option<&'static str>,
-    pub attempts: u32,
-    pub usage: Option<Usage>,
-    pub events: u64,
-    pub started: Instant,
-    pub ttft: Option<Duration>,
+    stream: bool,
+    status: u16,
+    error_code: Option<&'static str>,
+    attempts: u32,
+    usage: Option<Usage>,
+    events: u64,
+    started: Instant,
+    ttft: Option<Duration>,
     /// The peer's address, formatted only when the record is written (off the request's
     /// critical path).
-    pub client_ip: Option<std::net::IpAddr>,
-    pub ending: Ending,
+    client_ip: Option<std::net::IpAddr>,
+    ending: Ending,
     /// Wall-clock start (the row's `created_at`).
-    pub started_at: SystemTime,
+    started_at: SystemTime,
     /// The caller's user id ([`ANONYMOUS`] when authentication is off); logged and in the
     /// request log, never a metric label.
-    pub user: String,
-    pub org: String,
+    user: String,
+    org: String,
     /// Size of the request body, for a token estimate when the upstream reports no usage.
-    pub request_bytes: usize,
+    request_bytes: usize,
     /// Where the row goes.
-    pub sink: LogSink,
+    sink: LogSink,
     /// The request body, kept only when payloads are stored.
-    pub prompt: Option<Bytes>,
+    prompt: Option<Bytes>,
     /// The response body as relayed, collected (bounded) only when payloads are stored.
-    pub completion: Option<Vec<u8>>,
+    completion: Option<Vec<u8>>,
     /// Answered from the response cache.
-    pub cached: bool,
+    cached: bool,
     /// Counts the request in flight until the record is finished (`finish`, or the
     /// accounting half of `finish_soon`) or dropped.
-    pub in_flight: Option<crate::metrics::InFlight>,
+    in_flight: Option<crate::metrics::InFlight>,
     /// The quota admission: its in-flight slots are held until the record is finished
     /// (or dropped), and its subjects are charged the request's tokens.
-    pub quota: Option<Admission>,
+    quota: Option<Admission>,
 }
 
 impl RequestRecord {
@@ -137,10 +138,120 @@ impl RequestRecord {
         }
     }
 
+    /// Counted in flight from now; the peer's address is formatted only when the record is
+    /// written.
+    pub fn on_start(&mut self, in_flight: crate::metrics::InFlight, client_ip: Option<IpAddr>) {
+        self.in_flight = Some(in_flight);
+        self.client_ip = client_ip;
+    }
+
+    /// The caller: the request log's user and org (the user is also the cache tenant).
+    pub fn on_caller(&mut self, user: &str, org: Option<&str>) {
+        self.user.clear();
+        self.user.push_str(user);
+        self.org.clear();
+        self.org.push_str(org.unwrap_or_default());
+    }
+
+    /// The body names `model` and asks for a stream or not.
+    pub fn on_parsed(&mut self, model: &str, stream: bool) {
+        self.model.clear();
+        self.model.push_str(model);
+        self.stream = stream;
+    }
+
+    /// The catalog serves the model (metrics label it by name rather than `unknown`).
+    pub fn on_model_known(&mut self) {
+        self.model_known = true;
+    }
+
+    /// Admitted by the quotas: the slots are held, and the subjects charged, at the end.
+    pub fn on_admitted(&mut self, admission: Admission) {
+        self.quota = Some(admission);
+    }
+
+    /// Answered from the response cache with `status`.
+    pub fn on_cache_hit(&mut self, status: u16) {
+        self.cached = true;
+        self.status = status;
+    }
+
+    /// A relayed answer's head: `status` (its body follows).
+    pub fn on_head(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// The usage a whole (not streamed) answer reported.
+    pub fn on_usage(&mut self, usage: Option<Usage>) {
+        self.usage = usage;
+    }
+
+    /// A relayed body ended: how, what usage it reported and how many events it had; an
+    /// ending other than complete or the client leaving gets its error code.
+    pub fn on_end(&mut self, ending: Ending, usage: Option<Usage>, events: u64) {
+        self.ending = ending;
+        self.usage = usage;
+        self.events = events;
+        if !matches!(ending, Ending::Complete | Ending::ClientGone) {
+            self.error_code = Some(match ending {
+                Ending::IdleTimeout => code::STREAM_IDLE_TIMEOUT,
+                Ending::Shutdown => code::GATEWAY_SHUTDOWN,
+                _ => code::STREAM_INTERRUPTED,
+            });
+        }
+    }
+
     /// One more attempt, on `target`.
     pub fn on_attempt(&mut self, target: &Arc<Target>) {
         self.attempts += 1;
         self.target = Some(Arc::clone(target));
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
+
+    /// The model the body named ("" before it was read).
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn model_known(&self) -> bool {
+        self.model_known
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The status answered (0 before any).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub fn ttft(&self) -> Option<Duration> {
+        self.ttft
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    pub fn ending(&self) -> Ending {
+        self.ending
+    }
+
+    /// Time since the request arrived.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The slug of the last attempt's target ("" before any).

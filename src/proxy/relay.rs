@@ -66,7 +66,7 @@ impl Framing {
 pub struct Finish {
     pub lease: Lease,
     pub record: RequestRecord,
-    /// The process logger (lines about the request name `record.request_id`).
+    /// The process logger (lines about the request name `record.request_id()`).
     pub log: slog::Logger,
     pub metrics: std::sync::Arc<Metrics>,
     /// Set for cacheable requests: where a whole, valid JSON body is stored.
@@ -283,16 +283,7 @@ fn drop_usage_only_events(events: Bytes) -> Option<Bytes> {
 
 /// Releases the lease with its verdict and writes the record.
 fn complete(mut finish: Finish, meter: &UsageMeter, ending: Ending, verdict: Verdict) {
-    finish.record.ending = ending;
-    finish.record.usage = meter.usage();
-    finish.record.events = meter.events();
-    if !matches!(ending, Ending::Complete | Ending::ClientGone) {
-        finish.record.error_code = Some(match ending {
-            Ending::IdleTimeout => code::STREAM_IDLE_TIMEOUT,
-            Ending::Shutdown => code::GATEWAY_SHUTDOWN,
-            _ => code::STREAM_INTERRUPTED,
-        });
-    }
+    finish.record.on_end(ending, meter.usage(), meter.events());
     finish.lease.set_verdict(verdict);
     let Finish {
         lease,
@@ -462,7 +453,7 @@ where
                         capture(this.finish, tail);
                     }
                     if let Some(finish) = this.finish.take() {
-                        let ttfb = finish.record.ttft.unwrap_or_default();
+                        let ttfb = finish.record.ttft().unwrap_or_default();
                         complete(
                             finish,
                             this.meter,
@@ -555,11 +546,11 @@ impl<S> Relay<S> {
             if ending == Ending::Shutdown {
                 // Not the target's fault.
                 slog::warn!(f.log, "stream ended by shutdown";
-                    "request_id" => &f.record.request_id, "target" => f.record.target_slug());
+                    "request_id" => f.record.request_id(), "target" => f.record.target_slug());
                 complete(f, meter, ending, Verdict::Neutral);
             } else {
                 slog::warn!(f.log, "upstream failed mid-response";
-                    "request_id" => &f.record.request_id, "target" => f.record.target_slug(),
+                    "request_id" => f.record.request_id(), "target" => f.record.target_slug(),
                     "error" => &cause);
                 complete(f, meter, ending, Verdict::Failure { error: cause });
             }

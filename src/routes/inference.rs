@@ -395,8 +395,10 @@ async fn serve(
     // and serialize per request).
     let log = &state.log;
     let mut record = RequestRecord::new(request_id, route.name, started);
-    record.in_flight = Some(InFlight::new(&state.metrics.in_flight));
-    record.client_ip = req.peer_addr().map(|a| a.ip());
+    record.on_start(
+        InFlight::new(&state.metrics.in_flight),
+        req.peer_addr().map(|a| a.ip()),
+    );
     record.log_to(state.log_sink.clone());
 
     let (mut call, temperature) =
@@ -413,15 +415,14 @@ async fn serve(
                 .as_ref()
                 .map(|p| (p.cluster.as_str(), p.framework.as_str()));
             let key = cache::key(
-                &record.user,
+                record.user(),
                 route.name,
                 pin,
                 &call.requested_model,
                 &call.body,
             );
             if let Some(hit) = state.cache.get(&key) {
-                record.cached = true;
-                record.status = hit.status;
+                record.on_cache_hit(hit.status);
                 let response = HttpResponse::build(
                     actix_web::http::StatusCode::from_u16(hit.status)
                         .unwrap_or(actix_web::http::StatusCode::OK),
@@ -466,7 +467,7 @@ fn reject(
     state: &AppState,
     log: &slog::Logger,
 ) -> HttpResponse {
-    let response = error_response(&error, &record.request_id);
+    let response = error_response(&error, record.request_id());
     record.on_rejected(&error);
     record.finish(log, &state.metrics);
     response
@@ -498,8 +499,7 @@ async fn prepare(
     }
     let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
     // The caller is the cache tenant and the request log's user.
-    record.user.clone_from(&caller.id);
-    record.org = caller.org.clone().unwrap_or_default();
+    record.on_caller(&caller.id, caller.org.as_deref());
     let (parsed, content_type) = match route.body {
         BodyKind::Json => {
             record.keep_prompt(&body);
@@ -524,8 +524,7 @@ async fn prepare(
         include_usage,
         has_stream_options,
     } = parsed;
-    record.model.clone_from(&model);
-    record.stream = stream;
+    record.on_parsed(&model, stream);
 
     if !caller.may_name(&model) {
         return Err(ApiError::Forbidden(format!(
@@ -545,7 +544,7 @@ async fn prepare(
         .model(&model)
         .cloned()
         .ok_or_else(|| ApiError::ModelNotFound(model.clone()))?;
-    record.model_known = true;
+    record.on_model_known();
     let pin = if pinned {
         let info = req.match_info();
         let pin = Pin {
@@ -587,7 +586,7 @@ async fn prepare(
             .metrics
             .queue_wait
             .observe(waited.elapsed().as_secs_f64());
-        record.quota = Some(admitted.inspect_err(|e| state.metrics.quota_refusal(e))?);
+        record.on_admitted(admitted.inspect_err(|e| state.metrics.quota_refusal(e))?);
         // Tokens are charged from the stream's usage: ask for it when the client did not.
         let chat_shaped = matches!(route.upstream_path, CHAT | COMPLETIONS);
         if stream && chat_shaped && !include_usage {
