@@ -7,7 +7,6 @@ use actix_web::dev::ServiceRequest;
 use actix_web::HttpResponse;
 
 use crate::error::ApiError;
-use crate::routes::inference::{error_response, request_id};
 
 /// A 400 for a request whose path or query holds an encoded NUL, else None.
 pub fn refuse(req: &ServiceRequest) -> Option<HttpResponse> {
@@ -18,10 +17,10 @@ pub fn refuse(req: &ServiceRequest) -> Option<HttpResponse> {
         return None;
     }
     let place = if in_path { "path" } else { "query" };
-    Some(error_response(
+    // `server::edges` names the answer (`x-request-id`).
+    Some(actix_web::ResponseError::error_response(
         &ApiError::invalid(format!(
-            "The request {place} contains a NUL byte (%00), which no identifier or parameter may hold."
-        )),
-        &request_id(req.request()),
+        "The request {place} contains a NUL byte (%00), which no identifier or parameter may hold."
+    )),
     ))
 }

@@ -19,15 +19,10 @@ use crate::batch::{batch_json, files, is_terminal, paths, ENDPOINTS, WINDOW, WIN
 use crate::error::ApiError;
 use crate::json_body::JsonBody;
 use crate::quota::{Kind, Subject};
-use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
 use crate::store::{now_ms, BatchPatch, BatchRow, FileRow};
 
 type Result<T> = std::result::Result<T, ApiError>;
-
-fn respond(req: &HttpRequest, r: Result<HttpResponse>) -> HttpResponse {
-    r.unwrap_or_else(|e| error_response(&e, &request_id(req)))
-}
 
 #[derive(Deserialize)]
 pub struct Page {
@@ -97,7 +92,8 @@ pub async fn upload(
         upload_inner(caller.id.clone(), payload, &state).await
     }
     .await;
-    let mut res = respond(&req, r);
+    // The edge names the answer (`x-request-id`) and logs an error's cause.
+    let mut res = r.unwrap_or_else(|e| actix_web::ResponseError::error_response(&e));
     if res.status().is_client_error() {
         // The rest of a refused body is not read: the connection cannot be reused.
         res.head_mut().set_connection_type(ConnectionType::Close);

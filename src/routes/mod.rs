@@ -232,17 +232,13 @@ fn inference_services(cfg: &mut web::ServiceConfig, route: &Arc<InferenceRoute>)
     }
 }
 
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let path: String = req.path().chars().take(200).collect();
-    inference::error_response(
-        &ApiError::NotFound(format!("No route {path}; see /v1/models.")),
-        &inference::request_id(&req),
-    )
+    Err(ApiError::NotFound(format!(
+        "No route {path}; see /v1/models."
+    )))
 }
 
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    inference::error_response(
-        &ApiError::MethodNotAllowed(req.method().to_string()),
-        &inference::request_id(&req),
-    )
+pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(req.method().to_string()))
 }

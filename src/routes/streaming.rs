@@ -15,7 +15,6 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::routes::inference::{error_response, request_id};
 use crate::state::AppState;
 use crate::streaming::{token_hash, DeliverError, StreamEvent};
 use crate::streaming_redis::ForwardError;
@@ -42,11 +41,8 @@ pub async fn callback(
     payload: web::Payload,
     state: web::Data<AppState>,
     kind: Kind,
-) -> HttpResponse {
-    match handle(&req, payload, &state, kind).await {
-        Ok(res) => res,
-        Err(e) => error_response(&e, &request_id(&req)),
-    }
+) -> Result<HttpResponse, ApiError> {
+    handle(&req, payload, &state, kind).await
 }
 
 async fn handle(
