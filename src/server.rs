@@ -388,9 +388,9 @@ pub fn start_with_source(
     metrics.init_routes(routes.iter().map(|r| r.name));
     let openapi = web::Data::new(OpenApi(openapi::document(&routes).to_string()));
     let upstream_settings = settings.upstream.clone();
-    let max_body = settings.server.max_body_bytes;
+    let max_body = settings.server.max_body_bytes.get();
     let gzip = settings.server.gzip;
-    let body_timeout = Duration::from_millis(settings.server.body_read_timeout_ms);
+    let body_timeout = Duration::from_millis(settings.server.body_read_timeout_ms.get());
     let edge_log = state.log.clone();
     let mut server = HttpServer::new(move || {
         let edge_log = edge_log.clone();
@@ -415,7 +415,7 @@ pub fn start_with_source(
             .default_service(web::to(routes::not_found))
     })
     .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
-    .max_connections(settings.server.max_connections)
+    .max_connections(settings.server.max_connections.get())
     .h1_allow_half_closed(false)
     // The grace, then time for the streams cut at its end to send their final event.
     .shutdown_timeout(settings.server.shutdown_grace_secs + crate::proxy::shutdown_cut::CUT_SECS)

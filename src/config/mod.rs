@@ -126,10 +126,10 @@ impl Settings {
         );
         let raw = builder
             .build()
-            .map_err(|e| ConfigError::new(config_error_key(&e), e.to_string()))?;
+            .map_err(|e| ConfigError::new(config_error_key(&e), config_error_message(&e)))?;
         let mut settings: Settings = raw
             .try_deserialize()
-            .map_err(|e| ConfigError::new(config_error_key(&e), e.to_string()))?;
+            .map_err(|e| ConfigError::new(config_error_key(&e), config_error_message(&e)))?;
         settings.state_directory = state_directory;
         settings.validate()?;
         Ok(settings)
@@ -231,6 +231,16 @@ fn system_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 
 /// The config crate puts the key in its messages but not in a field; pull it out so the
 /// error's key is right where we can, and fall back to "config".
+/// The message of a settings value serde refused: a 0 where a typed field needs a positive
+/// number says so in the words `validate` uses for the others.
+fn config_error_message(e: &config::ConfigError) -> String {
+    let text = e.to_string();
+    if text.contains("expected a nonzero") {
+        return "must be greater than 0".to_string();
+    }
+    text
+}
+
 fn config_error_key(e: &config::ConfigError) -> String {
     let text = e.to_string();
     for marker in ["for key `", "field `"] {
@@ -382,6 +392,27 @@ mod tests {
         for (var, value, key) in cases {
             let err = Settings::load_from(None, None, env(&[(var, value)])).unwrap_err();
             assert_eq!(err.key, key, "{var}={value}: {err}");
+        }
+    }
+
+    /// Typed positive fields refuse a 0 while the settings are read, naming the key, in the
+    /// same words as the fields `validate` checks.
+    #[test]
+    fn a_zero_in_a_typed_positive_field_names_its_key() {
+        for (var, key) in [
+            ("GATEWAY__SERVER__MAX_BODY_BYTES", "server.max_body_bytes"),
+            (
+                "GATEWAY__SERVER__BODY_READ_TIMEOUT_MS",
+                "server.body_read_timeout_ms",
+            ),
+            ("GATEWAY__SERVER__MAX_CONNECTIONS", "server.max_connections"),
+            ("GATEWAY__SERVER__MAX_HOPS", "server.max_hops"),
+        ] {
+            let err = Settings::load_from(None, None, env(&[(var, "0")])).unwrap_err();
+            assert_eq!(err.key, key, "{var}: {err}");
+            assert!(err.to_string().contains("must be greater than 0"), "{err}");
+            let err = Settings::load_from(None, None, env(&[(var, "-3")])).unwrap_err();
+            assert_eq!(err.key, key, "{var}: {err}");
         }
     }
 

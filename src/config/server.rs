@@ -1,5 +1,6 @@
 //! `[server]` (the listener, TLS) and `[cache]` (the response cache).
 
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -11,15 +12,17 @@ use super::{positive, ConfigError};
 pub struct Server {
     pub bind: String,
     pub workers: usize,
-    pub max_body_bytes: usize,
+    // Counts and durations that must be positive are typed so: a 0 is refused while the
+    // settings are read, the message naming the key (`config_error_key`).
+    pub max_body_bytes: NonZeroUsize,
     pub keep_alive_secs: u64,
     /// Longest pause between two chunks of a request body before the request is answered
     /// 408 and its connection closed (a client that stops sending mid-body).
-    pub body_read_timeout_ms: u64,
+    pub body_read_timeout_ms: NonZeroU64,
     /// Connections one worker holds at once; past it new ones wait in the listen backlog.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     pub shutdown_grace_secs: u64,
-    pub max_hops: u32,
+    pub max_hops: NonZeroU32,
     /// gzip JSON answers of 1 KiB and more when the client accepts it (never SSE).
     pub gzip: bool,
     pub tls: Tls,
@@ -54,10 +57,6 @@ pub struct Cache {
 
 impl Server {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        positive("server.max_body_bytes", self.max_body_bytes as u64)?;
-        positive("server.body_read_timeout_ms", self.body_read_timeout_ms)?;
-        positive("server.max_connections", self.max_connections as u64)?;
-        positive("server.max_hops", self.max_hops as u64)?;
         let tls = &self.tls;
         if tls.enabled() {
             for (key, path) in [

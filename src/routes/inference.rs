@@ -494,10 +494,10 @@ async fn prepare(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(0);
-    if hops >= state.settings.server.max_hops {
+    if hops >= state.settings.server.max_hops.get() {
         return Err(ApiError::LoopDetected);
     }
-    let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
+    let body = read_body(req, payload, state.settings.server.max_body_bytes.get()).await?;
     // The caller is the cache tenant and the request log's user.
     record.on_caller(&caller.id, caller.org.as_deref());
     let (parsed, content_type) = match route.body {
