@@ -439,7 +439,7 @@ fn check_config(settings: &Settings, catalog: &Catalog, probe: bool) -> ExitCode
     }
     if probe {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let timeout = Duration::from_millis(settings.health.timeout_ms);
+        let timeout = Duration::from_millis(settings.health.timeout_ms.get());
         let system = actix_rt::System::new();
         let outcomes = system.block_on(inference_gateway::probe::probe_all(
             &catalog.targets,

@@ -111,11 +111,11 @@ impl Gateway {
         let path = health_path.unwrap_or(&s.health.path);
         BackendSettings {
             health_path: (!path.is_empty()).then(|| path.to_string()),
-            health_interval: Duration::from_secs(s.health.interval_secs),
-            health_timeout: Duration::from_millis(s.health.timeout_ms),
-            unhealthy_threshold: s.health.unhealthy_threshold,
-            failure_threshold: s.breaker.failure_threshold,
-            open_for: Duration::from_secs(s.breaker.open_secs),
+            health_interval: Duration::from_secs(s.health.interval_secs.get()),
+            health_timeout: Duration::from_millis(s.health.timeout_ms.get()),
+            unhealthy_threshold: s.health.unhealthy_threshold.get(),
+            failure_threshold: s.breaker.failure_threshold.get(),
+            open_for: Duration::from_secs(s.breaker.open_secs.get()),
             connect_timeout: s.upstream.connect_timeout(),
         }
     }

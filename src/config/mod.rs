@@ -151,7 +151,6 @@ impl Settings {
         self.server.validate()?;
         self.upstream.validate()?;
         self.health.validate()?;
-        self.breaker.validate()?;
         self.cache.validate()?;
         self.logging.validate()?;
         self.storage.validate()?;
@@ -270,9 +269,9 @@ mod tests {
         let s = Settings::load_from(None, None, Vec::new()).unwrap();
         assert_eq!(s.server.bind, "127.0.0.1:8000");
         assert_eq!(s.auth.mode, AuthMode::None);
-        assert_eq!(s.health.interval_secs, 10);
-        assert_eq!(s.breaker.failure_threshold, 5);
-        assert_eq!(s.breaker.open_secs, 30);
+        assert_eq!(s.health.interval_secs.get(), 10);
+        assert_eq!(s.breaker.failure_threshold.get(), 5);
+        assert_eq!(s.breaker.open_secs.get(), 30);
         assert_eq!(s.routes.chat_aliases[0].path, "/v1/text2sql");
     }
 
@@ -289,7 +288,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.server.bind, "127.0.0.1:9999");
-        assert_eq!(s.upstream.max_attempts, 2);
+        assert_eq!(s.upstream.max_attempts.get(), 2);
         assert_eq!(s.fixtures.dir, PathBuf::from("/tmp/fx"));
     }
 
@@ -407,6 +406,30 @@ mod tests {
             ),
             ("GATEWAY__SERVER__MAX_CONNECTIONS", "server.max_connections"),
             ("GATEWAY__SERVER__MAX_HOPS", "server.max_hops"),
+            (
+                "GATEWAY__UPSTREAM__CONNECT_TIMEOUT_MS",
+                "upstream.connect_timeout_ms",
+            ),
+            (
+                "GATEWAY__UPSTREAM__RESPONSE_TIMEOUT_SECS",
+                "upstream.response_timeout_secs",
+            ),
+            (
+                "GATEWAY__UPSTREAM__STREAM_IDLE_TIMEOUT_SECS",
+                "upstream.stream_idle_timeout_secs",
+            ),
+            ("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "upstream.max_attempts"),
+            ("GATEWAY__HEALTH__INTERVAL_SECS", "health.interval_secs"),
+            ("GATEWAY__HEALTH__TIMEOUT_MS", "health.timeout_ms"),
+            (
+                "GATEWAY__HEALTH__UNHEALTHY_THRESHOLD",
+                "health.unhealthy_threshold",
+            ),
+            (
+                "GATEWAY__BREAKER__FAILURE_THRESHOLD",
+                "breaker.failure_threshold",
+            ),
+            ("GATEWAY__BREAKER__OPEN_SECS", "breaker.open_secs"),
         ] {
             let err = Settings::load_from(None, None, env(&[(var, "0")])).unwrap_err();
             assert_eq!(err.key, key, "{var}: {err}");

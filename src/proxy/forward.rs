@@ -210,7 +210,7 @@ pub async fn forward(
             && (json || !matches!(t.spec.transport, Transport::GlobusCompute(_)))
     };
 
-    while record.attempts() < settings.max_attempts {
+    while record.attempts() < settings.max_attempts.get() {
         let lease = pick(&call.model.ranked.load(), &accept, &tried);
         let Some(mut lease) = lease else {
             // Say why the targets not tried could not be: the client's message names them.
