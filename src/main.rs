@@ -183,7 +183,7 @@ fn keys(settings: &Settings, action: KeysAction) -> ExitCode {
         },
         _ => None,
     };
-    let timeout = std::time::Duration::from_secs(settings.database.timeout_secs);
+    let timeout = std::time::Duration::from_secs(settings.database.timeout_secs.get());
     let system = actix_rt::System::new();
     let result: Result<(), String> = system.block_on(async move {
         let db = store::open(&url, 1, timeout).map_err(|e| e.to_string())?;
@@ -526,7 +526,7 @@ async fn run(
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let grace = settings.server.shutdown_grace_secs;
-    let flush_timeout = Duration::from_secs(settings.database.timeout_secs + 5);
+    let flush_timeout = Duration::from_secs(settings.database.timeout_secs.get() + 5);
     let running = server::start_with_source(
         settings,
         catalog,

@@ -309,8 +309,8 @@ pub fn start_with_source(
     let metrics = Arc::new(Metrics::new());
     let db_url = DatabaseUrl::from_settings(&settings)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let db_timeout = Duration::from_secs(settings.database.timeout_secs);
-    let store = store::open(&db_url, settings.database.pool_size, db_timeout)
+    let db_timeout = Duration::from_secs(settings.database.timeout_secs.get());
+    let store = store::open(&db_url, settings.database.pool_size.get(), db_timeout)
         .map_err(|e| io::Error::other(e.to_string()))?;
     let (auth, target_groups) =
         authenticator(&settings, &catalog, Arc::clone(&store), &metrics, &log)?;

@@ -58,10 +58,10 @@ impl LogWriterConfig {
     pub fn from_settings(settings: &Settings) -> Self {
         let l = &settings.logging;
         LogWriterConfig {
-            batch_size: l.batch_size.max(1),
-            flush_interval: Duration::from_millis(l.flush_interval_ms),
-            queue_capacity: l.queue_capacity.max(l.batch_size),
-            retry_interval: Duration::from_secs(l.retry_interval_secs),
+            batch_size: l.batch_size.get(),
+            flush_interval: Duration::from_millis(l.flush_interval_ms.get()),
+            queue_capacity: l.queue_capacity.max(l.batch_size.get()),
+            retry_interval: Duration::from_secs(l.retry_interval_secs.get()),
             retention: (l.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(l.retention_days) * 86_400)),
             spill_dir: settings.spill_dir(),

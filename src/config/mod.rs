@@ -154,7 +154,6 @@ impl Settings {
         self.cache.validate()?;
         self.logging.validate()?;
         self.storage.validate()?;
-        self.database.validate()?;
         crate::store::DatabaseUrl::from_settings(self)?;
         self.batches.validate()?;
         self.cold_start.validate()?;
@@ -430,6 +429,17 @@ mod tests {
                 "breaker.failure_threshold",
             ),
             ("GATEWAY__BREAKER__OPEN_SECS", "breaker.open_secs"),
+            ("GATEWAY__LOGGING__BATCH_SIZE", "logging.batch_size"),
+            (
+                "GATEWAY__LOGGING__FLUSH_INTERVAL_MS",
+                "logging.flush_interval_ms",
+            ),
+            (
+                "GATEWAY__LOGGING__RETRY_INTERVAL_SECS",
+                "logging.retry_interval_secs",
+            ),
+            ("GATEWAY__DATABASE__POOL_SIZE", "database.pool_size"),
+            ("GATEWAY__DATABASE__TIMEOUT_SECS", "database.timeout_secs"),
         ] {
             let err = Settings::load_from(None, None, env(&[(var, "0")])).unwrap_err();
             assert_eq!(err.key, key, "{var}: {err}");

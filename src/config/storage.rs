@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{positive, ConfigError};
+use std::num::{NonZeroU64, NonZeroUsize};
+
+use super::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,13 +21,13 @@ pub struct Logging {
     /// Rows older than this many days are deleted (0 = keep forever).
     pub retention_days: u32,
     /// Rows per insert.
-    pub batch_size: usize,
+    pub batch_size: NonZeroUsize,
     /// Most time a row waits before its batch is written, in milliseconds.
-    pub flush_interval_ms: u64,
+    pub flush_interval_ms: NonZeroU64,
     /// Rows kept in memory while the database is slow or down; more go to the spill file.
     pub queue_capacity: usize,
     /// Seconds between attempts to replay the spill file while the database is down.
-    pub retry_interval_secs: u64,
+    pub retry_interval_secs: NonZeroU64,
     /// Directory of the spill file ("" = `{storage.data_dir}/log-spill`).
     pub spill_dir: PathBuf,
 }
@@ -35,9 +37,9 @@ pub struct Logging {
 #[serde(deny_unknown_fields)]
 pub struct Database {
     pub url: String,
-    pub pool_size: usize,
+    pub pool_size: NonZeroUsize,
     /// Most time one background database operation (a log batch, a prune) may take.
-    pub timeout_secs: u64,
+    pub timeout_secs: NonZeroU64,
 }
 
 impl std::fmt::Debug for Database {
@@ -76,19 +78,17 @@ impl Logging {
                 ),
             )
         })?;
-        positive("logging.batch_size", self.batch_size as u64)?;
-        if self.batch_size > 1000 {
+        if self.batch_size.get() > 1000 {
             // 24 columns per row: stays under SQLite's and PostgreSQL's bind limits.
             return Err(ConfigError::new("logging.batch_size", "at most 1000"));
         }
-        positive("logging.flush_interval_ms", self.flush_interval_ms)?;
-        if self.queue_capacity < self.batch_size {
+        if self.queue_capacity < self.batch_size.get() {
             return Err(ConfigError::new(
                 "logging.queue_capacity",
                 format!("must be at least logging.batch_size ({})", self.batch_size),
             ));
         }
-        positive("logging.retry_interval_secs", self.retry_interval_secs)
+        Ok(())
     }
 }
 
@@ -98,15 +98,6 @@ impl Storage {
             return Err(ConfigError::new("storage.data_dir", "must not be empty"));
         }
         Ok(())
-    }
-}
-
-impl Database {
-    /// The pool and the timeout (the URL is read with `storage`: see
-    /// `store::DatabaseUrl::from_settings`).
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        positive("database.pool_size", self.pool_size as u64)?;
-        positive("database.timeout_secs", self.timeout_secs)
     }
 }
 
