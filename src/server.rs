@@ -244,7 +244,7 @@ fn globus_compute(
         &settings.clusters,
         &settings.streaming,
         Arc::clone(streams),
-        Duration::from_secs(settings.cold_start.retry_after_secs),
+        Duration::from_secs(settings.cold_start.retry_after_secs.get()),
     );
     let redis_streams = if settings.redis.url.is_empty() {
         None
@@ -324,7 +324,7 @@ pub fn start_with_source(
         Arc::clone(&clock),
         Arc::clone(&metrics),
     ));
-    let streams = Arc::new(StreamHub::new(settings.streaming.buffer_events));
+    let streams = Arc::new(StreamHub::new(settings.streaming.buffer_events.get()));
     let streaming_secret = std::env::var(&settings.streaming.secret_env)
         .ok()
         .filter(|s| !s.is_empty())

@@ -252,7 +252,7 @@ impl SchedulerProbe {
         slog::info!(self.log, "cold start: running the target's start command";
             "cluster" => &self.cluster.name, "target" => slug);
         let argv = vec!["sh".to_string(), "-c".to_string(), command];
-        let timeout = Duration::from_secs(self.cold_start.command_timeout_secs);
+        let timeout = Duration::from_secs(self.cold_start.command_timeout_secs.get());
         let slug = slug.to_string();
         ctx.spawn(
             async move { run_command(&argv, timeout).await }
@@ -364,7 +364,7 @@ impl Actor for SchedulerProbe {
         }
         self.probe(ctx);
         ctx.run_interval(self.cluster.settings.interval(), |act, ctx| act.probe(ctx));
-        let fast = Duration::from_millis(self.cold_start.probe_interval_ms);
+        let fast = Duration::from_millis(self.cold_start.probe_interval_ms.get());
         ctx.run_interval(fast, |act, ctx| {
             if act.fast_until.is_some() {
                 act.probe(ctx);

@@ -1,6 +1,7 @@
 //! `[cold_start]`, `[globus_compute]`, `[streaming]` and `[clusters.<name>]`: HPC schedulers
 //! and Globus Compute.
 
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -12,20 +13,20 @@ use super::{positive, ConfigError};
 #[serde(deny_unknown_fields)]
 pub struct ColdStart {
     /// Seconds a request for a cold model waits for a target to come up.
-    pub wait_secs: u64,
+    pub wait_secs: NonZeroU64,
     /// `Retry-After` seconds when the wait ends first.
-    pub retry_after_secs: u64,
+    pub retry_after_secs: NonZeroU64,
     /// A target's start command runs at most once per this many seconds.
     pub debounce_secs: u64,
     /// Milliseconds between scheduler probes while a start is pending.
-    pub probe_interval_ms: u64,
+    pub probe_interval_ms: NonZeroU64,
     /// Seconds a start command may run.
-    pub command_timeout_secs: u64,
+    pub command_timeout_secs: NonZeroU64,
 }
 
 impl ColdStart {
     pub fn wait(&self) -> Duration {
-        Duration::from_secs(self.wait_secs)
+        Duration::from_secs(self.wait_secs.get())
     }
 }
 
@@ -43,11 +44,11 @@ pub struct GlobusCompute {
     /// The Compute scope requested.
     pub scope: String,
     /// First and largest pause between task polls, in milliseconds (doubling).
-    pub poll_initial_ms: u64,
-    pub poll_max_ms: u64,
+    pub poll_initial_ms: NonZeroU64,
+    pub poll_max_ms: NonZeroU64,
     /// Seconds a task may take before the request gets 504 (a target's
     /// `api_request_timeout` overrides it).
-    pub task_timeout_secs: u64,
+    pub task_timeout_secs: NonZeroU64,
     /// Seconds an endpoint's status is cached (errors: a sixth of it).
     pub status_cache_secs: u64,
     /// Seconds after a submit during which an endpoint with no managers counts as
@@ -67,10 +68,10 @@ pub struct Streaming {
     /// `X-Internal-Secret` (unset: every callback is refused).
     pub secret_env: String,
     /// Largest `data` callback body, and largest `done`/`error` body, in bytes.
-    pub max_data_bytes: usize,
-    pub max_control_bytes: usize,
+    pub max_data_bytes: NonZeroUsize,
+    pub max_control_bytes: NonZeroUsize,
     /// Callbacks buffered per stream while the client reads (more: 503 to the function).
-    pub buffer_events: usize,
+    pub buffer_events: NonZeroUsize,
     /// Milliseconds to wait for `done` after the task itself finished.
     pub done_grace_ms: u64,
 }
@@ -215,15 +216,6 @@ impl ClusterSettings {
     }
 }
 
-impl ColdStart {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        positive("cold_start.wait_secs", self.wait_secs)?;
-        positive("cold_start.retry_after_secs", self.retry_after_secs)?;
-        positive("cold_start.probe_interval_ms", self.probe_interval_ms)?;
-        positive("cold_start.command_timeout_secs", self.command_timeout_secs)
-    }
-}
-
 impl GlobusCompute {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         for (key, url) in [
@@ -237,9 +229,7 @@ impl GlobusCompute {
                 ));
             }
         }
-        positive("globus_compute.poll_initial_ms", self.poll_initial_ms)?;
-        positive("globus_compute.poll_max_ms", self.poll_max_ms)?;
-        positive("globus_compute.task_timeout_secs", self.task_timeout_secs)
+        Ok(())
     }
 }
 
@@ -249,9 +239,7 @@ impl Streaming {
             crate::fixtures::normalize_base_url(&self.callback_base_url)
                 .map_err(|m| ConfigError::new("streaming.callback_base_url", m))?;
         }
-        positive("streaming.max_data_bytes", self.max_data_bytes as u64)?;
-        positive("streaming.max_control_bytes", self.max_control_bytes as u64)?;
-        positive("streaming.buffer_events", self.buffer_events as u64)
+        Ok(())
     }
 }
 

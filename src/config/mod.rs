@@ -156,7 +156,6 @@ impl Settings {
         self.storage.validate()?;
         crate::store::DatabaseUrl::from_settings(self)?;
         self.batches.validate()?;
-        self.cold_start.validate()?;
         self.globus_compute.validate()?;
         self.streaming.validate()?;
         self.redis.validate()?;
@@ -440,6 +439,48 @@ mod tests {
             ),
             ("GATEWAY__DATABASE__POOL_SIZE", "database.pool_size"),
             ("GATEWAY__DATABASE__TIMEOUT_SECS", "database.timeout_secs"),
+            ("GATEWAY__QUOTAS__IDLE_SECS", "quotas.idle_secs"),
+            (
+                "GATEWAY__QUOTAS__FLUSH_INTERVAL_MS",
+                "quotas.flush_interval_ms",
+            ),
+            ("GATEWAY__COLD_START__WAIT_SECS", "cold_start.wait_secs"),
+            (
+                "GATEWAY__COLD_START__RETRY_AFTER_SECS",
+                "cold_start.retry_after_secs",
+            ),
+            (
+                "GATEWAY__COLD_START__PROBE_INTERVAL_MS",
+                "cold_start.probe_interval_ms",
+            ),
+            (
+                "GATEWAY__COLD_START__COMMAND_TIMEOUT_SECS",
+                "cold_start.command_timeout_secs",
+            ),
+            (
+                "GATEWAY__GLOBUS_COMPUTE__POLL_INITIAL_MS",
+                "globus_compute.poll_initial_ms",
+            ),
+            (
+                "GATEWAY__GLOBUS_COMPUTE__POLL_MAX_MS",
+                "globus_compute.poll_max_ms",
+            ),
+            (
+                "GATEWAY__GLOBUS_COMPUTE__TASK_TIMEOUT_SECS",
+                "globus_compute.task_timeout_secs",
+            ),
+            (
+                "GATEWAY__STREAMING__MAX_DATA_BYTES",
+                "streaming.max_data_bytes",
+            ),
+            (
+                "GATEWAY__STREAMING__MAX_CONTROL_BYTES",
+                "streaming.max_control_bytes",
+            ),
+            (
+                "GATEWAY__STREAMING__BUFFER_EVENTS",
+                "streaming.buffer_events",
+            ),
         ] {
             let err = Settings::load_from(None, None, env(&[(var, "0")])).unwrap_err();
             assert_eq!(err.key, key, "{var}: {err}");

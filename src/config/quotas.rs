@@ -1,10 +1,11 @@
 //! `[quotas]`: rate limits and usage quotas.
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{positive, ConfigError};
+use super::ConfigError;
 
 /// `[quotas]`: rate limits and usage quotas (see `quota/`).
 #[derive(Debug, Clone, Deserialize)]
@@ -14,9 +15,9 @@ pub struct Quotas {
     /// How long a request waits for an in-flight slot before it gets 429.
     pub queue_timeout_ms: u64,
     /// A subject unused this long has its `QuotaActor` stopped (counters flushed first).
-    pub idle_secs: u64,
+    pub idle_secs: NonZeroU64,
     /// How often day and month counters are written to the database.
-    pub flush_interval_ms: u64,
+    pub flush_interval_ms: NonZeroU64,
     /// Active batches per user (`MAX_BATCHES_PER_USER`; 0 = no limit).
     pub max_batches_per_user: u64,
     /// Redis mode (`redis.url` set): how often each replica pushes its counts to Redis and
@@ -62,8 +63,6 @@ pub struct LimitSettings {
 
 impl Quotas {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        positive("quotas.idle_secs", self.idle_secs)?;
-        positive("quotas.flush_interval_ms", self.flush_interval_ms)?;
         if !(1..=10_000).contains(&self.redis_sync_ms) {
             return Err(ConfigError::new(
                 "quotas.redis_sync_ms",

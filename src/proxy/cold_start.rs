@@ -153,6 +153,6 @@ async fn start_cold(
     Err(ApiError::ModelStarting {
         model: model.to_string(),
         phase,
-        retry_after: Duration::from_secs(cold.retry_after_secs),
+        retry_after: Duration::from_secs(cold.retry_after_secs.get()),
     })
 }

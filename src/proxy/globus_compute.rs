@@ -421,7 +421,7 @@ pub(crate) async fn send(
         + target
             .spec
             .request_timeout
-            .unwrap_or(Duration::from_secs(shared.settings.task_timeout_secs));
+            .unwrap_or(Duration::from_secs(shared.settings.task_timeout_secs.get()));
     let mut params = model_params(&body, call.upstream_path, g.api_port)
         .map_err(|e| AttemptError::Died(format!("cannot build model_params: {e}")))?;
     let callback = if call.stream {
@@ -688,8 +688,8 @@ impl TaskPoll {
                 &format!("/v2/tasks/{task_id}"),
             ),
             token,
-            initial: Duration::from_millis(shared.settings.poll_initial_ms),
-            max: Duration::from_millis(shared.settings.poll_max_ms),
+            initial: Duration::from_millis(shared.settings.poll_initial_ms.get()),
+            max: Duration::from_millis(shared.settings.poll_max_ms.get()),
             deadline,
         }
     }

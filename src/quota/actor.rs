@@ -151,8 +151,9 @@ impl QuotaSupervisor {
         let sup = QuotaSupervisor {
             registry: Arc::clone(&registry),
             actors: HashMap::new(),
-            flush_every: Duration::from_millis(settings.flush_interval_ms),
-            idle_ms: i64::try_from(settings.idle_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            flush_every: Duration::from_millis(settings.flush_interval_ms.get()),
+            idle_ms: i64::try_from(settings.idle_secs.get().saturating_mul(1000))
+                .unwrap_or(i64::MAX),
             restarts: 0,
         }
         .start();

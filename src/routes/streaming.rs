@@ -55,7 +55,8 @@ async fn handle(
     let limit = match kind {
         Kind::Data => settings.max_data_bytes,
         Kind::Done | Kind::Error => settings.max_control_bytes,
-    };
+    }
+    .get();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
