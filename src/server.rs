@@ -381,7 +381,7 @@ pub fn start_with_source(
         quota_supervisor: quota_supervisor.clone(),
         batches: batches.clone(),
         uploads: Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(settings.batches.max_concurrent_uploads).unwrap_or(usize::MAX),
+            usize::try_from(settings.batches.max_concurrent_uploads.get()).unwrap_or(usize::MAX),
         )),
     });
     let routes = routes::inference_routes(&settings);

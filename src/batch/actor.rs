@@ -193,7 +193,7 @@ impl BatchActor {
             let upstream =
                 Upstream::new(&deps.settings.upstream).with_globus(Arc::clone(&deps.globus));
             let permits =
-                usize::try_from(deps.settings.batches.max_concurrency).unwrap_or(usize::MAX);
+                usize::try_from(deps.settings.batches.max_concurrency.get()).unwrap_or(usize::MAX);
             BatchActor {
                 upstream: Rc::new(upstream),
                 global: Arc::new(Semaphore::new(permits)),
@@ -213,7 +213,7 @@ impl BatchActor {
     /// more than `max_running_per_user` slots, so one user cannot hold them all.
     fn claim(&mut self, ctx: &mut Context<Self>) {
         let settings = &self.deps.settings.batches;
-        let cap = usize::try_from(settings.max_running).unwrap_or(usize::MAX);
+        let cap = usize::try_from(settings.max_running.get()).unwrap_or(usize::MAX);
         if self.claiming || self.running.len() >= cap {
             return;
         }
@@ -326,7 +326,7 @@ impl Actor for BatchActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // A rebuilt actor starts from nothing (a dead one never ran `stopped`).
         self.publish_active();
-        let every = Duration::from_millis(self.deps.settings.batches.poll_interval_ms);
+        let every = Duration::from_millis(self.deps.settings.batches.poll_interval_ms.get());
         ctx.run_interval(every, |act, ctx| act.claim(ctx));
         self.claim(ctx);
     }
@@ -733,9 +733,10 @@ impl Runner {
             _ => None,
         };
         let settings = &self.deps.settings.batches;
-        let per_batch = usize::try_from(settings.concurrency_per_batch).unwrap_or(usize::MAX);
-        let flush_lines = usize::try_from(settings.flush_lines).unwrap_or(usize::MAX);
-        let mut ticker = tokio::time::interval(Duration::from_millis(settings.flush_interval_ms));
+        let per_batch = usize::try_from(settings.concurrency_per_batch.get()).unwrap_or(usize::MAX);
+        let flush_lines = usize::try_from(settings.flush_lines.get()).unwrap_or(usize::MAX);
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(settings.flush_interval_ms.get()));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inflight = FuturesUnordered::new();
         let mut buffer: Vec<ItemRow> = Vec::new();
@@ -898,7 +899,7 @@ impl Runner {
     /// One line to its result, retrying what may pass later.
     async fn run_line(&self, ctx: &LineCtx, line: Line, log: &slog::Logger) -> ItemRow {
         let _load = LoadGuard::new(&self.load, &line.model);
-        let tries = self.deps.settings.batches.line_attempts;
+        let tries = self.deps.settings.batches.line_attempts.get();
         let mut failures = 0;
         let request_id = format!("{}-{}", ctx.batch_id, line.index);
         let (ok, result) = loop {

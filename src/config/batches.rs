@@ -1,11 +1,12 @@
 //! `[batches]`: the Files and Batch APIs.
 
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{positive, ConfigError};
+use super::ConfigError;
 
 /// `[batches]`: the Files and Batch APIs and the `BatchActor` that runs batches.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,15 +15,15 @@ pub struct Batches {
     /// Run batches in this process (a replica may serve the API only).
     pub enabled: bool,
     /// Largest file `POST /v1/files` (and FIRST's path form) accepts.
-    pub max_file_bytes: u64,
+    pub max_file_bytes: NonZeroU64,
     /// Uploads (`POST /v1/files`) received at once by this process; more are 429.
-    pub max_concurrent_uploads: u64,
+    pub max_concurrent_uploads: NonZeroU64,
     /// Lines of one batch in flight at once.
-    pub concurrency_per_batch: u64,
+    pub concurrency_per_batch: NonZeroU64,
     /// Lines of all batches in flight at once in this process.
-    pub max_concurrency: u64,
+    pub max_concurrency: NonZeroU64,
     /// Batches this process runs at once.
-    pub max_running: u64,
+    pub max_running: NonZeroU64,
     /// Of those, at most this many of one user's (0 = all but one of `max_running`, so
     /// another user's batch always finds a slot).
     pub max_running_per_user: u64,
@@ -32,13 +33,13 @@ pub struct Batches {
     /// Seconds a claim on a batch holds; renewed every third of it while it runs.
     pub lease_secs: u64,
     /// Milliseconds between looks for runnable batches.
-    pub poll_interval_ms: u64,
+    pub poll_interval_ms: NonZeroU64,
     /// Finished lines are written in transactions of at most this many lines...
-    pub flush_lines: u64,
+    pub flush_lines: NonZeroU64,
     /// ...or after this many milliseconds, whichever comes first.
-    pub flush_interval_ms: u64,
+    pub flush_interval_ms: NonZeroU64,
     /// Tries per line when every target failed or none was available.
-    pub line_attempts: u64,
+    pub line_attempts: NonZeroU64,
     /// Directories FIRST's path form may read from and write to (empty = path form off).
     pub allowed_roots: Vec<PathBuf>,
 }
@@ -47,7 +48,7 @@ impl Batches {
     /// Slots one user's batches may hold in this process.
     pub fn per_user_running(&self) -> u64 {
         match self.max_running_per_user {
-            0 => self.max_running.saturating_sub(1).max(1),
+            0 => self.max_running.get().saturating_sub(1).max(1),
             n => n,
         }
     }
@@ -59,22 +60,10 @@ impl Batches {
 
 impl Batches {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        positive("batches.max_file_bytes", self.max_file_bytes)?;
-        positive(
-            "batches.max_concurrent_uploads",
-            self.max_concurrent_uploads,
-        )?;
-        positive("batches.concurrency_per_batch", self.concurrency_per_batch)?;
-        positive("batches.max_concurrency", self.max_concurrency)?;
-        positive("batches.max_running", self.max_running)?;
-        positive("batches.poll_interval_ms", self.poll_interval_ms)?;
-        positive("batches.flush_lines", self.flush_lines)?;
-        positive("batches.flush_interval_ms", self.flush_interval_ms)?;
-        positive("batches.line_attempts", self.line_attempts)?;
         if self.lease_secs < 3 {
             return Err(ConfigError::new("batches.lease_secs", "at least 3"));
         }
-        if self.flush_lines > 1000 {
+        if self.flush_lines.get() > 1000 {
             return Err(ConfigError::new("batches.flush_lines", "at most 1000"));
         }
         for root in &self.allowed_roots {

@@ -481,6 +481,30 @@ mod tests {
                 "GATEWAY__STREAMING__BUFFER_EVENTS",
                 "streaming.buffer_events",
             ),
+            ("GATEWAY__BATCHES__MAX_FILE_BYTES", "batches.max_file_bytes"),
+            (
+                "GATEWAY__BATCHES__MAX_CONCURRENT_UPLOADS",
+                "batches.max_concurrent_uploads",
+            ),
+            (
+                "GATEWAY__BATCHES__CONCURRENCY_PER_BATCH",
+                "batches.concurrency_per_batch",
+            ),
+            (
+                "GATEWAY__BATCHES__MAX_CONCURRENCY",
+                "batches.max_concurrency",
+            ),
+            ("GATEWAY__BATCHES__MAX_RUNNING", "batches.max_running"),
+            (
+                "GATEWAY__BATCHES__POLL_INTERVAL_MS",
+                "batches.poll_interval_ms",
+            ),
+            ("GATEWAY__BATCHES__FLUSH_LINES", "batches.flush_lines"),
+            (
+                "GATEWAY__BATCHES__FLUSH_INTERVAL_MS",
+                "batches.flush_interval_ms",
+            ),
+            ("GATEWAY__BATCHES__LINE_ATTEMPTS", "batches.line_attempts"),
         ] {
             let err = Settings::load_from(None, None, env(&[(var, "0")])).unwrap_err();
             assert_eq!(err.key, key, "{var}: {err}");

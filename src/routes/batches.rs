@@ -71,7 +71,7 @@ pub async fn upload(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let r = async {
-        let limit = state.settings.batches.max_file_bytes;
+        let limit = state.settings.batches.max_file_bytes.get();
         let declared = req
             .headers()
             .get(actix_web::http::header::CONTENT_LENGTH)
@@ -86,7 +86,7 @@ pub async fn upload(
         }
         let Ok(_slot) = Arc::clone(&state.uploads).try_acquire_owned() else {
             return Err(ApiError::TooManyUploads(
-                state.settings.batches.max_concurrent_uploads,
+                state.settings.batches.max_concurrent_uploads.get(),
             ));
         };
         upload_inner(caller.id.clone(), payload, &state).await
@@ -110,7 +110,7 @@ async fn upload_inner(
     mut form: Multipart,
     state: &AppState,
 ) -> Result<HttpResponse> {
-    let limit = state.settings.batches.max_file_bytes;
+    let limit = state.settings.batches.max_file_bytes.get();
     let dir = files::dir(&state.settings);
     let mut purpose: Option<String> = None;
     let mut file: Option<(String, files::Incoming)> = None;
@@ -636,7 +636,7 @@ async fn create_path_batch(
         )));
     }
     check_batch_limit(state, &caller.id).await?;
-    let limit = state.settings.batches.max_file_bytes;
+    let limit = state.settings.batches.max_file_bytes.get();
     let id = files::new_file_id();
     // The batch runs from its own copy: a later change to the path changes nothing.
     let copied = files::import(
