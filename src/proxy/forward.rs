@@ -234,18 +234,7 @@ pub async fn forward(
                 .inc();
         }
 
-        let rewritten = if json {
-            rewrite_model(&call.body, &call.requested_model, &target.spec.model)
-                .map_err(|e| e.to_string())
-        } else {
-            rewrite_form_model(
-                &call.body,
-                &call.content_type,
-                &call.requested_model,
-                &target.spec.model,
-            )
-        };
-        let body = match rewritten {
+        let body = match body_for(&call, &target, json) {
             Ok(body) => body,
             Err(e) => {
                 return Err((ApiError::internal("rewriting the model field", e), record));
@@ -305,20 +294,7 @@ pub async fn forward(
                 ));
             }
             Ok(Committed::Body(status, body)) => {
-                let ttfb = lease.started().elapsed();
-                lease.set_verdict(Verdict::Success { ttfb });
-                drop(lease);
-                record.on_first_byte(ttfb);
-                record.on_answer(status.as_u16());
-                let mut meter = UsageMeter::default();
-                meter.observe_json(&body);
-                record.on_usage(meter.usage());
-                let response = HttpResponse::build(status)
-                    .content_type("application/json")
-                    .insert_header((REQUEST_ID.clone(), call.request_id.clone()))
-                    .body(body);
-                record.finish_soon(log.clone(), &call.metrics);
-                return Ok(response);
+                return Ok(respond_whole(status, body, lease, record, &call, log));
             }
             Ok(Committed::CredentialsRefused(status)) => {
                 // The target's own credentials are wrong: neither the caller's fault nor
@@ -345,33 +321,7 @@ pub async fn forward(
                 return Ok(response);
             }
             Err(e) => {
-                let (verdict, detail) = match &e {
-                    AttemptError::Connect(m) | AttemptError::Broken(m) | AttemptError::Died(m) => {
-                        (Verdict::Failure { error: m.clone() }, m.clone())
-                    }
-                    AttemptError::Timeout => (
-                        Verdict::Failure {
-                            error: "no response head in time".into(),
-                        },
-                        "timeout".into(),
-                    ),
-                    AttemptError::Status5xx(s, m) => (
-                        Verdict::Failure {
-                            error: format!("HTTP {s}: {m}"),
-                        },
-                        format!("HTTP {s}"),
-                    ),
-                    AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
-                    AttemptError::Starting(_) => (Verdict::Neutral, "starting".into()),
-                    AttemptError::OutOfFds(m) => {
-                        call.metrics
-                            .pool
-                            .fd_exhausted
-                            .with_label_values(&["connect"])
-                            .inc();
-                        (Verdict::Neutral, m.clone())
-                    }
-                };
+                let (verdict, detail) = verdict_of(&e, &call.metrics);
                 if let Some(kind) = e.kind() {
                     call.metrics.upstream_error(target.slug(), kind);
                 }
@@ -398,34 +348,101 @@ pub async fn forward(
         }
     }
 
-    let cause = causes.join("; ");
-    let error = match last {
-        None => ApiError::NoAvailableTarget {
-            model: model_name,
-            cause,
-        },
-        Some(AttemptError::Timeout) => ApiError::UpstreamTimeout {
-            model: model_name,
-            cause,
-        },
+    Err((final_error(last, model_name, causes.join("; ")), record))
+}
+
+/// The body for `target`: the request's, with `model` renamed to the target's own name.
+fn body_for(call: &Call, target: &Target, json: bool) -> Result<Bytes, String> {
+    if json {
+        rewrite_model(&call.body, &call.requested_model, &target.spec.model)
+            .map_err(|e| e.to_string())
+    } else {
+        rewrite_form_model(
+            &call.body,
+            &call.content_type,
+            &call.requested_model,
+            &target.spec.model,
+        )
+    }
+}
+
+/// A whole (not streamed) JSON answer: the lease's success, the usage it reports, the
+/// record written once the answer is flushed.
+fn respond_whole(
+    status: StatusCode,
+    body: Bytes,
+    mut lease: Lease,
+    mut record: RequestRecord,
+    call: &Call,
+    log: &slog::Logger,
+) -> HttpResponse {
+    let ttfb = lease.started().elapsed();
+    lease.set_verdict(Verdict::Success { ttfb });
+    drop(lease);
+    record.on_first_byte(ttfb);
+    record.on_answer(status.as_u16());
+    let mut meter = UsageMeter::default();
+    meter.observe_json(&body);
+    record.on_usage(meter.usage());
+    let response = HttpResponse::build(status)
+        .content_type("application/json")
+        .insert_header((REQUEST_ID.clone(), call.request_id.clone()))
+        .body(body);
+    record.finish_soon(log.clone(), &call.metrics);
+    response
+}
+
+/// What a failed attempt means for its target's breaker, and its words for the log.
+fn verdict_of(e: &AttemptError, metrics: &Metrics) -> (Verdict, String) {
+    match e {
+        AttemptError::Connect(m) | AttemptError::Broken(m) | AttemptError::Died(m) => {
+            (Verdict::Failure { error: m.clone() }, m.clone())
+        }
+        AttemptError::Timeout => (
+            Verdict::Failure {
+                error: "no response head in time".into(),
+            },
+            "timeout".into(),
+        ),
+        AttemptError::Status5xx(s, m) => (
+            Verdict::Failure {
+                error: format!("HTTP {s}: {m}"),
+            },
+            format!("HTTP {s}"),
+        ),
+        AttemptError::RateLimited(..) => (Verdict::Neutral, "HTTP 429".into()),
+        AttemptError::Starting(_) => (Verdict::Neutral, "starting".into()),
+        AttemptError::OutOfFds(m) => {
+            metrics
+                .pool
+                .fd_exhausted
+                .with_label_values(&["connect"])
+                .inc();
+            (Verdict::Neutral, m.clone())
+        }
+    }
+}
+
+/// The client's error when no attempt answered: from the last attempt's failure, with
+/// every attempt's cause ("target a: connection refused; target b: ...").
+fn final_error(last: Option<AttemptError>, model: String, cause: String) -> ApiError {
+    match last {
+        None => ApiError::NoAvailableTarget { model, cause },
+        Some(AttemptError::Timeout) => ApiError::UpstreamTimeout { model, cause },
         Some(AttemptError::OutOfFds(_)) => ApiError::GatewayOverloaded,
         Some(AttemptError::RateLimited(retry_after, body)) => ApiError::RateLimited {
             message: upstream_message(&body).unwrap_or_else(|| {
-                format!("Every target for model `{model_name}` is rate limited; try again later.")
+                format!("Every target for model `{model}` is rate limited; try again later.")
             }),
             retry_after,
         },
         Some(AttemptError::Starting(retry_after)) => ApiError::ModelStarting {
-            model: model_name,
+            model,
             phase: "starting",
             retry_after,
         },
-        Some(_) => ApiError::AllTargetsFailed {
-            model: model_name,
-            cause,
-        },
-    };
-    Err((error, record))
+        Some(_) => ApiError::AllTargetsFailed { model, cause },
+    }
 }
 
 /// Why a target could not take a request, for the client: its state, never its address
