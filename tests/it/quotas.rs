@@ -62,18 +62,14 @@ async fn admin(gw: &TestGateway, method: &str, path: &str, body: Option<Value>) 
 }
 
 /// A gateway on one mock target ("llama"), admin key set, with extra settings.
-async fn gateway(
-    mock: &MockUpstream,
-    keys: &tempfile::TempDir,
-    settings: &[(&str, &str)],
-) -> TestGateway {
-    let key_file = admin_key_file(keys.path());
-    let mut all = vec![
-        ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
-        ("GATEWAY__AUTH__ADMIN_KEY_FILE", key_file.as_str()),
-    ];
-    all.extend_from_slice(settings);
-    start(&[target("a", "llama", mock.url())], &all).await
+/// A gateway with one target `a` serving `llama` on `mock`, the admin key, and `settings`.
+async fn gateway(mock: &MockUpstream, settings: &[(&str, &str)]) -> TestGateway {
+    TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .admin_key()
+        .env(settings)
+        .start()
+        .await
 }
 
 const ANON: &str = "user:anonymous";
@@ -81,13 +77,7 @@ const ANON: &str = "user:anonymous";
 #[actix_rt::test]
 async fn daily_request_quota_counts_down_in_headers_then_refuses() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        &mock,
-        &keys,
-        &[("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "3")],
-    )
-    .await;
+    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "3")]).await;
     for remaining in ["2", "1", "0"] {
         let r = send(&gw, &chat("llama")).await;
         assert_eq!(r.status, 200);
@@ -141,10 +131,8 @@ async fn daily_request_quota_counts_down_in_headers_then_refuses() {
 #[actix_rt::test]
 async fn token_bucket_allows_the_burst_then_asks_to_retry() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
     let gw = gateway(
         &mock,
-        &keys,
         &[
             ("GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND", "0.5"),
             ("GATEWAY__QUOTAS__USER__BURST", "2"),
@@ -169,10 +157,8 @@ async fn in_flight_cap_holds_under_concurrent_load() {
     })
     .await
     .unwrap();
-    let keys = tempfile::tempdir().unwrap();
     let gw = gateway(
         &mock,
-        &keys,
         &[
             ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "2"),
             ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "150"),
@@ -196,10 +182,8 @@ async fn in_flight_cap_holds_under_concurrent_load() {
     gw.stop().await;
 
     // With a queue longer than a request, the waiters get their turn instead.
-    let keys = tempfile::tempdir().unwrap();
     let gw = gateway(
         &mock,
-        &keys,
         &[
             ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "2"),
             ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "5000"),
@@ -220,13 +204,7 @@ async fn in_flight_cap_holds_under_concurrent_load() {
 #[actix_rt::test]
 async fn streams_are_charged_from_usage_the_client_did_not_see() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        &mock,
-        &keys,
-        &[("GATEWAY__LOGGING__FLUSH_INTERVAL_MS", "20")],
-    )
-    .await;
+    let gw = gateway(&mock, &[("GATEWAY__LOGGING__FLUSH_INTERVAL_MS", "20")]).await;
     let mut body = chat("llama");
     body["stream"] = json!(true);
     let r = send(&gw, &body).await;
@@ -296,13 +274,7 @@ async fn streams_are_charged_from_usage_the_client_did_not_see() {
 #[actix_rt::test]
 async fn used_up_token_budget_refuses_until_reset() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        &mock,
-        &keys,
-        &[("GATEWAY__QUOTAS__USER__TOKENS_PER_DAY", "10")],
-    )
-    .await;
+    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__USER__TOKENS_PER_DAY", "10")]).await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     let r = send(&gw, &chat("llama")).await;
     assert_eq!(r.status, 429);
@@ -321,14 +293,13 @@ async fn used_up_token_budget_refuses_until_reset() {
 #[actix_rt::test]
 async fn a_restart_keeps_the_days_usage() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", data.path().join("q.db").display());
     let settings = [
         ("GATEWAY__DATABASE__URL", url.as_str()),
         ("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "5"),
     ];
-    let gw = gateway(&mock, &keys, &settings).await;
+    let gw = gateway(&mock, &settings).await;
     for _ in 0..3 {
         assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     }
@@ -336,7 +307,7 @@ async fn a_restart_keeps_the_days_usage() {
     gw.quota_supervisor.send(FlushAll).await.unwrap();
     gw.stop().await;
 
-    let gw = gateway(&mock, &keys, &settings).await;
+    let gw = gateway(&mock, &settings).await;
     let r = send(&gw, &chat("llama")).await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -352,8 +323,7 @@ async fn a_restart_keeps_the_days_usage() {
 #[actix_rt::test]
 async fn admin_overrides_apply_at_once_and_persist() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let gw = gateway(&mock, &keys, &[]).await;
+    let gw = gateway(&mock, &[]).await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
 
     let path = format!("/admin/quota/{ANON}");
@@ -444,13 +414,7 @@ async fn admin_overrides_apply_at_once_and_persist() {
 #[actix_rt::test]
 async fn a_crashed_quota_actor_is_rebuilt_and_counting_goes_on() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        &mock,
-        &keys,
-        &[("GATEWAY__QUOTAS__FLUSH_INTERVAL_MS", "50")],
-    )
-    .await;
+    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__FLUSH_INTERVAL_MS", "50")]).await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     let subject = Subject::new(Kind::User, "anonymous");
     let actor = gw
@@ -494,10 +458,8 @@ async fn a_crashed_quota_actor_is_rebuilt_and_counting_goes_on() {
 #[actix_rt::test]
 async fn idle_subjects_are_retired_and_come_back_with_their_counts() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
     let gw = gateway(
         &mock,
-        &keys,
         &[
             ("GATEWAY__QUOTAS__IDLE_SECS", "1"),
             ("GATEWAY__QUOTAS__FLUSH_INTERVAL_MS", "50"),
@@ -523,13 +485,7 @@ async fn idle_subjects_are_retired_and_come_back_with_their_counts() {
 #[actix_rt::test]
 async fn batches_per_user_are_capped() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let gw = gateway(
-        &mock,
-        &keys,
-        &[("GATEWAY__QUOTAS__MAX_BATCHES_PER_USER", "2")],
-    )
-    .await;
+    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__MAX_BATCHES_PER_USER", "2")]).await;
     let state = gw.quotas.state(Subject::new(Kind::User, "alice")).await;
     let a = state.try_start_batch().unwrap();
     let _b = state.try_start_batch().unwrap();
@@ -549,10 +505,8 @@ async fn a_client_that_goes_away_gives_its_slot_back_and_pays_for_what_it_got() 
     })
     .await
     .unwrap();
-    let keys = tempfile::tempdir().unwrap();
     let gw = gateway(
         &mock,
-        &keys,
         &[
             ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "1"),
             ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "0"),
