@@ -123,14 +123,7 @@ pub async fn usage(
     };
     let mut totals = ModelUsage::default();
     for m in &models {
-        add(
-            &mut totals,
-            m.requests,
-            m.errors,
-            m.prompt_tokens,
-            m.completion_tokens,
-            m.total_tokens,
-        );
+        totals.add(m);
     }
     let mut body = json!({
         "object": "usage",
@@ -185,14 +178,6 @@ fn bucket_window(
     Ok((Some(since), Some(until)))
 }
 
-fn add(t: &mut ModelUsage, requests: i64, errors: i64, prompt: i64, completion: i64, total: i64) {
-    t.requests += requests;
-    t.errors += errors;
-    t.prompt_tokens += prompt;
-    t.completion_tokens += completion;
-    t.total_tokens += total;
-}
-
 fn usage_json(u: &ModelUsage) -> Value {
     json!({
         "requests": u.requests,
@@ -212,18 +197,14 @@ fn millis_to_rfc3339(ms: Option<i64>) -> Option<String> {
 fn per_model(rows: &[BucketUsage]) -> Vec<ModelUsage> {
     let mut by_model: BTreeMap<&str, ModelUsage> = BTreeMap::new();
     for r in rows {
-        let m = by_model.entry(&r.model).or_insert_with(|| ModelUsage {
-            model: r.model.clone(),
-            ..ModelUsage::default()
-        });
-        add(
-            m,
-            r.requests,
-            r.errors,
-            r.prompt_tokens,
-            r.completion_tokens,
-            r.total_tokens,
-        );
+        let u = &r.usage;
+        by_model
+            .entry(&u.model)
+            .or_insert_with(|| ModelUsage {
+                model: u.model.clone(),
+                ..ModelUsage::default()
+            })
+            .add(u);
     }
     by_model.into_values().collect()
 }
@@ -242,17 +223,11 @@ fn dense_series(rows: &[BucketUsage], bucket: UsageBucket, since: i64, until: i6
             if r.start < start {
                 continue;
             }
-            add(
-                &mut totals,
-                r.requests,
-                r.errors,
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.total_tokens,
-            );
+            let u = &r.usage;
+            totals.add(u);
             models.insert(
-                r.model.clone(),
-                json!({"requests": r.requests, "errors": r.errors, "total_tokens": r.total_tokens}),
+                u.model.clone(),
+                json!({"requests": u.requests, "errors": u.errors, "total_tokens": u.total_tokens}),
             );
         }
         let mut entry = usage_json(&totals);
@@ -321,11 +296,13 @@ mod tests {
     fn row(start: i64, model: &str, requests: i64) -> BucketUsage {
         BucketUsage {
             start,
-            model: model.into(),
-            requests,
-            errors: 1,
-            total_tokens: 10 * requests,
-            ..BucketUsage::default()
+            usage: ModelUsage {
+                model: model.into(),
+                requests,
+                errors: 1,
+                total_tokens: 10 * requests,
+                ..ModelUsage::default()
+            },
         }
     }
 

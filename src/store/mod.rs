@@ -280,6 +280,34 @@ pub struct ModelUsage {
     pub total_tokens: i64,
 }
 
+impl ModelUsage {
+    /// From a row of the usage queries: model, requests, errors, prompt, completion and
+    /// total tokens.
+    pub fn from_row((model, requests, errors, prompt, completion, total): UsageRow) -> Self {
+        ModelUsage {
+            model,
+            requests,
+            errors,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+        }
+    }
+
+    /// Adds `other`'s counts to these (the model name stays).
+    pub fn add(&mut self, other: &ModelUsage) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+    }
+}
+
+/// What the usage queries select per group after its key: model, requests, errors, and
+/// prompt, completion and total tokens.
+pub type UsageRow = (String, i64, i64, i64, i64, i64);
+
 /// The width of the time buckets of `/admin/usage?bucket=`. Buckets start at multiples of
 /// their width since the unix epoch, so days are UTC days.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,15 +355,10 @@ impl UsageBucket {
 }
 
 /// The aggregate of one model's rows in one time bucket; `start` is unix milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BucketUsage {
     pub start: i64,
-    pub model: String,
-    pub requests: i64,
-    pub errors: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub total_tokens: i64,
+    pub usage: ModelUsage,
 }
 
 pub trait RequestLogStore: Send + Sync {

@@ -50,9 +50,9 @@ macro_rules! impl_stores {
             api_keys, batch_items, batches, files, quota_overrides, request_log, usage_counters,
         };
         use $crate::store::{
-            ApiKeyRow, BatchPatch, BatchRow, BatchStore, CounterRow, CounterStore, FileRow,
-            ItemRow, KeyStore, LogRow, ModelUsage, UsageBucket, BucketUsage, QuotaOverrideRow, RequestLogStore, StoreError,
-            StoreResult, UsageFilter, ACTIVE_BATCH_STATES,
+            ApiKeyRow, BatchPatch, BatchRow, BatchStore, BucketUsage, CounterRow, CounterStore,
+            FileRow, ItemRow, KeyStore, LogRow, ModelUsage, QuotaOverrideRow, RequestLogStore,
+            StoreError, StoreResult, UsageBucket, UsageFilter, UsageRow, ACTIVE_BATCH_STATES,
         };
 
         impl KeyStore for $store {
@@ -326,20 +326,8 @@ macro_rules! impl_stores {
                         .order(request_log::model.asc())
                         .into_boxed();
                     let q = $crate::store::queries::log_filter!(q, filter);
-                    let rows: Vec<(String, i64, i64, i64, i64, i64)> = q.load(&mut *conn).await?;
-                    Ok(rows
-                        .into_iter()
-                        .map(
-                            |(model, requests, errors, prompt, completion, total)| ModelUsage {
-                                model,
-                                requests,
-                                errors,
-                                prompt_tokens: prompt,
-                                completion_tokens: completion,
-                                total_tokens: total,
-                            },
-                        )
-                        .collect())
+                    let rows: Vec<UsageRow> = q.load(&mut *conn).await?;
+                    Ok(rows.into_iter().map(ModelUsage::from_row).collect())
                 }))
             }
 
@@ -356,33 +344,24 @@ macro_rules! impl_stores {
                     // in both dialects; the bucket width is one of three constants.
                     let ms = bucket.millis();
                     let q = request_log::table
-                        .select(sql::<(BigInt, Text, BigInt, BigInt, BigInt, BigInt, BigInt)>(
-                            &format!(
-                                "(created_at / {ms}) * {ms}, model, COUNT(*), {ERRORS_SQL}, \
+                        .select(sql::<(
+                            BigInt,
+                            (Text, BigInt, BigInt, BigInt, BigInt, BigInt),
+                        )>(&format!(
+                            "(created_at / {ms}) * {ms}, model, COUNT(*), {ERRORS_SQL}, \
                                  {PROMPT_SQL}, {COMPLETION_SQL}, {TOTAL_SQL}"
-                            ),
-                        ))
+                        )))
                         .group_by(sql::<BigInt>("1, 2"))
                         .order(sql::<BigInt>("1, 2"))
                         .into_boxed();
                     let q = $crate::store::queries::log_filter!(q, filter);
-                    let rows: Vec<(i64, String, i64, i64, i64, i64, i64)> =
-                        q.load(&mut *conn).await?;
+                    let rows: Vec<(i64, UsageRow)> = q.load(&mut *conn).await?;
                     Ok(rows
                         .into_iter()
-                        .map(
-                            |(start, model, requests, errors, prompt, completion, total)| {
-                                BucketUsage {
-                                    start,
-                                    model,
-                                    requests,
-                                    errors,
-                                    prompt_tokens: prompt,
-                                    completion_tokens: completion,
-                                    total_tokens: total,
-                                }
-                            },
-                        )
+                        .map(|(start, row)| BucketUsage {
+                            start,
+                            usage: ModelUsage::from_row(row),
+                        })
                         .collect())
                 }))
             }

@@ -334,10 +334,10 @@ async fn usage_series_groups_by_time_bucket_and_model() {
             .map(|r| {
                 (
                     r.start,
-                    r.model.as_str(),
-                    r.requests,
-                    r.errors,
-                    r.total_tokens,
+                    r.usage.model.as_str(),
+                    r.usage.requests,
+                    r.usage.errors,
+                    r.usage.total_tokens,
                 )
             })
             .collect();
@@ -363,7 +363,11 @@ async fn usage_series_groups_by_time_bucket_and_model() {
             .unwrap();
         assert_eq!(days.len(), 1, "{b}: {days:?}");
         assert_eq!(
-            (days[0].start, days[0].requests, days[0].prompt_tokens),
+            (
+                days[0].start,
+                days[0].usage.requests,
+                days[0].usage.prompt_tokens
+            ),
             (10 * day, 3, 4),
             "{b}"
         );
