@@ -2,7 +2,7 @@
 //! lists every user's batches, newest first, each with its `owner`; `POST
 //! /admin/batches/{id}/cancel` cancels any user's batch (as the owner's own cancel does).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -27,7 +27,7 @@ const STATES: [&str; 8] = [
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+pub struct ListParams {
     user: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
@@ -43,12 +43,11 @@ fn admin_json(b: &BatchRow) -> Value {
 
 pub async fn list(
     _: Admin,
-    req: HttpRequest,
+    params: web::Query<ListParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let params = web::Query::<ListParams>::from_query(req.query_string())
-        .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}")))?
-        .into_inner();
+    // A bad query string is refused by the app's `QueryConfig` (400, naming the problem).
+    let params = params.into_inner();
     let status = params.status.filter(|s| !s.is_empty());
     if let Some(s) = status.as_deref() {
         if !STATES.contains(&s) {

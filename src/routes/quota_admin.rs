@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -125,7 +125,7 @@ async fn describe(
 }
 
 #[derive(Deserialize)]
-struct Page {
+pub struct Page {
     limit: Option<usize>,
     after: Option<String>,
 }
@@ -134,12 +134,11 @@ struct Page {
 /// 100, at most 1000), starting after the subject `after`; `next` is the cursor.
 pub async fn list(
     _: Admin,
-    req: HttpRequest,
+    page: web::Query<Page>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = web::Query::<Page>::from_query(req.query_string())
-        .map_err(|e| ApiError::invalid(format!("Invalid query string: {e}")))?
-        .into_inner();
+    // A bad query string is refused by the app's `QueryConfig` (400, naming the problem).
+    let page = page.into_inner();
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::invalid_param(

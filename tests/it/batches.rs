@@ -1629,6 +1629,22 @@ async fn admins_list_every_users_batches_and_cancel_any() {
         "{bad}"
     );
 
+    let (status, bad) = json_call(
+        &gw.url,
+        "GET",
+        "/admin/batches?colour=red",
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Invalid query string") && m.contains("colour")),
+        "{bad}"
+    );
+
     // Users see only their own through /v1/batches, and nothing through the admin view.
     let (status, _) = json_call(&gw.url, "GET", "/admin/batches", Some(&alice), None).await;
     assert_eq!(status, 403);
