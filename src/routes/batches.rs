@@ -676,13 +676,22 @@ async fn create_path_batch(
     insert_batch(state, caller, new).await
 }
 
-async fn owned_batch(state: &AppState, owner: &str, id: &str) -> Result<BatchRow> {
+/// Batch `id`, when `owner` (if given) owns it: else 404, as if it did not exist.
+pub(crate) async fn owned_batch(
+    state: &AppState,
+    owner: Option<&str>,
+    id: &str,
+) -> Result<BatchRow> {
     let row = state
         .store
         .get_batch(id.to_string())
         .await
         .map_err(|e| ApiError::store("reading a batch", e))?;
-    owned(row.filter(|b| b.owner == owner), "batch", id)
+    owned(
+        row.filter(|b| owner.is_none_or(|o| b.owner == o)),
+        "batch",
+        id,
+    )
 }
 
 pub async fn list(
@@ -708,7 +717,7 @@ pub async fn get(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let r = owned_batch(&state, &caller.id, &id)
+    let r = owned_batch(&state, Some(&caller.id), &id)
         .await
         .map(|b| HttpResponse::Ok().json(batch_json(&b)));
     r
@@ -721,7 +730,7 @@ pub async fn cancel(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let b = owned_batch(&state, &caller.id, &id).await?;
+    let b = owned_batch(&state, Some(&caller.id), &id).await?;
     let b = cancel_batch(&state, b).await?;
     Ok(HttpResponse::Ok().json(batch_json(&b)))
 }
@@ -756,12 +765,7 @@ pub async fn cancel_batch(state: &AppState, b: BatchRow) -> Result<BatchRow> {
             batches.do_send(Wake);
         }
     }
-    let b = state
-        .store
-        .get_batch(b.id.clone())
-        .await
-        .map_err(|e| ApiError::store("reading a batch", e))?
-        .ok_or_else(|| ApiError::NotFound(format!("No batch `{}`.", b.id)))?;
+    let b = owned_batch(state, None, &b.id).await?;
     match b.status.as_str() {
         "cancelling" | "cancelled" => Ok(b),
         other => Err(ApiError::Conflict(format!(
@@ -778,7 +782,7 @@ pub async fn result(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let r = async {
-        let b = owned_batch(&state, &caller.id, &id).await?;
+        let b = owned_batch(&state, Some(&caller.id), &id).await?;
         if !is_terminal(&b.status) {
             return Err(ApiError::Conflict(format!(
                 "Batch `{}` is {}; its result is ready when it is completed, failed, cancelled or expired.",

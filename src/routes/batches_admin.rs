@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::auth::admin::Admin;
 use crate::batch::batch_json;
 use crate::error::ApiError;
-use crate::routes::batches::{cancel_batch, list_json, Page};
+use crate::routes::batches::{cancel_batch, list_json, owned_batch, Page};
 use crate::state::AppState;
 use crate::store::BatchRow;
 
@@ -80,17 +80,6 @@ pub async fn cancel(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = state
-        .store
-        .get_batch(id.clone())
-        .await
-        .map_err(|e| ApiError::store("reading a batch", e))?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "No such batch: `{}`.",
-                id.chars().take(100).collect::<String>()
-            ))
-        })?;
-    let b = cancel_batch(&state, row).await?;
+    let b = cancel_batch(&state, owned_batch(&state, None, &id).await?).await?;
     Ok(HttpResponse::Ok().json(admin_json(&b)))
 }
