@@ -103,9 +103,7 @@ pub fn start(
 /// Binds `server.bind`; the error names the address ("cannot listen on 127.0.0.1:8080:
 /// address already in use").
 pub fn bind_listener(settings: &Settings) -> io::Result<TcpListener> {
-    let addr = settings
-        .bind_addr()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let addr = settings.bind_addr().map_err(invalid_input)?;
     TcpListener::bind(addr).map_err(|e| {
         let cause = match e.kind() {
             io::ErrorKind::AddrInUse => "address already in use".to_string(),
@@ -298,8 +296,7 @@ pub fn start_with_source(
     listener: Option<TcpListener>,
     source: SettingsSource,
 ) -> io::Result<Running> {
-    let admin_keys = AdminKeys::from_config(&settings.auth)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let admin_keys = AdminKeys::from_config(&settings.auth).map_err(invalid_input)?;
     let tls = if settings.server.tls.enabled() {
         Some(security::server_config(&settings.server.tls)?)
     } else {
@@ -307,8 +304,7 @@ pub fn start_with_source(
     };
     let hsts = tls.as_ref().map(|_| settings.server.tls.hsts_max_age_secs);
     let metrics = Arc::new(Metrics::new());
-    let db_url = DatabaseUrl::from_settings(&settings)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let db_url = DatabaseUrl::from_settings(&settings).map_err(invalid_input)?;
     let db_timeout = Duration::from_secs(settings.database.timeout_secs.get());
     let store = store::open(&db_url, settings.database.pool_size.get(), db_timeout)
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -461,29 +457,16 @@ pub fn start_with_source(
 /// ([`crate::error::Cause`], put in the response by `ApiError`) is logged here, once, with
 /// the request id and path: handlers do not log the errors they return.
 fn name_answer<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
+    use crate::proxy::forward::REQUEST_ID;
+    // The inference routes name their answers; the rest are named here.
+    if !res.headers().contains_key(&REQUEST_ID) {
+        let (_, header) = crate::routes::inference::request_id_and_header(res.request());
+        res.headers_mut().insert(REQUEST_ID.clone(), header);
+    }
     let status = res.status();
-    let is_error = status.is_client_error() || status.is_server_error();
-    if !is_error {
-        // The inference routes name their answers; the rest are named here.
-        if !res
-            .headers()
-            .contains_key(&crate::proxy::forward::REQUEST_ID)
-        {
-            let (_, header) = crate::routes::inference::request_id_and_header(res.request());
-            res.headers_mut()
-                .insert(crate::proxy::forward::REQUEST_ID.clone(), header);
-        }
+    if !(status.is_client_error() || status.is_server_error()) {
         return;
     }
-    let request_id = match res.headers().get(&crate::proxy::forward::REQUEST_ID) {
-        Some(given) => given.to_str().unwrap_or("").to_string(),
-        None => {
-            let (id, header) = crate::routes::inference::request_id_and_header(res.request());
-            res.headers_mut()
-                .insert(crate::proxy::forward::REQUEST_ID.clone(), header);
-            id
-        }
-    };
     let Some(cause) = res
         .response()
         .extensions()
@@ -492,6 +475,12 @@ fn name_answer<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
     else {
         return;
     };
+    let request_id = res
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let path = res.request().path().to_string();
     if status == actix_web::http::StatusCode::SERVICE_UNAVAILABLE {
         slog::warn!(log, "unavailable"; "cause" => cause.as_str(), "path" => path,
