@@ -114,6 +114,8 @@ fn get_op(tag: &str, summary: &str, content_type: &str, errors: &[(&str, &str)])
     json!({"tags": [tag], "summary": summary, "responses": responses})
 }
 
+/// The refusals of every admin operation; `secure` adds them from the exposure table, so
+/// an operation lists only its own.
 const ADMIN_ERRORS: [(&str, &str); 2] = [
     ("401", "No admin key, or a key nobody issued."),
     (
@@ -195,11 +197,10 @@ fn catalog_and_operations_paths(paths: &mut Map<String, Value>) {
         json_get(
             "admin",
             "Every target with its live state (health, breaker, scheduler, in-flight, latency, last error), base URL and fixture extras, and every model with its status (admin role).",
-            &ADMIN_ERRORS,
+            &[],
         ),
     );
-    let mut reload_errors = ADMIN_ERRORS.to_vec();
-    reload_errors.push(("400", "The new configuration or fixtures are invalid; the gateway keeps running on the old ones. The message names the key or file."));
+    let reload_errors = [("400", "The new configuration or fixtures are invalid; the gateway keeps running on the old ones. The message names the key or file.")];
     let mut reload = get_op("admin", "Re-read configuration and fixtures and apply them without dropping a request (same as SIGHUP).", "application/json", &reload_errors);
     reload["description"] = json!("Unchanged targets keep their state; removed ones drain; new ones start. `restart_required` lists changed settings that apply only after a restart.");
     paths.insert("/admin/reload".into(), json!({"post": reload}));
@@ -257,8 +258,6 @@ fn admin_paths(paths: &mut Map<String, Value>) {
             "admin",
             "The request log aggregated (?user=&org=&model=&since=&until=&bucket=): totals and per model; with bucket=minute|hour|day also `series`, one entry per time bucket (empty ones included) with its totals and per-model split, over the last hour, day or 30 days unless since/until say otherwise.",
             &[
-                ADMIN_ERRORS[0],
-                ADMIN_ERRORS[1],
                 (
                     "400",
                     "A bad time, bucket or unknown parameter, or a window of more than 2000 buckets; the message names it.",
@@ -266,49 +265,46 @@ fn admin_paths(paths: &mut Map<String, Value>) {
             ],
         ),
     );
-    let mut key_errors = ADMIN_ERRORS.to_vec();
-    key_errors.push(("400", "A bad or unknown field; the message names it."));
+    let key_errors = [("400", "A bad or unknown field; the message names it.")];
     paths.insert(
         "/admin/keys".into(),
         json!({
-            "get": json_op("admin", "API keys (?user=), never their secrets.", &ADMIN_ERRORS),
+            "get": json_op("admin", "API keys (?user=), never their secrets.", &[]),
             "post": json_op("admin", "Create an API key ({user, org?, admin?, expires_in?, models?}); the key is in the answer, once.", &key_errors),
         }),
     );
-    let mut revoke_errors = ADMIN_ERRORS.to_vec();
-    revoke_errors.push(("404", "No active key with that id."));
+    let revoke_errors = [("404", "No active key with that id.")];
     paths.insert(
         "/admin/keys/{id}".into(),
         json!({"delete": json_op("admin", "Revoke an API key.", &revoke_errors)}),
     );
-    let mut batch_list_errors = ADMIN_ERRORS.to_vec();
-    batch_list_errors.push((
+    let batch_list_errors = [(
         "400",
         "A bad status, limit or unknown parameter; the message names it.",
-    ));
+    )];
     paths.insert(
         "/admin/batches".into(),
         json!({"get": json_op("admin", "Every user's batches, newest first, each with its `owner` (?user=&status=&limit=&after=).", &batch_list_errors)}),
     );
-    let mut batch_cancel_errors = ADMIN_ERRORS.to_vec();
-    batch_cancel_errors.push(("404", "No such batch."));
-    batch_cancel_errors.push((
-        "409",
-        "The batch has already ended (completed, failed or expired).",
-    ));
+    let batch_cancel_errors = [
+        ("404", "No such batch."),
+        (
+            "409",
+            "The batch has already ended (completed, failed or expired).",
+        ),
+    ];
     paths.insert(
         "/admin/batches/{id}/cancel".into(),
         json!({"post": json_op("admin", "Cancel any user's batch: the lines done are kept and written out.", &batch_cancel_errors)}),
     );
     paths.insert(
         "/admin/quotas".into(),
-        json!({"get": json_op("admin", "Every subject with its usage and limits, paged (?limit=&after=).", &ADMIN_ERRORS)}),
+        json!({"get": json_op("admin", "Every subject with its usage and limits, paged (?limit=&after=).", &[])}),
     );
-    let mut quota_errors = ADMIN_ERRORS.to_vec();
-    quota_errors.push((
+    let quota_errors = [(
         "400",
         "A bad subject, or a bad or unknown limit field; the message names it.",
-    ));
+    )];
     paths.insert(
         "/admin/quota/{subject}".into(),
         json!({
@@ -340,11 +336,10 @@ fn hpc_paths(paths: &mut Map<String, Value>) {
             &[("404", "No such cluster.")],
         ),
     );
-    let mut maintenance_errors = ADMIN_ERRORS.to_vec();
-    maintenance_errors.push(("404", "No such cluster."));
+    let maintenance_errors = [("404", "No such cluster.")];
     paths.insert(
         "/admin/clusters".into(),
-        json!({"get": json_op("admin", "Each cluster as /status shows it (for the admin key).", &ADMIN_ERRORS)}),
+        json!({"get": json_op("admin", "Each cluster as /status shows it (for the admin key).", &[])}),
     );
     paths.insert(
         "/admin/clusters/{name}/maintenance".into(),
