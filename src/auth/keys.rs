@@ -149,10 +149,11 @@ impl ApiKeys {
                 found
             }
         };
+        let wall = now_ms();
         match found {
             Some(f) if f.revoked => Err(ApiError::Unauthorized("Invalid API key.".into())),
-            Some(f) if f.expires_at.is_none_or(|at| at > now_ms()) => {
-                self.touch(&f);
+            Some(f) if f.expires_at.is_none_or(|at| at > wall) => {
+                self.touch(&f, wall);
                 Ok(f.identity)
             }
             Some(_) => Err(ApiError::Unauthorized("This API key has expired.".into())),
@@ -162,8 +163,7 @@ impl ApiKeys {
 
     /// Writes the key's `last_used_at` in the background when the stored one is a minute
     /// old or more; one request per key and minute wins the race and writes it.
-    fn touch(&self, found: &Found) {
-        let now = now_ms();
+    fn touch(&self, found: &Found, now: i64) {
         let last = found.last_used.load(Ordering::Relaxed);
         if now - last < TOUCH_EVERY_MS
             || found
