@@ -125,9 +125,14 @@ async fn create_batch(url: &str, key: Option<&str>, file_id: &str) -> (u16, Valu
 /// Uploads `bytes` as a batch input file and creates a batch of it (no key); returns
 /// the batch.
 async fn submit(url: &str, bytes: &[u8]) -> Value {
-    let (status, f) = upload(url, None, "batch", bytes).await;
+    submit_as(url, None, bytes).await
+}
+
+/// [`submit`] as the holder of `key`.
+async fn submit_as(url: &str, key: Option<&str>, bytes: &[u8]) -> Value {
+    let (status, f) = upload(url, key, "batch", bytes).await;
     assert_eq!(status, 200, "{f}");
-    let (status, b) = create_batch(url, None, f["id"].as_str().unwrap()).await;
+    let (status, b) = create_batch(url, key, f["id"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{b}");
     b
 }
@@ -1491,23 +1496,14 @@ async fn one_users_batches_leave_a_slot_for_another_user() {
     .await;
     let alice = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "alice").await;
     let bob = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "bob").await;
-    let submit_as = |key: String| {
-        let url = gw.url.clone();
-        async move {
-            let (status, f) = upload(&url, Some(&key), "batch", &input(12, "m")).await;
-            assert_eq!(status, 200, "{f}");
-            let (status, b) = create_batch(&url, Some(&key), f["id"].as_str().unwrap()).await;
-            assert_eq!(status, 200, "{b}");
-            b["id"].as_str().unwrap().to_string()
-        }
-    };
-    let a1 = submit_as(alice.clone()).await;
-    let a2 = submit_as(alice.clone()).await;
+    let id_of = |b: Value| b["id"].as_str().unwrap().to_string();
+    let a1 = id_of(submit_as(&gw.url, Some(&alice), &input(12, "m")).await);
+    let a2 = id_of(submit_as(&gw.url, Some(&alice), &input(12, "m")).await);
     wait_batch(&gw.url, Some(&alice), &a1, Duration::from_secs(10), |b| {
         b["status"] != "validating"
     })
     .await;
-    let b1 = submit_as(bob.clone()).await;
+    let b1 = id_of(submit_as(&gw.url, Some(&bob), &input(12, "m")).await);
     wait_batch(&gw.url, Some(&bob), &b1, Duration::from_secs(30), |b| {
         b["status"] != "validating"
     })
@@ -1570,10 +1566,7 @@ async fn admins_list_every_users_batches_and_cancel_any() {
     let bob = user_key(&gw.url, admin, "bob").await;
     let mut ids = Vec::new();
     for (key, lines) in [(&alice, 200), (&bob, 1)] {
-        let (status, f) = upload(&gw.url, Some(key), "batch", &input(lines, "m")).await;
-        assert_eq!(status, 200, "{f}");
-        let (status, b) = create_batch(&gw.url, Some(key), f["id"].as_str().unwrap()).await;
-        assert_eq!(status, 200, "{b}");
+        let b = submit_as(&gw.url, Some(key), &input(lines, "m")).await;
         ids.push(b["id"].as_str().unwrap().to_string());
     }
     let (alice_batch, bob_batch) = (&ids[0], &ids[1]);
