@@ -249,7 +249,8 @@ pub struct UsageParams {
     bucket: Option<String>,
 }
 
-fn non_empty(v: Option<String>) -> Option<String> {
+/// An empty query parameter (`?user=`) is no filter.
+pub(crate) fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.is_empty())
 }
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::auth::admin::Admin;
 use crate::batch::batch_json;
 use crate::error::ApiError;
+use crate::routes::admin::non_empty;
 use crate::routes::batches::{cancel_batch, list_json, owned_batch, Page};
 use crate::state::AppState;
 use crate::store::BatchRow;
@@ -48,7 +49,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     // A bad query string is refused by the app's `QueryConfig` (400, naming the problem).
     let params = params.into_inner();
-    let status = params.status.filter(|s| !s.is_empty());
+    let status = non_empty(params.status);
     if let Some(s) = status.as_deref() {
         if !STATES.contains(&s) {
             return Err(ApiError::invalid_param(
@@ -59,17 +60,12 @@ pub async fn list(
     }
     let page = Page {
         limit: params.limit,
-        after: params.after.filter(|a| !a.is_empty()),
+        after: non_empty(params.after),
     };
     let limit = page.limit(50, 500)?;
     let rows = state
         .store
-        .list_batches(
-            params.user.filter(|u| !u.is_empty()),
-            status,
-            page.after,
-            limit + 1,
-        )
+        .list_batches(non_empty(params.user), status, page.after, limit + 1)
         .await
         .map_err(|e| ApiError::store("listing batches", e))?;
     Ok(HttpResponse::Ok().json(list_json(rows, limit, admin_json)))
