@@ -23,6 +23,7 @@ pub mod probe;
 pub mod proxy;
 pub mod quota;
 pub mod reload;
+pub mod request_id;
 pub mod routes;
 pub mod routing;
 pub mod scheduler;

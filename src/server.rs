@@ -10,7 +10,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::Server;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpServer};
 use arc_swap::ArcSwap;
 
 use crate::actors::gateway::Gateway;
@@ -33,7 +33,7 @@ use crate::openapi::{self, OpenApi};
 use crate::proxy::forward::Upstream;
 use crate::proxy::globus_compute::GlobusShared;
 use crate::quota::actor::QuotaSupervisor;
-use crate::quota::{QuotaRedis, QuotaRegistry};
+use crate::quota::{rate_limit_headers, QuotaRedis, QuotaRegistry, RateLimited};
 use crate::routes;
 use crate::routing::directory::Directory;
 use crate::state::AppState;
@@ -43,6 +43,7 @@ use crate::store::{self, DatabaseUrl, Store};
 /// PostgreSQL connections the request log's writer keeps (it writes one batch at a time).
 const LOG_WRITER_POOL: usize = 2;
 use crate::reload::{Reloader, SettingsSource};
+use crate::request_id::{RequestId, REQUEST_ID};
 use crate::security;
 use crate::streaming::{token_hash, StreamHub};
 use crate::streaming_redis::RedisStreams;
@@ -451,17 +452,27 @@ pub fn start_with_source(
 /// that stops arriving for `body_timeout` is answered 408 with `Connection: close`
 /// (`body_timeout::wrap`); and with gzip on, an answer worth it is gzipped when the
 /// client accepts it (`compress::maybe_gzip`: never an event stream or a small body).
-/// Every answer leaves with `x-request-id`: the handler's (the inference routes set it),
-/// else the client's when it is a sane id, else a new UUID; the edge's own refusals (NUL,
-/// 408) included. The inside cause of a 5xx the gateway made itself
-/// ([`crate::error::Cause`], put in the response by `ApiError`) is logged here, once, with
-/// the request id and path: handlers do not log the errors they return.
+/// The request id is chosen here, before the handler runs ([`RequestId`] in the request's
+/// extensions, which handlers read), and every answer leaves with it as `x-request-id`;
+/// the edge's own refusals (NUL, 408) included. A request under a user's quotas
+/// ([`RateLimited`] in its extensions) gets the `x-ratelimit-*` headers, errors included.
+/// The inside cause of a 5xx the gateway made itself ([`crate::error::Cause`], put in the
+/// response by `ApiError`) is logged here, once, with the request id and path: handlers do
+/// not log the errors they return.
 fn name_answer<B>(log: &slog::Logger, res: &mut ServiceResponse<B>) {
-    use crate::proxy::forward::REQUEST_ID;
-    // The inference routes name their answers; the rest are named here.
+    let (id, user) = {
+        let extensions = res.request().extensions();
+        (
+            extensions.get::<RequestId>().cloned(),
+            extensions.get::<RateLimited>().cloned(),
+        )
+    };
     if !res.headers().contains_key(&REQUEST_ID) {
-        let (_, header) = crate::routes::inference::request_id_and_header(res.request());
-        res.headers_mut().insert(REQUEST_ID.clone(), header);
+        let id = id.unwrap_or_else(|| RequestId::of(res.request()));
+        res.headers_mut().insert(REQUEST_ID.clone(), id.0);
+    }
+    if let Some(RateLimited(user)) = user {
+        rate_limit_headers(res.headers_mut(), &user);
     }
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -499,6 +510,8 @@ async fn edges(
     log: slog::Logger,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     crate::normalize_path::normalize(&mut req);
+    let id = RequestId::choose(req.request());
+    req.extensions_mut().insert(id);
     if let Some(refused) = crate::nul_input::refuse(&req) {
         let mut refused = req.into_response(refused).map_into_right_body();
         name_answer(&log, &mut refused);

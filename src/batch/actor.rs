@@ -998,7 +998,7 @@ impl Runner {
         }
         if let Some(pin) = &ctx.pin {
             if !entry.targets.iter().any(|t| pin.matches(t)) {
-                let e = crate::routes::inference::not_on_cluster(
+                let e = crate::routes::inference_request::not_on_cluster(
                     &entry,
                     caller,
                     line.model.clone(),

@@ -30,7 +30,7 @@ use crate::routing::target::{BreakerView, Lease, Target, Verdict};
 
 // Header names set or read on every request, built once: a name made from a `&str` is
 // parsed, and unless it is a standard one allocated, at every use.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::request_id::REQUEST_ID;
 /// Counts how many gateways a request has passed through (loop protection).
 pub static HOPS: HeaderName = HeaderName::from_static("x-inference-gateway-hops");
 static ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");

@@ -21,6 +21,6 @@ pub mod shared;
 pub mod state;
 
 pub use limits::{Kind, Limits, Subject};
-pub use registry::{rate_limit_headers, Admission, QuotaRegistry};
+pub use registry::{rate_limit_headers, Admission, QuotaRegistry, RateLimited};
 pub use shared::QuotaRedis;
 pub use state::{BatchGuard, Permit, SubjectState};

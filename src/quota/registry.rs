@@ -354,6 +354,11 @@ fn refusal(d: Denial) -> ApiError {
     }
 }
 
+/// The quota state of the user a request is for, kept in the request's extensions: the
+/// edge (`server::edges`) puts its limits in the answer's `x-ratelimit-*` headers.
+#[derive(Clone)]
+pub struct RateLimited(pub Arc<SubjectState>);
+
 /// Sets the `x-ratelimit-*` headers from a user's state: the `-requests` trio describes
 /// the requests-per-day window, the `-tokens` trio the tokens-per-day window. A disabled
 /// limit (0) sends no trio.

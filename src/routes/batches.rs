@@ -624,7 +624,7 @@ async fn create_path_batch(
                 if !caller.may_name(&model) {
                     return Err(ApiError::ModelNotFound(model));
                 }
-                return Err(crate::routes::inference::not_on_cluster(
+                return Err(crate::routes::inference_request::not_on_cluster(
                     entry, caller, model, pin,
                 ));
             }

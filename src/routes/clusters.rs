@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::admin::Admin;
 use crate::auth::caller::Caller;
 use crate::error::ApiError;
-use crate::routes::inference::request_id;
+use crate::request_id::request_id;
 use crate::routing::cluster::Republish;
 use crate::routing::cluster::{ClusterState, ProbeState};
 use crate::routing::target::SchedStatus;

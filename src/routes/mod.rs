@@ -11,6 +11,8 @@ pub mod console;
 pub mod exposure;
 pub mod health;
 pub mod inference;
+mod inference_body;
+pub mod inference_request;
 pub mod keys_admin;
 pub mod ops;
 pub mod quota_admin;
@@ -211,22 +213,14 @@ fn inference_services(cfg: &mut web::ServiceConfig, route: &Arc<InferenceRoute>)
         } else {
             route.path.clone()
         };
-        let route = Arc::clone(route);
+        let on = inference::OnRoute {
+            route: Arc::clone(route),
+            pinned,
+        };
         cfg.service(
             web::resource(path)
-                .route(
-                    web::post().to(move |req, caller, payload, state, upstream| {
-                        inference::handle(
-                            req,
-                            caller,
-                            payload,
-                            state,
-                            upstream,
-                            Arc::clone(&route),
-                            pinned,
-                        )
-                    }),
-                )
+                .app_data(on)
+                .route(web::post().to(inference::handle))
                 .default_service(web::to(method_not_allowed)),
         );
     }

@@ -216,3 +216,66 @@ async fn every_answer_carries_a_request_id() {
     assert!(answer.contains("x-request-id: slow-1"), "{answer}");
     gw.stop().await;
 }
+
+/// A line logged about a request names the id its answer carries, also when the client
+/// sent none (the id is chosen once, at the edge).
+#[actix_rt::test]
+async fn a_logged_request_names_the_id_its_answer_carries() {
+    let mock = MockUpstream::start(Behavior::default()).await.unwrap();
+    let gw = TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .admin_key()
+        .start()
+        .await;
+    // A served request and a refused one: their request log rows.
+    let mut answered = Vec::new();
+    for body in [chat("llama"), serde_json::json!({"messages": []})] {
+        let res = gw
+            .client()
+            .post(gw.at("/v1/chat/completions"))
+            .send_json(&body)
+            .await
+            .unwrap();
+        let id = res.headers().get("x-request-id").unwrap().to_str().unwrap();
+        answered.push((res.status().as_u16(), id.to_string()));
+    }
+    gw.flush_log().await;
+    let rows = gw
+        .store
+        .list_log(inference_gateway::store::UsageFilter::default(), 10)
+        .await
+        .unwrap();
+    let mut logged: Vec<(u16, String)> = rows
+        .iter()
+        .map(|r| (r.status as u16, r.request_id.clone()))
+        .collect();
+    logged.sort();
+    answered.sort();
+    assert_eq!(answered[0].0, 200);
+    assert_eq!(answered[1].0, 400);
+    assert_eq!(logged, answered);
+    let res = gw
+        .client()
+        .put(gw.at("/admin/clusters/local/maintenance"))
+        .bearer_auth(ADMIN_KEY)
+        .send_json(&serde_json::json!({"enabled": true, "notice": "disk swap"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let answered = res
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    // A line an admin handler logs.
+    let logs = gw.logs();
+    let line: Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["msg"] == "cluster maintenance changed")
+        .unwrap_or_else(|| panic!("no maintenance line in {logs}"));
+    assert_eq!(line["request_id"], answered.as_str(), "{line}");
+    gw.stop().await;
+}
