@@ -82,10 +82,7 @@ pub struct Metrics {
     pub failovers: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub stream_disconnects: IntCounterVec,
-    pub auth_failures: IntCounterVec,
-    /// Refused credentials on the admin API, by reason (`auth::audit::AdminRefusal`).
-    pub admin_auth_failures: IntCounterVec,
-    pub introspection_cache: IntCounterVec,
+    pub auth: AuthCounters,
     log: LogGauges,
     /// Redis mode: 1 while Redis answers the quota component, 0 while it falls back.
     pub quota_redis_up: IntGauge,
@@ -95,12 +92,70 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
-    /// Batch lines finished, by result: completed (2xx), failed.
-    pub batch_lines: IntCounterVec,
-    /// Batches this process is running now.
-    pub batches_active: IntGauge,
+    pub batches: BatchMetrics,
     /// Upstream connection slots and the gateway's own file descriptors.
     pub pool: crate::proxy::upstream_pool::PoolMetrics,
+}
+
+/// The auth component's counters.
+pub struct AuthCounters {
+    /// Refused credentials, by reason.
+    pub failures: IntCounterVec,
+    /// Refused credentials on the admin API, by reason (`auth::audit::AdminRefusal`).
+    pub admin_failures: IntCounterVec,
+    /// Token introspection cache lookups: hit, miss.
+    pub introspection_cache: IntCounterVec,
+}
+
+impl AuthCounters {
+    fn new(r: &Registry) -> AuthCounters {
+        AuthCounters {
+        failures: counter(
+            r,
+            "gateway_auth_failures_total",
+            "Refused credentials, by reason (fed by the auth component).",
+            &["reason"],
+        ),
+        admin_failures: counter(
+            r,
+            "gateway_admin_auth_failures_total",
+            "Refused credentials on the admin API, by reason: missing_token, invalid_admin_key, no_admin_key, invalid_token, not_admin.",
+            &["reason"],
+        ),
+        introspection_cache: counter(
+            r,
+            "gateway_introspection_cache_total",
+            "Token introspection cache lookups, by result: hit, miss (fed by the auth component).",
+            &["result"],
+        ),
+        }
+    }
+}
+
+/// The batch runner's metrics.
+pub struct BatchMetrics {
+    /// Batch lines finished, by result: completed (2xx), failed.
+    pub lines: IntCounterVec,
+    /// Batches this process is running now.
+    pub active: IntGauge,
+}
+
+impl BatchMetrics {
+    fn new(r: &Registry) -> BatchMetrics {
+        BatchMetrics {
+            lines: counter(
+                r,
+                "gateway_batch_lines_total",
+                "Batch lines finished by this process, by result: completed (2xx answer), failed.",
+                &["result"],
+            ),
+            active: int_gauge(
+                r,
+                "gateway_batches_active",
+                "Batches this process is running now.",
+            ),
+        }
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -383,24 +438,7 @@ impl Metrics {
                 "Responses the client went away from before the end, by route.",
                 &["route"],
             ),
-            auth_failures: counter(
-                &r,
-                "gateway_auth_failures_total",
-                "Refused credentials, by reason (fed by the auth component).",
-                &["reason"],
-            ),
-            admin_auth_failures: counter(
-                &r,
-                "gateway_admin_auth_failures_total",
-                "Refused credentials on the admin API, by reason: missing_token, invalid_admin_key, no_admin_key, invalid_token, not_admin.",
-                &["reason"],
-            ),
-            introspection_cache: counter(
-                &r,
-                "gateway_introspection_cache_total",
-                "Token introspection cache lookups, by result: hit, miss (fed by the auth component).",
-                &["result"],
-            ),
+            auth: AuthCounters::new(&r),
             log: LogGauges::new(&r),
             quota_redis_up: int_gauge(&r, "gateway_quota_redis_up", "Redis mode: 1 while Redis answers the quota component, 0 while quotas fall back to local limits (0 without redis.url)."),
             quota_redis_fallback: int_counter(
@@ -431,17 +469,7 @@ impl Metrics {
                 "Always 1; the version label is the running build.",
                 &["version"],
             ),
-            batch_lines: counter(
-                &r,
-                "gateway_batch_lines_total",
-                "Batch lines finished by this process, by result: completed (2xx answer), failed.",
-                &["result"],
-            ),
-            batches_active: int_gauge(
-                &r,
-                "gateway_batches_active",
-                "Batches this process is running now.",
-            ),
+            batches: BatchMetrics::new(&r),
             pool: crate::proxy::upstream_pool::PoolMetrics::register(&r)
                 .unwrap_or_else(|e| bad("gateway_upstream_pool_*", e)),
             registry: r,
@@ -458,13 +486,13 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         for result in ["completed", "failed"] {
-            self.batch_lines.with_label_values(&[result]);
+            self.batches.lines.with_label_values(&[result]);
         }
         for result in ["ok", "failed"] {
             self.reloads.with_label_values(&[result]);
         }
         for result in ["hit", "miss"] {
-            self.introspection_cache.with_label_values(&[result]);
+            self.auth.introspection_cache.with_label_values(&[result]);
         }
     }
 
@@ -540,7 +568,8 @@ impl Metrics {
 
     /// Counts a refused credential by a bounded reason.
     pub fn auth_failure(&self, error: &crate::error::ApiError) {
-        self.auth_failures
+        self.auth
+            .failures
             .with_label_values(&[auth_reason(error)])
             .inc();
     }

@@ -146,7 +146,7 @@ fn authenticator(
             client,
             rules,
             log.clone(),
-            metrics.introspection_cache.clone(),
+            metrics.auth.introspection_cache.clone(),
         ))
     } else {
         None
@@ -303,7 +303,6 @@ pub fn start_with_source(
     } else {
         None
     };
-    let hsts = tls.as_ref().map(|_| settings.server.tls.hsts_max_age_secs);
     let metrics = Arc::new(Metrics::new());
     let db_url = DatabaseUrl::from_settings(&settings).map_err(invalid_input)?;
     let db_timeout = Duration::from_secs(settings.database.timeout_secs.get());
@@ -381,8 +380,38 @@ pub fn start_with_source(
             usize::try_from(settings.batches.max_concurrent_uploads.get()).unwrap_or(usize::MAX),
         )),
     });
+    let is_tls = tls.is_some();
+    let (server, addrs) = http_server(state, globus, tls, listener)?;
+    Ok(Running {
+        addrs,
+        server,
+        gateway,
+        directory,
+        store,
+        log_writer,
+        log_stats,
+        reloader,
+        metrics,
+        tls: is_tls,
+        quotas,
+        quota_supervisor,
+        batches,
+    })
+}
+
+/// The HTTP server over `state`: each worker's app (the edges, security headers, the
+/// routes at the root and under `/resource_server`), bound to `listener` (else to
+/// `server.bind`), with TLS when `tls` is given; and the addresses it listens on.
+fn http_server(
+    state: web::Data<AppState>,
+    globus: Arc<GlobusShared>,
+    tls: Option<rustls::ServerConfig>,
+    listener: Option<TcpListener>,
+) -> io::Result<(Server, Vec<SocketAddr>)> {
+    let settings = Arc::clone(&state.settings);
+    let hsts = tls.as_ref().map(|_| settings.server.tls.hsts_max_age_secs);
     let routes = routes::inference_routes(&settings);
-    metrics.init_routes(routes.iter().map(|r| r.name));
+    state.metrics.init_routes(routes.iter().map(|r| r.name));
     let openapi = web::Data::new(OpenApi(openapi::document(&routes).to_string()));
     let upstream_settings = settings.upstream.clone();
     let max_body = settings.server.max_body_bytes.get();
@@ -424,27 +453,12 @@ pub fn start_with_source(
         Some(listener) => listener,
         None => bind_listener(&settings)?,
     };
-    let is_tls = tls.is_some();
     server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,
         None => server.listen(listener)?,
     };
     let addrs = server.addrs();
-    Ok(Running {
-        addrs,
-        server: server.run(),
-        gateway,
-        directory,
-        store,
-        log_writer,
-        log_stats,
-        reloader,
-        metrics,
-        tls: is_tls,
-        quotas,
-        quota_supervisor,
-        batches,
-    })
+    Ok((server.run(), addrs))
 }
 
 /// The app's innermost middleware: `/v1//models/` is routed as `/v1/models` (merged and

@@ -87,7 +87,8 @@ pub fn admin_failed(
 ) {
     state
         .metrics
-        .admin_auth_failures
+        .auth
+        .admin_failures
         .with_label_values(&[refusal.name()])
         .inc();
     let key = key_id_known

@@ -271,7 +271,7 @@ impl BatchActor {
 
     fn publish_active(&self) {
         let n = i64::try_from(self.running.len()).unwrap_or(i64::MAX);
-        self.deps.metrics.batches_active.set(n);
+        self.deps.metrics.batches.active.set(n);
     }
 
     fn run(&mut self, row: BatchRow, ctx: &mut Context<Self>) {
@@ -772,7 +772,7 @@ impl Runner {
             let write = tokio::select! {
                 Some(item) = inflight.next(), if !inflight.is_empty() => {
                     let result = if item.ok { completed += 1; "completed" } else { failed += 1; "failed" };
-                    self.deps.metrics.batch_lines.with_label_values(&[result]).inc();
+                    self.deps.metrics.batches.lines.with_label_values(&[result]).inc();
                     buffer.push(item);
                     buffer.len() >= flush_lines
                 }

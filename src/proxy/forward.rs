@@ -240,47 +240,16 @@ pub async fn forward(
                 return Err((ApiError::internal("rewriting the model field", e), record));
             }
         };
-        let mut result = match &target.spec.transport {
-            Transport::Http => send(&upstream.client, &target, &call, body.clone(), &lease).await,
-            // In process: the same sorting of its answer as an HTTP target's.
-            Transport::Demo => {
-                receive(demo::response(call.upstream_path, &body), &target, &lease).await
-            }
-            Transport::GlobusCompute(g) => match &upstream.globus {
-                // Boxed: its future (about 7 KB) would otherwise size every HTTP request's.
-                Some(shared) => {
-                    Box::pin(globus_compute::send(
-                        &upstream.client,
-                        shared,
-                        &target,
-                        g,
-                        &call,
-                        body.clone(),
-                    ))
-                    .await
-                }
-                None => Err(AttemptError::Connect(
-                    "the Globus Compute transport is not enabled".into(),
-                )),
-            },
-        };
-        if let Err(AttemptError::Broken(_)) = &result {
-            if !stale_retry_used {
-                call.metrics
-                    .upstream_error(target.slug(), UpstreamErrorKind::Broken);
-                call.metrics
-                    .retries
-                    .with_label_values(&[target.slug()])
-                    .inc();
-                // A pooled connection the target had already closed (llama-server closes
-                // after every stream): nothing came back, so resend on a new connection.
-                // Not a target failure, not a failover: the same lease, no verdict yet.
-                stale_retry_used = true;
-                slog::debug!(log, "resending on a fresh connection";
-                    "request_id" => record.request_id(), "target" => target.slug());
-                result = send(&upstream.fresh, &target, &call, body, &lease).await;
-            }
-        }
+        let result = attempt(
+            upstream,
+            &call,
+            &lease,
+            body,
+            &mut stale_retry_used,
+            &record,
+            log,
+        )
+        .await;
         match result {
             Ok(Committed::Response(res, first)) => {
                 lease.hold_pool_slot(pool_slot.take());
@@ -349,6 +318,60 @@ pub async fn forward(
     }
 
     Err((final_error(last, model_name, causes.join("; ")), record))
+}
+
+/// One attempt on the lease's target by its transport; on HTTP, resent once per request
+/// (`stale_retry_used`) on a fresh connection when the pooled one turns out closed.
+async fn attempt(
+    upstream: &Upstream,
+    call: &Call,
+    lease: &Lease,
+    body: Bytes,
+    stale_retry_used: &mut bool,
+    record: &RequestRecord,
+    log: &slog::Logger,
+) -> Result<Committed, AttemptError> {
+    let target = lease.target();
+    let result = match &target.spec.transport {
+        Transport::Http => send(&upstream.client, target, call, body.clone(), lease).await,
+        // In process: the same sorting of its answer as an HTTP target's.
+        Transport::Demo => receive(demo::response(call.upstream_path, &body), target, lease).await,
+        Transport::GlobusCompute(g) => match &upstream.globus {
+            // Boxed: its future (about 7 KB) would otherwise size every HTTP request's.
+            Some(shared) => {
+                Box::pin(globus_compute::send(
+                    &upstream.client,
+                    shared,
+                    target,
+                    g,
+                    call,
+                    body.clone(),
+                ))
+                .await
+            }
+            None => Err(AttemptError::Connect(
+                "the Globus Compute transport is not enabled".into(),
+            )),
+        },
+    };
+    if let Err(AttemptError::Broken(_)) = &result {
+        if !*stale_retry_used {
+            call.metrics
+                .upstream_error(target.slug(), UpstreamErrorKind::Broken);
+            call.metrics
+                .retries
+                .with_label_values(&[target.slug()])
+                .inc();
+            // A pooled connection the target had already closed (llama-server closes
+            // after every stream): nothing came back, so resend on a new connection.
+            // Not a target failure, not a failover: the same lease, no verdict yet.
+            *stale_retry_used = true;
+            slog::debug!(log, "resending on a fresh connection";
+                "request_id" => record.request_id(), "target" => target.slug());
+            return send(&upstream.fresh, target, call, body, lease).await;
+        }
+    }
+    result
 }
 
 /// The body for `target`: the request's, with `model` renamed to the target's own name.
