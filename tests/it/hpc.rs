@@ -64,6 +64,11 @@ fn endpoint(slug: &str, cluster: &str, model: &str, url: &str, extra: Value) -> 
     json!({"model": "resource_server.endpoint", "pk": 1, "fields": fields})
 }
 
+/// A gateway over raw `endpoints.json` entries and a config file (the clusters' tables).
+fn app(endpoints: &[Value], toml: &str) -> TestApp {
+    TestApp::builder().endpoints(endpoints).toml(toml)
+}
+
 fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
@@ -102,7 +107,7 @@ async fn pbs_running_outranks_queued_and_jobs_has_firsts_shape() {
         toml_str(&qstat),
         toml_str(&pbsnodes)
     );
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     let status = wait_scheduler(&gw, "sophia", "ok").await;
     assert_eq!(status["status"], "up");
     assert_eq!(status["free_nodes"], 2);
@@ -196,7 +201,7 @@ async fn a_failing_running_target_fails_over_to_the_queued_one() {
         "[clusters.sophia]\nscheduler = \"pbs\"\ncommand = {}\nnodes_command = \"\"\n",
         toml_str(&qstat)
     );
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     wait_scheduler(&gw, "sophia", "ok").await;
     let (status, body) = served_by(&gw, "/v1/chat/completions", "llama").await;
     assert_eq!(status, 200, "{body}");
@@ -251,7 +256,7 @@ async fn slurm_both_json_forms_and_pbs_text() {
             toml_str(&cmd),
             toml_str(&nodes)
         );
-        let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+        let gw = app(&endpoints, &toml).start().await;
         let status = wait_scheduler(&gw, "c", "ok").await;
         let (_, jobs) = gw.get("/c/jobs").await;
         let running = jobs["running"].as_array().unwrap();
@@ -296,7 +301,7 @@ async fn failing_or_hanging_probes_mark_state_unknown_and_requests_still_route()
             "[clusters.c]\nscheduler = \"pbs\"\ncommand = {}\nnodes_command = \"\"\ntimeout_secs = 1\n",
             toml_str(&cmd)
         );
-        let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+        let gw = app(&endpoints, &toml).start().await;
         let started = Instant::now();
         let (status, _) = served_by(&gw, "/v1/chat/completions", "m").await;
         assert_eq!(status, 200);
@@ -354,7 +359,7 @@ async fn http_status_source_in_firsts_shape() {
         endpoint("m-other", "metis", "other", &up.url(), json!({})),
     ];
     let toml = format!("[clusters.metis]\nscheduler = \"http\"\nurl = \"http://{addr}/status\"\n");
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     let status = wait_scheduler(&gw, "metis", "ok").await;
     assert_eq!(status["free_nodes"], 0);
     let (_, jobs) = gw.get("/metis/jobs").await;
@@ -403,14 +408,10 @@ async fn maintenance_from_config_and_admin_leaves_other_clusters_alone() {
         ),
     ];
     let toml = "[clusters.sophia]\nmaintenance = true\nmaintenance_notice = \"PBS upgrade until 14:00 UTC\"\n";
-    let key = key_file.display().to_string();
-    let gw = start_fixtures(
-        &endpoints,
-        &[],
-        Some(toml),
-        &[("GATEWAY__AUTH__ADMIN_KEY_FILE", key.as_str())],
-    )
-    .await;
+    let gw = app(&endpoints, toml)
+        .settings(move |s| s.auth.admin_key_file = key_file)
+        .start()
+        .await;
 
     let (status, body) = served_by(&gw, "/sophia/vllm/v1/chat/completions", "llama").await;
     assert_eq!(status, 503);
@@ -540,7 +541,7 @@ async fn cold_start_runs_the_start_command_once_and_waits_for_the_job() {
          [cold_start]\nwait_secs = 10\nprobe_interval_ms = 50\n",
         toml_str(&qstat)
     );
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     wait_scheduler(&gw, "sophia", "ok").await;
     let (_, jobs) = gw.get("/sophia/jobs").await;
     assert_eq!(jobs["stopped"][0]["Models"], "llama");
@@ -581,7 +582,7 @@ async fn cold_start_that_does_not_come_up_in_time_is_503_with_retry_after() {
          [cold_start]\nwait_secs = 1\nretry_after_secs = 42\nprobe_interval_ms = 50\n",
         toml_str(&qstat)
     );
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     wait_scheduler(&gw, "sophia", "ok").await;
     let (status, headers, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
     assert_eq!(status, 503);
@@ -633,7 +634,7 @@ async fn a_crashed_probe_is_rebuilt_and_probes_again() {
         "[clusters.sophia]\nscheduler = \"pbs\"\ncommand = {}\nnodes_command = \"\"\n",
         toml_str(&qstat)
     );
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     wait_scheduler(&gw, "sophia", "ok").await;
     assert!(gw
         .gateway
@@ -694,12 +695,15 @@ async fn cold_start_is_debounced_across_replicas_through_redis() {
         toml_str(&qstat)
     );
     let prefix = format!("igw-test-{}:", uuid::Uuid::new_v4().simple());
-    let settings = [
-        ("GATEWAY__REDIS__URL", url.as_str()),
-        ("GATEWAY__REDIS__KEY_PREFIX", prefix.as_str()),
-    ];
-    let a = start_fixtures(&endpoints, &[], Some(&toml), &settings).await;
-    let b = start_fixtures(&endpoints, &[], Some(&toml), &settings).await;
+    let replica = || {
+        let (url, prefix) = (url.clone(), prefix.clone());
+        app(&endpoints, &toml).settings(move |s| {
+            s.redis.url = url;
+            s.redis.key_prefix = prefix;
+        })
+    };
+    let a = replica().start().await;
+    let b = replica().start().await;
     wait_scheduler(&a, "sophia", "ok").await;
     wait_scheduler(&b, "sophia", "ok").await;
     for gw in [&a, &b] {
@@ -741,7 +745,7 @@ async fn polaris_output_with_unreadable_jobs_still_maps_the_others() {
         "[clusters.polaris]\nscheduler = \"pbs\"\ncommand = {}\nnodes_command = \"\"\n",
         toml_str(&cmd)
     );
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     wait_scheduler(&gw, "polaris", "ok").await;
     let (_, jobs) = gw.get("/polaris/jobs").await;
     assert_eq!(jobs["running"][0]["Models"], "m8b", "{jobs}");
@@ -784,7 +788,7 @@ async fn slurm_endpoint_jobs_match_by_command_and_comment() {
             "[clusters.s]\nscheduler = \"slurm\"\ncommand = {}\n",
             toml_str(&cmd)
         );
-        let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+        let gw = app(&endpoints, &toml).start().await;
         wait_scheduler(&gw, "s", "ok").await;
         let (_, jobs) = gw.get("/s/jobs").await;
         let running: Vec<(&str, &str)> = jobs["running"]
@@ -862,7 +866,7 @@ async fn http_status_source_sends_a_bearer_token_from_the_environment() {
         "[clusters.sophia]\nscheduler = \"http\"\nurl = \"http://{addr}/resource_server/sophia/jobs\"\n\
          token_env = \"IGW_TEST_JOBS_TOKEN\"\n"
     );
-    let gw = start_fixtures(&endpoints, &[], Some(&toml), &[]).await;
+    let gw = app(&endpoints, &toml).start().await;
     let status = wait_scheduler(&gw, "sophia", "ok").await;
     assert_eq!(status["free_nodes"], 3);
     let (_, jobs) = gw.get("/sophia/jobs").await;
