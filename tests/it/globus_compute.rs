@@ -3,6 +3,7 @@
 //! endpoint status, v3 submit, v2 task polling. The fake plays FIRST's remote function:
 //! it decodes the JSONData task payload and answers with a JSON string result.
 use std::collections::HashMap;
+use std::num::NonZero;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -418,55 +419,31 @@ fn gc_target(slug: &str, model: &str, endpoint: &str, port: u16) -> Value {
         "transport": "globus-compute"}})
 }
 
-/// Starts a gateway whose Globus Compute settings point at `fake`; the credentials sit in
+/// A gateway whose Globus Compute settings point at `fake`; the credentials sit in
 /// environment variables named for this test.
-async fn gateway(
-    fake: &FakeCompute,
-    endpoints: &[Value],
-    test: &str,
-    extra: &[(&str, &str)],
-) -> TestGateway {
-    gateway_with_clusters(fake, endpoints, &[], None, test, extra).await
-}
-
-/// [`gateway`] with a `clusters.json` and a config file.
-async fn gateway_with_clusters(
-    fake: &FakeCompute,
-    endpoints: &[Value],
-    clusters: &[Value],
-    toml: Option<&str>,
-    test: &str,
-    extra: &[(&str, &str)],
-) -> TestGateway {
+fn gateway(fake: &FakeCompute, endpoints: &[Value], test: &str) -> TestApp {
     let id_var = format!("IGW_TEST_GC_ID_{test}");
     let secret_var = format!("IGW_TEST_GC_SECRET_{test}");
     std::env::set_var(&id_var, CLIENT_ID);
     std::env::set_var(&secret_var, CLIENT_SECRET);
-    let mut settings: Vec<(&str, &str)> = vec![
-        ("GATEWAY__GLOBUS_COMPUTE__AUTH_BASE", fake.url.as_str()),
-        ("GATEWAY__GLOBUS_COMPUTE__COMPUTE_BASE", fake.url.as_str()),
-        ("GATEWAY__GLOBUS_COMPUTE__CLIENT_ID_ENV", id_var.as_str()),
-        (
-            "GATEWAY__GLOBUS_COMPUTE__CLIENT_SECRET_ENV",
-            secret_var.as_str(),
-        ),
-        ("GATEWAY__GLOBUS_COMPUTE__POLL_INITIAL_MS", "5"),
-        ("GATEWAY__GLOBUS_COMPUTE__POLL_MAX_MS", "20"),
-    ];
-    settings.extend_from_slice(extra);
-    start_fixtures_with_clusters(endpoints, &[], clusters, toml, &settings).await
+    let url = fake.url.clone();
+    TestApp::builder().endpoints(endpoints).settings(move |s| {
+        let gc = &mut s.globus_compute;
+        gc.auth_base = url.clone();
+        gc.compute_base = url;
+        gc.client_id_env = id_var;
+        gc.client_secret_env = secret_var;
+        gc.poll_initial_ms = NonZero::new(5).unwrap();
+        gc.poll_max_ms = NonZero::new(20).unwrap();
+    })
 }
 
 #[actix_rt::test]
 async fn submit_poll_and_json_result_end_to_end() {
     let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
-    let gw = gateway(
-        &fake,
-        &[gc_target("sophia-gc", "llama", EP_A, 8001)],
-        "ok",
-        &[],
-    )
-    .await;
+    let gw = gateway(&fake, &[gc_target("sophia-gc", "llama", EP_A, 8001)], "ok")
+        .start()
+        .await;
     for _ in 0..2 {
         let (status, headers, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
         assert_eq!(status, 200, "{body}");
@@ -513,8 +490,8 @@ async fn task_failures_map_to_openai_errors_and_fail_over() {
         &fake,
         &[gc_target("gc-400", "fail-400", EP_A, 8000)],
         "fail",
-        &[],
     )
+    .start()
     .await;
     // The model server said 400: the client's fault, its envelope passes through.
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("fail-400")).await;
@@ -532,7 +509,7 @@ async fn task_failures_map_to_openai_errors_and_fail_over() {
             "endpoint_slug": "http-backup", "cluster": "local", "framework": "vllm",
             "model": "fail-500", "base_url": backup.url()}}),
     ];
-    let gw = gateway(&fake, &endpoints, "failover", &[]).await;
+    let gw = gateway(&fake, &endpoints, "failover").start().await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("fail-500")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(backup.request_count(), 1);
@@ -545,8 +522,8 @@ async fn task_failures_map_to_openai_errors_and_fail_over() {
         &fake,
         &[gc_target("gc-500", "fail-500", EP_A, 8000)],
         "only500",
-        &[],
     )
+    .start()
     .await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("fail-500")).await;
     assert_eq!(status, 502);
@@ -567,13 +544,10 @@ async fn old_endpoints_answer_with_dill_and_plain_values_decode() {
         gc_target("gc-dt", "old-endpoint-datetime", EP_A, 8000),
         gc_target("gc-caps", "status-caps", EP_A, 8000),
     ];
-    let gw = gateway(
-        &fake,
-        &endpoints,
-        "dill",
-        &[("GATEWAY__GLOBUS_COMPUTE__TASK_TIMEOUT_SECS", "3")],
-    )
-    .await;
+    let gw = gateway(&fake, &endpoints, "dill")
+        .settings(|s| s.globus_compute.task_timeout_secs = NonZero::new(3).unwrap())
+        .start()
+        .await;
     let expected: Value = serde_json::from_str(ANSWER).unwrap();
     for model in ["old-endpoint-str", "old-endpoint-dict", "status-caps"] {
         let (status, _, body) = gw.post("/v1/chat/completions", &chat(model)).await;
@@ -609,7 +583,7 @@ async fn offline_endpoints_fail_over_and_slow_tasks_are_504() {
         gc_target("gc-offline", "llama", EP_A, 8000),
         gc_target("gc-online", "llama", EP_B, 8000),
     ];
-    let gw = gateway(&fake, &endpoints, "offline", &[]).await;
+    let gw = gateway(&fake, &endpoints, "offline").start().await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -619,13 +593,10 @@ async fn offline_endpoints_fail_over_and_slow_tasks_are_504() {
     );
     gw.stop().await;
 
-    let gw = gateway(
-        &fake,
-        &[gc_target("gc-hang", "hang", EP_B, 8000)],
-        "hang",
-        &[("GATEWAY__GLOBUS_COMPUTE__TASK_TIMEOUT_SECS", "1")],
-    )
-    .await;
+    let gw = gateway(&fake, &[gc_target("gc-hang", "hang", EP_B, 8000)], "hang")
+        .settings(|s| s.globus_compute.task_timeout_secs = NonZero::new(1).unwrap())
+        .start()
+        .await;
     let started = Instant::now();
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("hang")).await;
     assert_eq!(status, 504, "{body}");
@@ -638,13 +609,10 @@ async fn offline_endpoints_fail_over_and_slow_tasks_are_504() {
 #[actix_rt::test]
 async fn an_endpoint_without_managers_after_a_submit_is_starting() {
     let fake = FakeCompute::start(&[(EP_A, "online", 0)]).await;
-    let gw = gateway(
-        &fake,
-        &[gc_target("gc-cold", "llama", EP_A, 8000)],
-        "cold",
-        &[("GATEWAY__COLD_START__RETRY_AFTER_SECS", "17")],
-    )
-    .await;
+    let gw = gateway(&fake, &[gc_target("gc-cold", "llama", EP_A, 8000)], "cold")
+        .settings(|s| s.cold_start.retry_after_secs = NonZero::new(17).unwrap())
+        .start()
+        .await;
     // No managers and nothing submitted yet: submitting is what starts the workers.
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("llama")).await;
     assert_eq!(status, 200, "{body}");
@@ -662,35 +630,21 @@ async fn an_endpoint_without_managers_after_a_submit_is_starting() {
 
 /// A gateway streaming through the fake, with the fake's function calling back to it.
 async fn streaming_gateway(fake: &FakeCompute, model: &str, test: &str) -> TestGateway {
-    let gw = streaming_gateway_with(fake, model, test, &[]).await;
+    let gw = streaming_app(fake, model, test).start().await;
     fake.state.lock().unwrap().gateway_url = Some(gw.url.clone());
     gw
 }
 
-async fn streaming_gateway_with(
-    fake: &FakeCompute,
-    model: &str,
-    test: &str,
-    extra: &[(&str, &str)],
-) -> TestGateway {
+/// [`gateway`] with streaming through Globus Compute on (the secret in an environment
+/// variable named for this test).
+fn streaming_app(fake: &FakeCompute, model: &str, test: &str) -> TestApp {
     std::env::set_var(format!("IGW_TEST_STREAM_SECRET_{test}"), STREAM_SECRET);
     let secret_env = format!("IGW_TEST_STREAM_SECRET_{test}");
-    let mut settings = vec![
-        (
-            "GATEWAY__STREAMING__CALLBACK_BASE_URL",
-            "https://gateway.example.org:8443",
-        ),
-        ("GATEWAY__STREAMING__SECRET_ENV", secret_env.as_str()),
-        ("GATEWAY__STREAMING__DONE_GRACE_MS", "200"),
-    ];
-    settings.extend_from_slice(extra);
-    gateway(
-        fake,
-        &[gc_target("gc-stream", model, EP_A, 8002)],
-        test,
-        &settings,
-    )
-    .await
+    gateway(fake, &[gc_target("gc-stream", model, EP_A, 8002)], test).settings(move |s| {
+        s.streaming.callback_base_url = "https://gateway.example.org:8443".into();
+        s.streaming.secret_env = secret_env;
+        s.streaming.done_grace_ms = 200;
+    })
 }
 
 /// The fake function's callback statuses, once it recorded `n` of them (it does so after
@@ -736,12 +690,15 @@ async fn two_replicas(
     url: &str,
 ) -> (TestGateway, TestGateway) {
     let prefix = format!("igw-test-{}:", uuid::Uuid::new_v4().simple());
-    let settings = [
-        ("GATEWAY__REDIS__URL", url),
-        ("GATEWAY__REDIS__KEY_PREFIX", prefix.as_str()),
-    ];
-    let a = streaming_gateway_with(fake, model, &format!("{test}_a"), &settings).await;
-    let b = streaming_gateway_with(fake, model, &format!("{test}_b"), &settings).await;
+    let replica = |name: String| {
+        let (url, prefix) = (url.to_string(), prefix.clone());
+        streaming_app(fake, model, &name).settings(move |s| {
+            s.redis.url = url;
+            s.redis.key_prefix = prefix;
+        })
+    };
+    let a = replica(format!("{test}_a")).start().await;
+    let b = replica(format!("{test}_b")).start().await;
     // Let both subscribers connect.
     actix_rt::time::sleep(Duration::from_millis(200)).await;
     (a, b)
@@ -964,7 +921,9 @@ async fn callback_latency() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let fake = FakeCompute::start(&[(EP_A, "online", 1)]).await;
-    let one = streaming_gateway_with(&fake, "stream-manual", "lat_one", &[]).await;
+    let one = streaming_app(&fake, "stream-manual", "lat_one")
+        .start()
+        .await;
     let mut report = vec![("one replica", measure(&fake, &one, &one, iterations).await)];
     one.stop().await;
     if let Some(url) = redis_for_tests("callback_latency (two replicas)").await {
@@ -1051,11 +1010,8 @@ async fn a_cluster_may_use_its_own_globus_client() {
     let mut polaris = gc_target("polaris-gc", "on-polaris", EP_A, 8000);
     polaris["fields"]["cluster"] = json!("polaris");
     let endpoints = [gc_target("sophia-gc", "on-sophia", EP_A, 8000), polaris];
-    let gw = gateway(
-        &fake,
-        &endpoints,
-        "cluster_creds",
-        &[
+    let gw = gateway(&fake, &endpoints, "cluster_creds")
+        .env(&[
             (
                 "GATEWAY__CLUSTERS__POLARIS__GLOBUS_CLIENT_ID_ENV",
                 "IGW_TEST_GC_POLARIS_ID",
@@ -1064,9 +1020,9 @@ async fn a_cluster_may_use_its_own_globus_client() {
                 "GATEWAY__CLUSTERS__POLARIS__GLOBUS_CLIENT_SECRET_ENV",
                 "IGW_TEST_GC_POLARIS_SECRET",
             ),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("on-sophia")).await;
     assert_eq!(status, 200, "the default client: {body}");
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("on-polaris")).await;
@@ -1106,15 +1062,11 @@ async fn firsts_qstat_function_on_the_clusters_endpoint_gives_scheduler_state() 
         "frameworks": ["vllm"], "openai_endpoints": ["chat/completions"],
         "config": {"qstat_endpoint_uuid": QSTAT_EP, "qstat_function_uuid": QSTAT_FUNC}}}),
     ];
-    let gw = gateway_with_clusters(
-        &fake,
-        &endpoints,
-        &clusters,
-        Some("[clusters.sophia]\nscheduler = \"globus-compute\"\n"),
-        "qstat",
-        &[],
-    )
-    .await;
+    let gw = gateway(&fake, &endpoints, "qstat")
+        .clusters(&clusters)
+        .toml("[clusters.sophia]\nscheduler = \"globus-compute\"\n")
+        .start()
+        .await;
     let sophia = wait_scheduler(&gw, "sophia", "ok").await;
     assert_eq!(sophia["free_nodes"], 3);
     let (status, jobs) = gw.get("/sophia/jobs").await;
@@ -1163,8 +1115,9 @@ async fn a_globus_compute_scheduler_without_its_function_says_which_keys_are_mis
         &fake,
         &[gc_target("sophia-llama8", "m", EP_A, 8000)],
         "qstat_missing",
-        &[("GATEWAY__CLUSTERS__SOPHIA__SCHEDULER", "globus-compute")],
     )
+    .env(&[("GATEWAY__CLUSTERS__SOPHIA__SCHEDULER", "globus-compute")])
+    .start()
     .await;
     wait_scheduler(&gw, "sophia", "unknown").await;
     let logs = gw.logs();
