@@ -4,6 +4,7 @@
 //! `..` and symlink escapes are 400), a BatchActor crash, a `kill -9` of the real binary
 //! mid-batch and its resume, and (PostgreSQL) two gateways sharing one database's work.
 use std::collections::HashSet;
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 use crate::common::binary::{spawn_gateway, Binary};
@@ -16,6 +17,11 @@ use inference_gateway::store::now_ms;
 use serde_json::{json, Value};
 
 const EP: &str = "/v1/chat/completions";
+
+/// A gateway over one target, `a`, serving model `m` at `mock`.
+fn app(mock: &MockUpstream) -> TestApp {
+    TestApp::builder().target(target("a", "m", mock.url()))
+}
 
 fn line(id: &str, model: &str) -> String {
     json!({"custom_id": id, "method": "POST", "url": EP,
@@ -214,15 +220,14 @@ async fn user_key(url: &str, bootstrap: &str, user: &str) -> String {
 async fn files_crud_ownership_and_size_limit() {
     std::env::set_var("IGW_TEST_BATCH_ADMIN", "batch-bootstrap-admin-key-0123");
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BATCH_ADMIN"),
-            ("GATEWAY__BATCHES__MAX_FILE_BYTES", "2000"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| {
+            s.auth.admin_key_env = "IGW_TEST_BATCH_ADMIN".into();
+            s.batches.max_file_bytes = NonZero::new(2000).unwrap();
+        })
+        .start()
+        .await;
     let alice = user_key(&gw.url, "batch-bootstrap-admin-key-0123", "alice").await;
     let bob = user_key(&gw.url, "batch-bootstrap-admin-key-0123", "bob").await;
     let bytes = input(3, "m");
@@ -316,11 +321,10 @@ async fn files_crud_ownership_and_size_limit() {
 #[actix_rt::test]
 async fn a_batch_runs_every_line_once_and_reports_failures() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50")],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| s.batches.poll_interval_ms = NonZero::new(50).unwrap())
+        .start()
+        .await;
     // Two lines get a 400 from the model: they go to the error file.
     mock.fail_next(2, 400);
     let n = 60;
@@ -452,11 +456,10 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
 #[actix_rt::test]
 async fn bad_lines_fail_validation_with_an_error_file() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50")],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| s.batches.poll_interval_ms = NonZero::new(50).unwrap())
+        .start()
+        .await;
     let text = [
         line("a", "m"),
         "{not json".to_string(),
@@ -507,14 +510,13 @@ async fn cancel_keeps_the_finished_lines() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "2"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| {
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.concurrency_per_batch = NonZero::new(2).unwrap();
+        })
+        .start()
+        .await;
     let n = 200;
     let b = submit(&gw.url, &input(n, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
@@ -578,14 +580,13 @@ async fn a_batch_past_its_window_expires_keeping_the_finished_lines() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "2"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| {
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.concurrency_per_batch = NonZero::new(2).unwrap();
+        })
+        .start()
+        .await;
     let n = 100;
     let b = submit(&gw.url, &input(n, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
@@ -624,14 +625,11 @@ async fn first_path_form_is_confined_to_the_allowed_roots() {
     let outside = tempfile::tempdir().unwrap();
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let roots = root.path().display().to_string();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .env(&[("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots)])
+        .settings(|s| s.batches.poll_interval_ms = NonZero::new(50).unwrap())
+        .start()
+        .await;
     let in_path = root.path().join("in.jsonl");
     // FIRST's lines may leave the model out: the batch's model fills it in.
     let mut text = String::new();
@@ -754,7 +752,7 @@ async fn first_path_form_is_confined_to_the_allowed_roots() {
     gw.stop().await;
 
     // No roots configured: the path form is off.
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let (status, err) = json_call(
         &gw.url,
         "POST",
@@ -773,15 +771,14 @@ async fn first_path_form_is_confined_to_the_allowed_roots() {
 #[actix_rt::test]
 async fn max_batches_per_user_is_429() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
+    let gw = app(&mock)
+        .settings(|s| {
             // Nothing runs, so both batches stay active.
-            ("GATEWAY__BATCHES__ENABLED", "false"),
-            ("GATEWAY__QUOTAS__MAX_BATCHES_PER_USER", "2"),
-        ],
-    )
-    .await;
+            s.batches.enabled = false;
+            s.quotas.max_batches_per_user = 2;
+        })
+        .start()
+        .await;
     let (_, f) = upload(&gw.url, None, "batch", &input(1, "m")).await;
     let fid = f["id"].as_str().unwrap();
     for _ in 0..2 {
@@ -809,14 +806,13 @@ async fn batch_lines_wait_while_interactive_requests_are_in_flight() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__YIELD_ABOVE_INTERACTIVE", "1"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| {
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.yield_above_interactive = 1;
+        })
+        .start()
+        .await;
     // One interactive stream in flight for about a second.
     let mut body = chat("m");
     body["stream"] = json!(true);
@@ -851,17 +847,16 @@ async fn batch_lines_wait_while_interactive_requests_are_in_flight() {
 #[actix_rt::test]
 async fn quota_refusals_delay_lines_without_failing_them() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
+    let gw = app(&mock)
+        .settings(|s| {
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
             // The model admits 20 requests a second, one at a time: most lines get a 429
             // from quotas first.
-            ("GATEWAY__QUOTAS__MODEL__REQUESTS_PER_SECOND", "20"),
-            ("GATEWAY__QUOTAS__MODEL__BURST", "1"),
-        ],
-    )
-    .await;
+            s.quotas.model.requests_per_second = 20.0;
+            s.quotas.model.burst = 1;
+        })
+        .start()
+        .await;
     let n = 20;
     let b = submit(&gw.url, &input(n, "m")).await;
     let b = wait_batch(
@@ -897,14 +892,13 @@ async fn batches_finish_after_the_batch_actor_crashes() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "4"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| {
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.concurrency_per_batch = NonZero::new(4).unwrap();
+        })
+        .start()
+        .await;
     let n = 300;
     let b = submit(&gw.url, &input(n, "m")).await;
     let id = b["id"].as_str().unwrap().to_string();
@@ -1004,17 +998,20 @@ async fn two_gateways_on_postgres_share_batches_without_double_work() {
     .await
     .unwrap();
     let shared = tempfile::tempdir().unwrap();
-    let data = shared.path().join("data").display().to_string();
+    let data = shared.path().join("data");
     let url = db.config_url();
-    let settings = [
-        ("GATEWAY__DATABASE__URL", url.as_str()),
-        ("GATEWAY__STORAGE__DATA_DIR", data.as_str()),
-        ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-        ("GATEWAY__BATCHES__MAX_RUNNING", "2"),
-        ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "4"),
-    ];
-    let a = start(&[target("a", "m", mock.url())], &settings).await;
-    let b = start(&[target("a", "m", mock.url())], &settings).await;
+    let replica = || {
+        let (url, data) = (url.clone(), data.clone());
+        app(&mock).settings(move |s| {
+            s.database.url = url;
+            s.storage.data_dir = data;
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.max_running = NonZero::new(2).unwrap();
+            s.batches.concurrency_per_batch = NonZero::new(4).unwrap();
+        })
+    };
+    let a = replica().start().await;
+    let b = replica().start().await;
     let (batches, n) = (6, 80);
     let mut ids = Vec::new();
     for i in 0..batches {
@@ -1054,16 +1051,18 @@ async fn first_guides_batch_example_works_as_written() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let model = "meta-llama/Meta-Llama-3-8B-Instruct";
     let roots = root.path().display().to_string();
-    let gw = start(
-        &[target("a", model, mock.url())],
-        &[
+    let gw = TestApp::builder()
+        .target(target("a", model, mock.url()))
+        .env(&[
             ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_GUIDE_ADMIN"),
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
             ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
-        ],
-    )
-    .await;
+        ])
+        .settings(|s| {
+            s.auth.admin_key_env = "IGW_TEST_GUIDE_ADMIN".into();
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+        })
+        .start()
+        .await;
     let token = user_key(&gw.url, "guide-bootstrap-admin-key-0123", "alice").await;
     let input = root.path().join("path/to/input.jsonl");
     std::fs::create_dir_all(input.parent().unwrap()).unwrap();
@@ -1166,15 +1165,14 @@ async fn batch_and_file_errors_say_what_was_wrong_with_the_right_status() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let root = tempfile::tempdir().unwrap();
     let roots = root.path().display().to_string();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__ENABLED", "false"),
-            ("GATEWAY__BATCHES__MAX_FILE_BYTES", "1000"),
-            ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .env(&[("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots)])
+        .settings(|s| {
+            s.batches.enabled = false;
+            s.batches.max_file_bytes = NonZero::new(1000).unwrap();
+        })
+        .start()
+        .await;
     // JSON of the wrong shape: no Rust type names, the field named.
     for (body, needle) in [
         (json!("x"), "JSON object"),
@@ -1263,15 +1261,14 @@ async fn raw_request(addr: &str, head: String, body: &[u8]) -> (u16, Duration) {
 #[actix_rt::test]
 async fn uploads_are_refused_early_and_bounded_in_number() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__ENABLED", "false"),
-            ("GATEWAY__BATCHES__MAX_FILE_BYTES", "1000000"),
-            ("GATEWAY__BATCHES__MAX_CONCURRENT_UPLOADS", "2"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| {
+            s.batches.enabled = false;
+            s.batches.max_file_bytes = NonZero::new(1000000).unwrap();
+            s.batches.max_concurrent_uploads = NonZero::new(2).unwrap();
+        })
+        .start()
+        .await;
     let addr = gw.url.trim_start_matches("http://").to_string();
     let boundary = "b0undary";
     let head = |len: u64| {
@@ -1372,15 +1369,14 @@ async fn creating_a_batch_during_a_database_outage_is_503() {
         .unwrap();
     let via = format!("postgres://{user}@{}/{name}", proxy.addr);
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__DATABASE__URL", &via),
-            ("GATEWAY__DATABASE__TIMEOUT_SECS", "2"),
-            ("GATEWAY__BATCHES__ENABLED", "false"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(move |s| {
+            s.database.url = via;
+            s.database.timeout_secs = NonZero::new(2).unwrap();
+            s.batches.enabled = false;
+        })
+        .start()
+        .await;
     let (status, f) = upload(&gw.url, None, "batch", &input(1, "m")).await;
     assert_eq!(status, 200, "{f}");
     proxy.sever();
@@ -1404,15 +1400,14 @@ async fn an_unwritable_output_folder_fails_the_batch_and_cancel_still_works() {
     .await
     .unwrap();
     let roots = root.path().display().to_string();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
-            ("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .env(&[("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots)])
+        .settings(|s| {
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.concurrency_per_batch = NonZero::new(1).unwrap();
+        })
+        .start()
+        .await;
     let input_path = root.path().join("in.jsonl");
     let mut text = String::new();
     for i in 0..5 {
@@ -1483,17 +1478,16 @@ async fn one_users_batches_leave_a_slot_for_another_user() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_FAIR_ADMIN"),
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__MAX_RUNNING", "2"),
-            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| {
+            s.auth.admin_key_env = "IGW_TEST_FAIR_ADMIN".into();
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.max_running = NonZero::new(2).unwrap();
+            s.batches.concurrency_per_batch = NonZero::new(1).unwrap();
+        })
+        .start()
+        .await;
     let alice = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "alice").await;
     let bob = user_key(&gw.url, "fair-bootstrap-admin-key-0123", "bob").await;
     let id_of = |b: Value| b["id"].as_str().unwrap().to_string();
@@ -1552,16 +1546,15 @@ async fn admins_list_every_users_batches_and_cancel_any() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BATCH_ADMIN_VIEW"),
-            ("GATEWAY__BATCHES__POLL_INTERVAL_MS", "50"),
-            ("GATEWAY__BATCHES__CONCURRENCY_PER_BATCH", "1"),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| {
+            s.auth.admin_key_env = "IGW_TEST_BATCH_ADMIN_VIEW".into();
+            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.concurrency_per_batch = NonZero::new(1).unwrap();
+        })
+        .start()
+        .await;
     let alice = user_key(&gw.url, admin, "alice").await;
     let bob = user_key(&gw.url, admin, "bob").await;
     let mut ids = Vec::new();
