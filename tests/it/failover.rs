@@ -1,5 +1,6 @@
 //! Failover, the circuit breaker (with a manual clock), health-aware routing and
 //! supervision (injected panics).
+use std::num::NonZero;
 use std::time::Duration;
 
 use crate::common::*;
@@ -15,14 +16,13 @@ async fn five_hundreds_fail_over_to_the_next_target() {
     .await
     .unwrap();
     let good = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("bad", "m", bad.url()),
             target("good", "m", good.url()),
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     for _ in 0..10 {
         let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
         assert_eq!(status, 200, "{body}");
@@ -35,14 +35,13 @@ async fn five_hundreds_fail_over_to_the_next_target() {
 #[actix_rt::test]
 async fn connection_refused_fails_over() {
     let good = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("dead", "m", dead_url()),
             target("good", "m", good.url()),
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     for _ in 0..5 {
         let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
         assert_eq!(status, 200);
@@ -64,14 +63,13 @@ async fn early_stream_death_fails_over_before_the_client_sees_a_byte() {
     .await
     .unwrap();
     let good = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("bad", "m", bad.url()),
             target("good", "m", good.url()),
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let mut body = chat("m");
     body["stream"] = json!(true);
     let mut res = gw
@@ -108,15 +106,15 @@ async fn all_targets_failing_is_502_and_attempts_are_bounded() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("a", "m", a.url()),
             target("b", "m", b.url()),
             target("c", "m", c.url()),
-        ],
-        &[("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "2")],
-    )
-    .await;
+        ])
+        .settings(|s| s.upstream.max_attempts = NonZero::new(2).unwrap())
+        .start()
+        .await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 502);
     assert_eq!(body["error"]["code"], "upstream_error");
@@ -145,7 +143,10 @@ async fn every_target_rate_limited_is_429_with_retry_after() {
     })
     .await
     .unwrap();
-    let gw = start(&[target("a", "m", a.url()), target("b", "m", b.url())], &[]).await;
+    let gw = TestApp::builder()
+        .targets(&[target("a", "m", a.url()), target("b", "m", b.url())])
+        .start()
+        .await;
     let (status, headers, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 429);
     assert_eq!(
@@ -175,7 +176,10 @@ async fn backend_4xx_passes_through_and_is_never_retried() {
     .await
     .unwrap();
     let b = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", a.url()), target("b", "m", b.url())], &[]).await;
+    let gw = TestApp::builder()
+        .targets(&[target("a", "m", a.url()), target("b", "m", b.url())])
+        .start()
+        .await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 400);
     assert_eq!(
@@ -195,14 +199,14 @@ async fn slow_target_is_504() {
     .await
     .unwrap();
     let other = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("slow", "m", slow.url()),
             target("other", "m2", other.url()),
-        ],
-        &[("GATEWAY__UPSTREAM__RESPONSE_TIMEOUT_SECS", "1")],
-    )
-    .await;
+        ])
+        .settings(|s| s.upstream.response_timeout_secs = NonZero::new(1).unwrap())
+        .start()
+        .await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 504);
     assert_eq!(body["error"]["code"], "upstream_timeout");
@@ -217,15 +221,15 @@ async fn breaker_opens_then_half_open_probe_closes_it() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__BREAKER__FAILURE_THRESHOLD", "3"),
-            ("GATEWAY__BREAKER__OPEN_SECS", "30"),
-            ("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "1"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", mock.url()))
+        .settings(|s| {
+            s.breaker.failure_threshold = NonZero::new(3).unwrap();
+            s.breaker.open_secs = NonZero::new(30).unwrap();
+            s.upstream.max_attempts = NonZero::new(1).unwrap();
+        })
+        .start()
+        .await;
     for _ in 0..3 {
         let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
         assert_eq!(status, 502);
@@ -275,18 +279,18 @@ async fn unhealthy_targets_are_avoided_while_a_healthy_one_exists() {
     .await
     .unwrap();
     let well = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("sick", "m", sick.url()),
             target("well", "m", well.url()),
-        ],
-        &[
-            ("GATEWAY__HEALTH__PATH", "/health"),
-            ("GATEWAY__HEALTH__UNHEALTHY_THRESHOLD", "1"),
-            ("GATEWAY__HEALTH__INTERVAL_SECS", "3600"),
-        ],
-    )
-    .await;
+        ])
+        .settings(|s| {
+            s.health.path = "/health".into();
+            s.health.unhealthy_threshold = NonZero::new(1).unwrap();
+            s.health.interval_secs = NonZero::new(3600).unwrap();
+        })
+        .start()
+        .await;
     gw.wait_target("sick", |t| t["health"] == "unhealthy").await;
     gw.wait_target("well", |t| t["health"] == "healthy").await;
     for _ in 0..10 {
@@ -308,7 +312,10 @@ async fn unhealthy_targets_are_avoided_while_a_healthy_one_exists() {
 #[actix_rt::test]
 async fn a_crashed_backend_actor_is_rebuilt_and_requests_keep_working() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", mock.url()))
+        .start()
+        .await;
     let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 200);
 
@@ -336,14 +343,14 @@ async fn a_crashed_router_is_rebuilt_and_requests_keep_working() {
     .await
     .unwrap();
     let good = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("bad", "m", bad.url()),
             target("good", "m", good.url()),
-        ],
-        &[("GATEWAY__BREAKER__FAILURE_THRESHOLD", "1")],
-    )
-    .await;
+        ])
+        .settings(|s| s.breaker.failure_threshold = NonZero::new(1).unwrap())
+        .start()
+        .await;
     assert!(gw.gateway.send(CrashRouter("m".into())).await.unwrap());
     let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 200);
@@ -366,7 +373,11 @@ async fn federated_model_name_is_rewritten_for_each_target() {
         "name":"Fed","slug":"fed","target_model_name":"fed-model","description":"d",
         "targets":[{"cluster":"local","framework":"vllm","model":"real/model","endpoint_slug":"a"}]}}),
     ];
-    let gw = start_with(&[target("a", "real/model", mock.url())], &federated, &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "real/model", mock.url()))
+        .federated(&federated)
+        .start()
+        .await;
     let (status, _, _) = gw.post("/v1/chat/completions", &chat("fed-model")).await;
     assert_eq!(status, 200);
     let seen: serde_json::Value = serde_json::from_slice(&mock.requests()[0].body).unwrap();
@@ -412,18 +423,18 @@ fn slow_behavior() -> Behavior {
 async fn a_target_back_from_unhealthy_is_measured_again_not_ranked_by_its_old_latency() {
     let slow = MockUpstream::start(slow_behavior()).await.unwrap();
     let fast = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("slow", "m", slow.url()),
             target("fast", "m", fast.url()),
-        ],
-        &[
-            ("GATEWAY__HEALTH__PATH", "/health"),
-            ("GATEWAY__HEALTH__UNHEALTHY_THRESHOLD", "1"),
-            ("GATEWAY__HEALTH__INTERVAL_SECS", "3600"),
-        ],
-    )
-    .await;
+        ])
+        .settings(|s| {
+            s.health.path = "/health".into();
+            s.health.unhealthy_threshold = NonZero::new(1).unwrap();
+            s.health.interval_secs = NonZero::new(3600).unwrap();
+        })
+        .start()
+        .await;
     gw.wait_target("slow", |t| t["health"] == "healthy").await;
     gw.wait_target("fast", |t| t["health"] == "healthy").await;
     measure_both(&gw, &slow, &fast).await;
@@ -449,14 +460,13 @@ async fn a_target_back_from_unhealthy_is_measured_again_not_ranked_by_its_old_la
 async fn a_latency_not_measured_for_30_s_is_forgotten_and_measured_again() {
     let slow = MockUpstream::start(slow_behavior()).await.unwrap();
     let fast = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("slow", "m", slow.url()),
             target("fast", "m", fast.url()),
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     measure_both(&gw, &slow, &fast).await;
     // It got faster, but nothing sends it a request to find out.
     slow.set_behavior(Behavior::default());

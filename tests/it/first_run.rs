@@ -2,6 +2,7 @@
 //! request path, failures that say which target failed and how (never where it is),
 //! `/v1/models` telling `offline` at the first failed check, and a pinned route that says
 //! where a model is served instead of "does not exist".
+use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -31,18 +32,16 @@ async fn post_raw(
 
 #[actix_rt::test]
 async fn the_demo_target_answers_every_route_through_the_whole_request_path() {
-    let gw = start_fixtures(
-        &[demo_endpoint()],
-        &[],
-        None,
-        &[
+    let gw = TestApp::builder()
+        .endpoints(&[demo_endpoint()])
+        .settings(|s| {
             // Health checks on: the demo's is answered in process.
-            ("GATEWAY__HEALTH__PATH", "/health"),
-            ("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "50"),
-            ("GATEWAY__LOGGING__FLUSH_INTERVAL_MS", "20"),
-        ],
-    )
-    .await;
+            s.health.path = "/health".into();
+            s.quotas.user.requests_per_day = 50;
+            s.logging.flush_interval_ms = NonZero::new(20).unwrap();
+        })
+        .start()
+        .await;
     gw.wait_target("local-demo", |t| t["health"] == "healthy")
         .await;
     let (_, models) = gw.get("/v1/models").await;
@@ -161,7 +160,10 @@ async fn the_demo_target_answers_every_route_through_the_whole_request_path() {
 async fn the_demo_target_can_be_removed_from_the_fixtures() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let real = endpoint(1, &target("real", "m", mock.url()));
-    let gw = start_fixtures(&[demo_endpoint(), real.clone()], &[], None, &[]).await;
+    let gw = TestApp::builder()
+        .endpoints(&[demo_endpoint(), real.clone()])
+        .start()
+        .await;
     let (status, _, _) = post_raw(&gw, "/v1/chat/completions", &chat("demo")).await;
     assert_eq!(status, 200);
     std::fs::write(
@@ -207,19 +209,19 @@ async fn wait_model_status(gw: &TestGateway, model: &str, want: &str, within: Du
 #[actix_rt::test]
 async fn models_are_offline_after_the_first_failed_health_check() {
     let flaky = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("dead", "dead-model", dead_url()),
             target("flaky", "flaky-model", flaky.url()),
-        ],
-        &[
-            ("GATEWAY__HEALTH__PATH", "/health"),
-            ("GATEWAY__HEALTH__UNHEALTHY_THRESHOLD", "2"),
+        ])
+        .settings(|s| {
+            s.health.path = "/health".into();
+            s.health.unhealthy_threshold = NonZero::new(2).unwrap();
             // No second check comes by itself within the test.
-            ("GATEWAY__HEALTH__INTERVAL_SECS", "3600"),
-        ],
-    )
-    .await;
+            s.health.interval_secs = NonZero::new(3600).unwrap();
+        })
+        .start()
+        .await;
     let status = wait_model_status(&gw, "dead-model", "offline", Duration::from_secs(5)).await;
     assert_eq!(
         status, "offline",
@@ -268,18 +270,18 @@ async fn failures_name_the_target_and_how_it_failed_never_its_address() {
     })
     .await
     .unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("local-llama-cpp-smollm2", "smollm2", dead_url()),
             target("sick", "sick-model", sick.url()),
             target("slow", "slow-model", slow.url()),
-        ],
-        &[
-            ("GATEWAY__UPSTREAM__RESPONSE_TIMEOUT_SECS", "1"),
-            ("GATEWAY__BREAKER__FAILURE_THRESHOLD", "2"),
-        ],
-    )
-    .await;
+        ])
+        .settings(|s| {
+            s.upstream.response_timeout_secs = NonZero::new(1).unwrap();
+            s.breaker.failure_threshold = NonZero::new(2).unwrap();
+        })
+        .start()
+        .await;
     let message = |body: &str| {
         assert!(!body.contains("127.0.0.1"), "no address: {body}");
         let v: Value = serde_json::from_str(body).unwrap();
@@ -327,8 +329,8 @@ async fn failures_name_the_target_and_how_it_failed_never_its_address() {
 #[actix_rt::test]
 async fn a_pinned_route_names_the_clusters_that_serve_the_model() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             T {
                 slug: "a",
                 cluster: "polaris",
@@ -343,10 +345,9 @@ async fn a_pinned_route_names_the_clusters_that_serve_the_model() {
                 model: "m",
                 base_url: mock.url(),
             },
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     for path in [
         "/sophia/vllm/v1/chat/completions",
         "/resource_server/sophia/vllm/v1/chat/completions",

@@ -1,6 +1,7 @@
 //! What real model servers do that our own mock does not: announce keep-alive and close
 //! anyway, answer 501/422 for requests they do not support, put extra fields (`timings`)
 //! on the usage event, and serve model-addressed routes beyond the OpenAI ones.
+use std::num::NonZero;
 use std::time::Duration;
 
 use crate::common::raw_upstream::{Closing, RawRequest, RawUpstream, Reply};
@@ -79,16 +80,16 @@ async fn run_load(gw: &TestGateway, total: usize, concurrency: usize) -> Vec<Str
 /// the next request, and reads EOF (awc: "connector has been disconnected").
 async fn closing_backend_costs_no_request(delay: Duration) {
     let upstream = RawUpstream::start(Closing::AfterResponse(delay), llama_like);
-    let gw = start(
-        &[target("a", "m", upstream.url())],
+    let gw = TestApp::builder()
+        .target(target("a", "m", upstream.url()))
         // One attempt: a stale connection must cost no failover; no quotas, so 2,000
         // quick requests are not rate limited.
-        &[
-            ("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "1"),
-            ("GATEWAY__QUOTAS__ENABLED", "false"),
-        ],
-    )
-    .await;
+        .settings(|s| {
+            s.upstream.max_attempts = NonZero::new(1).unwrap();
+            s.quotas.enabled = false;
+        })
+        .start()
+        .await;
     for (label, concurrency) in [("sequential", 1), ("concurrent", 32)] {
         let failed = run_load(&gw, 1000, concurrency).await;
         assert!(
@@ -127,14 +128,13 @@ async fn backend_501_and_422_are_relayed_and_never_open_the_breaker() {
         _ => llama_like(req),
     });
     let b = RawUpstream::start(Closing::Never, llama_like);
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("a", "m", upstream.url()),
             target("b", "other", b.url()),
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let client = gw.client();
     for _ in 0..8 {
         let mut res = client
@@ -177,7 +177,10 @@ async fn backend_auth_failures_name_the_target_and_not_its_secret() {
             r#"{"error":{"message":"Incorrect API key provided: sk-secret-123","type":"invalid_request_error","code":"invalid_api_key"}}"#,
         )
     });
-    let gw = start(&[target("tgt-a", "m", upstream.url())], &[]).await;
+    let gw = TestApp::builder()
+        .target(target("tgt-a", "m", upstream.url()))
+        .start()
+        .await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 502, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -201,7 +204,10 @@ async fn rate_limits_keep_retry_after_and_do_not_open_the_breaker() {
         reply.headers.push(("Retry-After", "7".into()));
         reply
     });
-    let gw = start(&[target("a", "m", upstream.url())], &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", upstream.url()))
+        .start()
+        .await;
     for _ in 0..6 {
         let (status, headers, body) = gw.post("/v1/chat/completions", &chat("m")).await;
         assert_eq!(status, 429, "{body}");
@@ -216,11 +222,11 @@ async fn rate_limits_keep_retry_after_and_do_not_open_the_breaker() {
 async fn fields_beside_the_injected_usage_reach_the_client() {
     let upstream = RawUpstream::start(Closing::Never, llama_like);
     // Quotas on: the gateway asks for usage itself and hides what it asked for.
-    let gw = start(
-        &[target("a", "m", upstream.url())],
-        &[("GATEWAY__QUOTAS__ENABLED", "true")],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", upstream.url()))
+        .settings(|s| s.quotas.enabled = true)
+        .start()
+        .await;
     let mut res = gw
         .client()
         .post(gw.at("/v1/chat/completions"))
@@ -278,11 +284,10 @@ async fn model_addressed_routes_are_relayed_by_model_and_others_never() {
     let b = RawUpstream::start(Closing::Never, |req| {
         Reply::json(200, format!(r#"{{"served_by":"b","path":"{}"}}"#, req.path))
     });
-    let gw = start(
-        &[target("a", "ma", a.url()), target("b", "mb", b.url())],
-        &[],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .targets(&[target("a", "ma", a.url()), target("b", "mb", b.url())])
+        .start()
+        .await;
     for (path, model, by) in [
         ("/v1/messages/count_tokens", "ma", "a"),
         ("/tokenize", "mb", "b"),
@@ -317,7 +322,10 @@ async fn multipart_audio_is_routed_by_its_model_field_and_relayed_unchanged() {
             json!({"text": "hello", "content_type": req.header("content-type")}).to_string(),
         )
     });
-    let gw = start(&[target("a", "whisper", a.url())], &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "whisper", a.url()))
+        .start()
+        .await;
     let boundary = "XyZboundary";
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF\0\0\x01binary\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n--{boundary}--\r\n"

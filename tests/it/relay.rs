@@ -1,15 +1,21 @@
 //! The relay end to end: bytes through unchanged, streaming, usage, disconnects, servers
 //! that close connections after streams, in-band stream errors.
+use std::num::NonZero;
 use std::time::Duration;
 
 use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+/// A gateway over one target, `a`, serving model `m` at `mock`.
+fn app(mock: &MockUpstream) -> TestApp {
+    TestApp::builder().target(target("a", "m", mock.url()))
+}
+
 #[actix_rt::test]
 async fn non_stream_bytes_and_unknown_fields_pass_through_unchanged() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
 
     let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"my_custom_field":{"x":[1,2]},"logprobs":true}"#;
     let mut res = gw
@@ -72,7 +78,7 @@ async fn non_stream_bytes_and_unknown_fields_pass_through_unchanged() {
 #[actix_rt::test]
 async fn request_id_is_generated_when_absent() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let (status, headers, _) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 200);
     let id = headers
@@ -99,7 +105,7 @@ async fn streams_arrive_as_whole_events_ending_in_done() {
     })
     .await
     .unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let mut body = chat("m");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
@@ -141,7 +147,7 @@ async fn client_disconnect_mid_stream_closes_the_upstream() {
     })
     .await
     .unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let mut body = chat("m");
     body["stream"] = json!(true);
     let mut res = gw
@@ -176,11 +182,10 @@ async fn backend_that_closes_after_every_stream_costs_no_failed_request() {
     .await
     .unwrap();
     // One attempt only: a stale pooled connection must be handled without failover.
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "1")],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| s.upstream.max_attempts = NonZero::new(1).unwrap())
+        .start()
+        .await;
     for i in 0..40 {
         let mut body = chat("m");
         body["stream"] = json!(i % 2 == 0);
@@ -213,7 +218,7 @@ async fn upstream_dying_mid_stream_ends_with_an_in_band_error_event() {
     })
     .await
     .unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let mut body = chat("m");
     body["stream"] = json!(true);
     let mut res = gw
@@ -245,7 +250,7 @@ async fn upstream_dying_mid_stream_ends_with_an_in_band_error_event() {
 #[actix_rt::test]
 async fn usage_chunk_is_relayed_and_non_stream_usage_untouched() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 200);
     assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
@@ -277,7 +282,10 @@ async fn a_body_cut_short_of_its_length_reaches_the_client_as_broken() {
             drop(sock);
         }
     });
-    let gw = start(&[target("a", "m", url)], &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", url))
+        .start()
+        .await;
     // A raw client: awc, like many clients, takes an early close as the end of the body.
     let addr = gw.at("").trim_start_matches("http://").to_string();
     let mut sock = tokio::net::TcpStream::connect(addr.trim_end_matches('/'))

@@ -1,7 +1,14 @@
 //! The HTTP surface: every route, both prefixes, pinning, aliases, listings, and every
 //! error status in the OpenAI envelope.
+use std::num::NonZero;
+
 use crate::common::*;
 use serde_json::{json, Value};
+
+/// A gateway over one target, `a`, serving model `m` at `mock`.
+fn app(mock: &MockUpstream) -> TestApp {
+    TestApp::builder().target(target("a", "m", mock.url()))
+}
 
 fn assert_envelope(body: &Value, code: &str) {
     let e = &body["error"];
@@ -17,7 +24,7 @@ fn assert_envelope(body: &Value, code: &str) {
 #[actix_rt::test]
 async fn every_inference_route_under_both_prefixes_reaches_its_upstream_path() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let routes = [
         ("/v1/chat/completions", "/v1/chat/completions"),
         ("/v1/completions", "/v1/completions"),
@@ -47,8 +54,8 @@ async fn every_inference_route_under_both_prefixes_reaches_its_upstream_path() {
 async fn pinned_routes_reach_only_their_cluster_and_framework() {
     let sophia = MockUpstream::start(Behavior::default()).await.unwrap();
     let polaris = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             T {
                 slug: "s",
                 cluster: "sophia",
@@ -63,10 +70,9 @@ async fn pinned_routes_reach_only_their_cluster_and_framework() {
                 model: "m",
                 base_url: polaris.url(),
             },
-        ],
-        &[],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     for _ in 0..5 {
         let (status, _, _) = gw
             .post(
@@ -100,15 +106,14 @@ async fn pinned_routes_reach_only_their_cluster_and_framework() {
 #[actix_rt::test]
 async fn chat_alias_from_config_relays_to_chat_for_its_models_only() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start_config(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("a", "sql-model", mock.url()),
             target("b", "other", mock.url()),
-        ],
-        "[[routes.chat_aliases]]\npath = \"/v1/sql\"\nmodels = [\"sql-model\"]\n",
-        &[],
-    )
-    .await;
+        ])
+        .toml("[[routes.chat_aliases]]\npath = \"/v1/sql\"\nmodels = [\"sql-model\"]\n")
+        .start()
+        .await;
     let (status, _, body) = gw.post("/resource_server/v1/sql", &chat("sql-model")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(mock.requests()[0].path, "/v1/chat/completions");
@@ -124,11 +129,10 @@ async fn chat_alias_from_config_relays_to_chat_for_its_models_only() {
 #[actix_rt::test]
 async fn models_list_is_an_openai_list_with_status_and_targets() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m1", mock.url()), target("b", "m2", dead_url())],
-        &[],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .targets(&[target("a", "m1", mock.url()), target("b", "m2", dead_url())])
+        .start()
+        .await;
     for prefix in ["", "/resource_server"] {
         let (status, body) = gw.get(&format!("{prefix}/v1/models")).await;
         assert_eq!(status, 200);
@@ -159,7 +163,7 @@ async fn models_list_is_an_openai_list_with_status_and_targets() {
 #[actix_rt::test]
 async fn health_and_detailed_health() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let (status, body) = gw.get("/health").await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
     let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
@@ -176,17 +180,17 @@ async fn health_and_detailed_health() {
 #[actix_rt::test]
 async fn every_error_status_in_the_openai_envelope() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("a", "m", mock.url()),
             target("d", "down", dead_url()),
-        ],
-        &[
-            ("GATEWAY__SERVER__MAX_BODY_BYTES", "1000"),
-            ("GATEWAY__UPSTREAM__MAX_ATTEMPTS", "1"),
-        ],
-    )
-    .await;
+        ])
+        .settings(|s| {
+            s.server.max_body_bytes = NonZero::new(1000).unwrap();
+            s.upstream.max_attempts = NonZero::new(1).unwrap();
+        })
+        .start()
+        .await;
     let client = gw.client();
     let send = |path: &str, body: &'static [u8]| {
         client
@@ -298,7 +302,7 @@ async fn every_error_status_in_the_openai_envelope() {
 #[actix_rt::test]
 async fn gateway_sends_hop_count_upstream() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 200);
     let r = &mock.requests()[0];
@@ -316,14 +320,13 @@ async fn admin_routes_need_the_admin_key() {
     let key_file = dir.path().join("admin.key");
     std::fs::write(&key_file, "test-admin-key-0123456789\n").unwrap();
     let key_path = key_file.display().to_string();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
-            ("GATEWAY__AUTH__ADMIN_KEY_FILE", &key_path),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(move |s| {
+            s.auth.admin_key_env = String::new();
+            s.auth.admin_key_file = key_path.into();
+        })
+        .start()
+        .await;
     let client = gw.client();
     let mut res = client.get(gw.at("/admin/backends")).send().await.unwrap();
     assert_eq!(res.status(), 401);
@@ -352,11 +355,10 @@ async fn admin_routes_need_the_admin_key() {
     gw.stop().await;
 
     // No admin key configured: the admin API is off.
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[("GATEWAY__AUTH__ADMIN_KEY_ENV", "")],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| s.auth.admin_key_env = String::new())
+        .start()
+        .await;
     let mut res = gw
         .client()
         .get(gw.at("/admin/backends"))
@@ -375,7 +377,7 @@ async fn admin_routes_need_the_admin_key() {
 #[actix_rt::test]
 async fn untidy_paths_are_routed_like_clean_ones() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     for path in [
         "/v1//models/",
         "//v1/models",

@@ -3,6 +3,7 @@
 //! another target is healthy), and a target that stops answering (frozen, like `kill
 //! -STOP`) stops getting new requests within one health interval.
 use std::cell::Cell;
+use std::num::NonZero;
 use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -225,14 +226,14 @@ async fn without_health_checks_the_next_request_probes_a_half_open_target() {
     let a = MockUpstream::start(Behavior::default()).await.unwrap();
     let b = MockUpstream::start(Behavior::default()).await.unwrap();
     // In process, health checks off, a manual clock for the breaker's open period.
-    let gw = start(
-        &[target("a", "m", a.url()), target("b", "m", b.url())],
-        &[
-            ("GATEWAY__BREAKER__FAILURE_THRESHOLD", "1"),
-            ("GATEWAY__BREAKER__OPEN_SECS", "30"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .targets(&[target("a", "m", a.url()), target("b", "m", b.url())])
+        .settings(|s| {
+            s.breaker.failure_threshold = NonZero::new(1).unwrap();
+            s.breaker.open_secs = NonZero::new(30).unwrap();
+        })
+        .start()
+        .await;
     // a fails once (the request fails over to b): open.
     a.fail_next(1, 500);
     let (status, _, _) = gw.post("/v1/chat/completions", &chat("m")).await;

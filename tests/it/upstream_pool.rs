@@ -22,14 +22,14 @@ async fn requests_waiting_for_an_upstream_slot_are_counted_and_logged_once_per_e
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__SERVER__WORKERS", "1"),
-            ("GATEWAY__UPSTREAM__POOL_LIMIT_PER_WORKER", "1"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", mock.url()))
+        .settings(|s| {
+            s.server.workers = 1;
+            s.upstream.pool_limit_per_worker = 1;
+        })
+        .start()
+        .await;
     // One stream holds the worker's only slot for about a second.
     let mut body = chat("m");
     body["stream"] = json!(true);
