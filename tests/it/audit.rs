@@ -63,14 +63,12 @@ async fn admin_failures(gw: &TestGateway) -> f64 {
 async fn auth_failures_and_key_changes_are_audited_without_secrets() {
     std::env::set_var("IGW_TEST_AUDIT_ADMIN", BOOTSTRAP);
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_AUDIT_ADMIN"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", mock.url()))
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| s.auth.admin_key_env = "IGW_TEST_AUDIT_ADMIN".into())
+        .start()
+        .await;
 
     // Creation: no-store, and an event naming who made which key for whom.
     let (status, headers, created) = send(

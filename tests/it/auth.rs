@@ -162,7 +162,11 @@ async fn gateway_with_groups(
             "endpoint_slug": "secret", "cluster": "sophia", "framework": "vllm", "model": "secret-model",
             "base_url": upstream, "allowed_globus_groups": ["g-secret"]}}),
     ];
-    start_fixtures(&endpoints, &[], Some(&toml), &[]).await
+    TestApp::builder()
+        .endpoints(&endpoints)
+        .toml(&toml)
+        .start()
+        .await
 }
 
 async fn call(

@@ -8,8 +8,8 @@ const BOOTSTRAP: &str = "exposure-admin-key-0123456789";
 
 async fn gateway(mock: &MockUpstream) -> TestGateway {
     std::env::set_var("IGW_TEST_EXPOSURE_ADMIN", BOOTSTRAP);
-    start(
-        &[
+    TestApp::builder()
+        .targets(&[
             target("a", "m", mock.url()),
             T {
                 slug: "b",
@@ -18,13 +18,11 @@ async fn gateway(mock: &MockUpstream) -> TestGateway {
                 model: "secret-model",
                 base_url: mock.url(),
             },
-        ],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_EXPOSURE_ADMIN"),
-        ],
-    )
-    .await
+        ])
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| s.auth.admin_key_env = "IGW_TEST_EXPOSURE_ADMIN".into())
+        .start()
+        .await
 }
 
 async fn call(gw: &TestGateway, method: &str, path: &str, key: Option<&str>) -> (u16, Value) {

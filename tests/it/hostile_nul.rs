@@ -108,16 +108,16 @@ async fn nul_in_paths_queries_and_json_is_never_a_server_error() {
             let keys = tempfile::tempdir().unwrap();
             let admin_file = admin_key_file(keys.path());
             let url = db.config_url();
-            let gw = start(
-                &[target("a", "llama", mock.url())],
-                &[
-                    ("GATEWAY__DATABASE__URL", &url),
-                    ("GATEWAY__AUTH__MODE", auth),
-                    ("GATEWAY__AUTH__ADMIN_KEY_FILE", &admin_file),
-                    ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
-                ],
-            )
-            .await;
+            let gw = TestApp::builder()
+                .target(target("a", "llama", mock.url()))
+                .env(&[("GATEWAY__AUTH__MODE", auth)])
+                .settings(move |s| {
+                    s.database.url = url;
+                    s.auth.admin_key_file = admin_file.into();
+                    s.auth.admin_key_env = String::new();
+                })
+                .start()
+                .await;
             let user_key = if auth == "required" {
                 let (status, created) = send(
                     &gw,

@@ -81,18 +81,18 @@ async fn cli_keys_authenticate_requests_with_their_limits() {
 
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let data_dir = data.path().display().to_string();
-    let gw = start(
-        &[
+    let gw = TestApp::builder()
+        .targets(&[
             target("a", "m", mock.url()),
             target("b", "other", mock.url()),
-        ],
-        &[
+        ])
+        .env(&[
             ("GATEWAY__AUTH__MODE", "required"),
             ("GATEWAY__STORAGE__DATA_DIR", &data_dir),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
-        ],
-    )
-    .await;
+        ])
+        .settings(|s| s.auth.admin_key_env = String::new())
+        .start()
+        .await;
     let (status, _) = send(&gw, "POST", "/v1/chat/completions", None, Some(chat("m"))).await;
     assert_eq!(status, 401);
     let (status, body) = send(
@@ -156,14 +156,14 @@ async fn cli_keys_authenticate_requests_with_their_limits() {
     );
     let out = cli(data.path(), &["keys", "revoke", &id]);
     assert_eq!(out.status.code(), Some(1), "revoking twice is an error");
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
+    let gw = TestApp::builder()
+        .target(target("a", "m", mock.url()))
+        .env(&[
             ("GATEWAY__AUTH__MODE", "required"),
             ("GATEWAY__STORAGE__DATA_DIR", &data_dir),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let (status, _) = send(&gw, "GET", "/whoami", Some(&key), None).await;
     assert_eq!(status, 401);
     gw.stop().await;
@@ -173,14 +173,12 @@ async fn cli_keys_authenticate_requests_with_their_limits() {
 async fn admin_api_creates_lists_and_revokes_keys() {
     std::env::set_var("IGW_TEST_BOOTSTRAP_ADMIN", BOOTSTRAP);
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BOOTSTRAP_ADMIN"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", mock.url()))
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| s.auth.admin_key_env = "IGW_TEST_BOOTSTRAP_ADMIN".into())
+        .start()
+        .await;
 
     // The bootstrap key makes the first admin key.
     let (status, admin) = send(
@@ -318,14 +316,11 @@ async fn admin_api_creates_lists_and_revokes_keys() {
 #[actix_rt::test]
 async fn lifetimes_past_ten_years_are_refused() {
     std::env::set_var("IGW_TEST_BOOTSTRAP_ADMIN", BOOTSTRAP);
-    let gw = start(
-        &[],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BOOTSTRAP_ADMIN"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| s.auth.admin_key_env = "IGW_TEST_BOOTSTRAP_ADMIN".into())
+        .start()
+        .await;
     for lifetime in [
         "30000000000000w",
         "18446744073709551615",
@@ -376,14 +371,11 @@ async fn lifetimes_past_ten_years_are_refused() {
 #[actix_rt::test]
 async fn admin_key_body_errors_are_413_and_name_the_field() {
     std::env::set_var("IGW_TEST_BOOTSTRAP_ADMIN", BOOTSTRAP);
-    let gw = start(
-        &[],
-        &[
-            ("GATEWAY__AUTH__MODE", "required"),
-            ("GATEWAY__AUTH__ADMIN_KEY_ENV", "IGW_TEST_BOOTSTRAP_ADMIN"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .env(&[("GATEWAY__AUTH__MODE", "required")])
+        .settings(|s| s.auth.admin_key_env = "IGW_TEST_BOOTSTRAP_ADMIN".into())
+        .start()
+        .await;
     let huge = json!({"user": "x", "org": "o".repeat(2 << 20)});
     let (status, err) = send(&gw, "POST", "/admin/keys", Some(BOOTSTRAP), Some(huge)).await;
     assert_eq!(status, 413, "{err}");

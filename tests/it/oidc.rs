@@ -110,7 +110,11 @@ async fn jwts_are_verified_against_the_jwks() {
         "[auth]\nmode = \"required\"\n[auth.oidc]\nenabled = true\njwks_url = \"{jwks_url}\"\n\
          issuer = \"{ISSUER}\"\naudience = [\"inference-gateway\"]\nrequired_groups = [\"hpc-users\"]\n"
     );
-    let gw = start_config(&[target("a", "m", mock.url())], &toml, &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", mock.url()))
+        .toml(&toml)
+        .start()
+        .await;
 
     for key in [&ed, &ec] {
         let (status, me) = whoami(&gw, &sign(key, claims("dana"))).await;
