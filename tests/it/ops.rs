@@ -2,6 +2,7 @@
 //! gzip (never for SSE), security headers, the OpenAPI document covering every route,
 //! reload without dropping a request, and TLS.
 use std::io::Read;
+use std::num::NonZero;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,11 @@ use crate::common::metrics::{metrics_text, sample};
 use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+
+/// A gateway over one target, `a`, serving model `m` at `mock`.
+fn app(mock: &MockUpstream) -> TestApp {
+    TestApp::builder().target(target("a", "m", mock.url()))
+}
 
 #[actix_rt::test]
 async fn metrics_are_fed_by_real_traffic() {
@@ -20,11 +26,11 @@ async fn metrics_are_fed_by_real_traffic() {
     .unwrap();
     let dead = dead_url();
     // "dead" first in fixture order, so the first request fails over to "good".
-    let gw = start(
-        &[target("dead", "m", dead), target("good", "m", mock.url())],
-        &[("GATEWAY__BREAKER__FAILURE_THRESHOLD", "100")],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .targets(&[target("dead", "m", dead), target("good", "m", mock.url())])
+        .settings(|s| s.breaker.failure_threshold = NonZero::new(100).unwrap())
+        .start()
+        .await;
 
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
     assert_eq!(status, 200, "{body}");
@@ -152,11 +158,10 @@ async fn in_flight_counts_a_running_stream_and_breaker_state_follows_the_target(
     })
     .await
     .unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[("GATEWAY__BREAKER__FAILURE_THRESHOLD", "1")],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| s.breaker.failure_threshold = NonZero::new(1).unwrap())
+        .start()
+        .await;
     let mut stream = chat("m");
     stream["stream"] = json!(true);
     let mut res = gw
@@ -199,11 +204,10 @@ async fn in_flight_counts_a_running_stream_and_breaker_state_follows_the_target(
 #[actix_rt::test]
 async fn health_check_latency_is_observed() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[("GATEWAY__HEALTH__PATH", "/health")],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(|s| s.health.path = "/health".into())
+        .start()
+        .await;
     gw.wait_target("a", |t| t["health"] == "healthy").await;
     let text = metrics_text(&gw).await;
     assert!(
@@ -234,7 +238,7 @@ async fn raw_post(
 #[actix_rt::test]
 async fn deterministic_requests_are_answered_from_the_cache() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let mut zero = chat("m");
     zero["temperature"] = json!(0);
 
@@ -301,7 +305,7 @@ async fn large_json_is_gzipped_on_request_and_sse_and_small_bodies_never_are() {
     })
     .await
     .unwrap();
-    let gw = start(&[target("a", "m", mock.url())], &[]).await;
+    let gw = app(&mock).start().await;
     let (status, headers, body) = raw_post(&gw, &chat("m"), &[("accept-encoding", "gzip")]).await;
     assert_eq!(status, 200);
     assert_eq!(headers.get("content-encoding").unwrap(), "gzip");
@@ -358,11 +362,7 @@ async fn large_json_is_gzipped_on_request_and_sse_and_small_bodies_never_are() {
         chunks: 400,
         ..Behavior::default()
     });
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[("GATEWAY__SERVER__GZIP", "false")],
-    )
-    .await;
+    let gw = app(&mock).settings(|s| s.server.gzip = false).start().await;
     let (status, headers, body) = raw_post(&gw, &chat("m"), &[("accept-encoding", "gzip")]).await;
     assert_eq!(status, 200);
     assert_ne!(
@@ -375,7 +375,7 @@ async fn large_json_is_gzipped_on_request_and_sse_and_small_bodies_never_are() {
 
 #[actix_rt::test]
 async fn security_headers_and_the_docs_page_policy() {
-    let gw = start(&[], &[]).await;
+    let gw = TestApp::builder().start().await;
     let res = gw.client().get(gw.at("/v1/models")).send().await.unwrap();
     let h = res.headers();
     assert_eq!(h.get("x-content-type-options").unwrap(), "nosniff");
@@ -423,7 +423,10 @@ async fn security_headers_and_the_docs_page_policy() {
 /// served (not 404/405).
 #[actix_rt::test]
 async fn openapi_describes_every_route() {
-    let gw = start(&[target("a", "m", dead_url())], &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", dead_url()))
+        .start()
+        .await;
     let (status, doc) = gw.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
@@ -496,11 +499,11 @@ async fn reload_adds_and_drains_targets_without_dropping_a_stream() {
     let key_file = dir.path().join("admin.key");
     std::fs::write(&key_file, "reload-admin-key-0123456789\n").unwrap();
     let key_path = key_file.display().to_string();
-    let gw = start(
-        &[target("a", "m", a.url())],
-        &[("GATEWAY__AUTH__ADMIN_KEY_FILE", key_path.as_str())],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", a.url()))
+        .env(&[("GATEWAY__AUTH__ADMIN_KEY_FILE", key_path.as_str())])
+        .start()
+        .await;
 
     // A stream on "a" that runs across the reload.
     let mut stream = chat("m");
@@ -585,7 +588,10 @@ async fn reload_adds_and_drains_targets_without_dropping_a_stream() {
 async fn reload_keeps_unchanged_targets_and_their_state() {
     let a = MockUpstream::start(Behavior::default()).await.unwrap();
     let b = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(&[target("a", "m", a.url())], &[]).await;
+    let gw = TestApp::builder()
+        .target(target("a", "m", a.url()))
+        .start()
+        .await;
     for _ in 0..3 {
         gw.post("/v1/chat/completions", &chat("m")).await;
     }
@@ -645,14 +651,13 @@ async fn tls_serves_1_2_and_1_3_with_hsts_and_refuses_older() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der) = tls_files(dir.path());
-    let gw = start(
-        &[target("a", "m", mock.url())],
-        &[
-            ("GATEWAY__SERVER__TLS__CERT_FILE", cert.as_str()),
-            ("GATEWAY__SERVER__TLS__KEY_FILE", key.as_str()),
-        ],
-    )
-    .await;
+    let gw = app(&mock)
+        .settings(move |s| {
+            s.server.tls.cert_file = cert.into();
+            s.server.tls.key_file = key.into();
+        })
+        .start()
+        .await;
     assert!(gw.url.starts_with("https://"));
     let url = gw.url.replace("127.0.0.1", "localhost");
     for versions in [

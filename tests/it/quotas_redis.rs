@@ -298,23 +298,18 @@ fn metric(text: &str, name: &str) -> Option<i64> {
 }
 
 /// A gateway replica on `mock` sharing Redis at `url` under `prefix`.
-async fn replica(
-    mock: &MockUpstream,
-    keys: &tempfile::TempDir,
-    url: &str,
-    prefix: &str,
-    settings: &[(&str, &str)],
-) -> TestGateway {
+fn replica(mock: &MockUpstream, keys: &tempfile::TempDir, url: &str, prefix: &str) -> TestApp {
     let key_file = admin_key_file(keys.path());
-    let mut all = vec![
-        ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
-        ("GATEWAY__AUTH__ADMIN_KEY_FILE", key_file.as_str()),
-        ("GATEWAY__REDIS__URL", url),
-        ("GATEWAY__REDIS__KEY_PREFIX", prefix),
-        ("GATEWAY__QUOTAS__REDIS_SYNC_MS", "20"),
-    ];
-    all.extend_from_slice(settings);
-    start(&[target("a", "llama", mock.url())], &all).await
+    let (url, prefix) = (url.to_string(), prefix.to_string());
+    TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .settings(move |s| {
+            s.auth.admin_key_env = String::new();
+            s.auth.admin_key_file = key_file.into();
+            s.redis.url = url;
+            s.redis.key_prefix = prefix;
+            s.quotas.redis_sync_ms = 20;
+        })
 }
 
 /// Sends `count` requests through `gw`, `concurrency` at a time, stopping at `until`;
@@ -345,11 +340,12 @@ async fn hammer(
         .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
 }
 
-const NO_RATE: [(&str, &str); 3] = [
-    ("GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND", "0"),
-    ("GATEWAY__QUOTAS__USER__BURST", "0"),
-    ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "0"),
-];
+/// No per-user rate or concurrency limit.
+fn no_rate(s: &mut Settings) {
+    s.quotas.user.requests_per_second = 0.0;
+    s.quotas.user.burst = 0;
+    s.quotas.user.max_in_flight = 0;
+}
 
 #[actix_rt::test]
 async fn two_replicas_hold_a_shared_daily_limit_within_ten_percent() {
@@ -360,10 +356,14 @@ async fn two_replicas_hold_a_shared_daily_limit_within_ten_percent() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let keys = tempfile::tempdir().unwrap();
     let prefix = prefix();
-    let mut settings = NO_RATE.to_vec();
-    settings.push(("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "200"));
-    let a = replica(&mock, &keys, &url, &prefix, &settings).await;
-    let b = replica(&mock, &keys, &url, &prefix, &settings).await;
+    let app = || {
+        replica(&mock, &keys, &url, &prefix).settings(|s| {
+            no_rate(s);
+            s.quotas.user.requests_per_day = 200;
+        })
+    };
+    let a = app().start().await;
+    let b = app().start().await;
     let until = Instant::now() + Duration::from_secs(30);
     let ((ok_a, no_a), (ok_b, no_b)) =
         futures_util::future::join(hammer(&a, 300, 8, until), hammer(&b, 300, 8, until)).await;
@@ -396,13 +396,15 @@ async fn two_replicas_hold_a_shared_request_rate_within_ten_percent() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let keys = tempfile::tempdir().unwrap();
     let prefix = prefix();
-    let settings = [
-        ("GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND", "40"),
-        ("GATEWAY__QUOTAS__USER__BURST", "20"),
-        ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "0"),
-    ];
-    let a = replica(&mock, &keys, &url, &prefix, &settings).await;
-    let b = replica(&mock, &keys, &url, &prefix, &settings).await;
+    let app = || {
+        replica(&mock, &keys, &url, &prefix).settings(|s| {
+            s.quotas.user.requests_per_second = 40.0;
+            s.quotas.user.burst = 20;
+            s.quotas.user.max_in_flight = 0;
+        })
+    };
+    let a = app().start().await;
+    let b = app().start().await;
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(3);
     let ((ok_a, no_a), (ok_b, no_b)) =
@@ -445,8 +447,14 @@ async fn an_override_put_on_one_replica_is_enforced_by_the_other_at_once() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let keys = tempfile::tempdir().unwrap();
     let prefix = prefix();
-    let a = replica(&mock, &keys, &url, &prefix, &NO_RATE).await;
-    let b = replica(&mock, &keys, &url, &prefix, &NO_RATE).await;
+    let a = replica(&mock, &keys, &url, &prefix)
+        .settings(no_rate)
+        .start()
+        .await;
+    let b = replica(&mock, &keys, &url, &prefix)
+        .settings(no_rate)
+        .start()
+        .await;
     assert_eq!(send(&a).await.status, 200);
     assert_eq!(send(&b).await.status, 200);
     // Let both subscribers connect (they listen from start-up).
@@ -571,14 +579,18 @@ async fn redis_killed_and_restarted_falls_back_then_pushes_local_usage() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let keys = tempfile::tempdir().unwrap();
     let prefix = prefix();
-    let mut settings = NO_RATE.to_vec();
-    settings.push(("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "1000"));
-    settings.push(("GATEWAY__QUOTAS__REDIS_TIMEOUT_MS", "100"));
-    // Sync rounds further apart than a failing push can last (the timeout): with the
-    // helper's 20 ms, on a loaded machine a push to the dead server was nearly always in
-    // flight, holding the counts, and the check below never saw them back.
-    settings.push(("GATEWAY__QUOTAS__REDIS_SYNC_MS", "250"));
-    let gw = replica(&mock, &keys, &url, &prefix, &settings).await;
+    let gw = replica(&mock, &keys, &url, &prefix)
+        .settings(|s| {
+            no_rate(s);
+            s.quotas.user.requests_per_day = 1000;
+            s.quotas.redis_timeout_ms = 100;
+            // Sync rounds further apart than a failing push can last (the timeout): with
+            // the helper's 20 ms, on a loaded machine a push to the dead server was nearly
+            // always in flight, holding the counts, and the check below never saw them back.
+            s.quotas.redis_sync_ms = 250;
+        })
+        .start()
+        .await;
     let user = Subject::new(Kind::User, "anonymous");
     let day_key = format!(
         "{prefix}quota:user:anonymous:day:{}",

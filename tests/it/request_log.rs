@@ -1,6 +1,7 @@
 //! The request log end to end: requests through a real gateway produce request_log rows
 //! (SQLite, and PostgreSQL with DATABASE_TEST_URL) that `/admin/usage` aggregates; payloads
 //! only when asked; and nothing lost while PostgreSQL is unreachable.
+use std::num::NonZero;
 use std::time::Duration;
 
 use crate::common::chaos::ChaosProxy;
@@ -45,16 +46,16 @@ async fn requests_become_rows_and_admin_usage_aggregates_them() {
         let keys = tempfile::tempdir().unwrap();
         let key_file = admin_key_file(keys.path());
         let db_url = db.config_url();
-        let gw = start(
-            &[target("a", "llama", mock.url())],
-            &[
-                ("GATEWAY__DATABASE__URL", &db_url),
-                ("GATEWAY__AUTH__ADMIN_KEY_ENV", ""),
-                ("GATEWAY__AUTH__ADMIN_KEY_FILE", &key_file),
-                ("GATEWAY__LOGGING__FLUSH_INTERVAL_MS", "20"),
-            ],
-        )
-        .await;
+        let gw = TestApp::builder()
+            .target(target("a", "llama", mock.url()))
+            .settings(move |s| {
+                s.database.url = db_url;
+                s.auth.admin_key_env = String::new();
+                s.auth.admin_key_file = key_file.into();
+                s.logging.flush_interval_ms = NonZero::new(20).unwrap();
+            })
+            .start()
+            .await;
         let plain = chat("llama");
         let (status, body) = post_with_id(&gw, &plain, "plain-1").await;
         assert_eq!(status, 200, "{b}: {}", String::from_utf8_lossy(&body));
@@ -224,14 +225,14 @@ async fn requests_become_rows_and_admin_usage_aggregates_them() {
 #[actix_rt::test]
 async fn payloads_are_stored_only_when_configured() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "llama", mock.url())],
-        &[
-            ("GATEWAY__LOGGING__STORE_PAYLOADS", "true"),
-            ("GATEWAY__LOGGING__PAYLOAD_MAX_BYTES", "40"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .settings(|s| {
+            s.logging.store_payloads = true;
+            s.logging.payload_max_bytes = 40;
+        })
+        .start()
+        .await;
     let mut streamed = chat("llama");
     streamed["stream"] = json!(true);
     assert_eq!(post_with_id(&gw, &streamed, "s").await.0, 200);
@@ -259,11 +260,11 @@ async fn payloads_are_stored_only_when_configured() {
 #[actix_rt::test]
 async fn request_log_off_writes_no_rows() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "llama", mock.url())],
-        &[("GATEWAY__LOGGING__REQUEST_LOG", "false")],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .settings(|s| s.logging.request_log = false)
+        .start()
+        .await;
     assert!(gw.log_writer.is_none());
     assert_eq!(post_with_id(&gw, &chat("llama"), "x").await.0, 200);
     assert!(rows(&gw).await.is_empty());
@@ -289,14 +290,14 @@ async fn old_rows_are_pruned_at_start() {
     }
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let config_url = format!("sqlite://{}", path.display());
-    let gw = start(
-        &[target("a", "llama", mock.url())],
-        &[
-            ("GATEWAY__DATABASE__URL", &config_url),
-            ("GATEWAY__LOGGING__RETENTION_DAYS", "2"),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .settings(move |s| {
+            s.database.url = config_url;
+            s.logging.retention_days = 2;
+        })
+        .start()
+        .await;
     let stats = gw.log_stats.clone().unwrap();
     wait_until("the prune at start", || LogStats::get(&stats.pruned) == 1).await;
     let ids: Vec<String> = rows(&gw).await.into_iter().map(|r| r.id).collect();
@@ -387,19 +388,19 @@ async fn nothing_is_lost_while_postgres_is_unreachable() {
     let spill_dir = tempfile::tempdir().unwrap();
     let spill_path = spill_dir.path().display().to_string();
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "llama", mock.url())],
-        &[
-            ("GATEWAY__DATABASE__URL", &via_proxy),
-            ("GATEWAY__DATABASE__TIMEOUT_SECS", "3"),
-            ("GATEWAY__LOGGING__FLUSH_INTERVAL_MS", "20"),
-            ("GATEWAY__LOGGING__BATCH_SIZE", "4"),
-            ("GATEWAY__LOGGING__QUEUE_CAPACITY", "8"),
-            ("GATEWAY__LOGGING__RETRY_INTERVAL_SECS", "1"),
-            ("GATEWAY__LOGGING__SPILL_DIR", &spill_path),
-        ],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .settings(move |s| {
+            s.database.url = via_proxy;
+            s.database.timeout_secs = NonZero::new(3).unwrap();
+            s.logging.flush_interval_ms = NonZero::new(20).unwrap();
+            s.logging.batch_size = NonZero::new(4).unwrap();
+            s.logging.queue_capacity = 8;
+            s.logging.retry_interval_secs = NonZero::new(1).unwrap();
+            s.logging.spill_dir = spill_path.into();
+        })
+        .start()
+        .await;
     // The test reads the database directly, not through the proxy.
     let direct_store = store::open(&db.url(), 1, Duration::from_secs(5)).unwrap();
     let count = || async {
@@ -481,11 +482,11 @@ async fn a_previous_runs_spill_file_is_replayed_at_start() {
         .unwrap();
     let spill_path = spill_dir.path().display().to_string();
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = start(
-        &[target("a", "llama", mock.url())],
-        &[("GATEWAY__LOGGING__SPILL_DIR", &spill_path)],
-    )
-    .await;
+    let gw = TestApp::builder()
+        .target(target("a", "llama", mock.url()))
+        .settings(move |s| s.logging.spill_dir = spill_path.into())
+        .start()
+        .await;
     let stats = gw.log_stats.clone().unwrap();
     wait_until("the replay at start", || {
         LogStats::get(&stats.replayed) == 2
@@ -535,14 +536,14 @@ async fn a_nul_in_the_model_does_not_stop_the_request_log() {
         let spill_dir = tempfile::tempdir().unwrap();
         let spill_path = spill_dir.path().display().to_string();
         let url = db.config_url();
-        let gw = start(
-            &[target("a", "llama", mock.url())],
-            &[
-                ("GATEWAY__DATABASE__URL", &url),
-                ("GATEWAY__LOGGING__SPILL_DIR", &spill_path),
-            ],
-        )
-        .await;
+        let gw = TestApp::builder()
+            .target(target("a", "llama", mock.url()))
+            .settings(move |s| {
+                s.database.url = url;
+                s.logging.spill_dir = spill_path.into();
+            })
+            .start()
+            .await;
         around_a_nul(&gw).await;
         let stored = rows(&gw).await;
         let mut ids: Vec<&str> = stored.iter().map(|r| r.request_id.as_str()).collect();
@@ -607,15 +608,15 @@ async fn a_row_the_database_refuses_is_quarantined_alone() {
         let spill_dir = tempfile::tempdir().unwrap();
         let spill_path = spill_dir.path().display().to_string();
         let url = db.config_url();
-        let gw = start(
-            &[target("a", "llama", mock.url())],
-            &[
-                ("GATEWAY__DATABASE__URL", &url),
-                ("GATEWAY__LOGGING__SPILL_DIR", &spill_path),
-                ("GATEWAY__LOGGING__RETRY_INTERVAL_SECS", "1"),
-            ],
-        )
-        .await;
+        let gw = TestApp::builder()
+            .target(target("a", "llama", mock.url()))
+            .settings(move |s| {
+                s.database.url = url;
+                s.logging.spill_dir = spill_path.into();
+                s.logging.retry_interval_secs = NonZero::new(1).unwrap();
+            })
+            .start()
+            .await;
         for (id, model) in [("a", "llama"), ("p", "poison"), ("b", "llama")] {
             post_with_id(&gw, &chat(model), id).await;
         }
