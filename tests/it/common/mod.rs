@@ -196,74 +196,11 @@ pub fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
 }
 
-/// Starts a gateway over `targets` with extra `GATEWAY__...` settings. Health checks are
-/// off unless a setting turns them on, so tests decide health explicitly.
-pub async fn start(targets: &[T<'_>], settings: &[(&str, &str)]) -> TestGateway {
-    start_with(targets, &[], settings).await
-}
-
-/// Like [`start`], with federated entries (`federated_endpoints.json` values).
-pub async fn start_with(
-    targets: &[T<'_>],
-    federated: &[Value],
-    settings: &[(&str, &str)],
-) -> TestGateway {
-    start_full(targets, federated, None, settings).await
-}
-
-/// Like [`start`], with a config file (TOML) layered under the settings.
-pub async fn start_config(targets: &[T<'_>], toml: &str, settings: &[(&str, &str)]) -> TestGateway {
-    start_full(targets, &[], Some(toml), settings).await
-}
-
 /// The fixture entry of a test target.
 pub fn endpoint(i: usize, t: &T<'_>) -> Value {
     json!({"model": "resource_server.endpoint", "pk": i + 1, "fields": {
         "endpoint_slug": t.slug, "cluster": t.cluster, "framework": t.framework,
         "model": t.model, "base_url": t.base_url}})
-}
-
-async fn start_full(
-    targets: &[T<'_>],
-    federated: &[Value],
-    toml: Option<&str>,
-    settings: &[(&str, &str)],
-) -> TestGateway {
-    let endpoints: Vec<Value> = targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| endpoint(i, t))
-        .collect();
-    start_fixtures(&endpoints, federated, toml, settings).await
-}
-
-/// Starts a gateway over raw `endpoints.json` entries (any fixture fields).
-pub async fn start_fixtures(
-    endpoints: &[Value],
-    federated: &[Value],
-    toml: Option<&str>,
-    settings: &[(&str, &str)],
-) -> TestGateway {
-    start_fixtures_with_clusters(endpoints, federated, &[], toml, settings).await
-}
-
-/// [`start_fixtures`] with a `clusters.json` too (when `clusters` is not empty).
-pub async fn start_fixtures_with_clusters(
-    endpoints: &[Value],
-    federated: &[Value],
-    clusters: &[Value],
-    toml: Option<&str>,
-    settings: &[(&str, &str)],
-) -> TestGateway {
-    let mut app = TestApp::builder()
-        .endpoints(endpoints)
-        .federated(federated)
-        .clusters(clusters)
-        .env(settings);
-    if let Some(toml) = toml {
-        app = app.toml(toml);
-    }
-    app.start().await
 }
 
 pub fn write_fixtures(dir: &std::path::Path, targets: &[T<'_>], federated: &[Value]) {
