@@ -2,6 +2,7 @@
 //! its queue), the x-ratelimit headers, token charging from usage (streams included, the
 //! usage event hidden), persistence across a restart, the admin API, and a QuotaActor
 //! crash.
+use std::num::NonZero;
 use std::time::Duration;
 
 use crate::common::*;
@@ -61,15 +62,11 @@ async fn admin(gw: &TestGateway, method: &str, path: &str, body: Option<Value>) 
     )
 }
 
-/// A gateway on one mock target ("llama"), admin key set, with extra settings.
-/// A gateway with one target `a` serving `llama` on `mock`, the admin key, and `settings`.
-async fn gateway(mock: &MockUpstream, settings: &[(&str, &str)]) -> TestGateway {
+/// A gateway with one target `a` serving `llama` on `mock`, and the admin key.
+fn gateway(mock: &MockUpstream) -> TestApp {
     TestApp::builder()
         .target(target("a", "llama", mock.url()))
         .admin_key()
-        .env(settings)
-        .start()
-        .await
 }
 
 const ANON: &str = "user:anonymous";
@@ -77,7 +74,10 @@ const ANON: &str = "user:anonymous";
 #[actix_rt::test]
 async fn daily_request_quota_counts_down_in_headers_then_refuses() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "3")]).await;
+    let gw = gateway(&mock)
+        .settings(|s| s.quotas.user.requests_per_day = 3)
+        .start()
+        .await;
     for remaining in ["2", "1", "0"] {
         let r = send(&gw, &chat("llama")).await;
         assert_eq!(r.status, 200);
@@ -131,14 +131,13 @@ async fn daily_request_quota_counts_down_in_headers_then_refuses() {
 #[actix_rt::test]
 async fn token_bucket_allows_the_burst_then_asks_to_retry() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(
-        &mock,
-        &[
-            ("GATEWAY__QUOTAS__USER__REQUESTS_PER_SECOND", "0.5"),
-            ("GATEWAY__QUOTAS__USER__BURST", "2"),
-        ],
-    )
-    .await;
+    let gw = gateway(&mock)
+        .settings(|s| {
+            s.quotas.user.requests_per_second = 0.5;
+            s.quotas.user.burst = 2;
+        })
+        .start()
+        .await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     let r = send(&gw, &chat("llama")).await;
@@ -157,14 +156,13 @@ async fn in_flight_cap_holds_under_concurrent_load() {
     })
     .await
     .unwrap();
-    let gw = gateway(
-        &mock,
-        &[
-            ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "2"),
-            ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "150"),
-        ],
-    )
-    .await;
+    let gw = gateway(&mock)
+        .settings(|s| {
+            s.quotas.user.max_in_flight = 2;
+            s.quotas.queue_timeout_ms = 150;
+        })
+        .start()
+        .await;
     let body = chat("llama");
     let replies = futures_util::future::join_all((0..8).map(|_| send(&gw, &body))).await;
     let ok = replies.iter().filter(|r| r.status == 200).count();
@@ -182,14 +180,13 @@ async fn in_flight_cap_holds_under_concurrent_load() {
     gw.stop().await;
 
     // With a queue longer than a request, the waiters get their turn instead.
-    let gw = gateway(
-        &mock,
-        &[
-            ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "2"),
-            ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "5000"),
-        ],
-    )
-    .await;
+    let gw = gateway(&mock)
+        .settings(|s| {
+            s.quotas.user.max_in_flight = 2;
+            s.quotas.queue_timeout_ms = 5000;
+        })
+        .start()
+        .await;
     let started = std::time::Instant::now();
     let replies = futures_util::future::join_all((0..4).map(|_| send(&gw, &body))).await;
     assert!(replies.iter().all(|r| r.status == 200));
@@ -204,7 +201,10 @@ async fn in_flight_cap_holds_under_concurrent_load() {
 #[actix_rt::test]
 async fn streams_are_charged_from_usage_the_client_did_not_see() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(&mock, &[("GATEWAY__LOGGING__FLUSH_INTERVAL_MS", "20")]).await;
+    let gw = gateway(&mock)
+        .settings(|s| s.logging.flush_interval_ms = NonZero::new(20).unwrap())
+        .start()
+        .await;
     let mut body = chat("llama");
     body["stream"] = json!(true);
     let r = send(&gw, &body).await;
@@ -274,7 +274,10 @@ async fn streams_are_charged_from_usage_the_client_did_not_see() {
 #[actix_rt::test]
 async fn used_up_token_budget_refuses_until_reset() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__USER__TOKENS_PER_DAY", "10")]).await;
+    let gw = gateway(&mock)
+        .settings(|s| s.quotas.user.tokens_per_day = 10)
+        .start()
+        .await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     let r = send(&gw, &chat("llama")).await;
     assert_eq!(r.status, 429);
@@ -295,11 +298,14 @@ async fn a_restart_keeps_the_days_usage() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", data.path().join("q.db").display());
-    let settings = [
-        ("GATEWAY__DATABASE__URL", url.as_str()),
-        ("GATEWAY__QUOTAS__USER__REQUESTS_PER_DAY", "5"),
-    ];
-    let gw = gateway(&mock, &settings).await;
+    let app = || {
+        let url = url.clone();
+        gateway(&mock).settings(move |s| {
+            s.database.url = url;
+            s.quotas.user.requests_per_day = 5;
+        })
+    };
+    let gw = app().start().await;
     for _ in 0..3 {
         assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     }
@@ -307,7 +313,7 @@ async fn a_restart_keeps_the_days_usage() {
     gw.quota_supervisor.send(FlushAll).await.unwrap();
     gw.stop().await;
 
-    let gw = gateway(&mock, &settings).await;
+    let gw = app().start().await;
     let r = send(&gw, &chat("llama")).await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -323,7 +329,7 @@ async fn a_restart_keeps_the_days_usage() {
 #[actix_rt::test]
 async fn admin_overrides_apply_at_once_and_persist() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(&mock, &[]).await;
+    let gw = gateway(&mock).start().await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
 
     let path = format!("/admin/quota/{ANON}");
@@ -414,7 +420,10 @@ async fn admin_overrides_apply_at_once_and_persist() {
 #[actix_rt::test]
 async fn a_crashed_quota_actor_is_rebuilt_and_counting_goes_on() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__FLUSH_INTERVAL_MS", "50")]).await;
+    let gw = gateway(&mock)
+        .settings(|s| s.quotas.flush_interval_ms = NonZero::new(50).unwrap())
+        .start()
+        .await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     let subject = Subject::new(Kind::User, "anonymous");
     let actor = gw
@@ -458,14 +467,13 @@ async fn a_crashed_quota_actor_is_rebuilt_and_counting_goes_on() {
 #[actix_rt::test]
 async fn idle_subjects_are_retired_and_come_back_with_their_counts() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(
-        &mock,
-        &[
-            ("GATEWAY__QUOTAS__IDLE_SECS", "1"),
-            ("GATEWAY__QUOTAS__FLUSH_INTERVAL_MS", "50"),
-        ],
-    )
-    .await;
+    let gw = gateway(&mock)
+        .settings(|s| {
+            s.quotas.idle_secs = NonZero::new(1).unwrap();
+            s.quotas.flush_interval_ms = NonZero::new(50).unwrap();
+        })
+        .start()
+        .await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
     let subject = Subject::new(Kind::User, "anonymous");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -485,7 +493,10 @@ async fn idle_subjects_are_retired_and_come_back_with_their_counts() {
 #[actix_rt::test]
 async fn batches_per_user_are_capped() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
-    let gw = gateway(&mock, &[("GATEWAY__QUOTAS__MAX_BATCHES_PER_USER", "2")]).await;
+    let gw = gateway(&mock)
+        .settings(|s| s.quotas.max_batches_per_user = 2)
+        .start()
+        .await;
     let state = gw.quotas.state(Subject::new(Kind::User, "alice")).await;
     let a = state.try_start_batch().unwrap();
     let _b = state.try_start_batch().unwrap();
@@ -505,14 +516,13 @@ async fn a_client_that_goes_away_gives_its_slot_back_and_pays_for_what_it_got() 
     })
     .await
     .unwrap();
-    let gw = gateway(
-        &mock,
-        &[
-            ("GATEWAY__QUOTAS__USER__MAX_IN_FLIGHT", "1"),
-            ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "0"),
-        ],
-    )
-    .await;
+    let gw = gateway(&mock)
+        .settings(|s| {
+            s.quotas.user.max_in_flight = 1;
+            s.quotas.queue_timeout_ms = 0;
+        })
+        .start()
+        .await;
     let mut body = chat("llama");
     body["stream"] = json!(true);
     let mut res = gw
