@@ -173,6 +173,10 @@ impl TestApp {
         for tweak in self.tweaks {
             tweak(&mut settings);
         }
+        // Typed tweaks pass the same checks as settings an operator writes.
+        settings
+            .validate()
+            .unwrap_or_else(|e| panic!("settings after the test's tweaks: {e}"));
         // As `serve` does: migrate on a sync connection before the server starts.
         let db_url = store::DatabaseUrl::from_settings(&settings).expect("database.url");
         store::migrate::run(&db_url).expect("migrations");
