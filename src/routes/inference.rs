@@ -8,7 +8,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::inference_request::{reject, InferenceRequest};
+use super::inference_request::{reject, Admitted, InferenceRequest};
 use crate::cache::{self, CacheMode};
 use crate::config::BodyKind;
 use crate::error::ApiError;
@@ -72,11 +72,11 @@ pub async fn handle(
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, ApiError> {
-    let InferenceRequest {
+    let Admitted {
         mut call,
         temperature,
         mut record,
-    } = request;
+    } = request.into_inner();
     let log = &state.log;
     if state.cache.enabled() {
         let mode =
