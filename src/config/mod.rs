@@ -15,6 +15,7 @@ mod quotas;
 mod routes;
 mod server;
 mod storage;
+mod units;
 mod upstream;
 
 pub use auth::{Auth, AuthMode, Globus, Oidc};
@@ -24,6 +25,7 @@ pub use quotas::{LimitSettings, Quotas};
 pub use routes::{BodyKind, ChatAlias, RelayedRoute, Routes};
 pub use server::{Cache, Server, Tls};
 pub use storage::{Database, Logging, Redis, Storage};
+pub use units::{nz, Count, HttpUrl, Millis, Seconds, SecureUrl};
 pub use upstream::{Breaker, Fixtures, Health, Upstream};
 
 /// The shipped `config/default.toml`, compiled in so the binary runs with no file at all.
@@ -226,26 +228,30 @@ fn system_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
-/// The config crate puts the key in its messages but not in a field; pull it out so the
-/// error's key is right where we can, and fall back to "config".
 /// The message of a settings value serde refused: a 0 where a typed field needs a positive
-/// number says so in the words `validate` uses for the others.
+/// number says so in the words `validate` uses for the others, and the config crate's
+/// " for key `...`" is dropped (the key is the error's own).
 fn config_error_message(e: &config::ConfigError) -> String {
     let text = e.to_string();
     if text.contains("expected a nonzero") {
         return "must be greater than 0".to_string();
     }
-    text
+    let key = config_error_key(e);
+    text.replacen(&format!(" for key `{key}`"), "", 1)
 }
 
+/// The config crate puts the key in its messages but not in a field; pull it out so the
+/// error's key is right where we can, and fall back to "config". The key is the last
+/// " for key `...`" (a refused value quoted earlier in the message may hold anything).
 fn config_error_key(e: &config::ConfigError) -> String {
     let text = e.to_string();
-    for marker in ["for key `", "field `"] {
-        if let Some(start) = text.find(marker) {
-            let rest = &text[start + marker.len()..];
-            if let Some(end) = rest.find('`') {
-                return rest[..end].to_string();
-            }
+    let start = text
+        .rfind("for key `")
+        .map(|i| i + "for key `".len())
+        .or_else(|| text.find("field `").map(|i| i + "field `".len()));
+    if let Some(start) = start {
+        if let Some(end) = text[start..].find('`') {
+            return text[start..start + end].to_string();
         }
     }
     "config".to_string()
