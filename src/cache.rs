@@ -112,7 +112,7 @@ impl ResponseCache {
             } else {
                 1
             }),
-            ttl: Duration::from_secs(settings.ttl_secs),
+            ttl: settings.ttl_secs.duration(),
             enabled: settings.enabled && settings.max_entries > 0,
             clock,
             hits: metrics.cache.with_label_values(&["hit"]),
@@ -179,7 +179,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let settings = crate::config::Cache {
             enabled: true,
-            ttl_secs: 60,
+            ttl_secs: crate::config::Seconds::new(60),
             max_entries: max,
         };
         (

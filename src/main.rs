@@ -183,7 +183,7 @@ fn keys(settings: &Settings, action: KeysAction) -> ExitCode {
         },
         _ => None,
     };
-    let timeout = std::time::Duration::from_secs(settings.database.timeout_secs.get());
+    let timeout = settings.database.timeout_secs.duration();
     let system = actix_rt::System::new();
     let result: Result<(), String> = system.block_on(async move {
         let db = store::open(&url, 1, timeout).map_err(|e| e.to_string())?;
@@ -439,7 +439,7 @@ fn check_config(settings: &Settings, catalog: &Catalog, probe: bool) -> ExitCode
     }
     if probe {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let timeout = Duration::from_millis(settings.health.timeout_ms.get());
+        let timeout = settings.health.timeout_ms.duration();
         let system = actix_rt::System::new();
         let outcomes = system.block_on(inference_gateway::probe::probe_all(
             &catalog.targets,
@@ -525,7 +525,7 @@ async fn run(
     log: slog::Logger,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let grace = settings.server.shutdown_grace_secs;
+    let grace = settings.server.shutdown_grace_secs.get();
     let flush_timeout = Duration::from_secs(settings.database.timeout_secs.get() + 5);
     let running = server::start_with_source(
         settings,

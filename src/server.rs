@@ -243,7 +243,7 @@ fn globus_compute(
         &settings.clusters,
         &settings.streaming,
         Arc::clone(streams),
-        Duration::from_secs(settings.cold_start.retry_after_secs.get()),
+        settings.cold_start.retry_after_secs.duration(),
     );
     let redis_streams = if settings.redis.url.is_empty() {
         None
@@ -305,7 +305,7 @@ pub fn start_with_source(
     };
     let metrics = Arc::new(Metrics::new());
     let db_url = DatabaseUrl::from_settings(&settings).map_err(invalid_input)?;
-    let db_timeout = Duration::from_secs(settings.database.timeout_secs.get());
+    let db_timeout = settings.database.timeout_secs.duration();
     let store = store::open(&db_url, settings.database.pool_size.get(), db_timeout)
         .map_err(|e| io::Error::other(e.to_string()))?;
     let (auth, target_groups) =
@@ -409,14 +409,16 @@ fn http_server(
     listener: Option<TcpListener>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let settings = Arc::clone(&state.settings);
-    let hsts = tls.as_ref().map(|_| settings.server.tls.hsts_max_age_secs);
+    let hsts = tls
+        .as_ref()
+        .map(|_| settings.server.tls.hsts_max_age_secs.get());
     let routes = routes::inference_routes(&settings);
     state.metrics.init_routes(routes.iter().map(|r| r.name));
     let openapi = web::Data::new(OpenApi(openapi::document(&routes).to_string()));
     let upstream_settings = settings.upstream.clone();
     let max_body = settings.server.max_body_bytes.get();
     let gzip = settings.server.gzip;
-    let body_timeout = Duration::from_millis(settings.server.body_read_timeout_ms.get());
+    let body_timeout = settings.server.body_read_timeout_ms.duration();
     let edge_log = state.log.clone();
     let mut server = HttpServer::new(move || {
         let edge_log = edge_log.clone();
@@ -440,11 +442,13 @@ fn http_server(
             .configure(move |c| routes::configure(c, &root_routes))
             .default_service(web::to(routes::not_found))
     })
-    .keep_alive(Duration::from_secs(settings.server.keep_alive_secs))
+    .keep_alive(settings.server.keep_alive_secs.duration())
     .max_connections(settings.server.max_connections.get())
     .h1_allow_half_closed(false)
     // The grace, then time for the streams cut at its end to send their final event.
-    .shutdown_timeout(settings.server.shutdown_grace_secs + crate::proxy::shutdown_cut::CUT_SECS)
+    .shutdown_timeout(
+        settings.server.shutdown_grace_secs.get() + crate::proxy::shutdown_cut::CUT_SECS,
+    )
     .disable_signals();
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);

@@ -111,12 +111,12 @@ impl Gateway {
         let path = health_path.unwrap_or(&s.health.path);
         BackendSettings {
             health_path: (!path.is_empty()).then(|| path.to_string()),
-            health_interval: Duration::from_secs(s.health.interval_secs.get()),
-            health_timeout: Duration::from_millis(s.health.timeout_ms.get()),
+            health_interval: s.health.interval_secs.duration(),
+            health_timeout: s.health.timeout_ms.duration(),
             unhealthy_threshold: s.health.unhealthy_threshold.get(),
             failure_threshold: s.breaker.failure_threshold.get(),
-            open_for: Duration::from_secs(s.breaker.open_secs.get()),
-            connect_timeout: s.upstream.connect_timeout(),
+            open_for: s.breaker.open_secs.duration(),
+            connect_timeout: s.upstream.connect_timeout_ms.duration(),
         }
     }
 
@@ -134,7 +134,7 @@ impl Gateway {
         let target = Target::new(
             spec.clone(),
             api_key,
-            self.settings.upstream.response_timeout(),
+            self.settings.upstream.response_timeout_secs.duration(),
         );
         if target.api_key.is_some() && target.authorization().is_none() {
             // Never the value itself. Requests go without it (the target will say 401).

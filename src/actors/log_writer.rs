@@ -59,9 +59,9 @@ impl LogWriterConfig {
         let l = &settings.logging;
         LogWriterConfig {
             batch_size: l.batch_size.get(),
-            flush_interval: Duration::from_millis(l.flush_interval_ms.get()),
+            flush_interval: l.flush_interval_ms.duration(),
             queue_capacity: l.queue_capacity.max(l.batch_size.get()),
-            retry_interval: Duration::from_secs(l.retry_interval_secs.get()),
+            retry_interval: l.retry_interval_secs.duration(),
             retention: (l.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(l.retention_days) * 86_400)),
             spill_dir: settings.spill_dir(),

@@ -83,7 +83,7 @@ impl SchedulerProbe {
         }
         self.probing = true;
         let settings = self.cluster.settings.clone();
-        let timeout = settings.timeout();
+        let timeout = settings.timeout_secs.duration();
         let work: std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<Observation, String>>>,
         > = match settings.scheduler {
@@ -239,7 +239,7 @@ impl SchedulerProbe {
             return StartOutcome::NoCommand;
         };
         let now = Instant::now();
-        let debounce = Duration::from_secs(self.cold_start.debounce_secs);
+        let debounce = self.cold_start.debounce_secs.duration();
         if self
             .started
             .get(slug)
@@ -248,11 +248,12 @@ impl SchedulerProbe {
             return StartOutcome::AlreadyStarting;
         }
         self.started.insert(slug.to_string(), now);
-        self.fast_until = Some(now + self.cold_start.wait().max(Duration::from_secs(60)));
+        let wait = self.cold_start.wait_secs.duration();
+        self.fast_until = Some(now + wait.max(Duration::from_secs(60)));
         slog::info!(self.log, "cold start: running the target's start command";
             "cluster" => &self.cluster.name, "target" => slug);
         let argv = vec!["sh".to_string(), "-c".to_string(), command];
-        let timeout = Duration::from_secs(self.cold_start.command_timeout_secs.get());
+        let timeout = self.cold_start.command_timeout_secs.duration();
         let slug = slug.to_string();
         ctx.spawn(
             async move { run_command(&argv, timeout).await }
@@ -363,8 +364,11 @@ impl Actor for SchedulerProbe {
             return;
         }
         self.probe(ctx);
-        ctx.run_interval(self.cluster.settings.interval(), |act, ctx| act.probe(ctx));
-        let fast = Duration::from_millis(self.cold_start.probe_interval_ms.get());
+        ctx.run_interval(
+            self.cluster.settings.interval_secs.duration(),
+            |act, ctx| act.probe(ctx),
+        );
+        let fast = self.cold_start.probe_interval_ms.duration();
         ctx.run_interval(fast, |act, ctx| {
             if act.fast_until.is_some() {
                 act.probe(ctx);

@@ -106,10 +106,10 @@ impl GlobusClient {
             secret,
             auth_base: g.auth_base.trim_end_matches('/').to_string(),
             groups_base: g.groups_base.trim_end_matches('/').to_string(),
-            timeout: Duration::from_millis(g.timeout_ms),
+            timeout: g.timeout_ms.duration(),
             policies: g.globus_policies.clone(),
-            cache_ttl: Duration::from_secs(g.cache_secs),
-            failure_ttl: Duration::from_secs(g.failure_cache_secs),
+            cache_ttl: g.cache_secs.duration(),
+            failure_ttl: g.failure_cache_secs.duration(),
         })
     }
 }

@@ -52,7 +52,7 @@ impl OidcAuth {
         let keys = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let jwks = JwksActor {
             url: settings.jwks_url.clone(),
-            refresh_every: Duration::from_secs(settings.jwks_refresh_secs),
+            refresh_every: settings.jwks_refresh_secs.duration(),
             keys: Arc::clone(&keys),
             forced: HashMap::new(),
             waiting: Vec::new(),
@@ -92,7 +92,7 @@ impl OidcAuth {
             ));
         }
         let mut validation = Validation::new(key.algorithm);
-        validation.leeway = self.settings.leeway_secs;
+        validation.leeway = self.settings.leeway_secs.get();
         validation.set_issuer(&[self.settings.issuer.as_str()]);
         if self.settings.audience.is_empty() {
             validation.validate_aud = false;

@@ -221,7 +221,7 @@ impl BatchActor {
         let per_user = usize::try_from(settings.per_user_running()).unwrap_or(usize::MAX);
         let store = Arc::clone(&self.deps.store);
         let worker = self.worker.clone();
-        let lease = ms(settings.lease());
+        let lease = ms(settings.lease_secs.duration());
         let now_instant = Instant::now();
         self.retry.retain(|_, (at, _)| *at > now_instant);
         let skip: Vec<String> = self
@@ -326,7 +326,7 @@ impl Actor for BatchActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // A rebuilt actor starts from nothing (a dead one never ran `stopped`).
         self.publish_active();
-        let every = Duration::from_millis(self.deps.settings.batches.poll_interval_ms.get());
+        let every = self.deps.settings.batches.poll_interval_ms.duration();
         ctx.run_interval(every, |act, ctx| act.claim(ctx));
         self.claim(ctx);
     }
@@ -735,8 +735,7 @@ impl Runner {
         let settings = &self.deps.settings.batches;
         let per_batch = usize::try_from(settings.concurrency_per_batch.get()).unwrap_or(usize::MAX);
         let flush_lines = usize::try_from(settings.flush_lines.get()).unwrap_or(usize::MAX);
-        let mut ticker =
-            tokio::time::interval(Duration::from_millis(settings.flush_interval_ms.get()));
+        let mut ticker = tokio::time::interval(settings.flush_interval_ms.duration());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inflight = FuturesUnordered::new();
         let mut buffer: Vec<ItemRow> = Vec::new();
@@ -838,7 +837,7 @@ impl Runner {
         let patch = BatchPatch {
             completed: Some(completed),
             failed: Some(failed),
-            lease_until: Some(now + ms(self.deps.settings.batches.lease())),
+            lease_until: Some(now + ms(self.deps.settings.batches.lease_secs.duration())),
             ..BatchPatch::default()
         };
         if self.update(row, &["in_progress"], patch).await? {

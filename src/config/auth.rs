@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{positive, ConfigError};
+use super::{positive, ConfigError, Millis, Seconds};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,8 +37,9 @@ pub struct Oidc {
     pub groups_claim: String,
     pub org_claim: String,
     pub required_groups: Vec<String>,
-    pub jwks_refresh_secs: u64,
-    pub leeway_secs: u64,
+    /// Checked positive only when OIDC is enabled.
+    pub jwks_refresh_secs: Seconds<u64>,
+    pub leeway_secs: Seconds<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,9 +55,10 @@ pub struct Globus {
     pub authorized_groups_per_idp: std::collections::BTreeMap<String, Vec<String>>,
     pub globus_policies: Vec<String>,
     pub authorized_globus_service_usernames: Vec<String>,
-    pub cache_secs: u64,
-    pub failure_cache_secs: u64,
-    pub timeout_ms: u64,
+    // `cache_secs` and `timeout_ms` are checked positive only when Globus is enabled.
+    pub cache_secs: Seconds<u64>,
+    pub failure_cache_secs: Seconds<u64>,
+    pub timeout_ms: Millis<u64>,
 }
 
 /// `url` must be https://, or plain http:// on loopback.
@@ -87,7 +89,7 @@ impl Auth {
                     "is required when auth.oidc.enabled",
                 ));
             }
-            positive("auth.oidc.jwks_refresh_secs", o.jwks_refresh_secs)?;
+            positive("auth.oidc.jwks_refresh_secs", o.jwks_refresh_secs.get())?;
         }
         if self.globus.enabled {
             let g = &self.globus;
@@ -99,8 +101,8 @@ impl Auth {
             }
             https_or_loopback("auth.globus.auth_base", &g.auth_base)?;
             https_or_loopback("auth.globus.groups_base", &g.groups_base)?;
-            positive("auth.globus.cache_secs", g.cache_secs)?;
-            positive("auth.globus.timeout_ms", g.timeout_ms)?;
+            positive("auth.globus.cache_secs", g.cache_secs.get())?;
+            positive("auth.globus.timeout_ms", g.timeout_ms.get())?;
         }
         Ok(())
     }

@@ -2,11 +2,10 @@
 
 use std::num::NonZeroU64;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, Millis, Seconds};
 
 /// `[batches]`: the Files and Batch APIs and the `BatchActor` that runs batches.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,13 +30,13 @@ pub struct Batches {
     /// the model's targets (0 = batches never yield).
     pub yield_above_interactive: u64,
     /// Seconds a claim on a batch holds; renewed every third of it while it runs.
-    pub lease_secs: u64,
+    pub lease_secs: Seconds,
     /// Milliseconds between looks for runnable batches.
-    pub poll_interval_ms: NonZeroU64,
+    pub poll_interval_ms: Millis,
     /// Finished lines are written in transactions of at most this many lines...
     pub flush_lines: NonZeroU64,
     /// ...or after this many milliseconds, whichever comes first.
-    pub flush_interval_ms: NonZeroU64,
+    pub flush_interval_ms: Millis,
     /// Tries per line when every target failed or none was available.
     pub line_attempts: NonZeroU64,
     /// Directories FIRST's path form may read from and write to (empty = path form off).
@@ -52,15 +51,11 @@ impl Batches {
             n => n,
         }
     }
-
-    pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_secs)
-    }
 }
 
 impl Batches {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.lease_secs < 3 {
+        if self.lease_secs.get() < 3 {
             return Err(ConfigError::new("batches.lease_secs", "at least 3"));
         }
         if self.flush_lines.get() > 1000 {

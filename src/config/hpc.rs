@@ -1,33 +1,26 @@
 //! `[cold_start]`, `[globus_compute]`, `[streaming]` and `[clusters.<name>]`: HPC schedulers
 //! and Globus Compute.
 
-use std::num::{NonZeroU64, NonZeroUsize};
-use std::time::Duration;
+use std::num::NonZeroUsize;
 
 use serde::Deserialize;
 
-use super::{positive, ConfigError};
+use super::{nz, ConfigError, Millis, Seconds};
 
 /// Starting a stopped model through its target's `start_command`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColdStart {
     /// Seconds a request for a cold model waits for a target to come up.
-    pub wait_secs: NonZeroU64,
+    pub wait_secs: Seconds,
     /// `Retry-After` seconds when the wait ends first.
-    pub retry_after_secs: NonZeroU64,
+    pub retry_after_secs: Seconds,
     /// A target's start command runs at most once per this many seconds.
-    pub debounce_secs: u64,
+    pub debounce_secs: Seconds<u64>,
     /// Milliseconds between scheduler probes while a start is pending.
-    pub probe_interval_ms: NonZeroU64,
+    pub probe_interval_ms: Millis,
     /// Seconds a start command may run.
-    pub command_timeout_secs: NonZeroU64,
-}
-
-impl ColdStart {
-    pub fn wait(&self) -> Duration {
-        Duration::from_secs(self.wait_secs.get())
-    }
+    pub command_timeout_secs: Seconds,
 }
 
 /// The Globus Compute transport (targets with `transport = "globus-compute"`).
@@ -44,16 +37,16 @@ pub struct GlobusCompute {
     /// The Compute scope requested.
     pub scope: String,
     /// First and largest pause between task polls, in milliseconds (doubling).
-    pub poll_initial_ms: NonZeroU64,
-    pub poll_max_ms: NonZeroU64,
+    pub poll_initial_ms: Millis,
+    pub poll_max_ms: Millis,
     /// Seconds a task may take before the request gets 504 (a target's
     /// `api_request_timeout` overrides it).
-    pub task_timeout_secs: NonZeroU64,
+    pub task_timeout_secs: Seconds,
     /// Seconds an endpoint's status is cached (errors: a sixth of it).
-    pub status_cache_secs: u64,
+    pub status_cache_secs: Seconds<u64>,
     /// Seconds after a submit during which an endpoint with no managers counts as
     /// starting (requests get 503 `model_starting` instead of queueing more tasks).
-    pub start_window_secs: u64,
+    pub start_window_secs: Seconds<u64>,
 }
 
 /// Streaming through Globus Compute: the remote function POSTs chunks back to
@@ -73,7 +66,7 @@ pub struct Streaming {
     /// Callbacks buffered per stream while the client reads (more: 503 to the function).
     pub buffer_events: NonZeroUsize,
     /// Milliseconds to wait for `done` after the task itself finished.
-    pub done_grace_ms: u64,
+    pub done_grace_ms: Millis<u64>,
 }
 
 /// Where a cluster's scheduler state comes from.
@@ -134,8 +127,8 @@ pub struct ClusterSettings {
     /// Environment variable holding a bearer token sent to `url` ("" = none), e.g. for
     /// FIRST's `/{cluster}/jobs`, which needs an authenticated caller.
     pub token_env: String,
-    pub interval_secs: u64,
-    pub timeout_secs: u64,
+    pub interval_secs: Seconds,
+    pub timeout_secs: Seconds,
     pub maintenance: bool,
     pub maintenance_notice: String,
     /// Environment variables holding this cluster's Globus Compute client id and secret
@@ -156,8 +149,8 @@ impl Default for ClusterSettings {
             nodes_command: None,
             url: String::new(),
             token_env: String::new(),
-            interval_secs: 30,
-            timeout_secs: 15,
+            interval_secs: Seconds::new(nz(30)),
+            timeout_secs: Seconds::new(nz(15)),
             maintenance: false,
             maintenance_notice: String::new(),
             globus_client_id_env: String::new(),
@@ -206,14 +199,6 @@ impl ClusterSettings {
             _ => Vec::new(),
         }
     }
-
-    pub fn interval(&self) -> Duration {
-        Duration::from_secs(self.interval_secs)
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs)
-    }
 }
 
 impl GlobusCompute {
@@ -247,8 +232,6 @@ impl ClusterSettings {
     /// `[clusters.<name>]`.
     pub(super) fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let key = |k: &str| format!("clusters.{name}.{k}");
-        positive(&key("interval_secs"), self.interval_secs)?;
-        positive(&key("timeout_secs"), self.timeout_secs)?;
         if self.globus_client_id_env.is_empty() != self.globus_client_secret_env.is_empty() {
             return Err(ConfigError::new(
                 key("globus_client_secret_env"),

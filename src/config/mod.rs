@@ -359,6 +359,13 @@ mod tests {
                 "quotas.redis_timeout_ms",
             ),
             (
+                "GATEWAY__QUOTAS__REDIS_TIMEOUT_MS",
+                "60001",
+                "quotas.redis_timeout_ms",
+            ),
+            ("GATEWAY__BATCHES__LEASE_SECS", "2", "batches.lease_secs"),
+            ("GATEWAY__BATCHES__LEASE_SECS", "0", "batches.lease_secs"),
+            (
                 "GATEWAY__QUOTAS__REDIS_NEAR_FRACTION",
                 "1",
                 "quotas.redis_near_fraction",
@@ -511,6 +518,20 @@ mod tests {
                 "batches.flush_interval_ms",
             ),
             ("GATEWAY__BATCHES__LINE_ATTEMPTS", "batches.line_attempts"),
+            ("GATEWAY__BATCHES__LEASE_SECS", "batches.lease_secs"),
+            ("GATEWAY__QUOTAS__REDIS_SYNC_MS", "quotas.redis_sync_ms"),
+            (
+                "GATEWAY__QUOTAS__REDIS_TIMEOUT_MS",
+                "quotas.redis_timeout_ms",
+            ),
+            (
+                "GATEWAY__CLUSTERS__X__INTERVAL_SECS",
+                "clusters.x.interval_secs",
+            ),
+            (
+                "GATEWAY__CLUSTERS__X__TIMEOUT_SECS",
+                "clusters.x.timeout_secs",
+            ),
         ] {
             let err = Settings::load_from(None, None, env(&[(var, "0")])).unwrap_err();
             assert_eq!(err.key, key, "{var}: {err}");
@@ -598,8 +619,8 @@ mod tests {
         .unwrap();
         let sophia = &s.clusters["sophia"];
         assert_eq!(sophia.scheduler, SchedulerKind::Pbs);
-        assert_eq!(sophia.interval_secs, 5);
-        assert_eq!(sophia.timeout_secs, 15);
+        assert_eq!(sophia.interval_secs.get(), 5);
+        assert_eq!(sophia.timeout_secs.get(), 15);
         assert_eq!(
             sophia.jobs_argv(),
             vec!["/opt/pbs/bin/qstat", "-f", "-F", "json"]

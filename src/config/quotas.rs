@@ -1,11 +1,8 @@
 //! `[quotas]`: rate limits and usage quotas.
 
-use std::num::NonZeroU64;
-use std::time::Duration;
-
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, Millis, Seconds};
 
 /// `[quotas]`: rate limits and usage quotas (see `quota/`).
 #[derive(Debug, Clone, Deserialize)]
@@ -13,39 +10,25 @@ use super::ConfigError;
 pub struct Quotas {
     pub enabled: bool,
     /// How long a request waits for an in-flight slot before it gets 429.
-    pub queue_timeout_ms: u64,
+    pub queue_timeout_ms: Millis<u64>,
     /// A subject unused this long has its `QuotaActor` stopped (counters flushed first).
-    pub idle_secs: NonZeroU64,
+    pub idle_secs: Seconds,
     /// How often day and month counters are written to the database.
-    pub flush_interval_ms: NonZeroU64,
+    pub flush_interval_ms: Millis,
     /// Active batches per user (`MAX_BATCHES_PER_USER`; 0 = no limit).
     pub max_batches_per_user: u64,
     /// Redis mode (`redis.url` set): how often each replica pushes its counts to Redis and
-    /// reads back the shared totals (milliseconds).
-    pub redis_sync_ms: u64,
+    /// reads back the shared totals (at most 10 s).
+    pub redis_sync_ms: Millis,
     /// Redis mode: a token budget closer to its limit than this fraction of it (or than
     /// twice what the cluster used in one sync interval) is checked in Redis per request.
     pub redis_near_fraction: f64,
     /// Redis mode: longest wait for one Redis round trip before the replica falls back to
-    /// its local limits (milliseconds).
-    pub redis_timeout_ms: u64,
+    /// its local limits (at most 60 s).
+    pub redis_timeout_ms: Millis,
     pub user: LimitSettings,
     pub org: LimitSettings,
     pub model: LimitSettings,
-}
-
-impl Quotas {
-    pub fn queue_timeout(&self) -> Duration {
-        Duration::from_millis(self.queue_timeout_ms)
-    }
-
-    pub fn redis_sync(&self) -> Duration {
-        Duration::from_millis(self.redis_sync_ms)
-    }
-
-    pub fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
-    }
 }
 
 /// The default limits of one kind of subject; 0 disables a limit.
@@ -63,13 +46,13 @@ pub struct LimitSettings {
 
 impl Quotas {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=10_000).contains(&self.redis_sync_ms) {
+        if self.redis_sync_ms.get() > 10_000 {
             return Err(ConfigError::new(
                 "quotas.redis_sync_ms",
                 "must be between 1 and 10000 (milliseconds)",
             ));
         }
-        if !(1..=60_000).contains(&self.redis_timeout_ms) {
+        if self.redis_timeout_ms.get() > 60_000 {
             return Err(ConfigError::new(
                 "quotas.redis_timeout_ms",
                 "must be between 1 and 60000 (milliseconds)",

@@ -1,27 +1,28 @@
 //! `[server]` (the listener, TLS) and `[cache]` (the response cache).
 
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{positive, ConfigError};
+use super::{positive, ConfigError, Millis, Seconds};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub bind: String,
     pub workers: usize,
-    // Counts and durations that must be positive are typed so: a 0 is refused while the
-    // settings are read, the message naming the key (`config_error_key`).
+    // Counts and durations that must be positive are typed so (`NonZero*`, `Millis`,
+    // `Seconds`): a 0 is refused while the settings are read, the message naming the key
+    // (`config_error_key`). `Seconds<u64>` is a duration where 0 means something.
     pub max_body_bytes: NonZeroUsize,
-    pub keep_alive_secs: u64,
+    pub keep_alive_secs: Seconds<u64>,
     /// Longest pause between two chunks of a request body before the request is answered
     /// 408 and its connection closed (a client that stops sending mid-body).
-    pub body_read_timeout_ms: NonZeroU64,
+    pub body_read_timeout_ms: Millis,
     /// Connections one worker holds at once; past it new ones wait in the listen backlog.
     pub max_connections: NonZeroUsize,
-    pub shutdown_grace_secs: u64,
+    pub shutdown_grace_secs: Seconds<u64>,
     pub max_hops: NonZeroU32,
     /// gzip JSON answers of 1 KiB and more when the client accepts it (never SSE).
     pub gzip: bool,
@@ -37,7 +38,7 @@ pub struct Tls {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
     /// `max-age` of the Strict-Transport-Security header sent when TLS is on.
-    pub hsts_max_age_secs: u64,
+    pub hsts_max_age_secs: Seconds<u64>,
 }
 
 impl Tls {
@@ -51,7 +52,8 @@ impl Tls {
 #[serde(deny_unknown_fields)]
 pub struct Cache {
     pub enabled: bool,
-    pub ttl_secs: u64,
+    /// Checked positive only when the cache is enabled.
+    pub ttl_secs: Seconds<u64>,
     pub max_entries: usize,
 }
 
@@ -84,7 +86,7 @@ impl Server {
 impl Cache {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.enabled {
-            positive("cache.ttl_secs", self.ttl_secs)?;
+            positive("cache.ttl_secs", self.ttl_secs.get())?;
             positive("cache.max_entries", self.max_entries as u64)?;
         }
         Ok(())

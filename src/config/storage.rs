@@ -1,12 +1,11 @@
 //! `[logging]`, `[database]`, `[storage]` and `[redis]`.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use std::num::{NonZeroU64, NonZeroUsize};
-
-use super::ConfigError;
+use super::{ConfigError, Millis, Seconds};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,11 +22,11 @@ pub struct Logging {
     /// Rows per insert.
     pub batch_size: NonZeroUsize,
     /// Most time a row waits before its batch is written, in milliseconds.
-    pub flush_interval_ms: NonZeroU64,
+    pub flush_interval_ms: Millis,
     /// Rows kept in memory while the database is slow or down; more go to the spill file.
     pub queue_capacity: usize,
     /// Seconds between attempts to replay the spill file while the database is down.
-    pub retry_interval_secs: NonZeroU64,
+    pub retry_interval_secs: Seconds,
     /// Directory of the spill file ("" = `{storage.data_dir}/log-spill`).
     pub spill_dir: PathBuf,
 }
@@ -39,7 +38,7 @@ pub struct Database {
     pub url: String,
     pub pool_size: NonZeroUsize,
     /// Most time one background database operation (a log batch, a prune) may take.
-    pub timeout_secs: NonZeroU64,
+    pub timeout_secs: Seconds,
 }
 
 impl std::fmt::Debug for Database {

@@ -165,7 +165,109 @@ impl fmt::Display for SecureUrl {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Settings;
     use super::*;
+
+    type Env<'a> = &'a [(&'a str, &'a str)];
+
+    fn load(pairs: Env<'_>) -> Result<Settings, super::super::ConfigError> {
+        let env = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(None, None, env)
+    }
+
+    #[test]
+    fn durations_are_read_in_their_unit() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.upstream.connect_timeout_ms.get(), 5000);
+        assert_eq!(
+            s.upstream.connect_timeout_ms.duration(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            s.upstream.response_timeout_secs.duration(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            s.upstream.retry_backoff_ms.duration(),
+            Duration::from_millis(25)
+        );
+        assert_eq!(s.batches.lease_secs.duration(), Duration::from_secs(30));
+        assert_eq!(Millis::new(nz(7)).duration(), Duration::from_millis(7));
+        assert_eq!(Seconds::new(0).duration(), Duration::ZERO);
+    }
+
+    /// Where the defaults' comments give 0 a meaning (off, no wait, no grace), it is kept.
+    #[test]
+    fn a_zero_that_means_something_is_accepted() {
+        let s = load(&[
+            ("GATEWAY__SERVER__KEEP_ALIVE_SECS", "0"),
+            ("GATEWAY__SERVER__SHUTDOWN_GRACE_SECS", "0"),
+            ("GATEWAY__SERVER__TLS__HSTS_MAX_AGE_SECS", "0"),
+            ("GATEWAY__UPSTREAM__POOL_IDLE_SECS", "0"),
+            ("GATEWAY__UPSTREAM__RETRY_BACKOFF_MS", "0"),
+            ("GATEWAY__QUOTAS__QUEUE_TIMEOUT_MS", "0"),
+            ("GATEWAY__COLD_START__DEBOUNCE_SECS", "0"),
+            ("GATEWAY__GLOBUS_COMPUTE__STATUS_CACHE_SECS", "0"),
+            ("GATEWAY__GLOBUS_COMPUTE__START_WINDOW_SECS", "0"),
+            ("GATEWAY__STREAMING__DONE_GRACE_MS", "0"),
+            ("GATEWAY__AUTH__OIDC__LEEWAY_SECS", "0"),
+            ("GATEWAY__AUTH__GLOBUS__FAILURE_CACHE_SECS", "0"),
+            // Checked positive only when their section is on.
+            ("GATEWAY__CACHE__ENABLED", "false"),
+            ("GATEWAY__CACHE__TTL_SECS", "0"),
+            ("GATEWAY__AUTH__OIDC__JWKS_REFRESH_SECS", "0"),
+            ("GATEWAY__AUTH__GLOBUS__CACHE_SECS", "0"),
+            ("GATEWAY__AUTH__GLOBUS__TIMEOUT_MS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(s.quotas.queue_timeout_ms.duration(), Duration::ZERO);
+        assert_eq!(s.server.shutdown_grace_secs.get(), 0);
+        assert_eq!(s.streaming.done_grace_ms.get(), 0);
+    }
+
+    /// ...and refused, naming the key, where the section using it is on.
+    #[test]
+    fn a_zero_in_a_section_that_is_on_names_its_key() {
+        let globus = [
+            ("GATEWAY__AUTH__GLOBUS__ENABLED", "true"),
+            ("GATEWAY__AUTH__GLOBUS__CLIENT_ID", "client"),
+        ];
+        let oidc = [
+            ("GATEWAY__AUTH__OIDC__ENABLED", "true"),
+            (
+                "GATEWAY__AUTH__OIDC__JWKS_URL",
+                "https://idp.example.org/jwks",
+            ),
+            ("GATEWAY__AUTH__OIDC__ISSUER", "https://idp.example.org"),
+        ];
+        for (section, var, key) in [
+            (
+                &globus[..],
+                "GATEWAY__AUTH__GLOBUS__CACHE_SECS",
+                "auth.globus.cache_secs",
+            ),
+            (
+                &globus[..],
+                "GATEWAY__AUTH__GLOBUS__TIMEOUT_MS",
+                "auth.globus.timeout_ms",
+            ),
+            (
+                &oidc[..],
+                "GATEWAY__AUTH__OIDC__JWKS_REFRESH_SECS",
+                "auth.oidc.jwks_refresh_secs",
+            ),
+            (&[][..], "GATEWAY__CACHE__TTL_SECS", "cache.ttl_secs"),
+        ] {
+            let mut pairs = section.to_vec();
+            pairs.push((var, "0"));
+            let err = load(&pairs).unwrap_err();
+            assert_eq!(err.key, key, "{var}: {err}");
+            assert_eq!(err.message, "must be greater than 0");
+        }
+    }
 
     #[test]
     fn http_urls_are_kept_as_written() {

@@ -1,14 +1,12 @@
 //! `[fixtures]`, `[upstream]`, `[health]` and `[breaker]`: where targets come from and how
 //! they are called, checked and cut off.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use std::num::{NonZeroU32, NonZeroU64};
-
-use super::ConfigError;
+use super::{ConfigError, Millis, Seconds};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,36 +17,21 @@ pub struct Fixtures {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub connect_timeout_ms: NonZeroU64,
-    pub response_timeout_secs: NonZeroU64,
-    pub stream_idle_timeout_secs: NonZeroU64,
+    pub connect_timeout_ms: Millis,
+    pub response_timeout_secs: Seconds,
+    pub stream_idle_timeout_secs: Seconds,
     pub pool_limit_per_worker: usize,
-    pub pool_idle_secs: u64,
+    pub pool_idle_secs: Seconds<u64>,
     pub max_attempts: NonZeroU32,
-    pub retry_backoff_ms: u64,
-}
-
-impl Upstream {
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms.get())
-    }
-    pub fn response_timeout(&self) -> Duration {
-        Duration::from_secs(self.response_timeout_secs.get())
-    }
-    pub fn stream_idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.stream_idle_timeout_secs.get())
-    }
-    pub fn retry_backoff(&self) -> Duration {
-        Duration::from_millis(self.retry_backoff_ms)
-    }
+    pub retry_backoff_ms: Millis<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     pub path: String,
-    pub interval_secs: NonZeroU64,
-    pub timeout_ms: NonZeroU64,
+    pub interval_secs: Seconds,
+    pub timeout_ms: Millis,
     pub unhealthy_threshold: NonZeroU32,
 }
 
@@ -56,7 +39,7 @@ pub struct Health {
 #[serde(deny_unknown_fields)]
 pub struct Breaker {
     pub failure_threshold: NonZeroU32,
-    pub open_secs: NonZeroU64,
+    pub open_secs: Seconds,
 }
 
 impl Upstream {

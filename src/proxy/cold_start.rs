@@ -98,7 +98,7 @@ async fn start_cold(
         if let Some(redis) = redis {
             // Debounce across replicas: only the replica that claims the start runs it.
             match redis
-                .claim_cold_start(t.slug(), Duration::from_secs(cold.debounce_secs))
+                .claim_cold_start(t.slug(), cold.debounce_secs.duration())
                 .await
             {
                 Ok(true) => {}
@@ -132,7 +132,7 @@ async fn start_cold(
         // themselves (the scheduler may be wrong).
         return Ok(());
     }
-    let deadline = Instant::now() + cold.wait();
+    let deadline = Instant::now() + cold.wait_secs.duration();
     loop {
         if routable.iter().any(|t| !t.sched().is_cold()) {
             return Ok(());
@@ -153,6 +153,6 @@ async fn start_cold(
     Err(ApiError::ModelStarting {
         model: model.to_string(),
         phase,
-        retry_after: Duration::from_secs(cold.retry_after_secs.get()),
+        retry_after: cold.retry_after_secs.duration(),
     })
 }

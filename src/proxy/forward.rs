@@ -62,24 +62,24 @@ impl Upstream {
         // awc's own limit would make requests wait in silence: `pool` is the cap (0 here is
         // no limit).
         let connector = awc::Connector::new()
-            .timeout(settings.connect_timeout())
+            .timeout(settings.connect_timeout_ms.duration())
             .limit(0)
-            .conn_keep_alive(Duration::from_secs(settings.pool_idle_secs));
+            .conn_keep_alive(settings.pool_idle_secs.duration());
         let client = awc::Client::builder()
             .connector(connector)
             .disable_redirects()
-            .timeout(settings.response_timeout())
+            .timeout(settings.response_timeout_secs.duration())
             .finish();
         let fresh = awc::Client::builder()
             .connector(
                 awc::Connector::new()
-                    .timeout(settings.connect_timeout())
+                    .timeout(settings.connect_timeout_ms.duration())
                     .limit(0)
                     .conn_keep_alive(Duration::ZERO)
                     .conn_lifetime(Duration::ZERO),
             )
             .disable_redirects()
-            .timeout(settings.response_timeout())
+            .timeout(settings.response_timeout_secs.duration())
             .finish();
         Upstream {
             client,
@@ -222,7 +222,7 @@ pub async fn forward(
             break;
         };
         if record.attempts() > 0 {
-            let backoff = settings.retry_backoff() * 2u32.pow(record.attempts() - 1);
+            let backoff = settings.retry_backoff_ms.duration() * 2u32.pow(record.attempts() - 1);
             actix_rt::time::sleep(backoff.min(Duration::from_secs(2))).await;
         }
         let target = Arc::clone(lease.target());
@@ -671,8 +671,14 @@ fn respond(
         metrics: Arc::clone(&call.metrics),
         cache,
     };
-    let relay = Relay::new(res, first, framing, settings.stream_idle_timeout(), finish)
-        .hide_usage_event(call.hide_usage);
+    let relay = Relay::new(
+        res,
+        first,
+        framing,
+        settings.stream_idle_timeout_secs.duration(),
+        finish,
+    )
+    .hide_usage_event(call.hide_usage);
     match content_length {
         // The body passes unchanged, so the upstream's length holds: the client gets a
         // Content-Length as from the backend itself (and as from nginx), not chunks. An
@@ -711,7 +717,7 @@ fn respond_callback(
         source,
         None,
         framing,
-        settings.stream_idle_timeout(),
+        settings.stream_idle_timeout_secs.duration(),
         finish,
     ))
 }

@@ -233,7 +233,7 @@ impl GlobusShared {
         client_id: &str,
         endpoint: &str,
     ) -> Option<u64> {
-        let ttl = Duration::from_secs(self.settings.status_cache_secs);
+        let ttl = self.settings.status_cache_secs.duration();
         if let Some(seen) = self
             .endpoints
             .lock()
@@ -297,7 +297,7 @@ impl GlobusShared {
     }
 
     fn recently_submitted(&self, endpoint: &str) -> bool {
-        let window = Duration::from_secs(self.settings.start_window_secs);
+        let window = self.settings.start_window_secs.duration();
         self.submitted
             .lock()
             .ok()
@@ -421,7 +421,7 @@ pub(crate) async fn send(
         + target
             .spec
             .request_timeout
-            .unwrap_or(Duration::from_secs(shared.settings.task_timeout_secs.get()));
+            .unwrap_or(shared.settings.task_timeout_secs.duration());
     let mut params = model_params(&body, call.upstream_path, g.api_port)
         .map_err(|e| AttemptError::Died(format!("cannot build model_params: {e}")))?;
     let callback = if call.stream {
@@ -485,7 +485,7 @@ pub(crate) async fn send(
             registration,
             task: Some(task),
             grace: None,
-            grace_len: Duration::from_millis(shared.streaming.done_grace_ms),
+            grace_len: shared.streaming.done_grace_ms.duration(),
             pending: VecDeque::new(),
             ended: false,
         }));
@@ -688,8 +688,8 @@ impl TaskPoll {
                 &format!("/v2/tasks/{task_id}"),
             ),
             token,
-            initial: Duration::from_millis(shared.settings.poll_initial_ms.get()),
-            max: Duration::from_millis(shared.settings.poll_max_ms.get()),
+            initial: shared.settings.poll_initial_ms.duration(),
+            max: shared.settings.poll_max_ms.duration(),
             deadline,
         }
     }

@@ -151,7 +151,7 @@ impl QuotaSupervisor {
         let sup = QuotaSupervisor {
             registry: Arc::clone(&registry),
             actors: HashMap::new(),
-            flush_every: Duration::from_millis(settings.flush_interval_ms.get()),
+            flush_every: settings.flush_interval_ms.duration(),
             idle_ms: i64::try_from(settings.idle_secs.get().saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             restarts: 0,

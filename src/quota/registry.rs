@@ -68,14 +68,14 @@ impl QuotaRegistry {
             defaults: Defaults::from_settings(settings),
             store,
             supervisor: OnceLock::new(),
-            queue_timeout: settings.queue_timeout(),
+            queue_timeout: settings.queue_timeout_ms.duration(),
             enabled: settings.enabled,
             log,
             shared: OnceLock::new(),
             policy: SharedPolicy {
                 near_fraction: settings.redis_near_fraction,
                 // Ten sync rounds without news (at least a second): decide in Redis.
-                stale_ms: i64::try_from(settings.redis_sync_ms.saturating_mul(10).max(1000))
+                stale_ms: i64::try_from(settings.redis_sync_ms.get().saturating_mul(10).max(1000))
                     .unwrap_or(i64::MAX),
             },
         }

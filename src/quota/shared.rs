@@ -175,7 +175,7 @@ impl QuotaRedis {
         fallbacks: IntCounter,
         log: slog::Logger,
     ) -> RResult<QuotaRedis> {
-        let timeout = settings.redis_timeout();
+        let timeout = settings.redis_timeout_ms.duration();
         let mut cfg = deadpool_redis::Config::from_url(url);
         let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
         pool_cfg.timeouts = deadpool_redis::Timeouts {
@@ -198,7 +198,7 @@ impl QuotaRedis {
             up: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
             timeout,
-            sync_every: settings.redis_sync(),
+            sync_every: settings.redis_sync_ms.duration(),
             up_gauge,
             fallbacks,
             log,

@@ -12,6 +12,7 @@ use crate::common::db::TestDb;
 use crate::common::*;
 use futures_util::StreamExt;
 use inference_gateway::batch::actor::{ActorAddr, Crash, Restarts};
+use inference_gateway::config::{nz, Millis, Seconds};
 use inference_gateway::quota::{Kind, Subject};
 use inference_gateway::store::now_ms;
 use serde_json::{json, Value};
@@ -322,7 +323,7 @@ async fn files_crud_ownership_and_size_limit() {
 async fn a_batch_runs_every_line_once_and_reports_failures() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let gw = app(&mock)
-        .settings(|s| s.batches.poll_interval_ms = NonZero::new(50).unwrap())
+        .settings(|s| s.batches.poll_interval_ms = Millis::new(nz(50)))
         .start()
         .await;
     // Two lines get a 400 from the model: they go to the error file.
@@ -457,7 +458,7 @@ async fn a_batch_runs_every_line_once_and_reports_failures() {
 async fn bad_lines_fail_validation_with_an_error_file() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let gw = app(&mock)
-        .settings(|s| s.batches.poll_interval_ms = NonZero::new(50).unwrap())
+        .settings(|s| s.batches.poll_interval_ms = Millis::new(nz(50)))
         .start()
         .await;
     let text = [
@@ -512,7 +513,7 @@ async fn cancel_keeps_the_finished_lines() {
     .unwrap();
     let gw = app(&mock)
         .settings(|s| {
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.concurrency_per_batch = NonZero::new(2).unwrap();
         })
         .start()
@@ -582,7 +583,7 @@ async fn a_batch_past_its_window_expires_keeping_the_finished_lines() {
     .unwrap();
     let gw = app(&mock)
         .settings(|s| {
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.concurrency_per_batch = NonZero::new(2).unwrap();
         })
         .start()
@@ -627,7 +628,7 @@ async fn first_path_form_is_confined_to_the_allowed_roots() {
     let roots = root.path().display().to_string();
     let gw = app(&mock)
         .env(&[("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots)])
-        .settings(|s| s.batches.poll_interval_ms = NonZero::new(50).unwrap())
+        .settings(|s| s.batches.poll_interval_ms = Millis::new(nz(50)))
         .start()
         .await;
     let in_path = root.path().join("in.jsonl");
@@ -808,7 +809,7 @@ async fn batch_lines_wait_while_interactive_requests_are_in_flight() {
     .unwrap();
     let gw = app(&mock)
         .settings(|s| {
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.yield_above_interactive = 1;
         })
         .start()
@@ -849,7 +850,7 @@ async fn quota_refusals_delay_lines_without_failing_them() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let gw = app(&mock)
         .settings(|s| {
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             // The model admits 20 requests a second, one at a time: most lines get a 429
             // from quotas first.
             s.quotas.model.requests_per_second = 20.0;
@@ -894,7 +895,7 @@ async fn batches_finish_after_the_batch_actor_crashes() {
     .unwrap();
     let gw = app(&mock)
         .settings(|s| {
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.concurrency_per_batch = NonZero::new(4).unwrap();
         })
         .start()
@@ -1005,7 +1006,7 @@ async fn two_gateways_on_postgres_share_batches_without_double_work() {
         app(&mock).settings(move |s| {
             s.database.url = url;
             s.storage.data_dir = data;
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.max_running = NonZero::new(2).unwrap();
             s.batches.concurrency_per_batch = NonZero::new(4).unwrap();
         })
@@ -1059,7 +1060,7 @@ async fn first_guides_batch_example_works_as_written() {
         ])
         .settings(|s| {
             s.auth.admin_key_env = "IGW_TEST_GUIDE_ADMIN".into();
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
         })
         .start()
         .await;
@@ -1372,7 +1373,7 @@ async fn creating_a_batch_during_a_database_outage_is_503() {
     let gw = app(&mock)
         .settings(move |s| {
             s.database.url = via;
-            s.database.timeout_secs = NonZero::new(2).unwrap();
+            s.database.timeout_secs = Seconds::new(nz(2));
             s.batches.enabled = false;
         })
         .start()
@@ -1403,7 +1404,7 @@ async fn an_unwritable_output_folder_fails_the_batch_and_cancel_still_works() {
     let gw = app(&mock)
         .env(&[("GATEWAY__BATCHES__ALLOWED_ROOTS", &roots)])
         .settings(|s| {
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.concurrency_per_batch = NonZero::new(1).unwrap();
         })
         .start()
@@ -1482,7 +1483,7 @@ async fn one_users_batches_leave_a_slot_for_another_user() {
         .env(&[("GATEWAY__AUTH__MODE", "required")])
         .settings(|s| {
             s.auth.admin_key_env = "IGW_TEST_FAIR_ADMIN".into();
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.max_running = NonZero::new(2).unwrap();
             s.batches.concurrency_per_batch = NonZero::new(1).unwrap();
         })
@@ -1550,7 +1551,7 @@ async fn admins_list_every_users_batches_and_cancel_any() {
         .env(&[("GATEWAY__AUTH__MODE", "required")])
         .settings(|s| {
             s.auth.admin_key_env = "IGW_TEST_BATCH_ADMIN_VIEW".into();
-            s.batches.poll_interval_ms = NonZero::new(50).unwrap();
+            s.batches.poll_interval_ms = Millis::new(nz(50));
             s.batches.concurrency_per_batch = NonZero::new(1).unwrap();
         })
         .start()

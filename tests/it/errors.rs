@@ -1,10 +1,10 @@
 //! Errors the gateway makes itself: a database that cannot answer is a 503 with
 //! `Retry-After` on every route that uses it (never a 500 here and a 503 there), and the
 //! inside cause is logged once, at the edge, with the request id — never in the body.
-use std::num::NonZero;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use inference_gateway::config::{nz, Millis, Seconds};
 use serde_json::Value;
 
 /// Holds SQLite's write lock on `db` from another connection until dropped.
@@ -77,7 +77,7 @@ async fn admin_call(
 async fn a_database_that_cannot_answer_is_503_on_every_admin_write_and_logged_once() {
     let gw = TestApp::builder()
         .admin_key()
-        .settings(|s| s.database.timeout_secs = NonZero::new(1).unwrap())
+        .settings(|s| s.database.timeout_secs = Seconds::new(nz(1)))
         .start()
         .await;
     let db = gw.dir.path().join("data").join("gateway.db");
@@ -164,7 +164,7 @@ async fn an_error_a_handler_returns_carries_the_request_id() {
 #[actix_rt::test]
 async fn every_answer_carries_a_request_id() {
     let gw = TestApp::builder()
-        .settings(|s| s.server.body_read_timeout_ms = NonZero::new(300).unwrap())
+        .settings(|s| s.server.body_read_timeout_ms = Millis::new(nz(300)))
         .start()
         .await;
     for (method, path, want) in [

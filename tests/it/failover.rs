@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use inference_gateway::actors::gateway::{CheckAll, CrashBackend, CrashRouter};
+use inference_gateway::config::{nz, Seconds};
 use serde_json::json;
 
 #[actix_rt::test]
@@ -204,7 +205,7 @@ async fn slow_target_is_504() {
             target("slow", "m", slow.url()),
             target("other", "m2", other.url()),
         ])
-        .settings(|s| s.upstream.response_timeout_secs = NonZero::new(1).unwrap())
+        .settings(|s| s.upstream.response_timeout_secs = Seconds::new(nz(1)))
         .start()
         .await;
     let (status, _, body) = gw.post("/v1/chat/completions", &chat("m")).await;
@@ -225,7 +226,7 @@ async fn breaker_opens_then_half_open_probe_closes_it() {
         .target(target("a", "m", mock.url()))
         .settings(|s| {
             s.breaker.failure_threshold = NonZero::new(3).unwrap();
-            s.breaker.open_secs = NonZero::new(30).unwrap();
+            s.breaker.open_secs = Seconds::new(nz(30));
             s.upstream.max_attempts = NonZero::new(1).unwrap();
         })
         .start()
@@ -287,7 +288,7 @@ async fn unhealthy_targets_are_avoided_while_a_healthy_one_exists() {
         .settings(|s| {
             s.health.path = "/health".into();
             s.health.unhealthy_threshold = NonZero::new(1).unwrap();
-            s.health.interval_secs = NonZero::new(3600).unwrap();
+            s.health.interval_secs = Seconds::new(nz(3600));
         })
         .start()
         .await;
@@ -431,7 +432,7 @@ async fn a_target_back_from_unhealthy_is_measured_again_not_ranked_by_its_old_la
         .settings(|s| {
             s.health.path = "/health".into();
             s.health.unhealthy_threshold = NonZero::new(1).unwrap();
-            s.health.interval_secs = NonZero::new(3600).unwrap();
+            s.health.interval_secs = Seconds::new(nz(3600));
         })
         .start()
         .await;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use inference_gateway::actors::gateway::CheckAll;
+use inference_gateway::config::{nz, Millis, Seconds};
 use inference_gateway::store::UsageFilter;
 use serde_json::{json, Value};
 
@@ -38,7 +39,7 @@ async fn the_demo_target_answers_every_route_through_the_whole_request_path() {
             // Health checks on: the demo's is answered in process.
             s.health.path = "/health".into();
             s.quotas.user.requests_per_day = 50;
-            s.logging.flush_interval_ms = NonZero::new(20).unwrap();
+            s.logging.flush_interval_ms = Millis::new(nz(20));
         })
         .start()
         .await;
@@ -218,7 +219,7 @@ async fn models_are_offline_after_the_first_failed_health_check() {
             s.health.path = "/health".into();
             s.health.unhealthy_threshold = NonZero::new(2).unwrap();
             // No second check comes by itself within the test.
-            s.health.interval_secs = NonZero::new(3600).unwrap();
+            s.health.interval_secs = Seconds::new(nz(3600));
         })
         .start()
         .await;
@@ -277,7 +278,7 @@ async fn failures_name_the_target_and_how_it_failed_never_its_address() {
             target("slow", "slow-model", slow.url()),
         ])
         .settings(|s| {
-            s.upstream.response_timeout_secs = NonZero::new(1).unwrap();
+            s.upstream.response_timeout_secs = Seconds::new(nz(1));
             s.breaker.failure_threshold = NonZero::new(2).unwrap();
         })
         .start()

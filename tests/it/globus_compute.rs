@@ -3,12 +3,12 @@
 //! endpoint status, v3 submit, v2 task polling. The fake plays FIRST's remote function:
 //! it decodes the JSONData task payload and answers with a JSON string result.
 use std::collections::HashMap;
-use std::num::NonZero;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use inference_gateway::config::{nz, Millis, Seconds};
 use serde_json::{json, Value};
 
 const EP_A: &str = "11111111-1111-4111-8111-111111111111";
@@ -433,8 +433,8 @@ fn gateway(fake: &FakeCompute, endpoints: &[Value], test: &str) -> TestApp {
         gc.compute_base = url;
         gc.client_id_env = id_var;
         gc.client_secret_env = secret_var;
-        gc.poll_initial_ms = NonZero::new(5).unwrap();
-        gc.poll_max_ms = NonZero::new(20).unwrap();
+        gc.poll_initial_ms = Millis::new(nz(5));
+        gc.poll_max_ms = Millis::new(nz(20));
     })
 }
 
@@ -545,7 +545,7 @@ async fn old_endpoints_answer_with_dill_and_plain_values_decode() {
         gc_target("gc-caps", "status-caps", EP_A, 8000),
     ];
     let gw = gateway(&fake, &endpoints, "dill")
-        .settings(|s| s.globus_compute.task_timeout_secs = NonZero::new(3).unwrap())
+        .settings(|s| s.globus_compute.task_timeout_secs = Seconds::new(nz(3)))
         .start()
         .await;
     let expected: Value = serde_json::from_str(ANSWER).unwrap();
@@ -594,7 +594,7 @@ async fn offline_endpoints_fail_over_and_slow_tasks_are_504() {
     gw.stop().await;
 
     let gw = gateway(&fake, &[gc_target("gc-hang", "hang", EP_B, 8000)], "hang")
-        .settings(|s| s.globus_compute.task_timeout_secs = NonZero::new(1).unwrap())
+        .settings(|s| s.globus_compute.task_timeout_secs = Seconds::new(nz(1)))
         .start()
         .await;
     let started = Instant::now();
@@ -610,7 +610,7 @@ async fn offline_endpoints_fail_over_and_slow_tasks_are_504() {
 async fn an_endpoint_without_managers_after_a_submit_is_starting() {
     let fake = FakeCompute::start(&[(EP_A, "online", 0)]).await;
     let gw = gateway(&fake, &[gc_target("gc-cold", "llama", EP_A, 8000)], "cold")
-        .settings(|s| s.cold_start.retry_after_secs = NonZero::new(17).unwrap())
+        .settings(|s| s.cold_start.retry_after_secs = Seconds::new(nz(17)))
         .start()
         .await;
     // No managers and nothing submitted yet: submitting is what starts the workers.
@@ -643,7 +643,7 @@ fn streaming_app(fake: &FakeCompute, model: &str, test: &str) -> TestApp {
     gateway(fake, &[gc_target("gc-stream", model, EP_A, 8002)], test).settings(move |s| {
         s.streaming.callback_base_url = "https://gateway.example.org:8443".into();
         s.streaming.secret_env = secret_env;
-        s.streaming.done_grace_ms = 200;
+        s.streaming.done_grace_ms = Millis::new(200);
     })
 }
 

@@ -720,7 +720,7 @@ fn tls_config_errors_name_the_key() {
     let tls = inference_gateway::config::Tls {
         cert_file: cert.clone(),
         key_file: cert,
-        hsts_max_age_secs: 1,
+        hsts_max_age_secs: inference_gateway::config::Seconds::new(1),
     };
     let err = inference_gateway::security::server_config(&tls).unwrap_err();
     assert!(err.to_string().starts_with("server.tls.cert_file"), "{err}");

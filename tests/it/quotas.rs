@@ -2,10 +2,10 @@
 //! its queue), the x-ratelimit headers, token charging from usage (streams included, the
 //! usage event hidden), persistence across a restart, the admin API, and a QuotaActor
 //! crash.
-use std::num::NonZero;
 use std::time::Duration;
 
 use crate::common::*;
+use inference_gateway::config::{nz, Millis, Seconds};
 use inference_gateway::quota::actor::{ActorOf, Crash, FlushAll, Restarts};
 use inference_gateway::quota::{Kind, Subject};
 use inference_gateway::store::UsageFilter;
@@ -159,7 +159,7 @@ async fn in_flight_cap_holds_under_concurrent_load() {
     let gw = gateway(&mock)
         .settings(|s| {
             s.quotas.user.max_in_flight = 2;
-            s.quotas.queue_timeout_ms = 150;
+            s.quotas.queue_timeout_ms = Millis::new(150);
         })
         .start()
         .await;
@@ -183,7 +183,7 @@ async fn in_flight_cap_holds_under_concurrent_load() {
     let gw = gateway(&mock)
         .settings(|s| {
             s.quotas.user.max_in_flight = 2;
-            s.quotas.queue_timeout_ms = 5000;
+            s.quotas.queue_timeout_ms = Millis::new(5000);
         })
         .start()
         .await;
@@ -202,7 +202,7 @@ async fn in_flight_cap_holds_under_concurrent_load() {
 async fn streams_are_charged_from_usage_the_client_did_not_see() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let gw = gateway(&mock)
-        .settings(|s| s.logging.flush_interval_ms = NonZero::new(20).unwrap())
+        .settings(|s| s.logging.flush_interval_ms = Millis::new(nz(20)))
         .start()
         .await;
     let mut body = chat("llama");
@@ -421,7 +421,7 @@ async fn admin_overrides_apply_at_once_and_persist() {
 async fn a_crashed_quota_actor_is_rebuilt_and_counting_goes_on() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let gw = gateway(&mock)
-        .settings(|s| s.quotas.flush_interval_ms = NonZero::new(50).unwrap())
+        .settings(|s| s.quotas.flush_interval_ms = Millis::new(nz(50)))
         .start()
         .await;
     assert_eq!(send(&gw, &chat("llama")).await.status, 200);
@@ -469,8 +469,8 @@ async fn idle_subjects_are_retired_and_come_back_with_their_counts() {
     let mock = MockUpstream::start(Behavior::default()).await.unwrap();
     let gw = gateway(&mock)
         .settings(|s| {
-            s.quotas.idle_secs = NonZero::new(1).unwrap();
-            s.quotas.flush_interval_ms = NonZero::new(50).unwrap();
+            s.quotas.idle_secs = Seconds::new(nz(1));
+            s.quotas.flush_interval_ms = Millis::new(nz(50));
         })
         .start()
         .await;
@@ -519,7 +519,7 @@ async fn a_client_that_goes_away_gives_its_slot_back_and_pays_for_what_it_got() 
     let gw = gateway(&mock)
         .settings(|s| {
             s.quotas.user.max_in_flight = 1;
-            s.quotas.queue_timeout_ms = 0;
+            s.quotas.queue_timeout_ms = Millis::new(0);
         })
         .start()
         .await;

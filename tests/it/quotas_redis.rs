@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use inference_gateway::config::Settings;
+use inference_gateway::config::{nz, Millis, Settings};
 use inference_gateway::quota::math::Window;
 use inference_gateway::quota::shared::Verdict;
 use inference_gateway::quota::{Kind, Limits, QuotaRedis, Subject, SubjectState};
@@ -308,7 +308,7 @@ fn replica(mock: &MockUpstream, keys: &tempfile::TempDir, url: &str, prefix: &st
             s.auth.admin_key_file = key_file.into();
             s.redis.url = url;
             s.redis.key_prefix = prefix;
-            s.quotas.redis_sync_ms = 20;
+            s.quotas.redis_sync_ms = Millis::new(nz(20));
         })
 }
 
@@ -583,11 +583,11 @@ async fn redis_killed_and_restarted_falls_back_then_pushes_local_usage() {
         .settings(|s| {
             no_rate(s);
             s.quotas.user.requests_per_day = 1000;
-            s.quotas.redis_timeout_ms = 100;
+            s.quotas.redis_timeout_ms = Millis::new(nz(100));
             // Sync rounds further apart than a failing push can last (the timeout): with
             // the helper's 20 ms, on a loaded machine a push to the dead server was nearly
             // always in flight, holding the counts, and the check below never saw them back.
-            s.quotas.redis_sync_ms = 250;
+            s.quotas.redis_sync_ms = Millis::new(nz(250));
         })
         .start()
         .await;

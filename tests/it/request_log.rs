@@ -8,6 +8,7 @@ use crate::common::chaos::ChaosProxy;
 use crate::common::db::TestDb;
 use crate::common::*;
 use inference_gateway::actors::log_writer::Spill;
+use inference_gateway::config::{nz, Millis, Seconds};
 use inference_gateway::store::log_sink::LogStats;
 use inference_gateway::store::{self, LogRow, UsageFilter};
 use serde_json::{json, Value};
@@ -52,7 +53,7 @@ async fn requests_become_rows_and_admin_usage_aggregates_them() {
                 s.database.url = db_url;
                 s.auth.admin_key_env = String::new();
                 s.auth.admin_key_file = key_file.into();
-                s.logging.flush_interval_ms = NonZero::new(20).unwrap();
+                s.logging.flush_interval_ms = Millis::new(nz(20));
             })
             .start()
             .await;
@@ -392,11 +393,11 @@ async fn nothing_is_lost_while_postgres_is_unreachable() {
         .target(target("a", "llama", mock.url()))
         .settings(move |s| {
             s.database.url = via_proxy;
-            s.database.timeout_secs = NonZero::new(3).unwrap();
-            s.logging.flush_interval_ms = NonZero::new(20).unwrap();
+            s.database.timeout_secs = Seconds::new(nz(3));
+            s.logging.flush_interval_ms = Millis::new(nz(20));
             s.logging.batch_size = NonZero::new(4).unwrap();
             s.logging.queue_capacity = 8;
-            s.logging.retry_interval_secs = NonZero::new(1).unwrap();
+            s.logging.retry_interval_secs = Seconds::new(nz(1));
             s.logging.spill_dir = spill_path.into();
         })
         .start()
@@ -613,7 +614,7 @@ async fn a_row_the_database_refuses_is_quarantined_alone() {
             .settings(move |s| {
                 s.database.url = url;
                 s.logging.spill_dir = spill_path.into();
-                s.logging.retry_interval_secs = NonZero::new(1).unwrap();
+                s.logging.retry_interval_secs = Seconds::new(nz(1));
             })
             .start()
             .await;

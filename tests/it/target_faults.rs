@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::binary::{gateway_bin, spawn_binary, Binary};
 use crate::common::*;
+use inference_gateway::config::{nz, Seconds};
 use mock_upstream::MockOptions;
 use serde_json::Value;
 
@@ -230,7 +231,7 @@ async fn without_health_checks_the_next_request_probes_a_half_open_target() {
         .targets(&[target("a", "m", a.url()), target("b", "m", b.url())])
         .settings(|s| {
             s.breaker.failure_threshold = NonZero::new(1).unwrap();
-            s.breaker.open_secs = NonZero::new(30).unwrap();
+            s.breaker.open_secs = Seconds::new(nz(30));
         })
         .start()
         .await;
