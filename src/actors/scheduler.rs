@@ -92,7 +92,8 @@ impl SchedulerProbe {
                     self.probing = false;
                     return;
                 };
-                let url = settings.url.clone();
+                // Set for this scheduler (`Settings::validate`).
+                let url = settings.url.as_ref().map(ToString::to_string);
                 let token = (!settings.token_env.is_empty()).then(|| {
                     std::env::var(&settings.token_env).map_err(|_| {
                         format!(
@@ -102,6 +103,7 @@ impl SchedulerProbe {
                     })
                 });
                 Box::pin(async move {
+                    let url = url.ok_or("no status URL (clusters.<name>.url)")?;
                     let mut req = client.get(url).timeout(timeout);
                     if let Some(token) = token {
                         req = req.bearer_auth(token?);

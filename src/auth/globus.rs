@@ -104,8 +104,8 @@ impl GlobusClient {
         Ok(GlobusClient {
             client_id: g.client_id.clone(),
             secret,
-            auth_base: g.auth_base.trim_end_matches('/').to_string(),
-            groups_base: g.groups_base.trim_end_matches('/').to_string(),
+            auth_base: g.auth_base.as_str().trim_end_matches('/').to_string(),
+            groups_base: g.groups_base.as_str().trim_end_matches('/').to_string(),
             timeout: g.timeout_ms.duration(),
             policies: g.globus_policies.clone(),
             cache_ttl: g.cache_secs.duration(),

@@ -51,7 +51,12 @@ impl OidcAuth {
     pub fn start(settings: Oidc, log: slog::Logger) -> OidcAuth {
         let keys = Arc::new(ArcSwap::from_pointee(HashMap::new()));
         let jwks = JwksActor {
-            url: settings.jwks_url.clone(),
+            // Set whenever OIDC is on (`Settings::validate`).
+            url: settings
+                .jwks_url
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             refresh_every: settings.jwks_refresh_secs.duration(),
             keys: Arc::clone(&keys),
             forced: HashMap::new(),

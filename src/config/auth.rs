@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{positive, ConfigError, Millis, Seconds};
+use super::units::empty_is_none;
+use super::{positive, ConfigError, Millis, Seconds, SecureUrl};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,7 +30,9 @@ pub struct Auth {
 #[serde(deny_unknown_fields)]
 pub struct Oidc {
     pub enabled: bool,
-    pub jwks_url: String,
+    /// Required when enabled ("" = none).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub jwks_url: Option<SecureUrl>,
     pub issuer: String,
     pub audience: Vec<String>,
     pub username_claim: String,
@@ -48,8 +51,8 @@ pub struct Globus {
     pub enabled: bool,
     pub client_id: String,
     pub client_secret_env: String,
-    pub auth_base: String,
-    pub groups_base: String,
+    pub auth_base: SecureUrl,
+    pub groups_base: SecureUrl,
     pub globus_groups: Vec<String>,
     pub authorized_idp_domains: Vec<String>,
     pub authorized_groups_per_idp: std::collections::BTreeMap<String, Vec<String>>,
@@ -61,28 +64,18 @@ pub struct Globus {
     pub timeout_ms: Millis<u64>,
 }
 
-/// `url` must be https://, or plain http:// on loopback.
-fn https_or_loopback(key: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("https://")
-        || url.starts_with("http://127.")
-        || url.starts_with("http://localhost")
-    {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            key,
-            format!("{url:?} must be an https:// URL (plain http only on loopback)"),
-        ))
-    }
-}
-
 impl Auth {
     /// The OIDC and Globus tables (`auth.mode` against `server.bind` is checked with the
     /// server's settings).
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.oidc.enabled {
             let o = &self.oidc;
-            https_or_loopback("auth.oidc.jwks_url", &o.jwks_url)?;
+            if o.jwks_url.is_none() {
+                return Err(ConfigError::new(
+                    "auth.oidc.jwks_url",
+                    "is required when auth.oidc.enabled",
+                ));
+            }
             if o.issuer.trim().is_empty() {
                 return Err(ConfigError::new(
                     "auth.oidc.issuer",
@@ -99,8 +92,6 @@ impl Auth {
                     "is required when auth.globus.enabled",
                 ));
             }
-            https_or_loopback("auth.globus.auth_base", &g.auth_base)?;
-            https_or_loopback("auth.globus.groups_base", &g.groups_base)?;
             positive("auth.globus.cache_secs", g.cache_secs.get())?;
             positive("auth.globus.timeout_ms", g.timeout_ms.get())?;
         }

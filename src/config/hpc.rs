@@ -5,7 +5,8 @@ use std::num::NonZeroUsize;
 
 use serde::Deserialize;
 
-use super::{nz, ConfigError, Millis, Seconds};
+use super::units::empty_is_none;
+use super::{nz, ConfigError, HttpUrl, Millis, Seconds};
 
 /// Starting a stopped model through its target's `start_command`.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,9 +29,9 @@ pub struct ColdStart {
 #[serde(deny_unknown_fields)]
 pub struct GlobusCompute {
     /// Globus Auth base URL (client-credentials token at `{auth_base}/v2/oauth2/token`).
-    pub auth_base: String,
+    pub auth_base: HttpUrl,
     /// Globus Compute web service base URL.
-    pub compute_base: String,
+    pub compute_base: HttpUrl,
     /// Environment variables holding the confidential client's id and secret.
     pub client_id_env: String,
     pub client_secret_env: String,
@@ -56,7 +57,8 @@ pub struct GlobusCompute {
 pub struct Streaming {
     /// The URL compute nodes reach this gateway at ("" = streaming through Globus Compute
     /// is off: such requests fail over to other targets).
-    pub callback_base_url: String,
+    #[serde(deserialize_with = "empty_is_none")]
+    pub callback_base_url: Option<HttpUrl>,
     /// Environment variable holding the shared secret the function sends in
     /// `X-Internal-Secret` (unset: every callback is refused).
     pub secret_env: String,
@@ -122,8 +124,9 @@ pub struct ClusterSettings {
     /// The free-nodes command: unset means `pbsnodes -a -F json` for PBS (none for
     /// Slurm); empty means none.
     pub nodes_command: Option<CommandLine>,
-    /// The status URL for `scheduler = "http"`.
-    pub url: String,
+    /// The status URL for `scheduler = "http"` ("" = none).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub url: Option<HttpUrl>,
     /// Environment variable holding a bearer token sent to `url` ("" = none), e.g. for
     /// FIRST's `/{cluster}/jobs`, which needs an authenticated caller.
     pub token_env: String,
@@ -147,7 +150,7 @@ impl Default for ClusterSettings {
             scheduler: SchedulerKind::None,
             command: CommandLine::default(),
             nodes_command: None,
-            url: String::new(),
+            url: None,
             token_env: String::new(),
             interval_secs: Seconds::new(nz(30)),
             timeout_secs: Seconds::new(nz(15)),
@@ -201,33 +204,6 @@ impl ClusterSettings {
     }
 }
 
-impl GlobusCompute {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        for (key, url) in [
-            ("globus_compute.auth_base", &self.auth_base),
-            ("globus_compute.compute_base", &self.compute_base),
-        ] {
-            if crate::fixtures::normalize_base_url(url).is_err() {
-                return Err(ConfigError::new(
-                    key,
-                    format!("{url:?} must be an http:// or https:// URL"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Streaming {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !self.callback_base_url.is_empty() {
-            crate::fixtures::normalize_base_url(&self.callback_base_url)
-                .map_err(|m| ConfigError::new("streaming.callback_base_url", m))?;
-        }
-        Ok(())
-    }
-}
-
 impl ClusterSettings {
     /// `[clusters.<name>]`.
     pub(super) fn validate(&self, name: &str) -> Result<(), ConfigError> {
@@ -240,10 +216,10 @@ impl ClusterSettings {
         }
         match self.scheduler {
             SchedulerKind::Http => {
-                if crate::fixtures::normalize_base_url(&self.url).is_err() {
+                if self.url.is_none() {
                     return Err(ConfigError::new(
                         key("url"),
-                        format!("{:?} must be an http:// or https:// URL", self.url),
+                        "is required when scheduler = \"http\"",
                     ));
                 }
             }

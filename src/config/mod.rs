@@ -158,8 +158,6 @@ impl Settings {
         self.storage.validate()?;
         crate::store::DatabaseUrl::from_settings(self)?;
         self.batches.validate()?;
-        self.globus_compute.validate()?;
-        self.streaming.validate()?;
         self.redis.validate()?;
         for (name, cluster) in &self.clusters {
             cluster.validate(name)?;

@@ -1,7 +1,7 @@
 //! Types of settings values that carry their own rules, so a bad value is refused while the
 //! settings are read (the error naming its key, see `config_error_key`) and callers never
 //! convert by hand: durations ([`Millis`], [`Seconds`]) and URLs ([`HttpUrl`],
-//! [`SecureUrl`]).
+//! [`SecureUrl`], and [`empty_is_none`] for optional ones).
 //!
 //! A duration's count is `NonZeroU64` (the default: 0 is refused, "must be greater than
 //! 0") or `u64` where 0 means something (off, no wait, no grace).
@@ -10,7 +10,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The count of a [`Millis`] or [`Seconds`]: `NonZeroU64` or `u64`.
 pub trait Count: Copy {
@@ -163,6 +163,23 @@ impl fmt::Display for SecureUrl {
     }
 }
 
+/// For `#[serde(deserialize_with = "empty_is_none")]` on an optional URL: "" (in a file
+/// or the environment) is `None`, anything else must be a valid `T`.
+pub(super) fn empty_is_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<String>,
+    T::Error: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    T::try_from(text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Settings;
@@ -267,6 +284,187 @@ mod tests {
             assert_eq!(err.key, key, "{var}: {err}");
             assert_eq!(err.message, "must be greater than 0");
         }
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_naming_its_key() {
+        let globus_on = [
+            ("GATEWAY__AUTH__GLOBUS__ENABLED", "true"),
+            ("GATEWAY__AUTH__GLOBUS__CLIENT_ID", "client"),
+        ];
+        let cases: &[(Env<'_>, &str, &str)] = &[
+            (
+                &[("GATEWAY__GLOBUS_COMPUTE__AUTH_BASE", "ftp://x")],
+                "globus_compute.auth_base",
+                "\"ftp://x\" must be an http:// or https:// URL",
+            ),
+            (
+                &[("GATEWAY__GLOBUS_COMPUTE__COMPUTE_BASE", "http:///v2")],
+                "globus_compute.compute_base",
+                "\"http:///v2\" must be an http:// or https:// URL",
+            ),
+            (
+                &[("GATEWAY__STREAMING__CALLBACK_BASE_URL", "gw.example.org")],
+                "streaming.callback_base_url",
+                "\"gw.example.org\" must be an http:// or https:// URL",
+            ),
+            (
+                &[
+                    ("GATEWAY__CLUSTERS__X__SCHEDULER", "http"),
+                    ("GATEWAY__CLUSTERS__X__URL", "ftp://x"),
+                ],
+                "clusters.x.url",
+                "\"ftp://x\" must be an http:// or https:// URL",
+            ),
+            (
+                &[
+                    globus_on[0],
+                    globus_on[1],
+                    ("GATEWAY__AUTH__GLOBUS__AUTH_BASE", "http://example.org"),
+                ],
+                "auth.globus.auth_base",
+                "\"http://example.org\" must be an https:// URL (plain http only on loopback)",
+            ),
+            (
+                &[
+                    globus_on[0],
+                    globus_on[1],
+                    ("GATEWAY__AUTH__GLOBUS__GROUPS_BASE", "groups.example.org"),
+                ],
+                "auth.globus.groups_base",
+                "\"groups.example.org\" must be an https:// URL (plain http only on loopback)",
+            ),
+            (
+                &[
+                    ("GATEWAY__AUTH__OIDC__ENABLED", "true"),
+                    ("GATEWAY__AUTH__OIDC__JWKS_URL", "http://idp.example.org/jwks"),
+                ],
+                "auth.oidc.jwks_url",
+                "\"http://idp.example.org/jwks\" must be an https:// URL (plain http only on loopback)",
+            ),
+            // The key is the config crate's, whatever the refused value holds.
+            (
+                &[("GATEWAY__GLOBUS_COMPUTE__AUTH_BASE", "ftp://x for key `y`")],
+                "globus_compute.auth_base",
+                "\"ftp://x for key `y`\" must be an http:// or https:// URL",
+            ),
+        ];
+        for (pairs, key, message) in cases {
+            let err = load(pairs).unwrap_err();
+            assert_eq!(err.key, *key, "{pairs:?}: {err}");
+            assert_eq!(err.message, *message, "{pairs:?}");
+        }
+    }
+
+    /// A required URL left "" is refused by the check of its section.
+    #[test]
+    fn a_required_url_left_empty_names_its_key() {
+        for (pairs, key) in [
+            (
+                &[
+                    ("GATEWAY__AUTH__OIDC__ENABLED", "true"),
+                    ("GATEWAY__AUTH__OIDC__ISSUER", "https://idp.example.org"),
+                ][..],
+                "auth.oidc.jwks_url",
+            ),
+            (
+                &[("GATEWAY__CLUSTERS__X__SCHEDULER", "http")][..],
+                "clusters.x.url",
+            ),
+            (
+                &[
+                    ("GATEWAY__CLUSTERS__X__SCHEDULER", "http"),
+                    ("GATEWAY__CLUSTERS__X__URL", ""),
+                ][..],
+                "clusters.x.url",
+            ),
+        ] {
+            let err = load(pairs).unwrap_err();
+            assert_eq!(err.key, key, "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secure_urls_are_https_or_plain_http_on_loopback() {
+        for ok in [
+            "https://auth.globus.org",
+            "http://127.0.0.1:9000",
+            "http://127.0.0.1:9000/jwks",
+            "http://localhost:8080/.well-known/jwks.json",
+        ] {
+            assert_eq!(ok.parse::<SecureUrl>().unwrap().as_str(), ok);
+        }
+        // Today's rule exactly: IPv6 loopback was never on the list.
+        for bad in [
+            "http://example.org",
+            "http://10.0.0.1",
+            "http://[::1]:80",
+            "ftp://h",
+            "",
+        ] {
+            assert!(bad.parse::<SecureUrl>().is_err(), "{bad}");
+        }
+        let s = load(&[
+            ("GATEWAY__AUTH__GLOBUS__ENABLED", "true"),
+            ("GATEWAY__AUTH__GLOBUS__CLIENT_ID", "client"),
+            ("GATEWAY__AUTH__GLOBUS__AUTH_BASE", "http://127.0.0.1:9000"),
+            (
+                "GATEWAY__AUTH__GLOBUS__GROUPS_BASE",
+                "http://localhost:9001/",
+            ),
+            (
+                "GATEWAY__AUTH__OIDC__JWKS_URL",
+                "http://127.0.0.1:9002/jwks",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.auth.globus.auth_base.as_str(), "http://127.0.0.1:9000");
+        assert_eq!(
+            s.auth.globus.groups_base.to_string(),
+            "http://localhost:9001/"
+        );
+        assert_eq!(
+            s.auth.oidc.jwks_url.map(|u| u.to_string()).as_deref(),
+            Some("http://127.0.0.1:9002/jwks")
+        );
+    }
+
+    #[test]
+    fn an_empty_optional_url_is_none() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.streaming.callback_base_url, None);
+        assert_eq!(s.auth.oidc.jwks_url, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            "[streaming]\ncallback_base_url = \"https://gw.example.org:8443/\"\n\
+             [clusters.sophia]\nscheduler = \"http\"\nurl = \"https://first/resource_server/sophia/jobs\"\n\
+             [clusters.polaris]\nurl = \"\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&path), None, Vec::new()).unwrap();
+        // Kept as written: callers add their paths to a base, and request a full URL as is.
+        assert_eq!(
+            s.streaming.callback_base_url.as_ref().map(HttpUrl::as_str),
+            Some("https://gw.example.org:8443/")
+        );
+        assert_eq!(
+            s.clusters["sophia"].url.as_ref().map(HttpUrl::as_str),
+            Some("https://first/resource_server/sophia/jobs")
+        );
+        assert_eq!(s.clusters["polaris"].url, None);
+        // The environment's "" turns the file's URL off.
+        let s = Settings::load_from(
+            Some(&path),
+            None,
+            vec![(
+                "GATEWAY__STREAMING__CALLBACK_BASE_URL".into(),
+                String::new(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.streaming.callback_base_url, None);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use uuid::Uuid;
 
-use crate::config::{ClusterSettings, GlobusCompute, Streaming};
+use crate::config::{ClusterSettings, GlobusCompute, HttpUrl, Streaming};
 use crate::error::envelope;
 use crate::fixtures::GlobusComputeTarget;
 use crate::proxy::forward::{AttemptError, Call, Committed};
@@ -152,8 +152,8 @@ impl GlobusShared {
         self
     }
 
-    fn url(&self, base: &str, path: &str) -> String {
-        format!("{}{}", base.trim_end_matches('/'), path)
+    fn url(&self, base: &HttpUrl, path: &str) -> String {
+        format!("{}{}", base.as_str().trim_end_matches('/'), path)
     }
 
     /// A token for the cluster's client (cached), and that client's id.
@@ -425,7 +425,11 @@ pub(crate) async fn send(
     let mut params = model_params(&body, call.upstream_path, g.api_port)
         .map_err(|e| AttemptError::Died(format!("cannot build model_params: {e}")))?;
     let callback = if call.stream {
-        let (protocol, host, port) = callback_parts(&shared.streaming.callback_base_url)
+        let (protocol, host, port) = shared
+            .streaming
+            .callback_base_url
+            .as_ref()
+            .and_then(|base| callback_parts(base.as_str()))
             .ok_or_else(|| {
                 AttemptError::Connect(
                     "streaming through Globus Compute is off (streaming.callback_base_url)".into(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use inference_gateway::config::{nz, Millis, Seconds};
+use inference_gateway::config::{nz, HttpUrl, Millis, Seconds};
 use serde_json::{json, Value};
 
 const EP_A: &str = "11111111-1111-4111-8111-111111111111";
@@ -426,7 +426,7 @@ fn gateway(fake: &FakeCompute, endpoints: &[Value], test: &str) -> TestApp {
     let secret_var = format!("IGW_TEST_GC_SECRET_{test}");
     std::env::set_var(&id_var, CLIENT_ID);
     std::env::set_var(&secret_var, CLIENT_SECRET);
-    let url = fake.url.clone();
+    let url: HttpUrl = fake.url.parse().unwrap();
     TestApp::builder().endpoints(endpoints).settings(move |s| {
         let gc = &mut s.globus_compute;
         gc.auth_base = url.clone();
@@ -641,7 +641,7 @@ fn streaming_app(fake: &FakeCompute, model: &str, test: &str) -> TestApp {
     std::env::set_var(format!("IGW_TEST_STREAM_SECRET_{test}"), STREAM_SECRET);
     let secret_env = format!("IGW_TEST_STREAM_SECRET_{test}");
     gateway(fake, &[gc_target("gc-stream", model, EP_A, 8002)], test).settings(move |s| {
-        s.streaming.callback_base_url = "https://gateway.example.org:8443".into();
+        s.streaming.callback_base_url = Some("https://gateway.example.org:8443".parse().unwrap());
         s.streaming.secret_env = secret_env;
         s.streaming.done_grace_ms = Millis::new(200);
     })
