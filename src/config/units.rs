@@ -120,8 +120,8 @@ impl fmt::Display for HttpUrl {
     }
 }
 
-/// A URL credentials or tokens are sent to: https://, or plain http:// only on loopback
-/// (`http://127.…`, `http://localhost…`), for tests and local identity providers.
+/// A URL credentials or tokens are sent to: https://, or plain http:// only to a loopback
+/// host (`127.0.0.0/8`, `[::1]`, `localhost`), for tests and local identity providers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct SecureUrl(String);
@@ -136,10 +136,17 @@ impl TryFrom<String> for SecureUrl {
     type Error = String;
 
     fn try_from(url: String) -> Result<Self, String> {
-        if url.starts_with("https://")
-            || url.starts_with("http://127.")
-            || url.starts_with("http://localhost")
-        {
+        let uri = url.parse::<actix_web::http::Uri>().ok();
+        let host = uri
+            .as_ref()
+            .and_then(|u| u.host())
+            .filter(|h| !h.is_empty());
+        let secure = match (uri.as_ref().and_then(|u| u.scheme_str()), host) {
+            (Some("https"), Some(_)) => true,
+            (Some("http"), Some(host)) => on_loopback(host),
+            _ => false,
+        };
+        if secure {
             Ok(SecureUrl(url))
         } else {
             Err(format!(
@@ -147,6 +154,16 @@ impl TryFrom<String> for SecureUrl {
             ))
         }
     }
+}
+
+/// `localhost`, or a loopback address (`127.0.0.0/8`, `[::1]`): the host part as parsed,
+/// so `localhost.example.org` or `localhost@example.org` is not.
+fn on_loopback(host: &str) -> bool {
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl std::str::FromStr for SecureUrl {
@@ -391,14 +408,22 @@ mod tests {
             "http://127.0.0.1:9000",
             "http://127.0.0.1:9000/jwks",
             "http://localhost:8080/.well-known/jwks.json",
+            "http://localhost",
+            "http://[::1]:80/keys",
+            "http://127.1.2.3",
         ] {
             assert_eq!(ok.parse::<SecureUrl>().unwrap().as_str(), ok);
         }
-        // Today's rule exactly: IPv6 loopback was never on the list.
+        // Plain http to a host whose name only starts like a loopback one would send
+        // credentials across the network in clear.
         for bad in [
             "http://example.org",
             "http://10.0.0.1",
-            "http://[::1]:80",
+            "http://localhost.example.org/jwks",
+            "http://127.0.0.1.nip.io/jwks",
+            "http://localhost@example.org/",
+            "http://127.0.0.1:9000@example.org/",
+            "https://",
             "ftp://h",
             "",
         ] {
