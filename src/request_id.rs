@@ -23,9 +23,15 @@ impl RequestId {
             return RequestId(given.clone());
         }
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        // A UUID's text is always a valid header value; the fallback is never taken.
-        RequestId(HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-")))
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        // Owned by a shared buffer from the start: the id is cloned into the extensions,
+        // the upstream request and the answer, and a plain `Vec` would be copied into a
+        // shared one at the first clone (a second allocation). A UUID's text is always a
+        // valid header value; the fallback is never taken.
+        RequestId(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+                .unwrap_or(HeaderValue::from_static("-")),
+        )
     }
 
     /// The id the edge chose for `req` (chosen here when no edge ran, as in unit tests).

@@ -2,6 +2,7 @@
 //! ends (after the last byte, or when the client went away): one JSON log line, and one
 //! request-log row handed to the `LogWriter` (a fire-and-forget send; never a wait).
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -85,8 +86,8 @@ pub struct RequestRecord {
     ending: Ending,
     /// Wall-clock start (the row's `created_at`).
     started_at: SystemTime,
-    /// The caller's user id ([`ANONYMOUS`] when authentication is off); logged and in the
-    /// request log, never a metric label.
+    /// The caller's user id (empty until [`Self::on_caller`], read as [`ANONYMOUS`]);
+    /// logged and in the request log, never a metric label.
     user: String,
     org: String,
     /// Size of the request body, for a token estimate when the upstream reports no usage.
@@ -126,7 +127,7 @@ impl RequestRecord {
             client_ip: None,
             ending: Ending::Complete,
             started_at: SystemTime::now(),
-            user: ANONYMOUS.to_string(),
+            user: String::new(),
             org: String::new(),
             request_bytes: 0,
             sink: LogSink::disabled(),
@@ -225,7 +226,11 @@ impl RequestRecord {
     }
 
     pub fn user(&self) -> &str {
-        &self.user
+        if self.user.is_empty() {
+            ANONYMOUS
+        } else {
+            &self.user
+        }
     }
 
     /// The status answered (0 before any).
@@ -327,7 +332,7 @@ impl RequestRecord {
             id: row_id(),
             created_at: unix_ms(self.started_at),
             status: i32::from(self.status),
-            error_code: self.error_code.map(str::to_string),
+            error_code: self.error_code.map(Cow::Borrowed),
             prompt_tokens: to_i64(prompt_tokens),
             completion_tokens: to_i64(completion_tokens),
             total_tokens: to_i64(total_tokens),
@@ -336,12 +341,16 @@ impl RequestRecord {
             ttft_ms: self.ttft.map(|d| d.as_secs_f64() * 1000.0),
             stream: self.stream,
             attempts: i32::try_from(self.attempts).unwrap_or(i32::MAX),
-            ending: self.ending.name().to_string(),
-            route: self.route.to_string(),
+            ending: Cow::Borrowed(self.ending.name()),
+            route: Cow::Borrowed(self.route),
             prompt: self.prompt.as_deref().map(text),
             completion: self.completion.as_deref().map(text),
             request_id: self.request_id,
-            user_id: self.user,
+            user_id: if self.user.is_empty() {
+                ANONYMOUS.to_string()
+            } else {
+                self.user
+            },
             org_id: self.org,
             model: self.model,
             cluster: self
@@ -496,7 +505,7 @@ impl slog::KV for AccessLine<'_> {
         }
         s.emit_str("request_id", &r.request_id)?;
         s.emit_str("route", r.route)?;
-        s.emit_str("user", &r.user)?;
+        s.emit_str("user", r.user())?;
         some(s, "model", Some(&r.model))?;
         let target = r.target.as_ref().map(|t| &t.spec);
         some(s, "target", target.map(|t| t.slug.as_str()))?;

@@ -16,6 +16,7 @@ mod sqlite_log_insert;
 pub mod storable;
 pub mod url;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -208,9 +209,10 @@ pub struct LogRow {
     pub cluster: String,
     pub framework: String,
     pub target: String,
-    pub route: String,
+    /// The route's name: one of a fixed set, so not copied per row.
+    pub route: Cow<'static, str>,
     pub status: i32,
-    pub error_code: Option<String>,
+    pub error_code: Option<Cow<'static, str>>,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub total_tokens: i64,
@@ -220,7 +222,7 @@ pub struct LogRow {
     pub client_ip: Option<String>,
     pub stream: bool,
     pub attempts: i32,
-    pub ending: String,
+    pub ending: Cow<'static, str>,
     pub prompt: Option<String>,
     pub completion: Option<String>,
 }

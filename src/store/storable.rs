@@ -38,6 +38,12 @@ fn fix(s: &mut String, max: usize) -> bool {
     }
 }
 
+/// [`fix`] for a name that is usually static: copied only when it needs a change (a row
+/// read back from the spill file).
+fn fix_cow(s: &mut Cow<'static, str>, max: usize) -> bool {
+    !ok(s, max) && fix(s.to_mut(), max)
+}
+
 fn fix_opt(s: &mut Option<String>, max: usize) -> bool {
     s.as_mut().is_some_and(|s| fix(s, max))
 }
@@ -56,12 +62,15 @@ pub fn log_row(r: &mut LogRow) -> bool {
         &mut r.cluster,
         &mut r.framework,
         &mut r.target,
-        &mut r.route,
-        &mut r.ending,
     ] {
         changed |= fix(s, m);
     }
-    changed |= fix_opt(&mut r.error_code, m);
+    for s in [&mut r.route, &mut r.ending] {
+        changed |= fix_cow(s, m);
+    }
+    if let Some(code) = &mut r.error_code {
+        changed |= fix_cow(code, m);
+    }
     changed |= fix_opt(&mut r.client_ip, m);
     changed |= fix_opt(&mut r.prompt, usize::MAX);
     changed |= fix_opt(&mut r.completion, usize::MAX);
@@ -84,7 +93,7 @@ fn ok(s: &str, max: usize) -> bool {
 fn storable(r: &LogRow) -> bool {
     let m = MAX_FIELD_BYTES;
     [
-        &r.id,
+        r.id.as_str(),
         &r.request_id,
         &r.user_id,
         &r.org_id,
@@ -97,9 +106,9 @@ fn storable(r: &LogRow) -> bool {
     ]
     .iter()
     .all(|s| ok(s, m))
-        && [&r.error_code, &r.client_ip]
+        && [r.error_code.as_deref(), r.client_ip.as_deref()]
             .iter()
-            .all(|s| s.as_deref().is_none_or(|s| ok(s, m)))
+            .all(|s| s.is_none_or(|s| ok(s, m)))
         && [&r.prompt, &r.completion]
             .iter()
             .all(|s| s.as_deref().is_none_or(|s| ok(s, usize::MAX)))

@@ -86,7 +86,7 @@ async fn requests_become_rows_and_admin_usage_aggregates_them() {
             "{b}"
         );
         assert_eq!(
-            (p.route.as_str(), p.status, p.ending.as_str()),
+            (p.route.as_ref(), p.status, p.ending.as_ref()),
             ("chat", 200, "complete"),
             "{b}"
         );

@@ -54,7 +54,7 @@ pub fn row(
         target: "t1".into(),
         route: "chat".into(),
         status,
-        error_code: (status >= 400).then(|| "upstream_error".to_string()),
+        error_code: (status >= 400).then(|| "upstream_error".into()),
         prompt_tokens: tokens.0,
         completion_tokens: tokens.1,
         total_tokens: tokens.0 + tokens.1,
