@@ -86,9 +86,9 @@ pub struct RequestRecord {
     ending: Ending,
     /// Wall-clock start (the row's `created_at`).
     started_at: SystemTime,
-    /// The caller's user id (empty until [`Self::on_caller`], read as [`ANONYMOUS`]);
+    /// The caller's user id (`None` until [`Self::on_caller`], read as [`ANONYMOUS`]);
     /// logged and in the request log, never a metric label.
-    user: String,
+    user: Option<String>,
     org: String,
     /// Size of the request body, for a token estimate when the upstream reports no usage.
     request_bytes: usize,
@@ -127,7 +127,7 @@ impl RequestRecord {
             client_ip: None,
             ending: Ending::Complete,
             started_at: SystemTime::now(),
-            user: String::new(),
+            user: None,
             org: String::new(),
             request_bytes: 0,
             sink: LogSink::disabled(),
@@ -148,8 +148,7 @@ impl RequestRecord {
 
     /// The caller: the request log's user and org (the user is also the cache tenant).
     pub fn on_caller(&mut self, user: &str, org: Option<&str>) {
-        self.user.clear();
-        self.user.push_str(user);
+        self.user = Some(user.to_string());
         self.org.clear();
         self.org.push_str(org.unwrap_or_default());
     }
@@ -226,11 +225,7 @@ impl RequestRecord {
     }
 
     pub fn user(&self) -> &str {
-        if self.user.is_empty() {
-            ANONYMOUS
-        } else {
-            &self.user
-        }
+        self.user.as_deref().unwrap_or(ANONYMOUS)
     }
 
     /// The status answered (0 before any).
@@ -346,11 +341,7 @@ impl RequestRecord {
             prompt: self.prompt.as_deref().map(text),
             completion: self.completion.as_deref().map(text),
             request_id: self.request_id,
-            user_id: if self.user.is_empty() {
-                ANONYMOUS.to_string()
-            } else {
-                self.user
-            },
+            user_id: self.user.unwrap_or_else(|| ANONYMOUS.to_string()),
             org_id: self.org,
             model: self.model,
             cluster: self
